@@ -1,0 +1,34 @@
+"""Config models of the MLLP source and destination (documentation comes from here)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from engine.configbase import Strict, TLSConfig, check_hostport
+
+
+class MLLPSourceConfig(Strict):
+    type: Literal["mllp"]
+    listen: str = Field(description='Address to listen on, "host:port" (port 0 picks one).')
+    tls: TLSConfig | None = Field(None, description="TLS, or mutual TLS with client_ca.")
+    max_message_bytes: int = Field(16 * 1024 * 1024, ge=1024,
+                                   description="Larger frames are discarded and answered AR.")
+    idle_timeout_secs: float = Field(300, gt=0, description="Close connections idle this long.")
+    max_connections: int = Field(1024, ge=1, description="Further connections are refused.")
+
+    _check_listen = field_validator("listen")(classmethod(lambda cls, v: check_hostport(v)))
+
+
+class MLLPDestinationConfig(Strict):
+    type: Literal["mllp"]
+    endpoint: str = Field(description='Peer address, "host:port".')
+    tls: TLSConfig | None = None
+    connect_timeout_secs: float = Field(10, gt=0)
+    ack_timeout_secs: float = Field(30, gt=0, description="No ACK in time: retry (in order).")
+    retry_initial_secs: float = Field(0.5, gt=0)
+    retry_max_secs: float = Field(60, gt=0)
+    max_message_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+
+    _check_endpoint = field_validator("endpoint")(classmethod(lambda cls, v: check_hostport(v)))

@@ -1,0 +1,140 @@
+"""The MLLP listener: asyncio protocol per connection, replies in arrival order.
+
+The sink (the engine) answers each frame through a callback once the message
+is durable; replies are written in the order the frames arrived, whatever
+order the callbacks run in. A connection with too many unanswered frames
+stops reading until it catches up, so memory stays bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+
+from channels.base import RawSink
+from channels.mllp.config import MLLPSourceConfig
+from channels.mllp.framing import Frame, MLLPFramer, frame
+from engine.configbase import parse_hostport
+from engine.logs import event
+from engine.registry import register
+
+log = logging.getLogger("radbridge.mllp")
+_MAX_PENDING = 256
+_PENDING = object()
+
+
+class _Connection(asyncio.Protocol):
+    def __init__(self, server: MLLPServer) -> None:
+        self.server = server
+        self.framer = MLLPFramer(server.config.max_message_bytes)
+        self.transport: asyncio.Transport | None = None
+        self.replies: deque[list[object]] = deque()
+        self.paused = False
+        self.peer = "?"
+        self.last_active = 0.0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
+        self.last_active = self.server.loop.time()
+        if len(self.server.connections) >= self.server.config.max_connections:
+            event(log, "MLLP-104", "connection refused: limit reached", peer=self.peer)
+            transport.abort()
+            return
+        self.server.connections.add(self)
+        event(log, "MLLP-101", "connection opened", channel=self.server.channel, peer=self.peer,
+              level=logging.DEBUG)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.server.connections.discard(self)
+        self.server.garbage_bytes += self.framer.garbage_bytes
+        self.transport = None
+
+    def data_received(self, data: bytes) -> None:
+        self.last_active = self.server.loop.time()
+        for ev in self.framer.feed(data):
+            slot: list[object] = [_PENDING]
+            self.replies.append(slot)
+            reply = self._replier(slot)
+            if isinstance(ev, Frame):
+                self.server.sink.receive(ev.payload, reply, self.peer)
+            else:
+                self.server.sink.oversized(ev.head, ev.size, reply, self.peer)
+        if len(self.replies) > _MAX_PENDING and not self.paused and self.transport:
+            self.paused = True
+            self.transport.pause_reading()
+
+    def _replier(self, slot: list[object]):  # type: ignore[no-untyped-def]
+        def reply(response: bytes | None) -> None:
+            slot[0] = response
+            self._flush()
+
+        return reply
+
+    def _flush(self) -> None:
+        out = []
+        while self.replies and self.replies[0][0] is not _PENDING:
+            response = self.replies.popleft()[0]
+            if response is not None:
+                out.append(frame(response))  # type: ignore[arg-type]
+        if out and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(b"".join(out))
+        if self.paused and len(self.replies) < _MAX_PENDING // 2 and self.transport:
+            self.paused = False
+            self.transport.resume_reading()
+
+
+@register("source", "mllp", MLLPSourceConfig, "HL7 v2 over MLLP/TCP (TLS and mutual TLS)")
+class MLLPServer:
+    """One listening socket for one channel."""
+
+    def __init__(self, channel: str, config: MLLPSourceConfig, sink: RawSink) -> None:
+        self.channel = channel
+        self.config = config
+        self.sink = sink
+        self.connections: set[_Connection] = set()
+        self.garbage_bytes = 0
+        self._server: asyncio.Server | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        self.loop = asyncio.get_event_loop()
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        if self._server is None or not self._server.sockets:
+            return None
+        host, port = self._server.sockets[0].getsockname()[:2]
+        return host, port
+
+    async def start(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        host, port = parse_hostport(self.config.listen)
+        ssl_ctx = self.config.tls.server_context() if self.config.tls else None
+        self._server = await self.loop.create_server(lambda: _Connection(self), host, port,
+                                                     ssl=ssl_ctx, reuse_address=True,
+                                                     backlog=1024)
+        self._sweeper = asyncio.create_task(self._sweep_idle())
+
+    async def _sweep_idle(self) -> None:
+        idle = self.config.idle_timeout_secs
+        while True:
+            await asyncio.sleep(min(1.0, idle / 2))
+            cutoff = self.loop.time() - idle
+            for conn in list(self.connections):
+                if conn.last_active < cutoff and not conn.replies and conn.transport:
+                    event(log, "MLLP-103", "idle connection closed", channel=self.channel,
+                          peer=conn.peer, level=logging.DEBUG)
+                    conn.transport.close()
+
+    async def stop(self) -> None:
+        if self._sweeper:
+            self._sweeper.cancel()
+        if self._server is not None:
+            self._server.close()
+            for conn in list(self.connections):
+                if conn.transport:
+                    conn.transport.close()
+            await self._server.wait_closed()
+            self._server = None

@@ -1,0 +1,169 @@
+"""The ACK path: read the header, decide, store, then answer.
+
+Nothing here awaits. A frame is turned into a ``NewMessage`` and handed to the
+store's group commit; the ACK is written from the commit callback, so the
+sender hears AA only once the message is durable. Every frame is stored,
+accepted or not: rejected ones as ERROR with their raw bytes and the reason.
+
+Outcomes (MSA-1 in original mode; CA/CE/CR in enhanced mode per MSH-15):
+
+* AA  stored as RECEIVED (duplicates flagged when the window is on)
+* AR  MSH unreadable (100/101/102), type not in ``accept`` (200), duplicate
+      rejected (205), frame over the size limit (100), store refused (207)
+* AE  MSH readable but a later segment is not (100)
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+from channels.base import Reply
+from engine.errors import StoreUnavailable
+from engine.logs import event
+from engine.model import Status
+from engine.store.base import NewMessage, Store
+from mappings.hl7v2.ack import AckSpec, build_ack
+from mappings.hl7v2.header import (
+    APPLICATION_INTERNAL_ERROR,
+    DUPLICATE_KEY,
+    SEGMENT_SEQUENCE_ERROR,
+    UNSUPPORTED_MESSAGE_TYPE,
+    Header,
+    HeaderError,
+    parse_header,
+)
+
+log = logging.getLogger("radbridge.ingest")
+
+
+class DuplicateWindow:
+    """Control ids seen in the last ``window_secs`` (bounded, oldest evicted first)."""
+
+    def __init__(self, window_secs: float, max_entries: int = 1_000_000) -> None:
+        self.window = window_secs
+        self.max_entries = max_entries
+        self._seen: OrderedDict[str, float] = OrderedDict()
+
+    def seen(self, control_id: str, now: float) -> bool:
+        """Record *control_id*; True if it was already seen inside the window."""
+        cutoff = now - self.window
+        while self._seen and (next(iter(self._seen.values())) < cutoff
+                              or len(self._seen) > self.max_entries):
+            self._seen.popitem(last=False)
+        dup = control_id in self._seen
+        self._seen[control_id] = now
+        self._seen.move_to_end(control_id)
+        return dup
+
+
+class Ingest:
+    """The ``RawSink`` of one channel."""
+
+    def __init__(self, channel: Any, store: Store, *, app: str, facility: str,
+                 on_stored: Callable[[], None]) -> None:
+        self.channel = channel
+        self.name: str = channel.name
+        self.store = store
+        self.app, self.facility = app, facility
+        self.on_stored = on_stored
+        self.accept = frozenset(channel.accept) if channel.accept is not None else None
+        self.duplicates = (DuplicateWindow(channel.duplicates.window_secs)
+                           if channel.duplicates.window_secs > 0 else None)
+        self.stats: Counter[str] = Counter()
+
+    def seed_duplicates(self, control_ids: list[str], now: float) -> None:
+        if self.duplicates is not None:
+            for cid in control_ids:
+                self.duplicates.seen(cid, now)
+
+    # -- RawSink -------------------------------------------------------------
+    def receive(self, payload: bytes, reply: Reply, peer: str) -> None:
+        """Decide and store; a bug in deciding becomes an AR 207, never a dropped connection."""
+        try:
+            self._receive(payload, reply)
+        except Exception as exc:
+            event(log, "MLLP-199", "ingest failed unexpectedly", channel=self.name,
+                  reason=type(exc).__name__, level=logging.ERROR)
+            self._store_failed(None, exc, reply)
+
+    def _receive(self, payload: bytes, reply: Reply) -> None:
+        now = time.time()
+        self.stats["received"] += 1
+        try:
+            header = parse_header(payload)
+        except HeaderError as exc:
+            code = "AE" if exc.header is not None else "AR"
+            self._reject(payload, now, exc.header, AckSpec(code, exc.reason, exc.code,
+                                                           exc.location), reply)
+            return
+        if self.accept is not None and header.message_type not in self.accept:
+            reason = f"message type {header.message_type} is not accepted on channel {self.name}"
+            self._reject(payload, now, header, AckSpec("AR", reason, UNSUPPORTED_MESSAGE_TYPE,
+                                                       "MSH^1^9"), reply)
+            return
+        duplicate = self.duplicates is not None and self.duplicates.seen(header.control_id, now)
+        if duplicate and self.channel.duplicates.action == "reject":
+            reason = f"duplicate message control id {header.control_id}"
+            self._reject(payload, now, header, AckSpec("AR", reason, DUPLICATE_KEY, "MSH^1^10"),
+                         reply, duplicate=True)
+            return
+        msg = NewMessage(self.name, now, payload, Status.RECEIVED, header.control_id,
+                         header.message_type, header.patient_id or None, duplicate)
+        self.store.submit_insert(msg, self._on_commit(header, reply))
+
+    def oversized(self, head: bytes, size: int, reply: Reply, peer: str) -> None:
+        now = time.time()
+        self.stats["received"] += 1
+        try:
+            header: Header | None = parse_header(head.split(b"\r", 1)[0])
+        except HeaderError:
+            header = None
+        limit = self.channel.source.max_message_bytes
+        reason = f"message of {size} bytes exceeds the {limit}-byte limit"
+        self._reject(head, now, header, AckSpec("AR", reason, SEGMENT_SEQUENCE_ERROR, "MSH^1"),
+                     reply)
+
+    # -- internals -----------------------------------------------------------
+    def _ack(self, header: Header | None, spec: AckSpec) -> bytes | None:
+        return build_ack(header, spec, app=self.app, facility=self.facility)
+
+    def _on_commit(self, header: Header, reply: Reply) -> Callable[[int | None, Any], None]:
+        def done(msg_id: int | None, err: BaseException | None) -> None:
+            if err is not None:
+                self._store_failed(header, err, reply)
+                return
+            self.stats["AA"] += 1
+            reply(self._ack(header, AckSpec("AA")))
+            self.on_stored()
+
+        return done
+
+    def _store_failed(self, header: Header | None, err: BaseException, reply: Reply) -> None:
+        self.stats["AR"] += 1
+        kind = "store unavailable" if isinstance(err, StoreUnavailable) else "store error"
+        event(log, "STORE-201", "message not stored, refused", channel=self.name,
+              reason=type(err).__name__, level=logging.ERROR)
+        reply(self._ack(header, AckSpec("AR", f"message not stored ({kind}); resend later",
+                                        APPLICATION_INTERNAL_ERROR)))
+
+    def _reject(self, raw: bytes, now: float, header: Header | None, spec: AckSpec, reply: Reply,
+                duplicate: bool = False) -> None:
+        """Store the refused message as ERROR with its reason, then NAK it."""
+        self.stats[spec.code] += 1
+        event(log, "MLLP-110", "message refused", channel=self.name, ack=spec.code,
+              error=spec.error_code, control_id=header.control_id if header else None)
+        msg = NewMessage(self.name, now, raw, Status.ERROR,
+                         header.control_id if header else None,
+                         header.message_type if header else None, None, duplicate, spec.text)
+
+        def done(msg_id: int | None, err: BaseException | None) -> None:
+            if err is not None:
+                self._store_failed(header, err, reply)
+            else:
+                reply(self._ack(header, spec))
+
+        self.store.submit_insert(msg, done)

@@ -1,0 +1,144 @@
+"""The store interface. SQLite (embedded default) and PostgreSQL implement it.
+
+Writes that acknowledge a sender go through ``submit_insert``: the callback
+runs on the event loop only after the row is committed (group commit), so the
+caller can write its ACK from there and nothing acknowledged is ever lost.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from engine.model import DeliveryStatus, Message, Status
+
+
+@dataclass(slots=True)
+class NewMessage:
+    channel: str
+    received_at: float
+    raw: bytes
+    status: Status = Status.RECEIVED
+    control_id: str | None = None
+    message_type: str | None = None
+    key: str | None = None
+    duplicate: bool = False
+    error: str | None = None
+
+
+@dataclass(slots=True)
+class Outcome:
+    """The result of processing one message, applied atomically with the others of its batch."""
+
+    message_id: int
+    status: Status
+    error: str | None = None
+    layers: dict[str, bytes] = field(default_factory=dict)
+    deliveries: list[tuple[str, bytes]] = field(default_factory=list)  # (destination, payload)
+
+
+@dataclass(slots=True)
+class Delivery:
+    id: int
+    message_id: int
+    destination: str
+    status: DeliveryStatus
+    attempts: int
+    payload: bytes
+    response: bytes | None = None
+    error: str | None = None
+    key: str | None = None
+
+
+@dataclass(slots=True)
+class MessageQuery:
+    channel: str | None = None
+    status: str | None = None
+    message_type: str | None = None
+    control_id: str | None = None
+    since: float | None = None
+    until: float | None = None
+    limit: int = 100
+
+
+InsertCallback = Callable[[int | None, BaseException | None], None]
+
+
+class Store(abc.ABC):
+    """Durable messages, content layers and delivery queues."""
+
+    @abc.abstractmethod
+    async def open(self) -> None: ...
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    @abc.abstractmethod
+    def submit_insert(self, msg: NewMessage, callback: InsertCallback) -> None:
+        """Queue *msg* for the next group commit; *callback(id, error)* runs on the loop after it."""
+
+    async def insert_message(self, msg: NewMessage) -> int:
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[int] = loop.create_future()
+
+        def done(msg_id: int | None, err: BaseException | None) -> None:
+            if fut.done():
+                return
+            if err is not None:
+                fut.set_exception(err)
+            else:
+                assert msg_id is not None
+                fut.set_result(msg_id)
+
+        self.submit_insert(msg, done)
+        return await fut
+
+    @abc.abstractmethod
+    async def fetch_received(self, channel: str, limit: int) -> list[Message]:
+        """Oldest RECEIVED messages of *channel*, in arrival order."""
+
+    @abc.abstractmethod
+    async def apply_outcomes(self, outcomes: Sequence[Outcome]) -> None:
+        """Record statuses, layers and new deliveries of a processed batch in one transaction."""
+
+    @abc.abstractmethod
+    async def next_deliveries(self, destination: str, limit: int) -> list[Delivery]:
+        """Oldest QUEUED deliveries for *destination*, in order."""
+
+    @abc.abstractmethod
+    async def finish_delivery(self, delivery: Delivery, status: DeliveryStatus,
+                              response: bytes | None, error: str | None) -> None:
+        """Record a final delivery result and roll the message status up when all are final."""
+
+    @abc.abstractmethod
+    async def record_attempt(self, delivery: Delivery, error: str) -> None:
+        """Record a failed (transient) attempt; the delivery stays QUEUED."""
+
+    @abc.abstractmethod
+    async def recent_control_ids(self, channel: str, since: float) -> list[str]: ...
+
+    @abc.abstractmethod
+    async def query_messages(self, query: MessageQuery) -> list[Message]: ...
+
+    @abc.abstractmethod
+    async def get_message(self, message_id: int) -> tuple[Message, list[Delivery]] | None: ...
+
+    @abc.abstractmethod
+    async def reprocess(self, message_ids: Sequence[int]) -> int:
+        """Put messages back to RECEIVED (their deliveries are re-created by the pipeline)."""
+
+    @abc.abstractmethod
+    async def counts(self) -> dict[tuple[str, str], int]:
+        """Message counts by (channel, status)."""
+
+
+def open_store(url: str) -> Store:
+    """The store for a URL: ``sqlite:///path`` (default) or ``postgresql://...``."""
+    if url.startswith("sqlite:"):
+        from engine.store.sqlite import SQLiteStore
+
+        return SQLiteStore.from_url(url)
+    raise ValueError(f"unsupported store url scheme: {url.split(':', 1)[0]!r}")

@@ -1,0 +1,350 @@
+"""SQLite store: WAL, synchronous=FULL, one writer thread with group commit.
+
+All writes go through a single writer thread. It drains whatever is queued,
+runs it in one transaction, commits (one fsync for the whole group) and only
+then hands the results back to the event loop. Reads use a small pool of
+reader connections (WAL lets them run beside the writer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from engine.errors import StoreError, StoreUnavailable
+from engine.model import DeliveryStatus, Message, Status
+from engine.store.base import (
+    Delivery,
+    InsertCallback,
+    MessageQuery,
+    NewMessage,
+    Outcome,
+    Store,
+)
+from engine.store.schema import SQLITE_SCHEMA
+
+T = TypeVar("T")
+_STOP = object()
+_MAX_GROUP = 4096
+
+_INSERT = (
+    "INSERT INTO messages (channel, received_at, raw, status, control_id, message_type, msg_key,"
+    " duplicate, error, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?)"
+)
+_MSG_COLS = ("id, channel, received_at, status, raw, control_id, message_type, msg_key, duplicate,"
+             " error")
+_DLV_COLS = ("d.id, d.message_id, d.destination, d.status, d.attempts, d.payload, d.response,"
+             " d.error, m.msg_key")
+
+
+def _connect(path: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    return conn
+
+
+def _to_store_error(exc: sqlite3.Error) -> StoreError:
+    text = str(exc).lower()
+    transient = ("full", "readonly", "read-only", "locked", "busy", "disk i/o", "unable to open")
+    if any(word in text for word in transient):
+        return StoreUnavailable(str(exc))
+    return StoreError(str(exc))
+
+
+class _Writer(threading.Thread):
+    """Runs write operations in groups; one commit per group."""
+
+    def __init__(self, path: str, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(name="radbridge-store-writer", daemon=True)
+        self._path = path
+        self._loop = loop
+        self.q: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.groups = 0
+        self.ops = 0
+
+    def run(self) -> None:
+        conn = _connect(self._path)
+        try:
+            while True:
+                item = self.q.get()
+                if item is _STOP:
+                    return
+                batch = [item]
+                while len(batch) < _MAX_GROUP:
+                    try:
+                        nxt = self.q.get_nowait()
+                    except queue.Empty:
+                        break
+                    if nxt is _STOP:
+                        self.q.put(_STOP)
+                        break
+                    batch.append(nxt)
+                self._run_group(conn, batch)
+        finally:
+            conn.close()
+
+    def _run_group(self, conn: sqlite3.Connection, batch: list[Any]) -> None:
+        results: list[tuple[Callable[..., None], Any, BaseException | None]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for op, args, done in batch:
+                results.append(self._run_op(conn, op, args, done))
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            err = _to_store_error(exc)
+            results = [(done, None, err) for _, _, done in batch]
+        self.groups += 1
+        self.ops += len(batch)
+        try:
+            self._loop.call_soon_threadsafe(_deliver, results)
+        except RuntimeError:  # loop closed during shutdown: nobody is waiting any more
+            pass
+
+    @staticmethod
+    def _run_op(conn: sqlite3.Connection, op: Callable[..., Any], args: tuple[Any, ...],
+                done: Callable[..., None]) -> tuple[Callable[..., None], Any, BaseException | None]:
+        if op is _insert_op:
+            try:
+                return done, op(conn, *args), None
+            except sqlite3.Error as exc:
+                return done, None, _to_store_error(exc)
+        conn.execute("SAVEPOINT op")
+        try:
+            value = op(conn, *args)
+            conn.execute("RELEASE op")
+            return done, value, None
+        except sqlite3.Error as exc:
+            conn.execute("ROLLBACK TO op")
+            conn.execute("RELEASE op")
+            return done, None, _to_store_error(exc)
+
+
+def _deliver(results: list[tuple[Callable[..., None], Any, BaseException | None]]) -> None:
+    for done, value, err in results:
+        done(value, err)
+
+
+def _insert_op(conn: sqlite3.Connection, m: NewMessage) -> int:
+    cur = conn.execute(_INSERT, (m.channel, m.received_at, m.raw, str(m.status), m.control_id,
+                                 m.message_type, m.key, int(m.duplicate), m.error, m.received_at))
+    assert cur.lastrowid is not None
+    return cur.lastrowid
+
+
+def _outcomes_op(conn: sqlite3.Connection, outcomes: Sequence[Outcome]) -> None:
+    now = time.time()
+    for o in sorted(outcomes, key=lambda o: o.message_id):
+        for layer, data in o.layers.items():
+            conn.execute("INSERT OR REPLACE INTO content (message_id, layer, data, created_at)"
+                         " VALUES (?,?,?,?)", (o.message_id, layer, data, now))
+        conn.execute("DELETE FROM deliveries WHERE message_id=? AND status='QUEUED'",
+                     (o.message_id,))
+        for dest, payload in o.deliveries:
+            conn.execute("INSERT INTO deliveries (message_id, destination, status, attempts,"
+                         " payload, updated_at) VALUES (?,?,'QUEUED',0,?,?)",
+                         (o.message_id, dest, payload, now))
+        status = Status.QUEUED if o.deliveries else o.status
+        conn.execute("UPDATE messages SET status=?, error=?, updated_at=? WHERE id=?",
+                     (str(status), o.error, now, o.message_id))
+
+
+def _finish_op(conn: sqlite3.Connection, delivery_id: int, message_id: int, status: str,
+               response: bytes | None, error: str | None) -> None:
+    now = time.time()
+    conn.execute("UPDATE deliveries SET status=?, response=?, error=?, attempts=attempts+1,"
+                 " updated_at=? WHERE id=?", (status, response, error, now, delivery_id))
+    conn.execute(
+        "UPDATE messages SET updated_at=?, status=CASE WHEN EXISTS (SELECT 1 FROM deliveries"
+        " WHERE message_id=? AND status='ERROR') THEN 'ERROR' ELSE 'SENT' END,"
+        " error=(SELECT error FROM deliveries WHERE message_id=? AND status='ERROR' LIMIT 1)"
+        " WHERE id=? AND NOT EXISTS (SELECT 1 FROM deliveries WHERE message_id=?"
+        " AND status='QUEUED')", (now, message_id, message_id, message_id, message_id))
+
+
+def _attempt_op(conn: sqlite3.Connection, delivery_id: int, error: str) -> None:
+    conn.execute("UPDATE deliveries SET attempts=attempts+1, error=?, updated_at=? WHERE id=?",
+                 (error, time.time(), delivery_id))
+
+
+def _reprocess_op(conn: sqlite3.Connection, ids: Sequence[int]) -> int:
+    n = 0
+    for mid in ids:
+        n += conn.execute("UPDATE messages SET status='RECEIVED', error=NULL, updated_at=?"
+                          " WHERE id=?", (time.time(), mid)).rowcount
+    return n
+
+
+def _row_to_message(row: tuple[Any, ...]) -> Message:
+    return Message(id=row[0], channel=row[1], received_at=row[2], status=Status(row[3]),
+                   raw=bytes(row[4]), control_id=row[5], message_type=row[6], key=row[7],
+                   duplicate=bool(row[8]), error=row[9])
+
+
+def _row_to_delivery(row: tuple[Any, ...]) -> Delivery:
+    return Delivery(id=row[0], message_id=row[1], destination=row[2],
+                    status=DeliveryStatus(row[3]), attempts=row[4], payload=bytes(row[5]),
+                    response=bytes(row[6]) if row[6] is not None else None, error=row[7],
+                    key=row[8])
+
+
+class SQLiteStore(Store):
+    """The embedded default store."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        self._writer: _Writer | None = None
+        self._readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="radbridge-store-r")
+        self._local = threading.local()
+        self._conns: list[sqlite3.Connection] = []
+        self._conns_lock = threading.Lock()
+
+    @classmethod
+    def from_url(cls, url: str) -> SQLiteStore:
+        path = url.removeprefix("sqlite://")
+        path = path[1:] if path.startswith("/") else path  # sqlite:///rel/path or ////abs
+        return cls(path or "radbridge.db")
+
+    async def open(self) -> None:
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(self._create_schema)
+        self._writer = _Writer(self.path, asyncio.get_running_loop())
+        self._writer.start()
+
+    def _create_schema(self) -> None:
+        conn = _connect(self.path)
+        try:
+            conn.executescript(SQLITE_SCHEMA)
+        finally:
+            conn.close()
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            self._writer.q.put(_STOP)
+            await asyncio.to_thread(self._writer.join)
+            self._writer = None
+        with self._conns_lock:
+            for conn in self._conns:
+                conn.close()
+            self._conns.clear()
+        self._readers.shutdown(wait=True)
+
+    # -- writes --------------------------------------------------------------
+    def _submit(self, op: Callable[..., Any], args: tuple[Any, ...],
+                done: Callable[[Any, BaseException | None], None]) -> None:
+        if self._writer is None:
+            done(None, StoreUnavailable("store is not open"))
+            return
+        self._writer.q.put((op, args, done))
+
+    async def _write(self, op: Callable[..., T], *args: Any) -> T:
+        fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+
+        def done(value: Any, err: BaseException | None) -> None:
+            if not fut.done():
+                fut.set_exception(err) if err is not None else fut.set_result(value)
+
+        self._submit(op, args, done)
+        return await fut
+
+    def submit_insert(self, msg: NewMessage, callback: InsertCallback) -> None:
+        self._submit(_insert_op, (msg,), callback)
+
+    async def apply_outcomes(self, outcomes: Sequence[Outcome]) -> None:
+        if outcomes:
+            await self._write(_outcomes_op, list(outcomes))
+
+    async def finish_delivery(self, delivery: Delivery, status: DeliveryStatus,
+                              response: bytes | None, error: str | None) -> None:
+        await self._write(_finish_op, delivery.id, delivery.message_id, str(status), response,
+                          error)
+
+    async def record_attempt(self, delivery: Delivery, error: str) -> None:
+        await self._write(_attempt_op, delivery.id, error)
+
+    async def reprocess(self, message_ids: Sequence[int]) -> int:
+        return await self._write(_reprocess_op, list(message_ids))
+
+    # -- reads ---------------------------------------------------------------
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = _connect(self.path)
+            self._local.conn = conn
+            with self._conns_lock:
+                self._conns.append(conn)
+        return conn
+
+    async def _read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        def run() -> list[tuple[Any, ...]]:
+            try:
+                return self._conn().execute(sql, params).fetchall()
+            except sqlite3.Error as exc:
+                raise _to_store_error(exc) from exc
+
+        return await asyncio.get_running_loop().run_in_executor(self._readers, run)
+
+    async def fetch_received(self, channel: str, limit: int) -> list[Message]:
+        rows = await self._read(f"SELECT {_MSG_COLS} FROM messages WHERE status='RECEIVED'"
+                                " AND channel=? ORDER BY id LIMIT ?", (channel, limit))
+        return [_row_to_message(r) for r in rows]
+
+    async def next_deliveries(self, destination: str, limit: int) -> list[Delivery]:
+        rows = await self._read(f"SELECT {_DLV_COLS} FROM deliveries d JOIN messages m"
+                                " ON m.id = d.message_id WHERE d.destination=?"
+                                " AND d.status='QUEUED' ORDER BY d.id LIMIT ?",
+                                (destination, limit))
+        return [_row_to_delivery(r) for r in rows]
+
+    async def recent_control_ids(self, channel: str, since: float) -> list[str]:
+        rows = await self._read("SELECT control_id FROM messages WHERE channel=? AND"
+                                " received_at>=? AND control_id IS NOT NULL", (channel, since))
+        return [r[0] for r in rows]
+
+    async def query_messages(self, query: MessageQuery) -> list[Message]:
+        where, params = [], []
+        for col, val in (("channel", query.channel), ("status", query.status),
+                         ("message_type", query.message_type),
+                         ("control_id", query.control_id)):
+            if val is not None:
+                where.append(f"{col}=?")
+                params.append(val)
+        if query.since is not None:
+            where.append("received_at>=?")
+            params.append(query.since)
+        if query.until is not None:
+            where.append("received_at<?")
+            params.append(query.until)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        rows = await self._read(f"SELECT {_MSG_COLS} FROM messages {clause} ORDER BY id DESC"
+                                " LIMIT ?", (*params, query.limit))
+        return [_row_to_message(r) for r in rows]
+
+    async def get_message(self, message_id: int) -> tuple[Message, list[Delivery]] | None:
+        rows = await self._read(f"SELECT {_MSG_COLS} FROM messages WHERE id=?", (message_id,))
+        if not rows:
+            return None
+        msg = _row_to_message(rows[0])
+        for layer, data in await self._read("SELECT layer, data FROM content WHERE message_id=?"
+                                            " ORDER BY created_at", (message_id,)):
+            msg.layers[layer] = bytes(data)
+        drows = await self._read(f"SELECT {_DLV_COLS} FROM deliveries d JOIN messages m"
+                                 " ON m.id=d.message_id WHERE d.message_id=? ORDER BY d.id",
+                                 (message_id,))
+        return msg, [_row_to_delivery(r) for r in drows]
+
+    async def counts(self) -> dict[tuple[str, str], int]:
+        rows = await self._read("SELECT channel, status, count(*) FROM messages"
+                                " GROUP BY channel, status")
+        return {(r[0], r[1]): r[2] for r in rows}

@@ -1,0 +1,1 @@
+"""AI inference: model registry, routing, batching dispatcher (see issue: AI inference)."""

@@ -1,0 +1,138 @@
+"""ACK / NAK building (original and enhanced mode).
+
+Every NAK carries its reason: MSA-1 AE/AR (or CE/CR), MSA-2 the sender's
+MSH-10, MSA-3 the text, and an ERR segment with the table 0357 code and the
+location. The ACK is written with the sender's own delimiters.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from dataclasses import dataclass
+
+from mappings.hl7v2.header import ERROR_TEXT, Header
+
+_counter = itertools.count(1)
+_PREFIX = "RB" + os.urandom(3).hex().upper()
+
+
+def next_control_id() -> str:
+    """A unique control id, at most 20 characters (the v2.3 limit of MSH-10)."""
+    return f"{_PREFIX}{next(_counter):012d}"
+
+
+@dataclass(slots=True, frozen=True)
+class AckSpec:
+    """What to answer: ``code`` is AA/AE/AR (original) and is mapped to CA/CE/CR in enhanced mode."""
+
+    code: str
+    text: str = ""
+    error_code: int | None = None
+    location: str = ""
+
+
+def ack_code_for(header: Header | None, code: str) -> str | None:
+    """The MSA-1 to send for an original-mode *code*, or None if MSH-15 asks for no ACK."""
+    if header is None or not header.enhanced:
+        return code
+    enhanced = {"AA": "CA", "AE": "CE", "AR": "CR"}[code]
+    mode = header.accept_ack or "AL"
+    if mode == "NE" or (mode == "ER" and code == "AA") or (mode == "SU" and code != "AA"):
+        return None
+    return enhanced
+
+
+def escape(text: str, header: Header | None) -> str:
+    """Escape delimiters in free text with HL7 escape sequences."""
+    fs = header.field_sep if header else "|"
+    enc = header.encoding if header else "^~\\&"
+    esc = enc[2] if len(enc) > 2 else "\\"
+    out = text.replace(esc, f"{esc}E{esc}")
+    for ch, name in ((fs, "F"), (enc[0], "S"), (enc[1], "R"), (enc[3] if len(enc) > 3 else "&", "T")):
+        out = out.replace(ch, f"{esc}{name}{esc}")
+    return out.replace("\r", " ").replace("\n", " ")
+
+
+def build_ack(
+    header: Header | None,
+    spec: AckSpec,
+    *,
+    app: str = "RADBRIDGE",
+    facility: str = "",
+    control_id: str | None = None,
+    now: float | None = None,
+) -> bytes | None:
+    """Build the ACK for *header* (None when the MSH itself was unreadable).
+
+    Returns None when the sender asked for no accept acknowledgement (MSH-15).
+    """
+    code = ack_code_for(header, spec.code)
+    if code is None:
+        return None
+    fs = header.field_sep if header else "|"
+    enc = header.encoding[:4] if header else "^~\\&"
+    comp = enc[0]
+    ts = time.strftime("%Y%m%d%H%M%S", time.gmtime(now if now is not None else time.time()))
+    version = header.version if header else "2.5.1"
+    trigger = header.message_type.split("^")[1] if header and "^" in header.message_type else ""
+    their_id = header.control_id if header else ""
+    msh = fs.join([
+        "MSH", enc, app, facility,
+        header.sending_app if header else "", header.sending_facility if header else "",
+        ts, "", f"ACK{comp}{trigger}{comp}ACK" if trigger else "ACK",
+        control_id or next_control_id(), header.processing_id if header else "P", version,
+    ])
+    text = escape(spec.text, header) if spec.text else ""
+    segments = [msh, fs.join(["MSA", code, escape(their_id, header), text]).rstrip(fs)]
+    if spec.error_code is not None:
+        segments.append(_err_segment(header, spec, fs, enc, version))
+    return ("\r".join(segments) + "\r").encode("latin-1", "replace")
+
+
+def _err_segment(header: Header | None, spec: AckSpec, fs: str, enc: str, version: str) -> str:
+    comp, sub = enc[0], enc[3] if len(enc) > 3 else "&"
+    assert spec.error_code is not None
+    name = ERROR_TEXT.get(spec.error_code, "Error")
+    loc = spec.location.replace("^", comp)
+    message = escape(spec.text, header)
+    if _version_tuple(version) >= (2, 5):
+        code = comp.join([str(spec.error_code), name, "HL70357"])
+        # ERR-2 location, ERR-3 code, ERR-4 severity, ERR-8 user message
+        return fs.join(["ERR", "", loc, code, "E", "", "", "", message])
+    # v2.3/2.4: ERR-1 (ELD) = segment^sequence^field^code&text&table
+    eld = comp.join([*loc.split(comp)[:3], sub.join([str(spec.error_code), name, "HL70357"])])
+    return fs.join(["ERR", eld])
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    parts = []
+    for p in version.split("."):
+        if not p.isdigit():
+            break
+        parts.append(int(p))
+    return tuple(parts) or (2, 5)
+
+
+def read_ack(raw: bytes) -> tuple[str, str, str]:
+    """Return (MSA-1, MSA-2, reason) from a peer's ACK; reason joins MSA-3 and ERR text."""
+    from mappings.hl7v2.text import normalise
+
+    text = normalise(raw).decode("latin-1")
+    if not text.startswith("MSH") or len(text) < 8:
+        raise ValueError("ACK does not start with MSH")
+    fs = text[3]
+    msa: list[str] | None = None
+    reasons: list[str] = []
+    for seg in text.split("\r"):
+        fields = seg.split(fs)
+        if fields[0] == "MSA":
+            msa = fields
+            if len(fields) > 3 and fields[3]:
+                reasons.append(fields[3])
+        elif fields[0] == "ERR":
+            reasons.append(fs.join(fields[1:]).strip(fs))
+    if msa is None or len(msa) < 3:
+        raise ValueError("ACK has no MSA segment with MSA-1 and MSA-2")
+    return msa[1].strip().upper(), msa[2].strip(), "; ".join(reasons)

@@ -1,0 +1,249 @@
+"""Where each domain value lives in an HL7 v2 message, per channel.
+
+Sites differ: one RIS sends the accession in OBR-18, another in OBR-20 or
+IPC-1. A :class:`FieldMap` lists, for every mapped value, the field paths to
+try in order; the first one that holds a value wins. A path reads
+``SEG-field[.component[.subcomponent]]`` (``OBR-18``, ``ORC-7.6``,
+``PID-3.4.1``); without a component it means the first component, and it always
+reads the first repetition, except for the whole-field (composite) values —
+identifiers, name, procedure code — which read every repetition themselves.
+
+This module also holds the small, uniform view over python-hl7's parsed
+segments (:class:`SegmentView`, :class:`Scope`) that the mappings read through.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    WithJsonSchema,
+)
+
+from mappings.hl7v2.text import decode
+
+_NUMBER = r"([1-9][0-9]{0,2})"
+_PATH_RE = re.compile(rf"([A-Z][A-Z0-9]{{2}})-{_NUMBER}(?:\.{_NUMBER}(?:\.{_NUMBER})?)?")
+PATH_PATTERN = r"^[A-Za-z][A-Za-z0-9]{2}-[1-9][0-9]{0,2}(\.[1-9][0-9]{0,2}){0,2}$"
+
+#: Repetitions -> components -> subcomponents, every leaf unescaped and stripped.
+Repetitions = list[list[list[str]]]
+
+
+@dataclass(frozen=True, slots=True)
+class FieldPath:
+    """One HL7 field location: segment id, field, optional component and subcomponent."""
+
+    segment: str
+    field: int
+    component: int | None = None
+    subcomponent: int | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> FieldPath:
+        """Parse ``"SEG-field[.component[.subcomponent]]"``; raise ValueError if malformed.
+
+        Segment ids are case-insensitive (``obr-18`` reads as ``OBR-18``);
+        numbers are 1-based, as in the HL7 standard.
+        """
+        if not isinstance(text, str):
+            raise ValueError(f"an HL7 field path must be a string, not {type(text).__name__}")
+        match = _PATH_RE.fullmatch(text.strip().upper())
+        if match is None:
+            raise ValueError(
+                f"{text!r} is not an HL7 field path like 'OBR-18', 'ORC-7.6' or 'PID-3.4.1'"
+            )
+        seg, fld, comp, sub = match.groups()
+        return cls(seg, int(fld), int(comp) if comp else None, int(sub) if sub else None)
+
+    def __str__(self) -> str:
+        parts = [f"{self.segment}-{self.field}"]
+        parts += [str(n) for n in (self.component, self.subcomponent) if n is not None]
+        return ".".join(parts)
+
+
+def _to_paths(value: Any) -> Any:
+    """Accept one path or a list of paths, as strings or FieldPath objects."""
+    items = [value] if isinstance(value, str | FieldPath) else value
+    if not isinstance(items, list | tuple):
+        raise ValueError("expected an HL7 field path or a list of them")
+    return tuple(p if isinstance(p, FieldPath) else FieldPath.parse(p) for p in items)
+
+
+def _whole_fields(paths: tuple[FieldPath, ...]) -> tuple[FieldPath, ...]:
+    for path in paths:
+        if path.component is not None:
+            raise ValueError(f"{path} names a component; this value reads a whole field")
+    return paths
+
+
+_SCHEMA = WithJsonSchema({"type": "array", "items": {"type": "string", "pattern": PATH_PATTERN}})
+_SERIAL = PlainSerializer(lambda paths: [str(p) for p in paths], return_type=list[str])
+Paths = Annotated[tuple[FieldPath, ...], BeforeValidator(_to_paths), _SERIAL, _SCHEMA]
+FieldPaths = Annotated[
+    tuple[FieldPath, ...],
+    BeforeValidator(_to_paths),
+    AfterValidator(_whole_fields),
+    _SERIAL,
+    _SCHEMA,
+]
+
+
+def _paths(*texts: str) -> tuple[FieldPath, ...]:
+    return tuple(FieldPath.parse(t) for t in texts)
+
+
+class FieldMap(BaseModel):
+    """Which HL7 field carries each mapped value; each list is tried in order.
+
+    The defaults follow HL7 v2.3–2.5.1 and IHE Radiology Scheduled Workflow.
+    A channel overrides only what its site does differently, e.g.
+    ``FieldMap(accession=["OBR-18", "IPC-1", "OBR-20"])``.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    patient_identifiers: FieldPaths = Field(
+        default=_paths("PID-3"), min_length=1, description="CX list"
+    )
+    patient_name: FieldPaths = Field(
+        default=_paths("PID-5"), description="XPN; legal name preferred"
+    )
+    birth_date: Paths = Field(
+        default=_paths("PID-7"), description="date of birth, kept as YYYYMMDD"
+    )
+    sex: Paths = Field(default=_paths("PID-8"), description="administrative sex")
+    patient_class: Paths = Field(default=_paths("PV1-2"), description="E, I, O ...")
+    location: Paths = Field(default=_paths("PV1-3"), description="point of care")
+    merged_from: FieldPaths = Field(
+        default=_paths("MRG-1"), min_length=1, description="merged CX list"
+    )
+    order_control: Paths = Field(
+        default=_paths("ORC-1"), min_length=1, description="NW, SC, CA, DC ..."
+    )
+    order_status: Paths = Field(default=_paths("ORC-5"), description="SC, IP, CM, CA ...")
+    placer_number: Paths = Field(
+        default=_paths("ORC-2", "OBR-2"), description="placer order number"
+    )
+    filler_number: Paths = Field(
+        default=_paths("ORC-3", "OBR-3"), description="filler order number"
+    )
+    accession: Paths = Field(default=_paths("OBR-18", "IPC-1"), description="accession number")
+    requested_procedure_id: Paths = Field(default=_paths("OBR-19", "IPC-2"))
+    study_instance_uid: Paths = Field(default=_paths("ZDS-1", "IPC-3"))
+    modality: Paths = Field(default=_paths("OBR-24", "IPC-5"))
+    procedure_code: FieldPaths = Field(
+        default=_paths("OBR-4"), description="CE/CWE code^text^system"
+    )
+    priority: Paths = Field(
+        default=_paths("ORC-7.6", "OBR-27.6", "TQ1-9"), description="S, A, R ..."
+    )
+    ordered_at: Paths = Field(default=_paths("ORC-9", "OBR-6"), description="HL7 DTM timestamp")
+
+
+def _subs(node: Any) -> list[str]:
+    return [node] if isinstance(node, str) else [str(s) for s in node]
+
+
+def _comps(node: Any) -> list[list[str]]:
+    return [[node]] if isinstance(node, str) else [_subs(c) for c in node]
+
+
+_ESCAPE_NAMES = {"F": 1, "R": 2, "S": 3, "T": 4}
+_DROPPED = {"H", "N", ".fi", ".nf"}  # highlighting and fill mode carry no text
+
+
+class SegmentView:
+    """One parsed segment read as plain strings: unescaped, stripped, ``""`` as empty."""
+
+    def __init__(self, segment: Any, separators: str, esc: str, charset: str | None) -> None:
+        self._segment = segment
+        self._separators = separators  # "\r" + field, repetition, component, subcomponent
+        self._esc = esc
+        self._charset = charset
+        self.name = str(segment[0]).strip().upper() if len(segment) else ""
+
+    def repetitions(self, number: int) -> Repetitions:
+        """All repetitions of field *number* (1-based, MSH-n counts MSH-1 too)."""
+        if number >= len(self._segment):
+            return []
+        node = self._segment[number]
+        reps = [[[node]]] if isinstance(node, str) else [_comps(r) for r in node]
+        return [[[self._clean(s) for s in comp] for comp in rep] for rep in reps]
+
+    def value(self, path: FieldPath) -> str | None:
+        """The value at *path* in the first repetition, or None when absent or empty."""
+        reps = self.repetitions(path.field)
+        return component(reps[0], path.component or 1, path.subcomponent or 1) if reps else None
+
+    def _clean(self, text: str) -> str:
+        text = self._unescape(text) if self._esc and self._esc in text else text
+        text = text.strip()
+        return "" if text == '""' else text
+
+    def _unescape(self, text: str) -> str:
+        esc = re.escape(self._esc)
+        return re.sub(f"{esc}([^{esc}]*){esc}", self._replace, text)
+
+    def _replace(self, match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name in _ESCAPE_NAMES:
+            return self._separators[_ESCAPE_NAMES[name]]
+        if name == "E":
+            return self._esc
+        if name in _DROPPED:
+            return ""
+        if name.startswith((".br", ".sp")):
+            return "\n"
+        if name.startswith("X") and re.fullmatch(r"(?:[0-9A-Fa-f]{2})+", name[1:]):
+            return decode(bytes.fromhex(name[1:]), self._charset)
+        return match.group(0)  # unknown sequence: keep it as sent
+
+
+def component(rep: list[list[str]], number: int, sub: int = 1) -> str | None:
+    """Component *number* (1-based), subcomponent *sub*, of one repetition; None if empty."""
+    if number > len(rep) or sub > len(rep[number - 1]):
+        return None
+    return rep[number - 1][sub - 1] or None
+
+
+class Scope:
+    """Segments searched by name: the nearest layer (an order group) first, then outer ones."""
+
+    def __init__(self, *layers: Sequence[SegmentView]) -> None:
+        self._layers = layers
+
+    def find(self, name: str) -> SegmentView | None:
+        """The first segment called *name* in the nearest layer that has one."""
+        for layer in self._layers:
+            for seg in layer:
+                if seg.name == name:
+                    return seg
+        return None
+
+    def value(self, paths: Sequence[FieldPath]) -> tuple[str | None, FieldPath | None]:
+        """The first non-empty value among *paths*, with the path it came from."""
+        for path in paths:
+            seg = self.find(path.segment)
+            value = seg.value(path) if seg else None
+            if value is not None:
+                return value, path
+        return None, None
+
+    def repetitions(self, paths: Sequence[FieldPath]) -> Repetitions:
+        """The repetitions of the first of *paths* whose field holds any text."""
+        for path in paths:
+            seg = self.find(path.segment)
+            reps = seg.repetitions(path.field) if seg else []
+            if any(s for rep in reps for comp in rep for s in comp):
+                return reps
+        return []

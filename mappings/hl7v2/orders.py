@@ -1,0 +1,355 @@
+"""Inbound HL7 v2 ADT, ORM^O01 and OMI^O23 -> domain objects (Patient, Order).
+
+Pure functions, no I/O. ``map_message(raw)`` is the one entry point: it reads
+the bytes leniently (any segment terminator, the message's own delimiters from
+MSH-1/MSH-2, MSH-18 charset, Z-segments anywhere, missing optional segments),
+dispatches on MSH-9 and returns a :class:`PatientEvent` or an
+:class:`OrderEvent`. Anything it cannot map raises :class:`MappingError`, whose
+text names the segment or field at fault and never quotes message content.
+
+Which field carries which value comes from a per-channel
+:class:`~mappings.hl7v2.fieldmap.FieldMap`. Orders are grouped by ORC: every
+segment up to the next ORC belongs to that order (a second OBR without its own
+ORC starts a new order that shares the ORC). An order's fields are looked up in
+its group first and then among the segments before the first ORC, so a ZDS
+sent before the ORC still reaches a single order. Of several IPC segments in
+one order, the first is read.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+import hl7
+
+from engine.model import Identifier, Order, Patient
+from mappings.hl7v2.fieldmap import (
+    FieldMap,
+    FieldPath,
+    Repetitions,
+    Scope,
+    SegmentView,
+    component,
+)
+from mappings.hl7v2.text import decode, normalise
+
+ADT_EVENTS = frozenset(f"A{n:02d}" for n in (*range(1, 9), 11, 12, 13, 18, 28, 31, 34, 40))
+MERGE_EVENTS = frozenset({"A18", "A34", "A40"})
+ORDER_MESSAGES = frozenset({("ORM", "O01"), ("OMI", "O23")})
+_DEFAULT_TRIGGER = {"ORM": "O01", "OMI": "O23"}
+
+_MSH_9 = FieldPath("MSH", 9)
+_MSH_10 = FieldPath("MSH", 10)
+_MSH_18 = FieldPath("MSH", 18)
+_EVN_1 = FieldPath("EVN", 1)
+_DTM = re.compile(r"(\d{4})(\d\d)?(\d\d)?(\d\d)?(\d\d)?(\d\d)?(?:\.(\d{1,4}))?([+-]\d{4})?")
+
+
+class MappingError(ValueError):
+    """A message that cannot be mapped to domain objects (answer AE, do not retry).
+
+    ``reason`` is a sentence naming the segment or field ("PID-3 is empty");
+    ``location`` is the HL7 path alone ("PID-3", "MSH-9", "PID"), or None when
+    the message as a whole is unreadable. Neither ever quotes message content.
+    """
+
+    def __init__(self, reason: str, location: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.location = location
+
+
+@dataclass(slots=True)
+class PatientEvent:
+    """An ADT message mapped: ``event`` is the trigger (A01, A08, A40 ...)."""
+
+    message_type: str
+    event: str
+    control_id: str | None
+    patient: Patient
+
+
+@dataclass(slots=True)
+class OrderEvent:
+    """An ORM^O01 or OMI^O23 message mapped: the patient and every order it carries."""
+
+    message_type: str
+    event: str
+    control_id: str | None
+    patient: Patient
+    orders: list[Order]
+
+
+def map_message(raw: bytes, fieldmap: FieldMap | None = None) -> PatientEvent | OrderEvent:
+    """Map raw HL7 v2 bytes to a PatientEvent (ADT) or an OrderEvent (ORM^O01, OMI^O23).
+
+    Raises MappingError, naming the field, for anything it cannot map: no MSH,
+    unusable delimiters, an unsupported MSH-9, a missing PID-3 or order number.
+    """
+    msg = parse_message(raw)
+    code, event = message_type(msg)
+    if code == "ADT":
+        return map_patient(msg, fieldmap)
+    if (code, event) not in ORDER_MESSAGES:
+        raise MappingError(f"MSH-9 {code}^{event} is not ADT, ORM^O01 or OMI^O23", "MSH-9")
+    orders = map_order(msg, fieldmap)
+    control_id, _ = Scope(_views(msg)).value([_MSH_10])
+    return OrderEvent(f"{code}^{event}", event, control_id, orders[0].patient, orders)
+
+
+def parse_message(raw: bytes) -> hl7.Message:
+    """Parse raw bytes with python-hl7 after normalising terminators and decoding MSH-18.
+
+    The delimiters are the message's own (MSH-1, MSH-2); they must be distinct,
+    non-alphanumeric characters. Raises MappingError if the bytes are not HL7.
+    """
+    data = normalise(raw.strip(b"\x0b\x1c\r\n"))
+    text = decode(data, _sniff_charset(data))
+    _check_delimiters(text)
+    try:
+        return hl7.parse(text)
+    except Exception as exc:  # python-hl7 raises assorted types on malformed input
+        raise MappingError(f"message could not be parsed ({type(exc).__name__})") from exc
+
+
+def message_type(msg: hl7.Message) -> tuple[str, str]:
+    """MSH-9 as (message code, trigger event), upper-case; the trigger falls back to EVN-1."""
+    scope = Scope(_views(msg))
+    msh = scope.find("MSH")
+    reps = msh.repetitions(9) if msh else []
+    code = (component(reps[0], 1) if reps else None) or ""
+    trigger = (component(reps[0], 2) if reps else None) or scope.value([_EVN_1])[0]
+    if not code:
+        raise MappingError("MSH-9 (message type) is empty", "MSH-9")
+    code = code.upper()
+    return code, (trigger or _DEFAULT_TRIGGER.get(code, "")).upper()
+
+
+def map_patient(msg: hl7.Message, fieldmap: FieldMap | None = None) -> PatientEvent:
+    """Map a parsed ADT message (A01, A04, A08, A03, A11, A40 merge ...) to a PatientEvent.
+
+    For merges (A18, A34, A40) the MRG-1 identifiers become ``Patient.merged_from``;
+    a merge message carrying several PID/MRG pairs is refused rather than half-mapped.
+    """
+    fm = fieldmap or FieldMap()
+    code, event = message_type(msg)
+    if code != "ADT" or event not in ADT_EVENTS:
+        raise MappingError(f"MSH-9 {code}^{event} is not an ADT event this mapping reads", "MSH-9")
+    views = _views(msg)
+    scope = Scope(views)
+    patient = _patient(scope, fm)
+    if event in MERGE_EVENTS:
+        if sum(v.name == "PID" for v in views) > 1:
+            raise MappingError(
+                f"{event} carries several PID/MRG pairs; send one per message", "PID"
+            )
+        patient.merged_from = _identifiers(scope.repetitions(fm.merged_from))
+        if not patient.merged_from:
+            raise _missing(scope, fm.merged_from)
+    control_id, _ = scope.value([_MSH_10])
+    return PatientEvent(f"ADT^{event}", event, control_id, patient)
+
+
+def map_order(msg: hl7.Message, fieldmap: FieldMap | None = None) -> list[Order]:
+    """Map a parsed ORM^O01 or OMI^O23 to one Order per ORC group, each with the patient.
+
+    Every order must carry an order control (ORC-1) and at least one of the
+    placer number, filler number or accession; otherwise MappingError.
+    """
+    fm = fieldmap or FieldMap()
+    code, event = message_type(msg)
+    if (code, event) not in ORDER_MESSAGES:
+        raise MappingError(f"MSH-9 {code}^{event} is not an order this mapping reads", "MSH-9")
+    views = _views(msg)
+    header, groups = _order_groups(views)
+    if not groups:
+        raise MappingError(f"{code}^{event} has no ORC segment", "ORC")
+    patient = _patient(Scope(views), fm)
+    many = len(groups) > 1
+    return [
+        _order(Scope(group, header), patient, fm, f" (order {n})" if many else "")
+        for n, group in enumerate(groups, start=1)
+    ]
+
+
+def parse_timestamp(text: str) -> datetime:
+    """Parse an HL7 DTM/TS value (``YYYY[MM[DD[HH[MM[SS[.S…]]]]]][+/-ZZZZ]``).
+
+    Missing parts default to the start of the period; an offset gives an aware
+    datetime, no offset a naive one. Raises ValueError when malformed.
+    """
+    match = _DTM.fullmatch(text.strip())
+    if match is None:
+        raise ValueError("not an HL7 timestamp")
+    year, month, day, hour, minute, second, frac, offset = match.groups()
+    tz = None
+    if offset:
+        hours, minutes = int(offset[1:3]), int(offset[3:5])
+        if minutes >= 60:
+            raise ValueError("timezone offset minutes out of range")
+        sign = -1 if offset[0] == "-" else 1
+        tz = timezone(sign * timedelta(hours=hours, minutes=minutes))
+    return datetime(
+        int(year),
+        int(month or 1),
+        int(day or 1),
+        int(hour or 0),
+        int(minute or 0),
+        int(second or 0),
+        int((frac or "0").ljust(6, "0")),
+        tzinfo=tz,
+    )
+
+
+def _sniff_charset(data: bytes) -> str | None:
+    """MSH-18 read from the raw bytes, before decoding (delimiters are ASCII)."""
+    head = data.split(b"\r", 1)[0]
+    if len(head) < 4 or not head.startswith(b"MSH"):
+        return None
+    fields = head.split(head[3:4])
+    if len(fields) < 18:
+        return None
+    repetition = fields[1][1:2]
+    value = fields[17].split(repetition)[0] if repetition else fields[17]
+    return value.decode("latin-1").strip() or None
+
+
+def _check_delimiters(text: str) -> None:
+    if len(text) < 4 or not text.startswith("MSH"):
+        raise MappingError("message does not start with an MSH segment", "MSH")
+    end = text.find(text[3], 4)
+    delimiters = text[3:end] if end != -1 else text[3:]
+    if (
+        len(delimiters) > 6
+        or len(set(delimiters)) != len(delimiters)
+        or any(c.isalnum() or c.isspace() for c in delimiters)
+    ):
+        raise MappingError("MSH-1/MSH-2 do not hold distinct, usable delimiters", "MSH-2")
+    if end == -1:
+        raise MappingError("MSH-9 (message type) is empty", "MSH-9")
+
+
+def _views(msg: hl7.Message) -> list[SegmentView]:
+    separators, esc = msg.separators, msg.esc
+    charset = SegmentView(msg[0], separators, esc, None).value(_MSH_18) if len(msg) else None
+    return [SegmentView(seg, separators, esc, charset) for seg in msg]
+
+
+def _order_groups(
+    views: Sequence[SegmentView],
+) -> tuple[list[SegmentView], list[list[SegmentView]]]:
+    """Split segments into the header (before the first ORC/OBR) and one group per order."""
+    header: list[SegmentView] = []
+    groups: list[list[SegmentView]] = []
+    for seg in views:
+        if seg.name == "ORC":
+            groups.append([seg])
+        elif seg.name == "OBR" and (not groups or any(s.name == "OBR" for s in groups[-1])):
+            shared_orc = [s for s in groups[-1] if s.name == "ORC"][:1] if groups else []
+            groups.append([*shared_orc, seg])
+        elif groups:
+            groups[-1].append(seg)
+        else:
+            header.append(seg)
+    return header, groups
+
+
+def _patient(scope: Scope, fm: FieldMap) -> Patient:
+    identifiers = _identifiers(scope.repetitions(fm.patient_identifiers))
+    if not identifiers:
+        raise _missing(scope, fm.patient_identifiers)
+    family, given = _name(scope.repetitions(fm.patient_name))
+    birth_date, _ = scope.value(fm.birth_date)
+    if birth_date and birth_date[:8].isdigit():
+        birth_date = birth_date[:8]  # drop any time of birth; the date stays as sent
+    return Patient(
+        identifiers=identifiers,
+        family_name=family,
+        given_name=given,
+        birth_date=birth_date,
+        sex=scope.value(fm.sex)[0],
+        patient_class=scope.value(fm.patient_class)[0],
+        location=scope.value(fm.location)[0],
+    )
+
+
+def _identifiers(reps: Repetitions) -> list[Identifier]:
+    """CX repetitions -> Identifiers: CX.1 value, CX.4 issuer (HD namespace or OID), CX.5 type."""
+    return [
+        Identifier(
+            value=value,
+            issuer=component(rep, 4, 1) or component(rep, 4, 2),
+            type_code=component(rep, 5),
+        )
+        for rep in reps
+        if (value := component(rep, 1))
+    ]
+
+
+def _name(reps: Repetitions) -> tuple[str | None, str | None]:
+    """XPN: the legal name (XPN.7 = L) if one is sent, else the first; FN.1 surname, XPN.2."""
+    named = [rep for rep in reps if component(rep, 1) or component(rep, 2)]
+    if not named:
+        return None, None
+    rep = next((r for r in named if (component(r, 7) or "").upper() == "L"), named[0])
+    return component(rep, 1, 1), component(rep, 2)
+
+
+def _order(scope: Scope, patient: Patient, fm: FieldMap, which: str) -> Order:
+    control, _ = scope.value(fm.order_control)
+    if not control:
+        raise _missing(scope, fm.order_control, which)
+    placer, _ = scope.value(fm.placer_number)
+    filler, _ = scope.value(fm.filler_number)
+    accession, _ = scope.value(fm.accession)
+    if not (placer or filler or accession):
+        paths = ", ".join(map(str, (*fm.placer_number, *fm.filler_number, *fm.accession)))
+        raise MappingError(
+            f"no order number: {paths} are all empty{which}", _first(fm.placer_number)
+        )
+    code_reps = scope.repetitions(fm.procedure_code)
+    code = code_reps[0] if code_reps else []
+    return Order(
+        patient=patient,
+        control=control.upper(),
+        placer_number=placer,
+        filler_number=filler,
+        accession=accession,
+        requested_procedure_id=scope.value(fm.requested_procedure_id)[0],
+        study_instance_uid=scope.value(fm.study_instance_uid)[0],
+        modality=scope.value(fm.modality)[0],
+        procedure_code=component(code, 1),
+        procedure_text=component(code, 2),
+        procedure_system=component(code, 3),
+        priority=scope.value(fm.priority)[0],
+        status=scope.value(fm.order_status)[0],
+        ordered_at=_timestamp(scope, fm.ordered_at, which),
+    )
+
+
+def _timestamp(scope: Scope, paths: Sequence[FieldPath], which: str) -> datetime | None:
+    text, path = scope.value(paths)
+    if text is None:
+        return None
+    try:
+        return parse_timestamp(text)
+    except ValueError:
+        raise MappingError(
+            f"{path} is not an HL7 timestamp (YYYYMMDD[HHMM[SS]][+ZZZZ]){which}", str(path)
+        ) from None
+
+
+def _missing(scope: Scope, paths: Sequence[FieldPath], which: str = "") -> MappingError:
+    """The error for a required value none of *paths* holds: a missing segment or empty field."""
+    if paths and all(scope.find(p.segment) is None for p in paths):
+        segments = " / ".join(dict.fromkeys(p.segment for p in paths))
+        return MappingError(f"{segments} segment is missing{which}", paths[0].segment)
+    names = " / ".join(map(str, paths))
+    return MappingError(f"{names} {'are' if len(paths) > 1 else 'is'} empty{which}", _first(paths))
+
+
+def _first(paths: Sequence[FieldPath]) -> str | None:
+    return str(paths[0]) if paths else None
