@@ -26,7 +26,14 @@ RESCAN_SECS = 5.0
 
 
 class Processor(Protocol):
-    """Turns one stored message into its outcome. Pure and thread-safe: it runs in an executor."""
+    """Turns one stored message into its outcome. Pure and thread-safe.
+
+    ``cpu_bound`` processors (parsing, mapping) run in an executor so the
+    event loop never parses; trivial ones run inline.
+    """
+
+    cpu_bound: bool
+    needs_raw: bool
 
     def process(self, msg: Message) -> Outcome: ...
 
@@ -34,12 +41,15 @@ class Processor(Protocol):
 class Passthrough:
     """Forward the message unchanged to every destination channel in ``forward_to``."""
 
+    cpu_bound = False
+    needs_raw = False  # deliveries reference the stored raw bytes
+
     def __init__(self, forward_to: Sequence[str]) -> None:
         self.forward_to = list(forward_to)
 
     def process(self, msg: Message) -> Outcome:
         return Outcome(msg.id, Status.TRANSFORMED,
-                       deliveries=[(dest, msg.raw) for dest in self.forward_to])
+                       deliveries=[(dest, None) for dest in self.forward_to])
 
 
 def _lane_of(msg: Message) -> int:
@@ -73,7 +83,8 @@ class Pipeline:
     async def run(self) -> None:
         while True:
             try:
-                msgs = await self.store.fetch_received(self.channel, BATCH)
+                msgs = await self.store.fetch_received(self.channel, BATCH,
+                                                       self.processor.needs_raw)
                 if msgs:
                     await self._process(msgs)
                     continue
@@ -91,9 +102,12 @@ class Pipeline:
         lanes: dict[int, list[Message]] = {}
         for msg in msgs:
             lanes.setdefault(_lane_of(msg), []).append(msg)
-        loop = asyncio.get_running_loop()
-        results = await asyncio.gather(*(loop.run_in_executor(None, _run_lane, self.processor,
-                                                              lane) for lane in lanes.values()))
+        if self.processor.cpu_bound:
+            loop = asyncio.get_running_loop()
+            results = await asyncio.gather(*(loop.run_in_executor(None, _run_lane, self.processor,
+                                                                  lane) for lane in lanes.values()))
+        else:
+            results = [_run_lane(self.processor, lane) for lane in lanes.values()]
         outcomes = [o for lane in results for o in lane]
         await self.store.apply_outcomes(outcomes)
         self.processed += len(outcomes)

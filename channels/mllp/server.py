@@ -9,6 +9,7 @@ stops reading until it catches up, so memory stays bounded.
 from __future__ import annotations
 
 import asyncio
+from typing import cast
 import logging
 from collections import deque
 
@@ -35,8 +36,7 @@ class _Connection(asyncio.Protocol):
         self.last_active = 0.0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
         self.last_active = self.server.loop.time()

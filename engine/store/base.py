@@ -35,7 +35,8 @@ class Outcome:
     status: Status
     error: str | None = None
     layers: dict[str, bytes] = field(default_factory=dict)
-    deliveries: list[tuple[str, bytes]] = field(default_factory=list)  # (destination, payload)
+    # (destination, payload); a payload of None sends the raw message unchanged.
+    deliveries: list[tuple[str, bytes | None]] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -97,8 +98,9 @@ class Store(abc.ABC):
         return await fut
 
     @abc.abstractmethod
-    async def fetch_received(self, channel: str, limit: int) -> list[Message]:
-        """Oldest RECEIVED messages of *channel*, in arrival order."""
+    async def fetch_received(self, channel: str, limit: int, with_raw: bool = True
+                             ) -> list[Message]:
+        """Oldest RECEIVED messages of *channel*, in arrival order (``raw`` empty unless asked)."""
 
     @abc.abstractmethod
     async def apply_outcomes(self, outcomes: Sequence[Outcome]) -> None:

@@ -33,7 +33,7 @@ CREATE TABLE IF NOT EXISTS deliveries (
     destination TEXT    NOT NULL,
     status      TEXT    NOT NULL,
     attempts    INTEGER NOT NULL DEFAULT 0,
-    payload     BLOB    NOT NULL,
+    payload     BLOB,               -- NULL: the message's raw bytes
     response    BLOB,
     error       TEXT,
     updated_at  REAL

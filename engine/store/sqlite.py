@@ -33,6 +33,7 @@ from engine.store.schema import SQLITE_SCHEMA
 T = TypeVar("T")
 _STOP = object()
 _MAX_GROUP = 4096
+_ROWS_PER_INSERT = 256  # 10 parameters a row, well under SQLITE_MAX_VARIABLE_NUMBER
 
 _INSERT = (
     "INSERT INTO messages (channel, received_at, raw, status, control_id, message_type, msg_key,"
@@ -40,16 +41,43 @@ _INSERT = (
 )
 _MSG_COLS = ("id, channel, received_at, status, raw, control_id, message_type, msg_key, duplicate,"
              " error")
-_DLV_COLS = ("d.id, d.message_id, d.destination, d.status, d.attempts, d.payload, d.response,"
-             " d.error, m.msg_key")
+_DLV_COLS = ("d.id, d.message_id, d.destination, d.status, d.attempts,"
+             " coalesce(d.payload, m.raw), d.response, d.error, m.msg_key")
 
 
-def _connect(path: str) -> sqlite3.Connection:
+def _connect(path: str, *, writer: bool = False) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute("PRAGMA foreign_keys=ON")
+    if writer:
+        # Checkpoints run in their own thread (see _Checkpointer), not inside our commits.
+        conn.execute("PRAGMA wal_autocheckpoint=0")
     return conn
+
+
+class _Checkpointer(threading.Thread):
+    """Copies the WAL back into the database beside the writer (PASSIVE never blocks it)."""
+
+    def __init__(self, path: str, every_secs: float = 0.5) -> None:
+        super().__init__(name="radbridge-store-ckpt", daemon=True)
+        self._path = path
+        self._every = every_secs
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        conn = _connect(self._path)
+        try:
+            while not self.stopping.wait(self._every):
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                except sqlite3.Error:
+                    continue  # busy or full: the next round tries again; the WAL keeps the data
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error:
+            pass
+        finally:
+            conn.close()
 
 
 def _to_store_error(exc: sqlite3.Error) -> StoreError:
@@ -72,7 +100,7 @@ class _Writer(threading.Thread):
         self.ops = 0
 
     def run(self) -> None:
-        conn = _connect(self._path)
+        conn = _connect(self._path, writer=True)
         try:
             while True:
                 item = self.q.get()
@@ -96,8 +124,17 @@ class _Writer(threading.Thread):
         results: list[tuple[Callable[..., None], Any, BaseException | None]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
+            inserts: list[tuple[NewMessage, Callable[..., None]]] = []
             for op, args, done in batch:
+                if op is _insert_op:
+                    inserts.append((args[0], done))
+                    continue
+                if inserts:
+                    results.extend(_insert_many(conn, inserts))
+                    inserts = []
                 results.append(self._run_op(conn, op, args, done))
+            if inserts:
+                results.extend(_insert_many(conn, inserts))
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             if conn.in_transaction:
@@ -114,11 +151,6 @@ class _Writer(threading.Thread):
     @staticmethod
     def _run_op(conn: sqlite3.Connection, op: Callable[..., Any], args: tuple[Any, ...],
                 done: Callable[..., None]) -> tuple[Callable[..., None], Any, BaseException | None]:
-        if op is _insert_op:
-            try:
-                return done, op(conn, *args), None
-            except sqlite3.Error as exc:
-                return done, None, _to_store_error(exc)
         conn.execute("SAVEPOINT op")
         try:
             value = op(conn, *args)
@@ -130,33 +162,61 @@ class _Writer(threading.Thread):
             return done, None, _to_store_error(exc)
 
 
+def _insert_row(m: NewMessage) -> tuple[Any, ...]:
+    return (m.channel, m.received_at, m.raw, str(m.status), m.control_id, m.message_type, m.key,
+            int(m.duplicate), m.error, m.received_at)
+
+
+def _insert_many(conn: sqlite3.Connection, items: list[tuple[NewMessage, Callable[..., None]]]
+                 ) -> list[tuple[Callable[..., None], Any, BaseException | None]]:
+    """Insert consecutive messages with one executemany; ids are consecutive (single writer)."""
+    try:
+        # Multi-row VALUES: one sqlite3_step (one GIL hand-off) per chunk instead of per row.
+        for start in range(0, len(items), _ROWS_PER_INSERT):
+            chunk = items[start:start + _ROWS_PER_INSERT]
+            params = [v for m, _ in chunk for v in _insert_row(m)]
+            conn.execute(_INSERT + ",(?,?,?,?,?,?,?,?,?,?)" * (len(chunk) - 1), params)
+    except sqlite3.Error:
+        # One bad row must not fail its neighbours: fall back to row by row.
+        out: list[tuple[Callable[..., None], Any, BaseException | None]] = []
+        for m, done in items:
+            try:
+                out.append((done, _insert_op(conn, m), None))
+            except sqlite3.Error as exc:
+                out.append((done, None, _to_store_error(exc)))
+        return out
+    last = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
+    first = last - len(items) + 1
+    return [(done, first + i, None) for i, (_, done) in enumerate(items)]
+
+
 def _deliver(results: list[tuple[Callable[..., None], Any, BaseException | None]]) -> None:
     for done, value, err in results:
         done(value, err)
 
 
 def _insert_op(conn: sqlite3.Connection, m: NewMessage) -> int:
-    cur = conn.execute(_INSERT, (m.channel, m.received_at, m.raw, str(m.status), m.control_id,
-                                 m.message_type, m.key, int(m.duplicate), m.error, m.received_at))
+    cur = conn.execute(_INSERT, _insert_row(m))
     assert cur.lastrowid is not None
     return cur.lastrowid
 
 
 def _outcomes_op(conn: sqlite3.Connection, outcomes: Sequence[Outcome]) -> None:
     now = time.time()
-    for o in sorted(outcomes, key=lambda o: o.message_id):
-        for layer, data in o.layers.items():
-            conn.execute("INSERT OR REPLACE INTO content (message_id, layer, data, created_at)"
-                         " VALUES (?,?,?,?)", (o.message_id, layer, data, now))
-        conn.execute("DELETE FROM deliveries WHERE message_id=? AND status='QUEUED'",
-                     (o.message_id,))
-        for dest, payload in o.deliveries:
-            conn.execute("INSERT INTO deliveries (message_id, destination, status, attempts,"
-                         " payload, updated_at) VALUES (?,?,'QUEUED',0,?,?)",
-                         (o.message_id, dest, payload, now))
-        status = Status.QUEUED if o.deliveries else o.status
-        conn.execute("UPDATE messages SET status=?, error=?, updated_at=? WHERE id=?",
-                     (str(status), o.error, now, o.message_id))
+    ordered = sorted(outcomes, key=lambda o: o.message_id)
+    conn.executemany("INSERT OR REPLACE INTO content (message_id, layer, data, created_at)"
+                     " VALUES (?,?,?,?)", [(o.message_id, layer, data, now) for o in ordered
+                                           for layer, data in o.layers.items()])
+    conn.executemany("DELETE FROM deliveries WHERE message_id=? AND status='QUEUED'",
+                     [(o.message_id,) for o in ordered if o.deliveries])
+    # A payload of NULL means "the raw message": forwarding needs no copy.
+    conn.executemany("INSERT INTO deliveries (message_id, destination, status, attempts, payload,"
+                     " updated_at) VALUES (?,?,'QUEUED',0,?,?)",
+                     [(o.message_id, dest, payload, now) for o in ordered
+                      for dest, payload in o.deliveries])
+    conn.executemany("UPDATE messages SET status=?, error=?, updated_at=? WHERE id=?",
+                     [(str(Status.QUEUED if o.deliveries else o.status), o.error, now,
+                       o.message_id) for o in ordered])
 
 
 def _finish_op(conn: sqlite3.Connection, delivery_id: int, message_id: int, status: str,
@@ -204,6 +264,7 @@ class SQLiteStore(Store):
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
         self._writer: _Writer | None = None
+        self._checkpointer: _Checkpointer | None = None
         self._readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="radbridge-store-r")
         self._local = threading.local()
         self._conns: list[sqlite3.Connection] = []
@@ -221,6 +282,8 @@ class SQLiteStore(Store):
         await asyncio.to_thread(self._create_schema)
         self._writer = _Writer(self.path, asyncio.get_running_loop())
         self._writer.start()
+        self._checkpointer = _Checkpointer(self.path)
+        self._checkpointer.start()
 
     def _create_schema(self) -> None:
         conn = _connect(self.path)
@@ -234,6 +297,10 @@ class SQLiteStore(Store):
             self._writer.q.put(_STOP)
             await asyncio.to_thread(self._writer.join)
             self._writer = None
+        if self._checkpointer is not None:
+            self._checkpointer.stopping.set()
+            await asyncio.to_thread(self._checkpointer.join)
+            self._checkpointer = None
         with self._conns_lock:
             for conn in self._conns:
                 conn.close()
@@ -295,8 +362,10 @@ class SQLiteStore(Store):
 
         return await asyncio.get_running_loop().run_in_executor(self._readers, run)
 
-    async def fetch_received(self, channel: str, limit: int) -> list[Message]:
-        rows = await self._read(f"SELECT {_MSG_COLS} FROM messages WHERE status='RECEIVED'"
+    async def fetch_received(self, channel: str, limit: int, with_raw: bool = True
+                             ) -> list[Message]:
+        cols = _MSG_COLS if with_raw else _MSG_COLS.replace(" raw,", " x'',")
+        rows = await self._read(f"SELECT {cols} FROM messages WHERE status='RECEIVED'"
                                 " AND channel=? ORDER BY id LIMIT ?", (channel, limit))
         return [_row_to_message(r) for r in rows]
 

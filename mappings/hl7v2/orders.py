@@ -5,7 +5,8 @@ the bytes leniently (any segment terminator, the message's own delimiters from
 MSH-1/MSH-2, MSH-18 charset, Z-segments anywhere, missing optional segments),
 dispatches on MSH-9 and returns a :class:`PatientEvent` or an
 :class:`OrderEvent`. Anything it cannot map raises :class:`MappingError`, whose
-text names the segment or field at fault and never quotes message content.
+text names the segment or field at fault and quotes no message content
+beyond a well-formed message type (``ORU^R01``).
 
 Which field carries which value comes from a per-channel
 :class:`~mappings.hl7v2.fieldmap.FieldMap`. Orders are grouped by ORC: every
@@ -26,14 +27,7 @@ from datetime import datetime, timedelta, timezone
 import hl7
 
 from engine.model import Identifier, Order, Patient
-from mappings.hl7v2.fieldmap import (
-    FieldMap,
-    FieldPath,
-    Repetitions,
-    Scope,
-    SegmentView,
-    component,
-)
+from mappings.hl7v2.fieldmap import FieldMap, FieldPath, Repetitions, Scope, SegmentView, component
 from mappings.hl7v2.text import decode, normalise
 
 ADT_EVENTS = frozenset(f"A{n:02d}" for n in (*range(1, 9), 11, 12, 13, 18, 28, 31, 34, 40))
@@ -41,10 +35,10 @@ MERGE_EVENTS = frozenset({"A18", "A34", "A40"})
 ORDER_MESSAGES = frozenset({("ORM", "O01"), ("OMI", "O23")})
 _DEFAULT_TRIGGER = {"ORM": "O01", "OMI": "O23"}
 
-_MSH_9 = FieldPath("MSH", 9)
 _MSH_10 = FieldPath("MSH", 10)
 _MSH_18 = FieldPath("MSH", 18)
 _EVN_1 = FieldPath("EVN", 1)
+_TYPE_CODE = re.compile(r"[A-Z0-9]{3}")
 _DTM = re.compile(r"(\d{4})(\d\d)?(\d\d)?(\d\d)?(\d\d)?(\d\d)?(?:\.(\d{1,4}))?([+-]\d{4})?")
 
 
@@ -53,7 +47,7 @@ class MappingError(ValueError):
 
     ``reason`` is a sentence naming the segment or field ("PID-3 is empty");
     ``location`` is the HL7 path alone ("PID-3", "MSH-9", "PID"), or None when
-    the message as a whole is unreadable. Neither ever quotes message content.
+    the message as a whole is unreadable. Neither quotes patient data.
     """
 
     def __init__(self, reason: str, location: str | None = None) -> None:
@@ -116,7 +110,11 @@ def parse_message(raw: bytes) -> hl7.Message:
 
 
 def message_type(msg: hl7.Message) -> tuple[str, str]:
-    """MSH-9 as (message code, trigger event), upper-case; the trigger falls back to EVN-1."""
+    """MSH-9 as (message code, trigger event), upper-case; the trigger falls back to EVN-1.
+
+    Raises MappingError unless both are three letters or digits (the trigger may be
+    absent for ORM and OMI, whose only triggers are O01 and O23).
+    """
     scope = Scope(_views(msg))
     msh = scope.find("MSH")
     reps = msh.repetitions(9) if msh else []
@@ -125,7 +123,10 @@ def message_type(msg: hl7.Message) -> tuple[str, str]:
     if not code:
         raise MappingError("MSH-9 (message type) is empty", "MSH-9")
     code = code.upper()
-    return code, (trigger or _DEFAULT_TRIGGER.get(code, "")).upper()
+    trigger = (trigger or _DEFAULT_TRIGGER.get(code, "")).upper()
+    if not (_TYPE_CODE.fullmatch(code) and _TYPE_CODE.fullmatch(trigger)):
+        raise MappingError("MSH-9 is not a message type like ADT^A01 or ORM^O01", "MSH-9")
+    return code, trigger
 
 
 def map_patient(msg: hl7.Message, fieldmap: FieldMap | None = None) -> PatientEvent:
@@ -143,9 +144,7 @@ def map_patient(msg: hl7.Message, fieldmap: FieldMap | None = None) -> PatientEv
     patient = _patient(scope, fm)
     if event in MERGE_EVENTS:
         if sum(v.name == "PID" for v in views) > 1:
-            raise MappingError(
-                f"{event} carries several PID/MRG pairs; send one per message", "PID"
-            )
+            raise MappingError(f"{event} carries several PID/MRG pairs; send one each", "PID")
         patient.merged_from = _identifiers(scope.repetitions(fm.merged_from))
         if not patient.merged_from:
             raise _missing(scope, fm.merged_from)
@@ -185,23 +184,18 @@ def parse_timestamp(text: str) -> datetime:
     if match is None:
         raise ValueError("not an HL7 timestamp")
     year, month, day, hour, minute, second, frac, offset = match.groups()
-    tz = None
-    if offset:
-        hours, minutes = int(offset[1:3]), int(offset[3:5])
-        if minutes >= 60:
-            raise ValueError("timezone offset minutes out of range")
-        sign = -1 if offset[0] == "-" else 1
-        tz = timezone(sign * timedelta(hours=hours, minutes=minutes))
-    return datetime(
-        int(year),
-        int(month or 1),
-        int(day or 1),
-        int(hour or 0),
-        int(minute or 0),
-        int(second or 0),
-        int((frac or "0").ljust(6, "0")),
-        tzinfo=tz,
-    )
+    date = (int(year), int(month or 1), int(day or 1))
+    time = (int(hour or 0), int(minute or 0), int(second or 0), int((frac or "0").ljust(6, "0")))
+    return datetime(*date, *time, tzinfo=_utc_offset(offset))
+
+
+def _utc_offset(text: str | None) -> timezone | None:
+    if not text:
+        return None
+    hours, minutes = int(text[1:3]), int(text[3:5])
+    if minutes >= 60:
+        raise ValueError("timezone offset minutes out of range")
+    return timezone((-1 if text[0] == "-" else 1) * timedelta(hours=hours, minutes=minutes))
 
 
 def _sniff_charset(data: bytes) -> str | None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import re
 
-_LINE_ENDS = re.compile(rb"\r\n|\n\r|\n|\r")
 _BLANK_SEGMENTS = re.compile(rb"\r{2,}")
 
 
@@ -18,9 +17,12 @@ def normalise(raw: bytes) -> bytes:
     Blank lines are dropped, surrounding whitespace (but not a trailing field
     separator) is trimmed, and the result never ends in a terminator.
     """
-    text = _LINE_ENDS.sub(b"\r", raw)
-    text = _BLANK_SEGMENTS.sub(b"\r", text)
-    return text.strip(b"\r\n\t ")
+    # Plain byte checks first: this runs on the ACK path for every message.
+    if b"\n" in raw:
+        raw = raw.replace(b"\r\n", b"\r").replace(b"\n", b"\r")
+    if b"\r\r" in raw:
+        raw = _BLANK_SEGMENTS.sub(b"\r", raw)
+    return raw.strip(b"\r\n\t ")
 
 
 def decode(raw: bytes, charset: str | None = None) -> str:

@@ -1,0 +1,91 @@
+"""The ``radbridge`` command line.
+
+::
+
+    radbridge run [channels.toml]          run the engine until SIGINT/SIGTERM
+    radbridge lint [channels.toml ...]     report every problem, exit 1 if any
+    radbridge list                         connector types and their config keys
+    radbridge send FILE... --to mllp://host:port [--rate N]
+    radbridge messages list|show|reprocess [...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from engine.errors import ConfigErrors
+
+
+def _add_run(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("run", help="run the engine")
+    p.add_argument("config", nargs="?", default="channels.toml")
+    p.add_argument("--log-level", default="INFO")
+    p.set_defaults(func=_cmd_run)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from engine.serve import serve
+
+    return serve(args.config, args.log_level)
+
+
+def _add_lint(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("lint", help="check channels.toml; report every problem")
+    p.add_argument("config", nargs="*", default=["channels.toml"])
+    p.set_defaults(func=_cmd_lint)
+
+
+def _cmd_lint(args: argparse.Namespace) -> int:
+    from engine.config import load_config
+
+    failed = False
+    for path in args.config:
+        try:
+            load_config(path)
+        except ConfigErrors as exc:
+            failed = True
+            for problem in exc.problems:
+                print(problem, file=sys.stderr)
+        else:
+            print(f"{path}: ok")
+    return 1 if failed else 0
+
+
+def _add_list(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("list", help="connector types and their configuration keys")
+    p.set_defaults(func=_cmd_list)
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from engine import registry
+
+    for kind in ("source", "destination"):
+        for spec in registry.connectors(kind):  # type: ignore[arg-type]
+            print(f"{kind} {spec.type}: {spec.summary}")
+            for name, field in spec.config.model_fields.items():
+                if name == "type":
+                    continue
+                default = "required" if field.is_required() else f"default {field.default!r}"
+                print(f"    {name} ({default}) {field.description or ''}".rstrip())
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from engine import cli_messages, cli_send
+
+    parser = argparse.ArgumentParser(prog="radbridge", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_run(sub)
+    _add_lint(sub)
+    _add_list(sub)
+    cli_send.add_parser(sub)
+    cli_messages.add_parser(sub)
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

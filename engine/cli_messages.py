@@ -1,0 +1,132 @@
+"""``radbridge messages``: list, search, show and reprocess stored messages.
+
+Works on the store named in channels.toml, beside a running engine or not
+(a running engine picks reprocessed messages up within seconds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from datetime import datetime
+from typing import Any
+
+from engine.config import load_config
+from engine.store.base import MessageQuery, Store, open_store
+from mappings.hl7v2.text import decode
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("messages", help="list, show and reprocess stored messages")
+    p.add_argument("--config", default="channels.toml")
+    msub = p.add_subparsers(dest="action", required=True)
+    ls = msub.add_parser("list", help="search messages (newest first)")
+    _filters(ls)
+    ls.set_defaults(func=cmd_list)
+    show = msub.add_parser("show", help="one message with all its content layers")
+    show.add_argument("id", type=int)
+    show.set_defaults(func=cmd_show)
+    rp = msub.add_parser("reprocess", help="re-run messages through their channel")
+    rp.add_argument("ids", type=int, nargs="*")
+    _filters(rp)
+    rp.set_defaults(func=cmd_reprocess)
+
+
+def _filters(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--channel")
+    p.add_argument("--status")
+    p.add_argument("--type", dest="message_type", help="e.g. ORM^O01")
+    p.add_argument("--control-id")
+    p.add_argument("--since", help="ISO date or datetime (UTC)")
+    p.add_argument("--until", help="ISO date or datetime (UTC)")
+    p.add_argument("--limit", type=int, default=50)
+
+
+def _ts(value: str | None) -> float | None:
+    if value is None:
+        return None
+    dt = datetime.fromisoformat(value)
+    if dt.tzinfo is None:
+        from datetime import UTC
+
+        dt = dt.replace(tzinfo=UTC)
+    return dt.timestamp()
+
+
+def _query(args: argparse.Namespace) -> MessageQuery:
+    return MessageQuery(channel=args.channel, status=args.status,
+                        message_type=args.message_type, control_id=args.control_id,
+                        since=_ts(args.since), until=_ts(args.until), limit=args.limit)
+
+
+async def _with_store(args: argparse.Namespace, fn: Any) -> int:
+    store = open_store(load_config(args.config).store.url)
+    await store.open()
+    try:
+        return int(await fn(store))
+    finally:
+        await store.close()
+
+
+def _when(ts: float) -> str:
+    return datetime.fromtimestamp(ts).isoformat(sep=" ", timespec="seconds")
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    async def run(store: Store) -> int:
+        rows = await store.query_messages(_query(args))
+        print(f"{'ID':>8}  {'RECEIVED':19}  {'CHANNEL':16} {'STATUS':11} {'TYPE':9} CONTROL ID")
+        for m in rows:
+            dup = " (duplicate)" if m.duplicate else ""
+            print(f"{m.id:>8}  {_when(m.received_at)}  {m.channel:16} {m.status:11} "
+                  f"{m.message_type or '-':9} {m.control_id or '-'}{dup}")
+        return 0
+
+    return asyncio.run(_with_store(args, run))
+
+
+def _layer(name: str, data: bytes) -> str:
+    return f"--- {name} ---\n" + decode(data).replace("\r", "\n").rstrip() + "\n"
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    async def run(store: Store) -> int:
+        found = await store.get_message(args.id)
+        if found is None:
+            print(f"radbridge messages: no message {args.id}", file=sys.stderr)
+            return 1
+        m, deliveries = found
+        print(f"message {m.id}  channel {m.channel}  status {m.status}  type "
+              f"{m.message_type}  control id {m.control_id}  received {_when(m.received_at)}")
+        if m.error:
+            print(f"error: {m.error}")
+        print(_layer("raw", m.raw), end="")
+        for name, data in m.layers.items():
+            print(_layer(name, data), end="")
+        for d in deliveries:
+            print(f"--- delivery {d.id} to {d.destination}: {d.status}, {d.attempts} attempt(s)"
+                  f"{', ' + d.error if d.error else ''} ---")
+            print(_layer("sent", d.payload), end="")
+            if d.response is not None:
+                print(_layer("response", d.response), end="")
+        return 0
+
+    return asyncio.run(_with_store(args, run))
+
+
+def cmd_reprocess(args: argparse.Namespace) -> int:
+    async def run(store: Store) -> int:
+        ids = list(args.ids)
+        if not ids:
+            if not any((args.channel, args.status, args.message_type, args.control_id,
+                        args.since, args.until)):
+                print("radbridge messages reprocess: give ids or at least one filter",
+                      file=sys.stderr)
+                return 2
+            ids = [m.id for m in await store.query_messages(_query(args))]
+        n = await store.reprocess(ids)
+        print(f"reprocessing {n} message(s)")
+        return 0 if n == len(ids) else 1
+
+    return asyncio.run(_with_store(args, run))
