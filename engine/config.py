@@ -115,11 +115,18 @@ def _loc_key(loc: tuple[str | int, ...], found: tuple[str | int, ...]) -> str:
     return out or "(document)"
 
 
-def _validation_problems(file: str, exc: ValidationError, index: dict[Any, int]
-                         ) -> list[ConfigProblem]:
+def _validation_problems(file: str, exc: ValidationError, index: dict[Any, int],
+                         doc: dict[str, Any]) -> list[ConfigProblem]:
+    from engine.topology import unknown_types
+
+    channels = doc.get("channel", [])
     problems = []
     for err in exc.errors():
         loc = tuple(err["loc"])
+        if (len(loc) > 2 and loc[0] == "channel" and isinstance(loc[1], int)
+                and loc[1] < len(channels) and isinstance(channels[loc[1]], dict)
+                and loc[2] in unknown_types(channels[loc[1]])):
+            continue  # already reported once as an unknown type
         line, found = line_for(index, loc)
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
@@ -143,7 +150,7 @@ def lint_text(text: str, file: str = "channels.toml") -> tuple[Config | None, li
     try:
         config = Config.model_validate(doc)
     except ValidationError as exc:
-        problems.extend(_validation_problems(file, exc, index))
+        problems.extend(_validation_problems(file, exc, index, doc))
     return (config if not problems else None), sorted(problems, key=lambda p: (p.line, p.key))
 
 

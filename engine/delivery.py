@@ -46,7 +46,12 @@ class DeliveryWorker:
                       reason=type(exc).__name__, level=logging.ERROR)
                 batch = []
             if batch:
-                await self._send_batch(batch)
+                try:
+                    await self._send_batch(batch)
+                except Exception as exc:  # never let a bug stop the queue for good
+                    event(log, "DLV-498", "batch failed, will retry", destination=self.name,
+                          reason=type(exc).__name__, level=logging.ERROR)
+                    await asyncio.sleep(1.0)
                 continue
             self._wake.clear()
             try:

@@ -12,8 +12,9 @@ import sys
 from typing import Any
 
 
-def event(logger: logging.Logger, code: str, text: str, *, level: int = logging.INFO,
+def event(logger: logging.Logger, code: str, text: str, /, *, level: int = logging.INFO,
           **fields: Any) -> None:
+    """Log one event line; *fields* may use any name (``code`` included)."""
     if not logger.isEnabledFor(level):
         return
     kv = " ".join(f"{k}={v}" for k, v in fields.items() if v is not None)

@@ -54,6 +54,6 @@ def get(kind: Kind, type_name: str) -> ConnectorSpec:
     return _REGISTRY[(kind, type_name)]
 
 
-def type_names() -> set[str]:
+def type_names(kind: Kind | None = None) -> set[str]:
     load_builtins()
-    return {t for (_, t) in _REGISTRY}
+    return {t for (k, t) in _REGISTRY if kind is None or k == kind}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from engine import registry
 from engine.errors import ConfigProblem
 from engine.tomlindex import line_for
 
@@ -33,10 +34,24 @@ def check_topology(doc: dict[str, Any], index: dict[Any, int], file: str) -> lis
                 by_name[name] = i
         if "source" not in ch and "destination" not in ch:
             add(("channel", i), f"channel[{i}]", "a channel needs a source, a destination or both")
+        for kind in unknown_types(ch):
+            known = ", ".join(s.type for s in registry.connectors(kind)) or "none"
+            add(("channel", i, kind, "type"), f"channel[{i}].{kind}.type",
+                f"unknown {kind} type {ch[kind].get('type')!r} (known: {known})")
     _check_listeners(channels, add)
     _check_forwards(channels, by_name, add)
     _check_models(doc, add)
     return problems
+
+
+def unknown_types(ch: dict[str, Any]) -> list[registry.Kind]:
+    """The connector kinds of *ch* whose ``type`` is not registered."""
+    out: list[registry.Kind] = []
+    for kind in ("source", "destination"):
+        conf = ch.get(kind)
+        if isinstance(conf, dict) and conf.get("type") not in registry.type_names(kind):
+            out.append(kind)  # type: ignore[arg-type]
+    return out
 
 
 def _listen_of(ch: dict[str, Any]) -> tuple[str, int] | None:

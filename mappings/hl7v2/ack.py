@@ -115,6 +115,17 @@ def _version_tuple(version: str) -> tuple[int, ...]:
     return tuple(parts) or (2, 5)
 
 
+def unescape(text: str, fs: str = "|", enc: str = "^~\\&") -> str:
+    """Undo the delimiter escapes that ``escape`` writes (\\F\\ \\S\\ \\R\\ \\T\\ \\E\\)."""
+    esc = enc[2] if len(enc) > 2 else "\\"
+    if esc not in text:
+        return text
+    sub = enc[3] if len(enc) > 3 else "&"
+    for name, ch in (("F", fs), ("S", enc[0]), ("R", enc[1]), ("T", sub), ("E", esc)):
+        text = text.replace(f"{esc}{name}{esc}", ch)
+    return text
+
+
 def read_ack(raw: bytes) -> tuple[str, str, str]:
     """Return (MSA-1, MSA-2, reason) from a peer's ACK; reason joins MSA-3 and ERR text."""
     from mappings.hl7v2.text import normalise
@@ -123,6 +134,7 @@ def read_ack(raw: bytes) -> tuple[str, str, str]:
     if not text.startswith("MSH") or len(text) < 8:
         raise ValueError("ACK does not start with MSH")
     fs = text[3]
+    enc = text[4:8].split(fs)[0]
     msa: list[str] | None = None
     reasons: list[str] = []
     for seg in text.split("\r"):
@@ -135,4 +147,5 @@ def read_ack(raw: bytes) -> tuple[str, str, str]:
             reasons.append(fs.join(fields[1:]).strip(fs))
     if msa is None or len(msa) < 3:
         raise ValueError("ACK has no MSA segment with MSA-1 and MSA-2")
-    return msa[1].strip().upper(), msa[2].strip(), "; ".join(reasons)
+    reason = unescape("; ".join(reasons), fs, enc)
+    return msa[1].strip().upper(), unescape(msa[2].strip(), fs, enc), reason

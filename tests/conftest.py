@@ -1,0 +1,133 @@
+"""Shared fixtures: configs written to tmp, a running engine on port 0, real MLLP peers."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from engine.config import Config, lint_text
+from engine.runtime import Engine
+from tests.fixtures.peers import HL7Sink
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def make_config(text: str) -> Config:
+    config, problems = lint_text(text, "test.toml")
+    assert not problems, "\n".join(map(str, problems))
+    assert config is not None
+    return config
+
+
+@pytest.fixture
+def db_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'radbridge.db'}"
+
+
+@pytest.fixture
+async def sink() -> AsyncIterator[HL7Sink]:
+    """A real downstream MLLP listener (python-hl7's server) that records what it gets."""
+    s = HL7Sink()
+    await s.start()
+    yield s
+    await s.stop()
+
+
+@pytest.fixture
+async def engine_factory() -> AsyncIterator[Any]:
+    engines: list[Engine] = []
+
+    async def start(text: str) -> Engine:
+        e = Engine(make_config(text))
+        await e.start()
+        engines.append(e)
+        return e
+
+    yield start
+    for e in engines:
+        if e.started:
+            await e.stop()
+
+
+@pytest.fixture
+def cli_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO)
+    return env
+
+
+class EngineProcess:
+    """``radbridge run`` as a real process; ``addresses`` read from its ready lines."""
+
+    def __init__(self, config: Path, env: dict[str, str]) -> None:
+        self.config, self.env = config, env
+        self.proc: subprocess.Popen[str] | None = None
+        self.addresses: dict[str, tuple[str, int]] = {}
+
+    def start(self, timeout: float = 30) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "engine.cli", "run", str(self.config), "--log-level",
+             "WARNING"], stdout=subprocess.PIPE, text=True, env=self.env, cwd=REPO)
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            if line.startswith("listening "):
+                _, name, addr = line.split()
+                host, _, port = addr.rpartition(":")
+                self.addresses[name] = (host, int(port))
+            if line.strip() == "READY":
+                return
+        raise RuntimeError(f"radbridge run exited with {self.proc.wait(timeout)}")
+
+    def kill(self) -> None:
+        """SIGKILL: no chance to flush or clean up (what a crash looks like)."""
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait(30)
+            self._close_pipe()
+
+    def terminate(self) -> int:
+        assert self.proc is not None
+        self.proc.terminate()
+        code = self.proc.wait(30)
+        self._close_pipe()
+        return code
+
+    def _close_pipe(self) -> None:
+        if self.proc is not None and self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+@pytest.fixture
+def engine_process(cli_env: dict[str, str]) -> Iterator[Any]:
+    procs: list[EngineProcess] = []
+
+    def make(config: Path) -> EngineProcess:
+        p = EngineProcess(config, cli_env)
+        procs.append(p)
+        return p
+
+    yield make
+    for p in procs:
+        p.kill()
+
+
+async def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.05) -> None:
+    """Poll an (async or sync) predicate until it is true; fail with a clear message."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        value = predicate()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await asyncio.sleep(interval)
