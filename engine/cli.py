@@ -7,6 +7,8 @@
     radbridge list                         connector types and their config keys
     radbridge send FILE... --to mllp://host:port [--rate N]
     radbridge messages list|show|reprocess [...]
+    radbridge cases | orders | unmatched
+    radbridge studies [list | complete UID | proceed UID]
 """
 
 from __future__ import annotations
@@ -73,7 +75,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from engine import cli_messages, cli_send
+    from engine import cli_clinical, cli_messages, cli_send
 
     parser = argparse.ArgumentParser(prog="radbridge", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -83,6 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _add_list(sub)
     cli_send.add_parser(sub)
     cli_messages.add_parser(sub)
+    cli_clinical.add_parsers(sub)
     args = parser.parse_args(argv)
     return int(args.func(args))
 

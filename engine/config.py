@@ -29,6 +29,10 @@ class EngineSection(Strict):
     app_name: str = Field("RADBRIDGE", description="Our MSH-3 in ACKs and messages we build.")
     facility: str = Field("", description="Our MSH-4.")
     data_dir: str = Field("var", description="Where DICOM instances and outputs are kept.")
+    unmatched_after_secs: float = Field(
+        3600, gt=0, description="Orders and studies unmatched this long are listed as unmatched.")
+    instance_retention_days: float | None = Field(
+        None, gt=0, description="Delete instance files older than this (None: keep).")
 
 
 class DuplicatesConfig(Strict):
@@ -81,6 +85,13 @@ def _channel_model() -> type[BaseModel]:
         key: Literal["patient_id", "none"] = Field(
             "patient_id", description="Order is kept per key; different keys run in parallel.")
         duplicates: DuplicatesConfig = DuplicatesConfig()
+        study_quiet_secs: float = Field(
+            30, gt=0, description="DICOM sources: a study is complete after this long without "
+                                  "a new instance (or when an order says CM, or on demand).")
+        process: Literal["forward", "orders"] = Field(
+            "forward", description="forward: pass messages on unchanged; orders: also map "
+                                   "ADT/ORM/OMI into patients and orders and correlate them "
+                                   "with studies.")
 
     return ChannelConfig
 

@@ -18,11 +18,16 @@ from typing import Protocol
 from engine.logs import event
 from engine.model import Message, Status
 from engine.store.base import Outcome, Store
+from engine.store.clinical import CaseRow
 
 log = logging.getLogger("radbridge.pipeline")
 BATCH = 512
 LANES = 8
 RESCAN_SECS = 5.0
+# After a batch that was not full (the pipeline has caught up), wait this long before the next
+# one: under load, batches grow instead of the pipeline committing a few messages at a time and
+# competing with ingest for the store's writer. Bounds how long a message stays RECEIVED.
+GATHER_SECS = 0.05
 
 
 class Processor(Protocol):
@@ -69,11 +74,13 @@ def _run_lane(processor: Processor, msgs: list[Message]) -> list[Outcome]:
 
 class Pipeline:
     def __init__(self, channel: str, store: Store, processor: Processor,
-                 on_queued: Callable[[], None]) -> None:
+                 on_queued: Callable[[], None],
+                 on_cases: Callable[[list[CaseRow]], None] | None = None) -> None:
         self.channel = channel
         self.store = store
         self.processor = processor
         self.on_queued = on_queued
+        self.on_cases = on_cases
         self._wake = asyncio.Event()
         self.processed = 0
 
@@ -87,6 +94,8 @@ class Pipeline:
                                                        self.processor.needs_raw)
                 if msgs:
                     await self._process(msgs)
+                    if len(msgs) < BATCH:
+                        await asyncio.sleep(GATHER_SECS)
                     continue
             except Exception as exc:  # store trouble: keep going, nothing is lost
                 event(log, "PIPE-301", "batch failed, will retry", channel=self.channel,
@@ -109,7 +118,9 @@ class Pipeline:
         else:
             results = [_run_lane(self.processor, lane) for lane in lanes.values()]
         outcomes = [o for lane in results for o in lane]
-        await self.store.apply_outcomes(outcomes)
+        cases = await self.store.apply_outcomes(outcomes)
         self.processed += len(outcomes)
+        if cases and self.on_cases is not None:
+            self.on_cases(cases)
         if any(o.deliveries for o in outcomes):
             self.on_queued()

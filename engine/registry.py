@@ -22,17 +22,26 @@ class ConnectorSpec:
     config: type[BaseModel]
     factory: Callable[..., Any]
     summary: str
+    sink: Literal["hl7", "dicom"] = "hl7"  # what a source hands over: HL7 frames or instances
 
 
 _REGISTRY: dict[tuple[Kind, str], ConnectorSpec] = {}
 
 
-def register(kind: Kind, type_name: str, config: type[BaseModel], summary: str
+def register(kind: Kind, type_name: str, config: type[BaseModel], summary: str,
+             sink: Literal["hl7", "dicom"] = "hl7"
              ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Class decorator: ``@register("source", "mllp", MLLPSourceConfig, "...")``."""
+    """Class decorator: ``@register("source", "mllp", MLLPSourceConfig, "...")``.
+
+    A source factory is called as ``factory(channel_name, config, sink)`` where the
+    sink is an ``engine.ingest.Ingest`` (``sink="hl7"``) or an
+    ``engine.instances.InstanceIngest`` (``sink="dicom"``); a destination factory
+    as ``factory(channel_name, config)``.
+    """
 
     def wrap(factory: Callable[..., Any]) -> Callable[..., Any]:
-        _REGISTRY[(kind, type_name)] = ConnectorSpec(kind, type_name, config, factory, summary)
+        _REGISTRY[(kind, type_name)] = ConnectorSpec(kind, type_name, config, factory, summary,
+                                                     sink)
         return factory
 
     return wrap
@@ -42,6 +51,13 @@ def load_builtins() -> None:
     """Import the built-in connector packages so that they register."""
     import channels.file  # noqa: F401
     import channels.mllp  # noqa: F401
+
+    for optional in ("channels.dicom", "channels.dicomweb"):
+        try:
+            __import__(optional)
+        except ModuleNotFoundError as exc:  # package not written yet in this checkout
+            if exc.name != optional:
+                raise
 
 
 def connectors(kind: Kind) -> list[ConnectorSpec]:

@@ -1,4 +1,21 @@
 #!/usr/bin/env bash
-# Install and start the real peers the test suite talks to. Idempotent.
+# Install the real peers the test suite talks to (idempotent). Services the
+# tests need are started by the test fixtures themselves (Orthanc on loopback
+# ports chosen per run); PostgreSQL is started here when it is down.
 set -euo pipefail
-true
+
+need=()
+command -v storescu >/dev/null || need+=(dcmtk)
+command -v Orthanc >/dev/null || need+=(orthanc)
+[ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || need+=(orthanc-dicomweb)
+command -v dciodvfy >/dev/null || need+=(dicom3tools)
+if [ ${#need[@]} -gt 0 ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+# The Debian package starts its own Orthanc service on 4242/8042; the tests
+# run their own instances, so stop the packaged one if it is running.
+if pgrep -x Orthanc >/dev/null && [ -f /etc/orthanc/orthanc.json ]; then
+    service orthanc stop >/dev/null 2>&1 || pkill -x Orthanc || true
+fi

@@ -10,8 +10,10 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from engine.model import DeliveryStatus, Message, Status
+from engine.store.clinical import CaseRow, ClinicalStore
 
 
 @dataclass(slots=True)
@@ -37,6 +39,8 @@ class Outcome:
     layers: dict[str, bytes] = field(default_factory=dict)
     # (destination, payload); a payload of None sends the raw message unchanged.
     deliveries: list[tuple[str, bytes | None]] = field(default_factory=list)
+    # A mapped domain event (PatientEvent / OrderEvent), applied in the same transaction.
+    domain: Any = None
 
 
 @dataclass(slots=True)
@@ -66,8 +70,9 @@ class MessageQuery:
 InsertCallback = Callable[[int | None, BaseException | None], None]
 
 
-class Store(abc.ABC):
-    """Durable messages, content layers and delivery queues."""
+class Store(ClinicalStore):
+    """Durable messages, content layers and delivery queues; the clinical tables (see
+    ``engine.store.clinical``)."""
 
     @abc.abstractmethod
     async def open(self) -> None: ...
@@ -103,8 +108,9 @@ class Store(abc.ABC):
         """Oldest RECEIVED messages of *channel*, in arrival order (``raw`` empty unless asked)."""
 
     @abc.abstractmethod
-    async def apply_outcomes(self, outcomes: Sequence[Outcome]) -> None:
-        """Record statuses, layers and new deliveries of a processed batch in one transaction."""
+    async def apply_outcomes(self, outcomes: Sequence[Outcome]) -> list[CaseRow]:
+        """Record statuses, layers, deliveries and domain events of a processed batch in one
+        transaction; return the cases that the domain events created."""
 
     @abc.abstractmethod
     async def next_deliveries(self, destination: str, limit: int) -> list[Delivery]:

@@ -28,12 +28,15 @@ from engine.store.base import (
     Outcome,
     Store,
 )
+from engine.store.clinical import CaseRow
+from engine.store.clinical_sql import CLINICAL_SCHEMA, SQLiteClinical, apply_domain_events
 from engine.store.schema import SQLITE_SCHEMA
 
 T = TypeVar("T")
 _STOP = object()
 _MAX_GROUP = 4096
 _ROWS_PER_INSERT = 256  # 10 parameters a row, well under SQLITE_MAX_VARIABLE_NUMBER
+_IDS_PER_UPDATE = 1024
 
 _INSERT = (
     "INSERT INTO messages (channel, received_at, raw, status, control_id, message_type, msg_key,"
@@ -175,7 +178,7 @@ def _insert_many(conn: sqlite3.Connection, items: list[tuple[NewMessage, Callabl
         for start in range(0, len(items), _ROWS_PER_INSERT):
             chunk = items[start:start + _ROWS_PER_INSERT]
             params = [v for m, _ in chunk for v in _insert_row(m)]
-            conn.execute(_INSERT + ",(?,?,?,?,?,?,?,?,?,?)" * (len(chunk) - 1), params)
+            cur = conn.execute(_INSERT + ",(?,?,?,?,?,?,?,?,?,?)" * (len(chunk) - 1), params)
     except sqlite3.Error:
         # One bad row must not fail its neighbours: fall back to row by row.
         out: list[tuple[Callable[..., None], Any, BaseException | None]] = []
@@ -185,7 +188,9 @@ def _insert_many(conn: sqlite3.Connection, items: list[tuple[NewMessage, Callabl
             except sqlite3.Error as exc:
                 out.append((done, None, _to_store_error(exc)))
         return out
-    last = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
+    # The cursor's lastrowid is the last row of the last chunk: no extra round trip.
+    last = cur.lastrowid
+    assert last is not None
     first = last - len(items) + 1
     return [(done, first + i, None) for i, (_, done) in enumerate(items)]
 
@@ -201,22 +206,37 @@ def _insert_op(conn: sqlite3.Connection, m: NewMessage) -> int:
     return cur.lastrowid
 
 
-def _outcomes_op(conn: sqlite3.Connection, outcomes: Sequence[Outcome]) -> None:
+def _outcomes_op(conn: sqlite3.Connection, outcomes: Sequence[Outcome]) -> list[CaseRow]:
     now = time.time()
     ordered = sorted(outcomes, key=lambda o: o.message_id)
-    conn.executemany("INSERT OR REPLACE INTO content (message_id, layer, data, created_at)"
-                     " VALUES (?,?,?,?)", [(o.message_id, layer, data, now) for o in ordered
-                                           for layer, data in o.layers.items()])
-    conn.executemany("DELETE FROM deliveries WHERE message_id=? AND status='QUEUED'",
-                     [(o.message_id,) for o in ordered if o.deliveries])
-    # A payload of NULL means "the raw message": forwarding needs no copy.
-    conn.executemany("INSERT INTO deliveries (message_id, destination, status, attempts, payload,"
-                     " updated_at) VALUES (?,?,'QUEUED',0,?,?)",
-                     [(o.message_id, dest, payload, now) for o in ordered
-                      for dest, payload in o.deliveries])
-    conn.executemany("UPDATE messages SET status=?, error=?, updated_at=? WHERE id=?",
-                     [(str(Status.QUEUED if o.deliveries else o.status), o.error, now,
-                       o.message_id) for o in ordered])
+    layers = [(o.message_id, layer, data, now) for o in ordered for layer, data in o.layers.items()]
+    if layers:
+        conn.executemany("INSERT OR REPLACE INTO content (message_id, layer, data, created_at)"
+                         " VALUES (?,?,?,?)", layers)
+    forwarded = [o for o in ordered if o.deliveries]
+    if forwarded:
+        conn.executemany("DELETE FROM deliveries WHERE message_id=? AND status='QUEUED'",
+                         [(o.message_id,) for o in forwarded])
+        # A payload of NULL means "the raw message": forwarding needs no copy.
+        conn.executemany("INSERT INTO deliveries (message_id, destination, status, attempts,"
+                         " payload, updated_at) VALUES (?,?,'QUEUED',0,?,?)",
+                         [(o.message_id, dest, payload, now) for o in forwarded
+                          for dest, payload in o.deliveries])
+    _set_statuses(conn, ordered, now)
+    return apply_domain_events(conn, ordered)
+
+
+def _set_statuses(conn: sqlite3.Connection, ordered: Sequence[Outcome], now: float) -> None:
+    """One UPDATE per (status, error) and chunk of ids, not one statement step per message."""
+    by_result: dict[tuple[str, str | None], list[int]] = {}
+    for o in ordered:
+        status = str(Status.QUEUED if o.deliveries else o.status)
+        by_result.setdefault((status, o.error), []).append(o.message_id)
+    for (status, error), ids in by_result.items():
+        for start in range(0, len(ids), _IDS_PER_UPDATE):
+            chunk = ids[start:start + _IDS_PER_UPDATE]
+            conn.execute("UPDATE messages SET status=?, error=?, updated_at=? WHERE id IN"
+                         f" ({','.join(['?'] * len(chunk))})", (status, error, now, *chunk))
 
 
 def _finish_op(conn: sqlite3.Connection, delivery_id: int, message_id: int, status: str,
@@ -258,7 +278,7 @@ def _row_to_delivery(row: tuple[Any, ...]) -> Delivery:
                     key=row[8])
 
 
-class SQLiteStore(Store):
+class SQLiteStore(SQLiteClinical, Store):
     """The embedded default store."""
 
     def __init__(self, path: str | Path) -> None:
@@ -288,7 +308,7 @@ class SQLiteStore(Store):
     def _create_schema(self) -> None:
         conn = _connect(self.path)
         try:
-            conn.executescript(SQLITE_SCHEMA)
+            conn.executescript(SQLITE_SCHEMA + CLINICAL_SCHEMA)
         finally:
             conn.close()
 
@@ -328,9 +348,10 @@ class SQLiteStore(Store):
     def submit_insert(self, msg: NewMessage, callback: InsertCallback) -> None:
         self._submit(_insert_op, (msg,), callback)
 
-    async def apply_outcomes(self, outcomes: Sequence[Outcome]) -> None:
-        if outcomes:
-            await self._write(_outcomes_op, list(outcomes))
+    async def apply_outcomes(self, outcomes: Sequence[Outcome]) -> list[CaseRow]:
+        if not outcomes:
+            return []
+        return await self._write(_outcomes_op, list(outcomes))
 
     async def finish_delivery(self, delivery: Delivery, status: DeliveryStatus,
                               response: bytes | None, error: str | None) -> None:

@@ -1,0 +1,166 @@
+"""DICOM instance ingest shared by C-STORE and STOW-RS: durable file, then index.
+
+``ingest`` answers only once the file is fsynced under the data directory
+and its row is committed, so a success status always means "durable and
+indexed". Parsing and file I/O run in threads; the event loop never touches
+pixel data. Errors are typed so each edge maps them to its own protocol:
+
+* ``InvalidInstance``  the bytes are not a usable DICOM instance
+  (C-STORE 0xC000 "cannot understand", STOW 409/400 per instance)
+* ``StoreUnavailable`` disk full or store down (C-STORE 0xA700, STOW 503)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pydicom
+from pydicom.errors import InvalidDicomError
+
+from engine.errors import RadbridgeError, StoreUnavailable
+from engine.logs import event
+from engine.store.clinical import InstanceAdded, InstanceMeta
+
+log = logging.getLogger("radbridge.instances")
+
+# SR and segmentation storage classes: our own outputs come back as these.
+_OUTPUT_CLASS_PREFIXES = ("1.2.840.10008.5.1.4.1.1.88.", "1.2.840.10008.5.1.4.1.1.66.")
+_REQUIRED = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
+_SAFE = frozenset("0123456789.")
+
+
+class InvalidInstance(RadbridgeError):
+    """Not a usable DICOM instance; ``reason`` says why (never quotes patient data)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(slots=True)
+class IngestResult:
+    meta: InstanceMeta
+    added: InstanceAdded
+    path: str
+
+
+def read_meta(part10: bytes, own_manufacturer: str = "RADBRIDGE") -> InstanceMeta:
+    """Identify an instance from its Part 10 bytes (header only; pixels are not decoded)."""
+    try:
+        ds = pydicom.dcmread(io.BytesIO(part10), stop_before_pixels=True, force=False)
+    except (InvalidDicomError, EOFError, ValueError, TypeError, KeyError, OSError,
+            NotImplementedError, AttributeError) as exc:
+        raise InvalidInstance(f"not a readable DICOM Part 10 file ({type(exc).__name__})") \
+            from exc
+    return meta_from_dataset(ds, getattr(ds, "file_meta", None), own_manufacturer)
+
+
+def meta_from_dataset(ds: Any, file_meta: Any, own_manufacturer: str = "RADBRIDGE"
+                      ) -> InstanceMeta:
+    """Build ``InstanceMeta`` from a decoded dataset; checks the UIDs it relies on."""
+    missing = [k for k in _REQUIRED if not str(ds.get(k, "") or "").strip()]
+    if missing:
+        raise InvalidInstance(f"missing {', '.join(missing)}")
+    uids = [str(ds.get(k)).strip() for k in _REQUIRED]
+    for name, uid in zip(_REQUIRED, uids, strict=True):
+        if len(uid) > 64 or not set(uid) <= _SAFE:
+            raise InvalidInstance(f"{name} is not a valid UID")
+    tsyntax = str(getattr(file_meta, "TransferSyntaxUID", "") or "")
+    if not tsyntax:
+        raise InvalidInstance("no transfer syntax in the file meta information")
+    sop_class = uids[3]
+    own = (str(ds.get("Manufacturer", "") or "").upper() == own_manufacturer.upper()
+           and sop_class.startswith(_OUTPUT_CLASS_PREFIXES))
+    return InstanceMeta(
+        study_uid=uids[0], series_uid=uids[1], sop_uid=uids[2], sop_class_uid=sop_class,
+        transfer_syntax=tsyntax, patient_id=_text(ds, "PatientID"),
+        issuer=_text(ds, "IssuerOfPatientID"), accession=_text(ds, "AccessionNumber"),
+        modality=_text(ds, "Modality"), body_part=_text(ds, "BodyPartExamined"),
+        own_output=own)
+
+
+def _text(ds: Any, keyword: str) -> str | None:
+    value = ds.get(keyword)
+    text = str(value).strip() if value is not None else ""
+    return text or None
+
+
+def write_durably(path: Path, data: bytes) -> None:
+    """Write *data* to *path* atomically and durably (temp file, fsync, rename, fsync dir)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise StoreUnavailable(f"cannot write instance file: {exc.strerror}") from exc
+
+
+class InstanceIngest:
+    """The edge-independent half of DICOM ingest for one channel."""
+
+    def __init__(self, channel: str, store: Any, data_dir: Path, quiet_secs: float,
+                 on_added: Callable[[IngestResult], None] | None = None,
+                 own_manufacturer: str = "RADBRIDGE") -> None:
+        self.channel = channel
+        self.store = store
+        self.root = Path(data_dir) / "instances"
+        self.quiet_secs = quiet_secs
+        self.on_added = on_added
+        self.own_manufacturer = own_manufacturer
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.stored = 0
+
+    def path_for(self, meta: InstanceMeta) -> Path:
+        return self.root / meta.study_uid / meta.series_uid / f"{meta.sop_uid}.dcm"
+
+    async def ingest(self, part10: bytes, meta: InstanceMeta | None = None) -> IngestResult:
+        """Make one instance durable and indexed; raise InvalidInstance / StoreUnavailable."""
+        if meta is None:
+            meta = await asyncio.to_thread(read_meta, part10, self.own_manufacturer)
+        path = self.path_for(meta)
+        await asyncio.to_thread(write_durably, path, part10)
+        return await self._index(meta, path, len(part10))
+
+    async def _index(self, meta: InstanceMeta, path: Path, size: int) -> IngestResult:
+        added = await self.store.add_instance(self.channel, meta, str(path), size,
+                                              self.quiet_secs)
+        self.stored += 1
+        result = IngestResult(meta, added, str(path))
+        event(log, "DCM-201", "instance stored", channel=self.channel, study=meta.study_uid,
+              sop=meta.sop_uid, reopened=added.reopened or None, own=added.ignored or None,
+              level=logging.DEBUG)
+        if self.on_added is not None:
+            self.on_added(result)
+        return result
+
+    def ingest_from_thread(self, part10: bytes, meta: InstanceMeta | None = None,
+                           timeout: float = 60.0) -> IngestResult:
+        """For threaded servers (pynetdicom): parse and write in the calling thread, index on
+        the loop, wait here. The event loop never blocks; the caller's thread does."""
+        assert self.loop is not None, "bind() the ingest to the running loop first"
+        if meta is None:
+            meta = read_meta(part10, self.own_manufacturer)
+        path = self.path_for(meta)
+        write_durably(path, part10)
+        fut = asyncio.run_coroutine_threadsafe(self._index(meta, path, len(part10)), self.loop)
+        return fut.result(timeout)
+
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop

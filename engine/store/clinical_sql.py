@@ -1,0 +1,374 @@
+"""SQLite implementation of ``ClinicalStore``: schema, write operations, reads.
+
+Write operations run in the store's writer thread inside its transaction.
+Correlation is SQL over the same connection, so it sees exactly what the
+transaction wrote.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from engine.model import Order, Patient
+from engine.store.clinical import (
+    CANCEL_CONTROLS,
+    CANCEL_STATUSES,
+    CaseRow,
+    ClinicalStore,
+    InstanceAdded,
+    InstanceMeta,
+    OrderRow,
+    StudyRow,
+)
+
+CLINICAL_SCHEMA = """
+CREATE TABLE IF NOT EXISTS patients (
+    patient_id TEXT NOT NULL, issuer TEXT NOT NULL DEFAULT '', family TEXT, given TEXT,
+    birth_date TEXT, sex TEXT, patient_class TEXT, location TEXT, merged_into TEXT,
+    updated_at REAL, PRIMARY KEY (patient_id, issuer)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS orders (
+    id INTEGER PRIMARY KEY, order_key TEXT NOT NULL UNIQUE, patient_id TEXT, issuer TEXT,
+    placer TEXT, filler TEXT, accession TEXT, requested_procedure_id TEXT, study_uid TEXT,
+    modality TEXT, procedure_code TEXT, procedure_text TEXT, priority TEXT, status TEXT,
+    control TEXT NOT NULL, patient_class TEXT, location TEXT, cancelled INTEGER NOT NULL DEFAULT 0,
+    message_id INTEGER, created_at REAL NOT NULL, updated_at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS orders_accession ON orders (accession);
+CREATE INDEX IF NOT EXISTS orders_study ON orders (study_uid);
+CREATE TABLE IF NOT EXISTS studies (
+    uid TEXT PRIMARY KEY, accession TEXT, patient_id TEXT, issuer TEXT, modality TEXT,
+    body_part TEXT, state TEXT NOT NULL, revision INTEGER NOT NULL DEFAULT 0,
+    series_count INTEGER NOT NULL DEFAULT 0, instance_count INTEGER NOT NULL DEFAULT 0,
+    expected_count INTEGER, quiet_secs REAL NOT NULL, channel TEXT NOT NULL,
+    first_at REAL NOT NULL, last_at REAL NOT NULL, completed_at REAL) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS studies_receiving ON studies (last_at) WHERE state = 'receiving';
+CREATE INDEX IF NOT EXISTS studies_accession ON studies (accession);
+CREATE TABLE IF NOT EXISTS instances (
+    sop_uid TEXT PRIMARY KEY, study_uid TEXT NOT NULL, series_uid TEXT NOT NULL,
+    sop_class_uid TEXT NOT NULL, transfer_syntax TEXT NOT NULL, path TEXT NOT NULL,
+    size INTEGER NOT NULL, revision INTEGER NOT NULL, own_output INTEGER NOT NULL DEFAULT 0,
+    received_at REAL NOT NULL) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS instances_study ON instances (study_uid, series_uid);
+CREATE INDEX IF NOT EXISTS instances_received ON instances (received_at);
+CREATE TABLE IF NOT EXISTS cases (
+    id INTEGER PRIMARY KEY, order_id INTEGER, study_uid TEXT NOT NULL, revision INTEGER NOT NULL,
+    state TEXT NOT NULL, created_at REAL NOT NULL, updated_at REAL NOT NULL,
+    UNIQUE (study_uid, revision));
+CREATE INDEX IF NOT EXISTS cases_order ON cases (order_id);
+"""
+
+_STUDY_COLS = ("uid, accession, patient_id, issuer, modality, body_part, state, revision,"
+               " series_count, instance_count, expected_count, quiet_secs, channel, first_at,"
+               " last_at, completed_at")
+_ORDER_COLS = ("id, order_key, patient_id, issuer, placer, filler, accession,"
+               " requested_procedure_id, study_uid, modality, procedure_code, procedure_text,"
+               " priority, status, control, patient_class, location, cancelled, created_at,"
+               " updated_at")
+_CASE_SELECT = (
+    "SELECT c.id, c.order_id, c.study_uid, c.revision, c.state, c.created_at,"
+    " coalesce(o.accession, s.accession), coalesce(o.patient_id, s.patient_id),"
+    " coalesce(o.modality, s.modality), s.body_part, o.procedure_code, o.priority,"
+    " o.patient_class FROM cases c JOIN studies s ON s.uid = c.study_uid"
+    " LEFT JOIN orders o ON o.id = c.order_id")
+
+
+def _study(row: Sequence[Any]) -> StudyRow:
+    return StudyRow(*row)
+
+
+def _order(row: Sequence[Any]) -> OrderRow:
+    r = list(row)
+    r[17] = bool(r[17])
+    return OrderRow(*r)
+
+
+def _case(row: Sequence[Any]) -> CaseRow:
+    return CaseRow(*row)
+
+
+# -- instances and studies -----------------------------------------------------------------
+
+def add_instance_op(conn: sqlite3.Connection, channel: str, m: InstanceMeta, path: str,
+                    size: int, quiet_secs: float, expected: int | None) -> InstanceAdded:
+    now = time.time()
+    row = conn.execute("SELECT state, revision FROM studies WHERE uid=?",
+                       (m.study_uid,)).fetchone()
+    duplicate = conn.execute("SELECT 1 FROM instances WHERE sop_uid=?",
+                             (m.sop_uid,)).fetchone() is not None
+    reopened = False
+    if row is None:
+        state, revision = ("complete" if m.own_output else "receiving"), 0
+        conn.execute(f"INSERT INTO studies ({_STUDY_COLS}) VALUES"
+                     " (?,?,?,?,?,?,?,?,0,0,?,?,?,?,?,NULL)",
+                     (m.study_uid, m.accession, m.patient_id, m.issuer, m.modality, m.body_part,
+                      state, revision, expected, quiet_secs, channel, now, now))
+    else:
+        state, revision = row
+        if not m.own_output:
+            if state == "complete":
+                revision, reopened = revision + 1, True
+            state = "receiving"
+            conn.execute("UPDATE studies SET state='receiving', revision=?, last_at=?,"
+                         " accession=coalesce(accession, ?), modality=coalesce(modality, ?),"
+                         " body_part=coalesce(body_part, ?), expected_count=coalesce(?,"
+                         " expected_count) WHERE uid=?",
+                         (revision, now, m.accession, m.modality, m.body_part, expected,
+                          m.study_uid))
+    conn.execute("INSERT OR REPLACE INTO instances VALUES (?,?,?,?,?,?,?,?,?,?)",
+                 (m.sop_uid, m.study_uid, m.series_uid, m.sop_class_uid, m.transfer_syntax, path,
+                  size, revision, int(m.own_output), now))
+    _recount(conn, m.study_uid)
+    return InstanceAdded(m.study_uid, revision, state, duplicate, reopened, m.own_output)
+
+
+def _recount(conn: sqlite3.Connection, uid: str) -> None:
+    conn.execute("UPDATE studies SET instance_count=(SELECT count(*) FROM instances WHERE"
+                 " study_uid=?1 AND own_output=0), series_count=(SELECT count(DISTINCT"
+                 " series_uid) FROM instances WHERE study_uid=?1 AND own_output=0) WHERE uid=?1",
+                 (uid,))
+
+
+def complete_study_op(conn: sqlite3.Connection, uid: str) -> list[CaseRow]:
+    cur = conn.execute("UPDATE studies SET state='complete', completed_at=? WHERE uid=? AND"
+                       " state='receiving'", (time.time(), uid))
+    if cur.rowcount == 0:
+        return []
+    return _correlate_study(conn, uid)
+
+
+def _correlate_study(conn: sqlite3.Connection, uid: str) -> list[CaseRow]:
+    """Join a complete study with its order (Study UID, else accession + patient ID)."""
+    s = conn.execute("SELECT uid, accession, patient_id, issuer, revision, state FROM studies"
+                     " WHERE uid=?", (uid,)).fetchone()
+    if s is None or s[5] != "complete":
+        return []
+    order = conn.execute(
+        "SELECT id FROM orders WHERE cancelled=0 AND (study_uid=?1 OR (?2 IS NOT NULL AND"
+        " accession=?2 AND patient_id=?3 AND (issuer IS NULL OR ?4 IS NULL OR issuer=?4)))"
+        " ORDER BY (study_uid=?1) DESC, updated_at DESC LIMIT 1", (s[0], s[1], s[2], s[3])
+    ).fetchone()
+    if order is None:
+        return []
+    return _create_case(conn, order[0], uid, s[4], "ready")
+
+
+def _create_case(conn: sqlite3.Connection, order_id: int | None, uid: str, revision: int,
+                 state: str) -> list[CaseRow]:
+    now = time.time()
+    existing = conn.execute("SELECT id, order_id, state FROM cases WHERE study_uid=? AND"
+                            " revision=?", (uid, revision)).fetchone()
+    if existing is not None:
+        if existing[1] is not None or order_id is None:
+            return []
+        # A study that went on study-only meets its order later: link it, no new work.
+        conn.execute("UPDATE cases SET order_id=?, updated_at=? WHERE id=?",
+                     (order_id, now, existing[0]))
+        return []
+    cur = conn.execute("INSERT INTO cases (order_id, study_uid, revision, state, created_at,"
+                       " updated_at) VALUES (?,?,?,?,?,?)",
+                       (order_id, uid, revision, state, now, now))
+    return [_case(conn.execute(f"{_CASE_SELECT} WHERE c.id=?", (cur.lastrowid,)).fetchone())]
+
+
+def studies_due_sql(now: float) -> tuple[str, tuple[Any, ...]]:
+    return (f"SELECT {_STUDY_COLS} FROM studies WHERE state='receiving' AND (last_at + quiet_secs"
+            " <= ? OR (expected_count IS NOT NULL AND instance_count >= expected_count))"
+            " ORDER BY last_at", (now,))
+
+
+# -- patients and orders -----------------------------------------------------------------
+
+def apply_patient_op(conn: sqlite3.Connection, event: str, p: Patient) -> list[CaseRow]:
+    now = time.time()
+    pid = p.primary_id
+    if pid is None:
+        return []
+    conn.execute("INSERT OR REPLACE INTO patients VALUES (?,?,?,?,?,?,?,?,NULL,?)",
+                 (pid.value, pid.issuer or "", p.family_name, p.given_name, p.birth_date, p.sex,
+                  p.patient_class, p.location, now))
+    cases: list[CaseRow] = []
+    for old in p.merged_from:
+        cases += _merge(conn, old.value, old.issuer, pid.value, pid.issuer)
+    return cases
+
+
+def _merge(conn: sqlite3.Connection, old: str, old_issuer: str | None, new: str,
+           new_issuer: str | None) -> list[CaseRow]:
+    """Mark the old identifier merged and re-link its orders and studies."""
+    match = "patient_id=?1 AND (issuer IS NULL OR ?2 IS NULL OR issuer=?2)"
+    conn.execute("UPDATE patients SET merged_into=?3, updated_at=?4 WHERE patient_id=?1 AND"
+                 " (?2 IS NULL OR issuer=?2)", (old, old_issuer, new, time.time()))
+    conn.execute(f"UPDATE orders SET patient_id=?3, issuer=coalesce(?4, issuer) WHERE {match}",
+                 (old, old_issuer, new, new_issuer))
+    uids = [r[0] for r in conn.execute(f"SELECT uid FROM studies WHERE {match}",
+                                       (old, old_issuer))]
+    conn.execute(f"UPDATE studies SET patient_id=?3, issuer=coalesce(?4, issuer) WHERE {match}",
+                 (old, old_issuer, new, new_issuer))
+    return [c for uid in uids for c in _correlate_study(conn, uid)]
+
+
+def order_key(o: Order) -> str | None:
+    return o.placer_number or o.filler_number or o.accession
+
+
+def apply_orders_op(conn: sqlite3.Connection, orders: Sequence[Order],
+                    message_id: int | None) -> list[CaseRow]:
+    cases: list[CaseRow] = []
+    for o in orders:
+        order_id = _upsert_order(conn, o, message_id)
+        if o.control.upper() in CANCEL_CONTROLS or (o.status or "").upper() in CANCEL_STATUSES:
+            conn.execute("UPDATE orders SET cancelled=1 WHERE id=?", (order_id,))
+            conn.execute("UPDATE cases SET state='cancelled', updated_at=? WHERE order_id=? AND"
+                         " state='ready'", (time.time(), order_id))
+            continue
+        cases += _correlate_order(conn, order_id, (o.status or "").upper() == "CM")
+    return cases
+
+
+def _upsert_order(conn: sqlite3.Connection, o: Order, message_id: int | None) -> int:
+    key = order_key(o)
+    pid = o.patient.primary_id
+    now = time.time()
+    values = (pid.value if pid else None, pid.issuer if pid else None, o.placer_number,
+              o.filler_number, o.accession, o.requested_procedure_id, o.study_instance_uid,
+              o.modality, o.procedure_code, o.procedure_text, o.priority, o.status, o.control,
+              o.patient.patient_class, o.patient.location, message_id, now)
+    row = conn.execute("SELECT id FROM orders WHERE order_key=?", (key,)).fetchone()
+    if row is None:
+        cur = conn.execute(
+            "INSERT INTO orders (patient_id, issuer, placer, filler, accession,"
+            " requested_procedure_id, study_uid, modality, procedure_code, procedure_text,"
+            " priority, status, control, patient_class, location, message_id, updated_at,"
+            " order_key, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (*values, key, now))
+        assert cur.lastrowid is not None
+        return cur.lastrowid
+    # Changes (XO/SC) keep what the update leaves empty.
+    conn.execute(
+        "UPDATE orders SET patient_id=coalesce(?,patient_id), issuer=coalesce(?,issuer),"
+        " placer=coalesce(?,placer), filler=coalesce(?,filler), accession=coalesce(?,accession),"
+        " requested_procedure_id=coalesce(?,requested_procedure_id),"
+        " study_uid=coalesce(?,study_uid), modality=coalesce(?,modality),"
+        " procedure_code=coalesce(?,procedure_code), procedure_text=coalesce(?,procedure_text),"
+        " priority=coalesce(?,priority), status=coalesce(?,status), control=?,"
+        " patient_class=coalesce(?,patient_class), location=coalesce(?,location),"
+        " message_id=?, updated_at=? WHERE id=?", (*values, row[0]))
+    return int(row[0])
+
+
+def _correlate_order(conn: sqlite3.Connection, order_id: int, completed: bool) -> list[CaseRow]:
+    o = conn.execute("SELECT study_uid, accession, patient_id, issuer FROM orders WHERE id=?",
+                     (order_id,)).fetchone()
+    rows = conn.execute(
+        "SELECT uid, state FROM studies WHERE uid=?1 OR (?2 IS NOT NULL AND accession=?2 AND"
+        " patient_id=?3 AND (issuer IS NULL OR ?4 IS NULL OR issuer=?4))", tuple(o)).fetchall()
+    cases: list[CaseRow] = []
+    for uid, state in rows:
+        if state == "receiving" and completed:  # order status CM: the explicit trigger
+            cases += complete_study_op(conn, uid)
+        elif state == "complete":
+            rev = conn.execute("SELECT revision FROM studies WHERE uid=?", (uid,)).fetchone()[0]
+            cases += _create_case(conn, order_id, uid, rev, "ready")
+    return cases
+
+
+def apply_domain_events(conn: sqlite3.Connection, outcomes: Sequence[Any]) -> list[CaseRow]:
+    """Apply the mapped events of a pipeline batch (inside its transaction), in message order."""
+    from mappings.hl7v2.orders import OrderEvent, PatientEvent
+
+    cases: list[CaseRow] = []
+    for o in outcomes:
+        mapped = o.domain
+        if isinstance(mapped, PatientEvent):
+            cases += apply_patient_op(conn, mapped.event, mapped.patient)
+        elif isinstance(mapped, OrderEvent):
+            cases += apply_patient_op(conn, mapped.event, mapped.patient)
+            cases += apply_orders_op(conn, mapped.orders, o.message_id)
+    return cases
+
+
+def proceed_study_only_op(conn: sqlite3.Connection, uid: str) -> CaseRow | None:
+    s = conn.execute("SELECT revision, state FROM studies WHERE uid=?", (uid,)).fetchone()
+    if s is None or s[1] != "complete":
+        return None
+    created = _create_case(conn, None, uid, s[0], "study_only")
+    return created[0] if created else None
+
+
+def prune_op(conn: sqlite3.Connection, before: float) -> list[str]:
+    paths = [r[0] for r in conn.execute("SELECT path FROM instances WHERE received_at < ?",
+                                        (before,))]
+    uids = [r[0] for r in conn.execute("SELECT DISTINCT study_uid FROM instances WHERE"
+                                       " received_at < ?", (before,))]
+    conn.execute("DELETE FROM instances WHERE received_at < ?", (before,))
+    for uid in uids:
+        _recount(conn, uid)
+    return paths
+
+
+class SQLiteClinical(ClinicalStore):
+    """Mixed into ``SQLiteStore``: uses its writer (``_write``) and readers (``_read``)."""
+
+    _write: Callable[..., Any]
+    _read: Callable[..., Any]
+
+    async def add_instance(self, channel: str, meta: InstanceMeta, path: str, size: int,
+                           quiet_secs: float, expected: int | None = None) -> InstanceAdded:
+        return await self._write(add_instance_op, channel, meta, path, size, quiet_secs,
+                                 expected)
+
+    async def studies_due(self, now: float) -> list[StudyRow]:
+        sql, params = studies_due_sql(now)
+        return [_study(r) for r in await self._read(sql, params)]
+
+    async def complete_study(self, uid: str) -> list[CaseRow]:
+        return await self._write(complete_study_op, uid)
+
+    async def apply_patient(self, event: str, patient: Patient) -> list[CaseRow]:
+        return await self._write(apply_patient_op, event, patient)
+
+    async def apply_orders(self, orders: Sequence[Order], message_id: int | None
+                           ) -> list[CaseRow]:
+        return await self._write(apply_orders_op, list(orders), message_id)
+
+    async def get_study(self, uid: str) -> StudyRow | None:
+        rows = await self._read(f"SELECT {_STUDY_COLS} FROM studies WHERE uid=?", (uid,))
+        return _study(rows[0]) if rows else None
+
+    async def list_studies(self, state: str | None = None, limit: int = 100) -> list[StudyRow]:
+        where, params = ("WHERE state=?", (state,)) if state else ("", ())
+        return [_study(r) for r in await self._read(
+            f"SELECT {_STUDY_COLS} FROM studies {where} ORDER BY last_at DESC LIMIT ?",
+            (*params, limit))]
+
+    async def list_orders(self, limit: int = 100) -> list[OrderRow]:
+        return [_order(r) for r in await self._read(
+            f"SELECT {_ORDER_COLS} FROM orders ORDER BY id DESC LIMIT ?", (limit,))]
+
+    async def list_cases(self, state: str | None = None, limit: int = 100) -> list[CaseRow]:
+        where, params = ("WHERE c.state=?", (state,)) if state else ("", ())
+        return [_case(r) for r in await self._read(
+            f"{_CASE_SELECT} {where} ORDER BY c.id DESC LIMIT ?", (*params, limit))]
+
+    async def unmatched(self, older_than: float) -> tuple[list[OrderRow], list[StudyRow]]:
+        orders = await self._read(
+            f"SELECT {_ORDER_COLS} FROM orders o WHERE cancelled=0 AND created_at < ? AND NOT"
+            " EXISTS (SELECT 1 FROM cases c WHERE c.order_id=o.id) ORDER BY id", (older_than,))
+        studies = await self._read(
+            f"SELECT {_STUDY_COLS} FROM studies s WHERE state='complete' AND completed_at < ?"
+            " AND NOT EXISTS (SELECT 1 FROM cases c WHERE c.study_uid=s.uid AND"
+            " c.revision=s.revision) ORDER BY completed_at", (older_than,))
+        return [_order(r) for r in orders], [_study(r) for r in studies]
+
+    async def proceed_study_only(self, uid: str) -> CaseRow | None:
+        return await self._write(proceed_study_only_op, uid)
+
+    async def instance_paths(self, study_uid: str) -> list[str]:
+        return [r[0] for r in await self._read(
+            "SELECT path FROM instances WHERE study_uid=? ORDER BY series_uid, sop_uid",
+            (study_uid,))]
+
+    async def prune_instances(self, before: float) -> list[str]:
+        return await self._write(prune_op, before)
