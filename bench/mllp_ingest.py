@@ -2,7 +2,9 @@
 
     .venv/bin/python -m bench.mllp_ingest [--seconds 5] [--connections 1,8,64]
 
-Each server runs in its own process, the load generator in another. Every
+Each server runs in its own process, the load generator in another; the runs
+alternate between the two servers (radbridge, then the reference, for each
+connection count) so that both meet the same machine load. Every
 message is committed (SQLite WAL, synchronous=FULL) before its ACK; after each
 run the bench counts the stored rows and checks that every ACKed message is
 there. Prints messages/s and p50/p99 ACK latency, and radbridge's ratio to the
@@ -17,9 +19,12 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 PY = sys.executable
+SETTLE_SECS = 1.0  # between runs: the previous server's pipeline catches up first
 
 
 def start_server(cmd: list[str]) -> tuple[subprocess.Popen[str], str, int]:
@@ -49,26 +54,48 @@ def count_rows(db: Path, table: str) -> int:
         conn.close()
 
 
-def bench_server(label: str, cmd: list[str], db: Path, table: str, conns: list[int],
-                 seconds: float) -> list[dict[str, object]]:
-    proc, host, port = start_server(cmd)
-    results = []
+@dataclass
+class Server:
+    """One server under test: how to start it and where it stores what it ACKs."""
+
+    label: str
+    cmd: list[str]
+    db: Path
+    table: str
+    results: list[dict[str, object]] = field(default_factory=list)
+    acked: int = 0
+
+
+def bench_servers(servers: list[Server], conns: list[int], seconds: float) -> None:
+    """Run every load against each server in turn, so that both meet the same machine.
+
+    The servers are interleaved per connection count (rather than one after the other), and
+    each run starts after a pause that lets the previous server finish its background work.
+    """
+    procs = []
     try:
-        acked_total = 0
+        addrs = []
+        for server in servers:
+            proc, host, port = start_server(server.cmd)
+            procs.append(proc)
+            addrs.append((host, port))
         for n in conns:
-            r = run_load(host, port, n, seconds)
-            codes = r["codes"]
-            assert isinstance(codes, dict)
-            acked_total += int(codes.get("AA", 0)) + int(codes.get("CA", 0))
-            r["server"] = label
-            results.append(r)
+            for server, (host, port) in zip(servers, addrs, strict=True):
+                time.sleep(SETTLE_SECS)
+                r = run_load(host, port, n, seconds)
+                codes = r["codes"]
+                assert isinstance(codes, dict)
+                server.acked += int(codes.get("AA", 0)) + int(codes.get("CA", 0))
+                r["server"] = server.label
+                server.results.append(r)
     finally:
-        proc.terminate()
-        proc.wait(30)
-    stored = count_rows(db, table)
-    for r in results:
-        r["durable"] = stored >= acked_total
-    return results
+        for proc in procs:
+            proc.terminate()
+            proc.wait(30)
+    for server in servers:
+        stored = count_rows(server.db, server.table)
+        for r in server.results:
+            r["durable"] = stored >= server.acked
 
 
 def engine_config(tmp: Path) -> Path:
@@ -101,17 +128,17 @@ def main() -> int:
     conns = [int(c) for c in args.connections.split(",")]
     with tempfile.TemporaryDirectory(prefix="radbridge-bench-") as d:
         tmp = Path(d)
-        ours = bench_server("radbridge", [PY, "-m", "engine.cli", "run",
-                                          str(engine_config(tmp)), "--log-level", "WARNING"],
-                            tmp / "engine.db", "messages", conns, args.seconds)
-        ref = bench_server("reference", [PY, "-m", "bench.bare_server", str(tmp / "ref.db")],
-                           tmp / "ref.db", "m", conns, args.seconds)
-    print_table(ours + ref)
+        ours = Server("radbridge", [PY, "-m", "engine.cli", "run", str(engine_config(tmp)),
+                                    "--log-level", "WARNING"], tmp / "engine.db", "messages")
+        ref = Server("reference", [PY, "-m", "bench.bare_server", str(tmp / "ref.db")],
+                     tmp / "ref.db", "m")
+        bench_servers([ours, ref], conns, args.seconds)
+    print_table(ours.results + ref.results)
     print()
-    for a, b in zip(ours, ref, strict=True):
+    for a, b in zip(ours.results, ref.results, strict=True):
         ratio = float(a["rate"]) / float(b["rate"])  # type: ignore[arg-type]
         print(f"ratio radbridge/reference at {a['connections']:>2} connections: {ratio:.2f}")
-    ok = all(r["durable"] for r in ours + ref)
+    ok = all(r["durable"] for r in ours.results + ref.results)
     return 0 if ok else 1
 
 

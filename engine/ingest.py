@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from channels.base import Reply
+from engine import metrics
 from engine.errors import StoreUnavailable
 from engine.logs import event
 from engine.model import Status
@@ -38,6 +39,7 @@ from mappings.hl7v2.header import (
 )
 
 log = logging.getLogger("radbridge.ingest")
+_ACCEPTED = AckSpec("AA")  # immutable: one for every accepted message
 
 
 class DuplicateWindow:
@@ -74,6 +76,7 @@ class Ingest:
         self.duplicates = (DuplicateWindow(channel.duplicates.window_secs)
                            if channel.duplicates.window_secs > 0 else None)
         self.stats: Counter[str] = Counter()
+        self._ack_latency = metrics.ack_latency(self.name)
 
     def seed_duplicates(self, control_ids: list[str], now: float) -> None:
         if self.duplicates is not None:
@@ -132,12 +135,15 @@ class Ingest:
         return build_ack(header, spec, app=self.app, facility=self.facility)
 
     def _on_commit(self, header: Header, reply: Reply) -> Callable[[int | None, Any], None]:
+        t0 = time.perf_counter()
+
         def done(msg_id: int | None, err: BaseException | None) -> None:
             if err is not None:
                 self._store_failed(header, err, reply)
                 return
             self.stats["AA"] += 1
-            reply(self._ack(header, AckSpec("AA")))
+            reply(build_ack(header, _ACCEPTED, app=self.app, facility=self.facility))
+            self._ack_latency.observe(time.perf_counter() - t0)  # accept -> ACK written
             self.on_stored()
 
         return done

@@ -108,15 +108,15 @@ class Pipeline:
                 pass
 
     async def _process(self, msgs: list[Message]) -> None:
-        lanes: dict[int, list[Message]] = {}
-        for msg in msgs:
-            lanes.setdefault(_lane_of(msg), []).append(msg)
         if self.processor.cpu_bound:
+            lanes: dict[int, list[Message]] = {}
+            for msg in msgs:
+                lanes.setdefault(_lane_of(msg), []).append(msg)
             loop = asyncio.get_running_loop()
             results = await asyncio.gather(*(loop.run_in_executor(None, _run_lane, self.processor,
                                                                   lane) for lane in lanes.values()))
-        else:
-            results = [_run_lane(self.processor, lane) for lane in lanes.values()]
+        else:  # inline, in arrival order: lanes only matter when they run in parallel
+            results = [_run_lane(self.processor, msgs)]
         outcomes = [o for lane in results for o in lane]
         cases = await self.store.apply_outcomes(outcomes)
         self.processed += len(outcomes)

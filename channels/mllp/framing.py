@@ -14,6 +14,8 @@ from dataclasses import dataclass
 START = b"\x0b"
 END = b"\x1c\x0d"
 _FS = 0x1C
+_FS_BYTE = b"\x1c"
+_VT = 0x0B
 _CR = 0x0D
 HEAD_KEEP = 4096
 
@@ -63,6 +65,10 @@ class MLLPFramer:
         return len(self._buf)
 
     def feed(self, data: bytes) -> list[Frame | Oversized]:
+        if not self._buf and not self._in_frame:
+            frames = self._whole_frames(data)
+            if frames is not None:
+                return frames
         self._buf += data
         events: list[Frame | Oversized] = []
         while self._buf:
@@ -73,6 +79,24 @@ class MLLPFramer:
                 break
             events.append(event)
         return events
+
+    def _whole_frames(self, data: bytes) -> list[Frame | Oversized] | None:
+        """The frames of a read that holds whole frames and nothing else (the usual read).
+
+        Returns None for anything else (a partial frame, bytes between frames, an oversized
+        frame, a lone FS at the end); ``feed`` then takes the general path with the same read.
+        """
+        frames: list[Frame | Oversized] = []
+        pos, size = 0, len(data)
+        while pos < size:
+            if data[pos] != _VT:
+                return None
+            end = data.find(_FS_BYTE, pos + 1)
+            if end < 0 or end + 1 >= size or end - pos - 1 > self.max_size:
+                return None
+            frames.append(Frame(data[pos + 1:end]))
+            pos = end + 2 if data[end + 1] == _CR else end + 1
+        return frames
 
     def _seek_start(self) -> bool:
         start = self._buf.find(START)

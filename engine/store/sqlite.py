@@ -30,22 +30,26 @@ from engine.store.base import (
 )
 from engine.store.clinical import CaseRow
 from engine.store.clinical_sql import CLINICAL_SCHEMA, SQLiteClinical, apply_domain_events
-from engine.store.schema import SQLITE_SCHEMA
+from engine.store.inference_sql import INFERENCE_SCHEMA, SQLiteInference
+from engine.store.schema import SQLITE_SCHEMA, migrate_sqlite
 
 T = TypeVar("T")
 _STOP = object()
 _MAX_GROUP = 4096
-_ROWS_PER_INSERT = 256  # 10 parameters a row, well under SQLITE_MAX_VARIABLE_NUMBER
+_ROWS_PER_INSERT = 256  # 11 parameters a row, well under SQLITE_MAX_VARIABLE_NUMBER
 _IDS_PER_UPDATE = 1024
 
 _INSERT = (
-    "INSERT INTO messages (channel, received_at, raw, status, control_id, message_type, msg_key,"
-    " duplicate, error, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?)"
+    "INSERT INTO message_in (id, channel, received_at, status, control_id, message_type, msg_key,"
+    " duplicate, error, updated_at, raw) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
 )
-_MSG_COLS = ("id, channel, received_at, status, raw, control_id, message_type, msg_key, duplicate,"
-             " error")
+_INSERT_MORE = ",(?,?,?,?,?,?,?,?,?,?,?)"
+_RAW = "(SELECT raw FROM message_raw r WHERE r.id = messages.id)"
+_MSG_COLS = (f"id, channel, received_at, status, {_RAW}, control_id, message_type, msg_key,"
+             " duplicate, error")
 _DLV_COLS = ("d.id, d.message_id, d.destination, d.status, d.attempts,"
-             " coalesce(d.payload, m.raw), d.response, d.error, m.msg_key")
+             " coalesce(d.payload, (SELECT raw FROM message_raw r WHERE r.id = d.message_id)),"
+             " d.response, d.error, m.msg_key")
 
 
 def _connect(path: str, *, writer: bool = False) -> sqlite3.Connection:
@@ -101,6 +105,7 @@ class _Writer(threading.Thread):
         self.q: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self.groups = 0
         self.ops = 0
+        self._next: int | None = None  # the next message id, while this writer is alone
 
     def run(self) -> None:
         conn = _connect(self._path, writer=True)
@@ -124,6 +129,39 @@ class _Writer(threading.Thread):
             conn.close()
 
     def _run_group(self, conn: sqlite3.Connection, batch: list[Any]) -> None:
+        results = self._insert_alone(conn, batch)
+        if results is None:
+            results = self._run_transaction(conn, batch)
+            self._next = None  # the transaction may have added messages by its own ids
+        self.groups += 1
+        self.ops += len(batch)
+        try:
+            self._loop.call_soon_threadsafe(_deliver, results)
+        except RuntimeError:  # loop closed during shutdown: nobody is waiting any more
+            pass
+
+    def _insert_alone(self, conn: sqlite3.Connection, batch: list[Any]
+                      ) -> list[tuple[Callable[..., None], Any, BaseException | None]] | None:
+        """Commit a group of new messages only as one statement, its own transaction.
+
+        One statement is one GIL hand-off and one fsync; BEGIN and COMMIT would each cost
+        another hand-off. Returns None if the group is not that simple or the statement fails
+        (the transaction path then retries it row by row).
+        """
+        if (len(batch) > _ROWS_PER_INSERT or conn.in_transaction  # never ACK uncommitted rows
+                or any(op is not _insert_op for op, _, _ in batch)):
+            return None
+        try:
+            first = self._next if self._next is not None else _next_id(conn)
+            _insert_rows(conn, [args[0] for _, args, _ in batch], first)
+        except sqlite3.Error:
+            self._next = None  # perhaps another writer took the ids: read them again
+            return None
+        self._next = first + len(batch)
+        return [(done, first + i, None) for i, (_, _, done) in enumerate(batch)]
+
+    def _run_transaction(self, conn: sqlite3.Connection, batch: list[Any]
+                         ) -> list[tuple[Callable[..., None], Any, BaseException | None]]:
         results: list[tuple[Callable[..., None], Any, BaseException | None]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -144,12 +182,7 @@ class _Writer(threading.Thread):
                 conn.execute("ROLLBACK")
             err = _to_store_error(exc)
             results = [(done, None, err) for _, _, done in batch]
-        self.groups += 1
-        self.ops += len(batch)
-        try:
-            self._loop.call_soon_threadsafe(_deliver, results)
-        except RuntimeError:  # loop closed during shutdown: nobody is waiting any more
-            pass
+        return results
 
     @staticmethod
     def _run_op(conn: sqlite3.Connection, op: Callable[..., Any], args: tuple[Any, ...],
@@ -165,20 +198,21 @@ class _Writer(threading.Thread):
             return done, None, _to_store_error(exc)
 
 
-def _insert_row(m: NewMessage) -> tuple[Any, ...]:
-    return (m.channel, m.received_at, m.raw, str(m.status), m.control_id, m.message_type, m.key,
-            int(m.duplicate), m.error, m.received_at)
+def _insert_row(m: NewMessage, msg_id: int) -> tuple[Any, ...]:
+    return (msg_id, m.channel, m.received_at, str(m.status), m.control_id, m.message_type, m.key,
+            int(m.duplicate), m.error, m.received_at, m.raw)
+
+
+def _next_id(conn: sqlite3.Connection) -> int:
+    """The id the next message gets (what SQLite itself would choose)."""
+    return int(conn.execute("SELECT coalesce(max(id), 0) + 1 FROM messages").fetchone()[0])
 
 
 def _insert_many(conn: sqlite3.Connection, items: list[tuple[NewMessage, Callable[..., None]]]
                  ) -> list[tuple[Callable[..., None], Any, BaseException | None]]:
-    """Insert consecutive messages with one executemany; ids are consecutive (single writer)."""
+    """Insert messages inside the group's transaction, a chunk of rows per statement."""
     try:
-        # Multi-row VALUES: one sqlite3_step (one GIL hand-off) per chunk instead of per row.
-        for start in range(0, len(items), _ROWS_PER_INSERT):
-            chunk = items[start:start + _ROWS_PER_INSERT]
-            params = [v for m, _ in chunk for v in _insert_row(m)]
-            cur = conn.execute(_INSERT + ",(?,?,?,?,?,?,?,?,?,?)" * (len(chunk) - 1), params)
+        first = _insert_rows(conn, [m for m, _ in items], _next_id(conn))
     except sqlite3.Error:
         # One bad row must not fail its neighbours: fall back to row by row.
         out: list[tuple[Callable[..., None], Any, BaseException | None]] = []
@@ -188,11 +222,26 @@ def _insert_many(conn: sqlite3.Connection, items: list[tuple[NewMessage, Callabl
             except sqlite3.Error as exc:
                 out.append((done, None, _to_store_error(exc)))
         return out
-    # The cursor's lastrowid is the last row of the last chunk: no extra round trip.
-    last = cur.lastrowid
-    assert last is not None
-    first = last - len(items) + 1
     return [(done, first + i, None) for i, (_, done) in enumerate(items)]
+
+
+def _insert_rows(conn: sqlite3.Connection, msgs: list[NewMessage], first: int) -> int:
+    """Insert *msgs* with ids from *first* on (one statement per chunk); return *first*.
+
+    All or nothing: a statement is atomic, and chunks already in are deleted again.
+    """
+    try:
+        # Multi-row VALUES: one sqlite3_step (one GIL hand-off) per chunk instead of per row.
+        for start in range(0, len(msgs), _ROWS_PER_INSERT):
+            chunk = msgs[start:start + _ROWS_PER_INSERT]
+            params = [v for i, m in enumerate(chunk, first + start) for v in _insert_row(m, i)]
+            conn.execute(_INSERT + _INSERT_MORE * (len(chunk) - 1), params)
+    except sqlite3.Error:
+        if len(msgs) > _ROWS_PER_INSERT:
+            conn.execute("DELETE FROM message_raw WHERE id >= ?", (first,))
+            conn.execute("DELETE FROM messages WHERE id >= ?", (first,))
+        raise
+    return first
 
 
 def _deliver(results: list[tuple[Callable[..., None], Any, BaseException | None]]) -> None:
@@ -201,9 +250,7 @@ def _deliver(results: list[tuple[Callable[..., None], Any, BaseException | None]
 
 
 def _insert_op(conn: sqlite3.Connection, m: NewMessage) -> int:
-    cur = conn.execute(_INSERT, _insert_row(m))
-    assert cur.lastrowid is not None
-    return cur.lastrowid
+    return _insert_rows(conn, [m], _next_id(conn))
 
 
 def _outcomes_op(conn: sqlite3.Connection, outcomes: Sequence[Outcome]) -> list[CaseRow]:
@@ -265,8 +312,12 @@ def _reprocess_op(conn: sqlite3.Connection, ids: Sequence[int]) -> int:
     return n
 
 
+_STATUS = {str(s): s for s in Status}  # a dict lookup; calling the enum class is slower
+
+
 def _row_to_message(row: tuple[Any, ...]) -> Message:
-    return Message(id=row[0], channel=row[1], received_at=row[2], status=Status(row[3]),
+    return Message(id=row[0], channel=row[1], received_at=row[2],
+                   status=_STATUS.get(row[3]) or Status(row[3]),
                    raw=bytes(row[4]), control_id=row[5], message_type=row[6], key=row[7],
                    duplicate=bool(row[8]), error=row[9])
 
@@ -278,7 +329,7 @@ def _row_to_delivery(row: tuple[Any, ...]) -> Delivery:
                     key=row[8])
 
 
-class SQLiteStore(SQLiteClinical, Store):
+class SQLiteStore(SQLiteClinical, SQLiteInference, Store):
     """The embedded default store."""
 
     def __init__(self, path: str | Path) -> None:
@@ -308,7 +359,8 @@ class SQLiteStore(SQLiteClinical, Store):
     def _create_schema(self) -> None:
         conn = _connect(self.path)
         try:
-            conn.executescript(SQLITE_SCHEMA + CLINICAL_SCHEMA)
+            migrate_sqlite(conn)
+            conn.executescript(SQLITE_SCHEMA + CLINICAL_SCHEMA + INFERENCE_SCHEMA)
         finally:
             conn.close()
 
@@ -385,7 +437,7 @@ class SQLiteStore(SQLiteClinical, Store):
 
     async def fetch_received(self, channel: str, limit: int, with_raw: bool = True
                              ) -> list[Message]:
-        cols = _MSG_COLS if with_raw else _MSG_COLS.replace(" raw,", " x'',")
+        cols = _MSG_COLS if with_raw else _MSG_COLS.replace(_RAW, "x''")
         rows = await self._read(f"SELECT {cols} FROM messages WHERE status='RECEIVED'"
                                 " AND channel=? ORDER BY id LIMIT ?", (channel, limit))
         return [_row_to_message(r) for r in rows]
@@ -403,10 +455,10 @@ class SQLiteStore(SQLiteClinical, Store):
         return [r[0] for r in rows]
 
     async def query_messages(self, query: MessageQuery) -> list[Message]:
-        where, params = [], []
+        where: list[str] = ["1"]
+        params: list[Any] = []
         for col, val in (("channel", query.channel), ("status", query.status),
-                         ("message_type", query.message_type),
-                         ("control_id", query.control_id)):
+                         ("message_type", query.message_type)):
             if val is not None:
                 where.append(f"{col}=?")
                 params.append(val)
@@ -416,9 +468,17 @@ class SQLiteStore(SQLiteClinical, Store):
         if query.until is not None:
             where.append("received_at<?")
             params.append(query.until)
-        clause = f"WHERE {' AND '.join(where)}" if where else ""
-        rows = await self._read(f"SELECT {_MSG_COLS} FROM messages {clause} ORDER BY id DESC"
-                                " LIMIT ?", (*params, query.limit))
+        clause = " AND ".join(where)
+        if query.control_id is None:
+            sql = f"SELECT {_MSG_COLS} FROM messages WHERE {clause}"
+        else:
+            # messages_control_id covers messages past RECEIVED; messages_pending the rest.
+            sql = (f"SELECT {_MSG_COLS} FROM messages WHERE {clause} AND control_id=?"
+                   f" AND status<>'RECEIVED' UNION ALL SELECT {_MSG_COLS} FROM messages"
+                   f" INDEXED BY messages_pending WHERE {clause} AND control_id=?"
+                   " AND status='RECEIVED'")
+            params = [*params, query.control_id, *params, query.control_id]
+        rows = await self._read(f"{sql} ORDER BY id DESC LIMIT ?", (*params, query.limit))
         return [_row_to_message(r) for r in rows]
 
     async def get_message(self, message_id: int) -> tuple[Message, list[Delivery]] | None:

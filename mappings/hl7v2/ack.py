@@ -7,8 +7,10 @@ location. The ACK is written with the sender's own delimiters.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
+import re
 import time
 from dataclasses import dataclass
 
@@ -33,11 +35,14 @@ class AckSpec:
     location: str = ""
 
 
+_ENHANCED = {"AA": "CA", "AE": "CE", "AR": "CR"}
+
+
 def ack_code_for(header: Header | None, code: str) -> str | None:
     """The MSA-1 to send for an original-mode *code*, or None if MSH-15 asks for no ACK."""
     if header is None or not header.enhanced:
         return code
-    enhanced = {"AA": "CA", "AE": "CE", "AR": "CR"}[code]
+    enhanced = _ENHANCED[code]
     mode = header.accept_ack or "AL"
     if mode == "NE" or (mode == "ER" and code == "AA") or (mode == "SU" and code != "AA"):
         return None
@@ -49,10 +54,21 @@ def escape(text: str, header: Header | None) -> str:
     fs = header.field_sep if header else "|"
     enc = header.encoding if header else "^~\\&"
     esc = enc[2] if len(enc) > 2 else "\\"
+    if not _needs_escape(fs, enc).search(text):
+        return text  # the usual case: nothing to escape
     out = text.replace(esc, f"{esc}E{esc}")
-    for ch, name in ((fs, "F"), (enc[0], "S"), (enc[1], "R"), (enc[3] if len(enc) > 3 else "&", "T")):
+    sub = enc[3] if len(enc) > 3 else "&"
+    for ch, name in ((fs, "F"), (enc[0], "S"), (enc[1], "R"), (sub, "T")):
         out = out.replace(ch, f"{esc}{name}{esc}")
     return out.replace("\r", " ").replace("\n", " ")
+
+
+@functools.lru_cache(maxsize=256)
+def _needs_escape(fs: str, enc: str) -> re.Pattern[str]:
+    """Matches any character ``escape`` would change, for one set of delimiters."""
+    chars = {fs, enc[0], enc[1], enc[2] if len(enc) > 2 else "\\", enc[3] if len(enc) > 3 else "&",
+             "\r", "\n"}
+    return re.compile("[" + "".join(re.escape(c) for c in sorted(chars)) + "]")
 
 
 def build_ack(
@@ -72,23 +88,61 @@ def build_ack(
     if code is None:
         return None
     fs = header.field_sep if header else "|"
-    enc = header.encoding[:4] if header else "^~\\&"
-    comp = enc[0]
-    ts = time.strftime("%Y%m%d%H%M%S", time.gmtime(now if now is not None else time.time()))
-    version = header.version if header else "2.5.1"
-    trigger = header.message_type.split("^")[1] if header and "^" in header.message_type else ""
-    their_id = header.control_id if header else ""
-    msh = fs.join([
-        "MSH", enc, app, facility,
-        header.sending_app if header else "", header.sending_facility if header else "",
-        ts, "", f"ACK{comp}{trigger}{comp}ACK" if trigger else "ACK",
-        control_id or next_control_id(), header.processing_id if header else "P", version,
-    ])
+    head, type_part, tail = _msh_parts(header, app, facility)
+    msh = f"{head}{_timestamp(now)}{type_part}{control_id or next_control_id()}{tail}"
+    their_id = escape(header.control_id, header) if header else ""
     text = escape(spec.text, header) if spec.text else ""
-    segments = [msh, fs.join(["MSA", code, escape(their_id, header), text]).rstrip(fs)]
+    segments = [msh, fs.join(["MSA", code, their_id, text]).rstrip(fs)]
     if spec.error_code is not None:
+        version = header.version if header else "2.5.1"
+        enc = header.encoding[:4] if header else "^~\\&"
         segments.append(_err_segment(header, spec, fs, enc, version))
     return ("\r".join(segments) + "\r").encode("latin-1", "replace")
+
+
+# The ACK's MSH split around its two varying fields (MSH-7 time, MSH-10 control id), per sender
+# and message shape: most ACKs are then a few string joins.
+_MSH_CACHE: dict[tuple[str, ...], tuple[str, str, str]] = {}
+_MSH_CACHE_MAX = 1024
+_last_ts: tuple[int, str] = (-1, "")
+
+
+def _msh_parts(header: Header | None, app: str, facility: str) -> tuple[str, str, str]:
+    """(MSH up to MSH-7, MSH-8..9 up to MSH-10, MSH-11..12) of the ACK for *header*."""
+    if header is None:
+        key: tuple[str, ...] = (app, facility)
+    else:
+        key = (app, facility, header.field_sep, header.encoding, header.sending_app,
+               header.sending_facility, header.message_type, header.processing_id, header.version)
+    parts = _MSH_CACHE.get(key)
+    if parts is None:
+        if len(_MSH_CACHE) >= _MSH_CACHE_MAX:
+            _MSH_CACHE.clear()
+        parts = _MSH_CACHE[key] = _make_msh_parts(header, app, facility)
+    return parts
+
+
+def _make_msh_parts(header: Header | None, app: str, facility: str) -> tuple[str, str, str]:
+    """Build what ``_msh_parts`` caches (the sender's delimiters, our app, their app back)."""
+    fs = header.field_sep if header else "|"
+    enc = header.encoding[:4] if header else "^~\\&"
+    comp = enc[0]
+    trigger = header.message_type.split("^")[1] if header and "^" in header.message_type else ""
+    head = fs.join(["MSH", enc, app, facility, header.sending_app if header else "",
+                    header.sending_facility if header else "", ""])
+    ack_type = f"ACK{comp}{trigger}{comp}ACK" if trigger else "ACK"
+    tail = fs.join(["", header.processing_id if header else "P",
+                    header.version if header else "2.5.1"])
+    return head, fs.join(["", "", ack_type, ""]), tail
+
+
+def _timestamp(now: float | None) -> str:
+    """MSH-7 (UTC, to the second); formatted once per second."""
+    global _last_ts
+    second = int(now if now is not None else time.time())
+    if _last_ts[0] != second:
+        _last_ts = (second, time.strftime("%Y%m%d%H%M%S", time.gmtime(second)))
+    return _last_ts[1]
 
 
 def _err_segment(header: Header | None, spec: AckSpec, fs: str, enc: str, version: str) -> str:

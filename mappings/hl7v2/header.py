@@ -8,8 +8,9 @@ later, from the durable queue.
 
 from __future__ import annotations
 
+import operator
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from mappings.hl7v2.text import normalise
 
@@ -34,7 +35,12 @@ ERROR_TEXT = {
     APPLICATION_INTERNAL_ERROR: "Application internal error",
 }
 
-_SEGMENT_ID = re.compile(rb"^[A-Z][A-Z0-9]{2}$")
+_SEGMENT_ID = re.compile(rb"[A-Z][A-Z0-9]{2}")
+_HEAD = operator.itemgetter(slice(0, 4))
+# Per field separator, the segment heads (id + separator: "PID|", "OBR|", ...) seen valid, so
+# that most messages are checked with one set operation. Bounded per separator.
+_VALID_HEADS: dict[bytes, set[bytes]] = {}
+_MAX_VALID_HEADS = 1024
 
 
 class HeaderError(ValueError):
@@ -53,9 +59,12 @@ class HeaderError(ValueError):
         self.header = header  # set when MSH was readable but the body was not
 
 
-@dataclass(slots=True, frozen=True)
-class Header:
-    """What the ACK policy and the router need from a message."""
+class Header(NamedTuple):
+    """What the ACK policy and the router need from a message.
+
+    Immutable. A named tuple rather than a frozen dataclass: it is built for every message on
+    the ACK path, and a frozen dataclass costs several times more to construct.
+    """
 
     field_sep: str
     encoding: str  # MSH-2 as sent: component, repetition, escape, subcomponent[, truncation]
@@ -82,10 +91,22 @@ class Header:
         return bool(self.accept_ack or self.app_ack)
 
 
-def _field(fields: list[bytes], n: int) -> str:
-    """MSH-n for n >= 2 (MSH-1 is the field separator itself)."""
-    idx = n - 1
-    return fields[idx].decode("latin-1") if idx < len(fields) else ""
+_MSH_FIELDS = 18  # the highest MSH field read here (MSH-18)
+_TRIM = b"\r\n\t "
+
+
+def _segments(raw: bytes) -> tuple[bytes, list[bytes]]:
+    """``normalise(raw)`` and its segments; skips the blank-line pass when there is no blank line.
+
+    Once the ends are trimmed, an empty segment can only come from a blank line, so splitting
+    first and looking for an empty one is cheaper than searching the bytes for ``\\r\\r``.
+    """
+    text = raw.strip(_TRIM) if b"\n" not in raw else normalise(raw)
+    segments = text.split(b"\r")
+    if b"" in segments:
+        text = normalise(text)
+        segments = text.split(b"\r")
+    return text, segments
 
 
 def parse_header(raw: bytes) -> Header:
@@ -94,85 +115,96 @@ def parse_header(raw: bytes) -> Header:
     Accepts any segment terminator and custom delimiters; checks only what is
     needed to route and acknowledge.
     """
-    text = normalise(raw)
+    text, segments = _segments(raw)
     if not text.startswith(b"MSH") or len(text) < 8:
         raise HeaderError("message does not start with an MSH segment", SEGMENT_SEQUENCE_ERROR,
                           "MSH^1")
     fs = text[3:4]
-    segments = text.split(b"\r")
-    msh = segments[0]
-    # "MSH|^~\\&|APP|..." splits into ["MSH", MSH-2, MSH-3, ...]: MSH-n is fields[n-1].
-    fields = msh.split(fs)
-    encoding = _field(fields, 2)
-    if len(encoding) < 4 or fs.decode("latin-1") in encoding or fs.isalnum():
-        raise HeaderError(f"MSH-2 encoding characters {encoding!r} are invalid", DATA_TYPE_ERROR,
-                          "MSH^1^2")
-    comp = encoding[0].encode("latin-1")
-    rep = encoding[1].encode("latin-1")
-    message_type = _message_type(fields, comp)
-    control_id = _field(fields, 10).strip()
-    if not control_id:
-        raise HeaderError("MSH-10 message control id is empty", REQUIRED_FIELD_MISSING, "MSH^1^10")
-    version = _field(fields, 12).split(encoding[0])[0].strip()
-    if not version:
-        raise HeaderError("MSH-12 version id is empty", REQUIRED_FIELD_MISSING, "MSH^1^12")
-    header = Header(
-        field_sep=fs.decode("latin-1"),
-        encoding=encoding,
-        sending_app=_first(fields, 3, comp),
-        sending_facility=_first(fields, 4, comp),
-        receiving_app=_first(fields, 5, comp),
-        receiving_facility=_first(fields, 6, comp),
-        message_type=message_type,
-        control_id=control_id,
-        processing_id=_first(fields, 11, comp) or "P",
-        version=version,
-        accept_ack=_field(fields, 15).strip().upper(),
-        app_ack=_field(fields, 16).strip().upper(),
-        charset=_field(fields, 18).split(encoding[1])[0].strip(),
-        patient_id=_patient_id(segments, fs, comp, rep),
-    )
-    try:
-        _check_segments(segments, fs)
-    except HeaderError as exc:
-        exc.header = header
-        raise
+    sep = fs.decode("latin-1")
+    fields = _msh_fields(segments[0].decode("latin-1"), sep)
+    header = _header(sep, fields, _patient_id(text, fs, fields[1]))
+    _check_segments(segments, fs, header)
     return header
 
 
-def _first(fields: list[bytes], n: int, comp: bytes) -> str:
-    idx = n - 1
-    if idx >= len(fields):
-        return ""
-    return fields[idx].split(comp, 1)[0].decode("latin-1").strip()
+def _msh_fields(msh: str, fs: str) -> list[str]:
+    """MSH split into fields, padded to MSH-18, with MSH-2 checked."""
+    # "MSH|^~\\&|APP|..." splits into ["MSH", MSH-2, MSH-3, ...]: MSH-n is fields[n-1].
+    fields = msh.split(fs)
+    if len(fields) < _MSH_FIELDS:
+        fields += [""] * (_MSH_FIELDS - len(fields))
+    encoding = fields[1]
+    if len(encoding) < 4 or fs in encoding or (fs.isascii() and fs.isalnum()):
+        raise HeaderError(f"MSH-2 encoding characters {encoding!r} are invalid", DATA_TYPE_ERROR,
+                          "MSH^1^2")
+    return fields
 
 
-def _message_type(fields: list[bytes], comp: bytes) -> str:
-    msh9 = fields[8] if len(fields) > 8 else b""
-    parts = [p.decode("latin-1").strip() for p in msh9.split(comp)]
-    if not parts or not parts[0]:
+def _header(fs: str, fields: list[str], patient_id: str) -> Header:
+    """Check the MSH fields routing needs and build the header."""
+    encoding = fields[1]
+    comp = encoding[0]
+    message_type = _message_type(fields[8], comp)
+    control_id = fields[9].strip()
+    if not control_id:
+        raise HeaderError("MSH-10 message control id is empty", REQUIRED_FIELD_MISSING, "MSH^1^10")
+    version = fields[11].partition(comp)[0].strip()
+    if not version:
+        raise HeaderError("MSH-12 version id is empty", REQUIRED_FIELD_MISSING, "MSH^1^12")
+    return Header(
+        fs, encoding,
+        fields[2].partition(comp)[0].strip(),  # sending application
+        fields[3].partition(comp)[0].strip(),  # sending facility
+        fields[4].partition(comp)[0].strip(),  # receiving application
+        fields[5].partition(comp)[0].strip(),  # receiving facility
+        message_type, control_id,
+        fields[10].partition(comp)[0].strip() or "P",  # processing id
+        version,
+        fields[14].strip().upper(),  # MSH-15 accept acknowledgement type
+        fields[15].strip().upper(),  # MSH-16 application acknowledgement type
+        fields[17].partition(encoding[1])[0].strip(),  # MSH-18 character set
+        patient_id,
+    )
+
+
+def _message_type(msh9: str, comp: str) -> str:
+    parts = msh9.split(comp, 2)
+    kind = parts[0].strip()
+    if not kind:
         raise HeaderError("MSH-9 message type is empty", REQUIRED_FIELD_MISSING, "MSH^1^9")
-    if len(parts) < 2 or not parts[1]:
+    event = parts[1].strip() if len(parts) > 1 else ""
+    if not event:
         # ACKs may carry only the type; everything else needs its trigger event.
-        return parts[0].upper()
-    return f"{parts[0].upper()}^{parts[1].upper()}"
+        return kind.upper()
+    return f"{kind.upper()}^{event.upper()}"
 
 
-def _check_segments(segments: list[bytes], fs: bytes) -> None:
+def _check_segments(segments: list[bytes], fs: bytes, header: Header) -> None:
+    """Every segment must be a three-character id followed by the field separator (or nothing)."""
+    # Fast path, all in C: every segment starts with an id + separator already seen valid.
+    valid = _VALID_HEADS.get(fs)
+    if valid is not None and valid.issuperset(map(_HEAD, segments)):
+        return
+    valid = _VALID_HEADS.setdefault(fs, set())
     for seq, seg in enumerate(segments, start=1):
+        if (seg[3:4] == fs or len(seg) == 3) and _SEGMENT_ID.match(seg, 0, 3):
+            if len(seg) > 3 and len(valid) < _MAX_VALID_HEADS:
+                valid.add(seg[:4])
+            continue
         seg_id = seg[:3]
-        if not _SEGMENT_ID.match(seg_id) or (len(seg) > 3 and seg[3:4] != fs):
-            shown = seg[:8].decode("latin-1", "replace")
-            raise HeaderError(f"segment {seq} ({shown!r}) is not a valid HL7 segment",
-                              SEGMENT_SEQUENCE_ERROR, f"{seg_id.decode('latin-1', 'replace')}^{seq}")
+        shown = seg[:8].decode("latin-1", "replace")
+        raise HeaderError(f"segment {seq} ({shown!r}) is not a valid HL7 segment",
+                          SEGMENT_SEQUENCE_ERROR, f"{seg_id.decode('latin-1', 'replace')}^{seq}",
+                          header)
 
 
-def _patient_id(segments: list[bytes], fs: bytes, comp: bytes, rep: bytes) -> str:
-    for seg in segments:
-        if seg.startswith(b"PID" + fs):
-            pid = seg.split(fs)
-            if len(pid) > 3:
-                first = pid[3].split(rep, 1)[0].split(comp, 1)[0]
-                return first.decode("latin-1").strip()
-            return ""
-    return ""
+def _patient_id(text: bytes, fs: bytes, encoding: str) -> str:
+    """PID-3, first repetition, first component, of the first PID segment."""
+    start = text.find(b"\rPID" + fs)  # segment 1 is MSH, so a PID segment follows a terminator
+    if start < 0:
+        return ""
+    end = text.find(b"\r", start + 1)
+    pid = text[start + 1:end if end >= 0 else len(text)].split(fs, 4)
+    if len(pid) <= 3:
+        return ""
+    return pid[3].decode("latin-1").partition(encoding[1])[0].partition(encoding[0])[0].strip()
