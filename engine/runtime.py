@@ -1,8 +1,13 @@
 """The one lifecycle owner.
 
-Start order: store -> recovery -> destinations -> pipelines -> sources.
+Start order: store -> recovery -> destinations -> pipelines -> sources -> admin.
 Stop order is the reverse; failures while stopping are collected, not raised
 one by one. Bound addresses are exposed so tests can listen on port 0.
+
+One channel can be stopped, started or redeployed without touching the
+others, a destination's queue paused and resumed, and a linted configuration
+applied while running (``reload``): only the channels whose configuration
+changed are restarted. These operations are serialised by one lock.
 """
 
 from __future__ import annotations
@@ -11,13 +16,15 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from engine import registry
-from engine.config import Config
 from engine.assembly import StudyAssembler
+from engine.config import Config, load_config
 from engine.delivery import DeliveryWorker
+from engine.inference_runtime import start_inference
 from engine.ingest import Ingest
 from engine.instances import InstanceIngest
 from engine.logs import event
@@ -28,11 +35,44 @@ from engine.store.base import Store, open_store
 from engine.store.clinical import CaseRow
 
 log = logging.getLogger("radbridge.engine")
+# Sections that a running engine cannot swap: a change is reported, applied at the next start.
+_RESTART_SECTIONS = ("store", "engine", "admin", "route", "model")
+
+
+@dataclass(slots=True)
+class ReloadPlan:
+    """What applying a new configuration does, channel by channel."""
+
+    added: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    restart_required: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)  # channel -> why it did not start
+
+
+def plan_reload(old: Config, new: Config) -> ReloadPlan:
+    """Compare two configurations; a channel is changed when any of its keys differ."""
+    before: dict[str, Any] = {c.name: c for c in old.channel}
+    after: dict[str, Any] = {c.name: c for c in new.channel}
+    plan = ReloadPlan(restart_required=[s for s in _RESTART_SECTIONS
+                                        if getattr(old, s, None) != getattr(new, s, None)])
+    for name, ch in after.items():
+        if name not in before:
+            plan.added.append(name)
+        elif before[name] != ch:
+            plan.changed.append(name)
+        else:
+            plan.unchanged.append(name)
+    plan.removed = [name for name in before if name not in after]
+    return plan
 
 
 class Engine:
-    def __init__(self, config: Config, store: Store | None = None) -> None:
+    def __init__(self, config: Config, store: Store | None = None,
+                 config_path: str | None = None) -> None:
         self.config = config
+        self.config_path = config_path  # where reload() reads channels.toml from
         self.store = store or open_store(config.store.url)
         self.sources: dict[str, Any] = {}
         self.ingests: dict[str, Ingest | InstanceIngest] = {}
@@ -42,6 +82,13 @@ class Engine:
         self.started = False
         self.case_listeners: list[Callable[[Sequence[CaseRow]], None]] = []
         self.assembler = StudyAssembler(self.store, self._on_cases)
+        self.stopped: set[str] = set()  # channels an operator stopped
+        self.paused: set[str] = set()  # destination queues an operator paused
+        self._channel_tasks: dict[str, dict[str, asyncio.Task[None]]] = {}
+        self._control = asyncio.Lock()
+        self.admin: Any = None  # engine.admin.AdminServer when [admin] is enabled
+        self.result_listeners: list[Callable[[Any], Any]] = []  # see engine.inference_runtime
+        self.inference: Any = None  # InferenceService when models or routes are configured
 
     def _on_cases(self, cases: Sequence[CaseRow]) -> None:
         """New cases (order joined with a complete study): hand them to whoever listens."""
@@ -58,15 +105,19 @@ class Engine:
         return addr
 
     async def start(self) -> None:
+        self._prepare_admin()  # refuses weak admin credentials before anything opens
         await self.store.open()
         try:
             self._start_destinations()
             self._start_pipelines()
             self._spawn(self.assembler.run(), "assembly")
+            self.inference = await start_inference(self)
             days = self.config.engine.instance_retention_days
             if days is not None:
                 self._spawn(Retention(self.store, days).run(), "retention")
             await self._start_sources()
+            if self.admin is not None:
+                await self.admin.start()
         except BaseException:
             await self.stop()
             raise
@@ -75,46 +126,58 @@ class Engine:
 
     def _start_destinations(self) -> None:
         for ch in self.config.channel:
-            if ch.destination is None or not ch.enabled:
-                continue
-            spec = registry.get("destination", ch.destination.type)
-            worker = DeliveryWorker(ch.name, spec.factory(ch.name, ch.destination), self.store)
-            self.workers[ch.name] = worker
-            self._spawn(worker.run(), f"deliver:{ch.name}")
+            if ch.destination is not None and ch.enabled:
+                self._start_destination(ch)
+
+    def _start_destination(self, ch: Any) -> None:
+        spec = registry.get("destination", ch.destination.type)
+        worker = DeliveryWorker(ch.name, spec.factory(ch.name, ch.destination), self.store)
+        self.workers[ch.name] = worker
+        if ch.name not in self.paused:
+            self._spawn(worker.run(), f"deliver:{ch.name}", ch.name)
 
     def _start_pipelines(self) -> None:
         for ch in self.config.channel:
-            if ch.source is None or not ch.enabled:
-                continue
-            targets = [self.workers[t] for t in ch.forward_to if t in self.workers]
+            if ch.source is not None and ch.enabled:
+                self._start_pipeline(ch)
 
-            def on_queued(targets: list[DeliveryWorker] = targets) -> None:
-                for w in targets:
-                    w.wake()
+    def _start_pipeline(self, ch: Any) -> None:
+        targets = tuple(ch.forward_to)
 
-            pipeline = Pipeline(ch.name, self.store, processor_for(ch), on_queued, self._on_cases)
-            self.pipelines[ch.name] = pipeline
-            # The loop starts with whatever is left RECEIVED: that is the recovery.
-            self._spawn(pipeline.run(), f"pipeline:{ch.name}")
+        def on_queued() -> None:
+            # Looked up when called: a redeployed destination has a new worker.
+            for name in targets:
+                if name in self.workers:
+                    self.workers[name].wake()
 
-    def _spawn(self, coro: Any, name: str) -> None:
-        self._tasks.append(asyncio.create_task(coro, name=name))
+        pipeline = Pipeline(ch.name, self.store, processor_for(ch), on_queued, self._on_cases)
+        self.pipelines[ch.name] = pipeline
+        # The loop starts with whatever is left RECEIVED: that is the recovery.
+        self._spawn(pipeline.run(), f"pipeline:{ch.name}", ch.name)
+
+    def _spawn(self, coro: Any, name: str, channel: str | None = None) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.append(task)
+        if channel is not None:  # "deliver:x" / "pipeline:x" -> kind "deliver" / "pipeline"
+            self._channel_tasks.setdefault(channel, {})[name.split(":", 1)[0]] = task
 
     async def _start_sources(self) -> None:
-        app, facility = self.config.engine.app_name, self.config.engine.facility
         for ch in self.config.channel:
-            if ch.source is None or not ch.enabled:
-                continue
-            spec = registry.get("source", ch.source.type)
-            sink = (await self._hl7_sink(ch, app, facility) if spec.sink == "hl7"
-                    else self._dicom_sink(ch, app))
-            source = spec.factory(ch.name, ch.source, sink)
-            await source.start()
-            self.ingests[ch.name] = sink
-            self.sources[ch.name] = source
-            host, port = source.address
-            event(log, "ENG-502", "listening", channel=ch.name, type=ch.source.type,
-                  address=f"{host}:{port}")
+            if ch.source is not None and ch.enabled:
+                await self._start_source(ch)
+
+    async def _start_source(self, ch: Any) -> None:
+        app, facility = self.config.engine.app_name, self.config.engine.facility
+        spec = registry.get("source", ch.source.type)
+        sink = (await self._hl7_sink(ch, app, facility) if spec.sink == "hl7"
+                else self._dicom_sink(ch, app))
+        source = spec.factory(ch.name, ch.source, sink)
+        await source.start()
+        self.ingests[ch.name] = sink
+        self.sources[ch.name] = source
+        addr = source.address  # None for sources that poll rather than listen
+        event(log, "ENG-502", "started", channel=ch.name, type=ch.source.type,
+              address=f"{addr[0]}:{addr[1]}" if addr else None)
 
     async def _hl7_sink(self, ch: Any, app: str, facility: str) -> Ingest:
         ingest = Ingest(ch, self.store, app=app, facility=facility,
@@ -133,6 +196,7 @@ class Engine:
 
     async def stop(self) -> None:
         failures: list[BaseException] = []
+        await self._stop_admin(failures)
         for source in reversed(list(self.sources.values())):
             try:
                 await source.stop()
@@ -149,13 +213,186 @@ class Engine:
             except Exception as exc:
                 failures.append(exc)
         try:
+            if self.inference is not None:
+                await self.inference.stop()
+                self.inference = None
             await self.store.close()
         except Exception as exc:
             failures.append(exc)
         self.sources.clear()
         self._tasks.clear()
+        self._channel_tasks.clear()
         self.started = False
         for exc in failures:
             event(log, "ENG-509", "failure while stopping", reason=repr(exc),
                   level=logging.WARNING)
         event(log, "ENG-503", "engine stopped")
+
+    # -- one channel at a time -------------------------------------------------------------
+    def channel_state(self, name: str) -> str:
+        """``running``, ``stopped`` (by an operator or engine down), ``disabled`` or ``failed``."""
+        ch = next((c for c in self.config.channel if c.name == name), None)
+        if ch is None:
+            raise KeyError(name)
+        if not ch.enabled:
+            return "disabled"
+        if name in self.stopped or not self.started:
+            return "stopped"
+        if any(t.done() for t in self._channel_tasks.get(name, {}).values()):
+            return "failed"
+        return "running"
+
+    async def stop_channel(self, name: str) -> None:
+        """Stop one channel (listener, pipeline, delivery); it stays stopped until started."""
+        async with self._control:
+            self._channel(name)  # KeyError when unknown
+            await self._stop_channel(name)
+            self.stopped.add(name)
+            event(log, "ENG-510", "channel stopped", channel=name)
+
+    async def start_channel(self, name: str) -> None:
+        """Start a stopped channel with its current configuration (a no-op when running)."""
+        async with self._control:
+            ch = self._channel(name)
+            if not ch.enabled:
+                raise ValueError(f"channel {name} is disabled in the configuration")
+            self.stopped.discard(name)
+            if name not in self._channel_tasks and name not in self.sources:
+                await self._start_channel(ch)
+            event(log, "ENG-511", "channel started", channel=name)
+
+    async def redeploy_channel(self, name: str) -> None:
+        """Stop and start one channel: a new listener, pipeline and destination connection."""
+        async with self._control:
+            ch = self._channel(name)
+            await self._stop_channel(name)
+            self.stopped.discard(name)
+            if ch.enabled:
+                await self._start_channel(ch)
+            event(log, "ENG-512", "channel redeployed", channel=name)
+
+    async def pause_queue(self, name: str) -> None:
+        """Stop sending from a destination's queue; messages keep queueing durably."""
+        async with self._control:
+            if name not in self.workers:
+                raise KeyError(name)
+            self.paused.add(name)
+            task = self._channel_tasks.get(name, {}).pop("deliver", None)
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+                self._tasks.remove(task)
+            event(log, "ENG-513", "queue paused", channel=name)
+
+    async def resume_queue(self, name: str) -> None:
+        """Resume sending from a paused queue, oldest first."""
+        async with self._control:
+            worker = self.workers.get(name)
+            if worker is None:
+                raise KeyError(name)
+            self.paused.discard(name)
+            if "deliver" not in self._channel_tasks.get(name, {}):
+                self._spawn(worker.run(), f"deliver:{name}", name)
+            event(log, "ENG-514", "queue resumed", channel=name)
+
+    async def reload(self, config: Config) -> ReloadPlan:
+        """Apply a linted configuration: restart only the channels whose configuration changed.
+
+        Sections that cannot change while running (store, engine, admin, routes, models)
+        keep their running values and are listed in ``restart_required``. A channel that
+        fails to start is listed in ``failed`` and left stopped; the others go on.
+        """
+        async with self._control:
+            plan = plan_reload(self.config, config)
+            for name in plan.removed + plan.changed:
+                await self._stop_channel(name)
+            self.stopped -= set(plan.removed)
+            self.paused -= set(plan.removed)
+            keep = {s: getattr(self.config, s) for s in plan.restart_required}
+            self.config = config.model_copy(update=keep) if keep else config
+            for name in plan.changed + plan.added:
+                ch = self.config.channel_named(name)
+                if name in self.stopped or not ch.enabled:
+                    continue
+                try:
+                    await self._start_channel(ch)
+                except Exception as exc:
+                    plan.failed[name] = f"{type(exc).__name__}: {exc}"
+            event(log, "ENG-515", "configuration reloaded", added=len(plan.added),
+                  removed=len(plan.removed), changed=len(plan.changed),
+                  failed=len(plan.failed) or None)
+            return plan
+
+    async def reload_file(self, path: str | None = None) -> ReloadPlan:
+        """Lint ``channels.toml`` and apply it; raise ``ConfigErrors`` (nothing changes)."""
+        target = path or self.config_path
+        if target is None:
+            raise ValueError("this engine was not started from a configuration file")
+        return await self.reload(load_config(target))
+
+    def _channel(self, name: str) -> Any:
+        for ch in self.config.channel:
+            if ch.name == name:
+                return ch
+        raise KeyError(name)
+
+    async def _start_channel(self, ch: Any) -> None:
+        try:
+            if ch.destination is not None:
+                self._start_destination(ch)
+            if ch.source is not None:
+                self._start_pipeline(ch)
+                await self._start_source(ch)
+        except BaseException:
+            await self._stop_channel(ch.name)
+            raise
+
+    async def _stop_channel(self, name: str) -> None:
+        failures: list[BaseException] = []
+        source = self.sources.pop(name, None)
+        if source is not None:
+            try:
+                await source.stop()
+            except Exception as exc:
+                failures.append(exc)
+        self.ingests.pop(name, None)
+        tasks = list(self._channel_tasks.pop(name, {}).values())
+        for task in tasks:
+            task.cancel()
+        for res in await asyncio.gather(*tasks, return_exceptions=True):
+            if isinstance(res, Exception):
+                failures.append(res)
+        self._tasks = [t for t in self._tasks if t not in tasks]
+        self.pipelines.pop(name, None)
+        worker = self.workers.pop(name, None)
+        if worker is not None:
+            try:
+                await worker.close()
+            except Exception as exc:
+                failures.append(exc)
+        if tasks:
+            # Writes are serialised: an empty one returns only after whatever the cancelled
+            # batch had already handed to the store is committed, so a restarted pipeline
+            # never picks up a message twice.
+            await self.store.reprocess([])
+        for failure in failures:
+            event(log, "ENG-509", "failure while stopping", channel=name, reason=repr(failure),
+                  level=logging.WARNING)
+
+    # -- admin ------------------------------------------------------------------------------
+    def _prepare_admin(self) -> None:
+        conf = getattr(self.config, "admin", None)
+        if conf is None or not conf.enabled or self.admin is not None:
+            return
+        from engine.admin import AdminServer
+
+        self.admin = AdminServer(self, conf)  # checks the credentials; raises when unsafe
+
+    async def _stop_admin(self, failures: list[BaseException]) -> None:
+        if self.admin is None:
+            return
+        try:
+            await self.admin.stop()
+        except Exception as exc:
+            failures.append(exc)
+        self.admin = None

@@ -6,9 +6,10 @@ import asyncio
 import contextlib
 import signal
 import sys
+from typing import Any
 
 from engine.config import load_config
-from engine.errors import ConfigErrors
+from engine.errors import ConfigErrors, RadbridgeError
 from engine.logs import setup_logging
 
 
@@ -25,22 +26,45 @@ async def _main(config_path: str) -> int:
     from engine.runtime import Engine
 
     config = load_config(config_path)
-    engine = Engine(config)
+    engine = Engine(config, config_path=config_path)
     await engine.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    reloads: set[asyncio.Task[None]] = set()  # SIGHUP: reload channels.toml
+
+    def on_hup() -> None:
+        task = asyncio.ensure_future(_reload(engine))
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
     # One machine-readable line per listener, then READY: tests and scripts wait for it.
     for name, source in engine.sources.items():
-        host, port = source.address
-        print(f"listening {name} {host}:{port}", flush=True)
+        if source.address is not None:  # pollers listen on nothing
+            host, port = source.address
+            print(f"listening {name} {host}:{port}", flush=True)
+    if engine.admin is not None and engine.admin.address is not None:
+        host, port = engine.admin.address
+        print(f"listening admin {host}:{port}", flush=True)
     print("READY", flush=True)
     try:
         await stop.wait()
     finally:
         await engine.stop()
     return 0
+
+
+async def _reload(engine: Any) -> None:
+    """Lint channels.toml again and apply it (problems go to stderr; nothing changes)."""
+    try:
+        await engine.reload_file()
+    except ConfigErrors as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+    except Exception as exc:
+        print(f"radbridge run: reload failed: {type(exc).__name__}: {exc}", file=sys.stderr)
 
 
 def serve(config_path: str, log_level: str = "INFO") -> int:
@@ -52,6 +76,9 @@ def serve(config_path: str, log_level: str = "INFO") -> int:
     except ConfigErrors as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
+        return 2
+    except RadbridgeError as exc:  # e.g. weak admin credentials on a network address
+        print(f"radbridge run: {exc}", file=sys.stderr)
         return 2
     finally:
         with contextlib.suppress(Exception):

@@ -1,0 +1,170 @@
+"""STOW-RS receiver: ``POST /studies`` and ``POST /studies/{study}`` (PS3.18 10.5).
+
+The multipart/related body is streamed part by part; each part is one Part 10
+instance, inspected in a thread and made durable through ``InstanceIngest``
+(at most ``ingest_concurrency`` parts in flight, so memory stays bounded).
+The answer is sent only after every stored part is durable and indexed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aiohttp import web
+from aiohttp.multipart import parse_mimetype
+
+from channels.dicom.check import inspect_part10
+from channels.dicom.status import STUDY_MISMATCH, Failure, classify
+from channels.dicomweb.config import StowSourceConfig
+from channels.dicomweb.multipart import BodyTooLarge, MalformedMultipart, RelatedReader
+from channels.dicomweb.response import Outcome, stow_response
+from engine.configbase import parse_hostport
+from engine.instances import InstanceIngest, InvalidInstance
+from engine.logs import event
+from engine.registry import register
+
+log = logging.getLogger("radbridge.dicomweb")
+
+
+@register("source", "dicomweb", StowSourceConfig,
+          "DICOMweb STOW-RS receiver: POST multipart/related application/dicom", sink="dicom")
+class StowSource:
+    """An aiohttp server for one channel. ``start`` raises ``OSError`` if it cannot bind."""
+
+    def __init__(self, name: str, config: StowSourceConfig, sink: InstanceIngest) -> None:
+        self.name, self.config, self.sink = name, config, sink
+        self.runner: web.AppRunner | None = None
+        self.stored = 0
+        self.failed = 0
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        if self.runner is None or not self.runner.addresses:
+            return None
+        host, port = self.runner.addresses[0][:2]
+        return str(host), int(port)
+
+    async def start(self) -> None:
+        self.sink.bind(asyncio.get_running_loop())
+        app = web.Application(client_max_size=self.config.max_body_bytes)
+        prefix = self.config.path_prefix
+        app.router.add_post(f"{prefix}/studies", self.handle)
+        app.router.add_post(f"{prefix}/studies/{{study}}", self.handle)
+        self.runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self.runner.setup()
+        host, port = parse_hostport(self.config.listen)
+        ssl_context = self.config.tls.server_context() if self.config.tls else None
+        site = web.TCPSite(self.runner, host, port, ssl_context=ssl_context)
+        try:
+            await site.start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def stop(self) -> None:
+        """Stop listening; requests in progress finish (aiohttp's shutdown timeout)."""
+        runner, self.runner = self.runner, None
+        if runner is not None:
+            await runner.cleanup()
+            event(log, "WEB-309", "STOW-RS stopped", channel=self.name, stored=self.stored,
+                  failed=self.failed)
+
+    async def handle(self, request: web.Request) -> web.Response:
+        """Store every part of a STOW-RS request, then answer.
+
+        HTTP statuses answered:
+
+        * 200 every instance stored (ReferencedSOPSequence lists them).
+        * 202 some stored, some failed (FailedSOPSequence gives each FailureReason).
+        * 409 every instance failed.
+        * 400 the multipart body is malformed or holds no part.
+        * 413 the body is larger than ``max_body_bytes``.
+        * 415 not ``multipart/related; type="application/dicom"``.
+        * 503 the store is unavailable (FailureReason 0xA700/0xA701; retry later).
+        """
+        mime = parse_mimetype(request.headers.get("Content-Type", ""))
+        part_type = mime.parameters.get("type", "application/dicom").strip('"').lower()
+        if (mime.type, mime.subtype) != ("multipart", "related") \
+                or part_type != "application/dicom":
+            return self._refuse(web.HTTPUnsupportedMediaType, request,
+                                'expected Content-Type: multipart/related; '
+                                'type="application/dicom"')
+        limit = self.config.max_body_bytes
+        if request.content_length is not None and request.content_length > limit:
+            return self._refuse(web.HTTPRequestEntityTooLarge, request,
+                                f"request body exceeds the {limit}-byte limit")
+        try:
+            reader = RelatedReader(request.content, mime.parameters.get("boundary", ""), limit)
+            outcomes = await self._receive(reader, request.match_info.get("study"))
+        except BodyTooLarge:
+            return self._refuse(web.HTTPRequestEntityTooLarge, request,
+                                f"request body exceeds the {limit}-byte limit")
+        except MalformedMultipart as exc:
+            return self._refuse(web.HTTPBadRequest, request,
+                                f"malformed multipart/related body: {exc}")
+        return self._answer(outcomes)
+
+    def _refuse(self, kind: type[web.HTTPException], request: web.Request,
+                text: str) -> web.Response:
+        event(log, "WEB-303", "request refused", channel=self.name, status=kind.status_code,
+              peer=request.remote, reason=text, level=logging.WARNING)
+        # The body may be partly unread: close rather than drain it.
+        return web.Response(status=kind.status_code, text=text, headers={"Connection": "close"})
+
+    async def _receive(self, reader: RelatedReader, study: str | None) -> list[Outcome]:
+        """Read parts one by one, storing up to ``ingest_concurrency`` at a time, in order."""
+        gate = asyncio.Semaphore(self.config.ingest_concurrency)
+        tasks: list[asyncio.Task[Outcome]] = []
+        try:
+            async for headers, data in reader.parts():
+                await gate.acquire()
+                ctype = headers.get("content-type", "application/dicom")
+                tasks.append(asyncio.create_task(self._store(data, ctype, study, gate)))
+        finally:  # let stored parts finish even when a later part is malformed
+            outcomes = list(await asyncio.gather(*tasks, return_exceptions=True))
+        if not outcomes:
+            raise MalformedMultipart("no instance in the request")
+        return [o if isinstance(o, Outcome) else Outcome(classify(o, dimse=False))
+                for o in outcomes]
+
+    async def _store(self, data: bytes, content_type: str, study: str | None,
+                     gate: asyncio.Semaphore) -> Outcome:
+        meta = None
+        try:
+            ctype = parse_mimetype(content_type)
+            if (ctype.type, ctype.subtype) != ("application", "dicom"):
+                raise InvalidInstance(f"part is {ctype.type}/{ctype.subtype}, "
+                                      "not application/dicom")
+            meta = await asyncio.to_thread(inspect_part10, data, self.sink.own_manufacturer)
+            if study is not None and meta.study_uid != study:
+                return self._failed(Outcome(Failure(STUDY_MISMATCH, "Study Instance UID does "
+                                                    "not match the URL", False), meta))
+            await self.sink.ingest(data, meta)
+        except Exception as exc:
+            meta = getattr(exc, "meta", meta)  # a damaged instance still names itself
+            failure = classify(exc, dimse=False)
+            if not isinstance(exc, InvalidInstance) and not failure.transient:
+                log.exception("WEB-399 unexpected error storing a part channel=%s", self.name)
+            return self._failed(Outcome(failure, meta))
+        finally:
+            gate.release()
+        self.stored += 1
+        return Outcome(None, meta)
+
+    def _failed(self, outcome: Outcome) -> Outcome:
+        self.failed += 1
+        failure = outcome.failure
+        assert failure is not None
+        event(log, "WEB-302", "instance refused", channel=self.name,
+              status=f"0x{failure.code:04X}", reason=failure.comment, level=logging.WARNING)
+        return outcome
+
+    def _answer(self, outcomes: list[Outcome]) -> web.Response:
+        status, body, headers = stow_response(outcomes)
+        event(log, "WEB-301", "STOW-RS request answered", channel=self.name, status=status,
+              instances=len(outcomes), failed=sum(o.failure is not None for o in outcomes),
+              level=logging.DEBUG if status == 200 else logging.INFO)
+        return web.Response(status=status, body=body, headers=headers,
+                            content_type="application/dicom+json")
+
