@@ -9,6 +9,7 @@
     radbridge messages list|show|reprocess [...]
     radbridge cases | orders | unmatched
     radbridge studies [list | complete UID | proceed UID]
+    radbridge audit [--case N] [--model NAME] | findings [--case N] | jobs | models
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from engine import cli_clinical, cli_messages, cli_send
+    from engine import cli_clinical, cli_inference, cli_messages, cli_send
 
     parser = argparse.ArgumentParser(prog="radbridge", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -86,6 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cli_send.add_parser(sub)
     cli_messages.add_parser(sub)
     cli_clinical.add_parsers(sub)
+    cli_inference.add_parsers(sub)
     args = parser.parse_args(argv)
     return int(args.func(args))
 

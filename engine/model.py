@@ -132,6 +132,14 @@ class Case:
 
 @dataclass(slots=True)
 class Finding:
+    """One model output worth reporting.
+
+    ``coding_system`` is a DICOM coding scheme designator (SCT, RADLEX, LN, 99RADBRIDGE);
+    ``demo`` marks output that is not a clinical finding (the built-in demo-cxr);
+    ``mode`` "shadow" findings are kept and audited but never sent; ``criticality`` is
+    none | low | high | critical (``critical`` is true for the last).
+    """
+
     code: str
     display: str
     coding_system: str
@@ -141,6 +149,9 @@ class Finding:
     model_version: str
     location: str | None = None
     demo: bool = False
+    criticality: str = "none"
+    mode: str = "second_reader"
+    detail: str | None = None  # e.g. the measured value of a QA rule; never patient data
 
 
 @dataclass(slots=True)

@@ -14,6 +14,7 @@ from typing import Any
 
 from engine.model import DeliveryStatus, Message, Status
 from engine.store.clinical import CaseRow, ClinicalStore
+from engine.store.inference import InferenceStore
 
 
 @dataclass(slots=True)
@@ -70,7 +71,7 @@ class MessageQuery:
 InsertCallback = Callable[[int | None, BaseException | None], None]
 
 
-class Store(ClinicalStore):
+class Store(ClinicalStore, InferenceStore):
     """Durable messages, content layers and delivery queues; the clinical tables (see
     ``engine.store.clinical``)."""
 
