@@ -12,10 +12,11 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from engine import registry
-from engine.configbase import Strict, parse_hostport
+from engine.config_inference import ModelConfig, RouteConfig
+from engine.configbase import Strict, TLSConfig, check_hostport, parse_hostport
 from engine.errors import ConfigErrors, ConfigProblem
 from engine.tomlindex import index_lines, line_for
 
@@ -43,19 +44,6 @@ class DuplicatesConfig(Strict):
 
 
 MESSAGE_TYPE = re.compile(r"^[A-Z][A-Z0-9]{2}(\^[A-Z0-9]{3})?$")
-
-
-class RouteConfig(Strict):
-    when: dict[str, str | list[str]] = Field(default_factory=dict)
-    models: list[str] = Field(min_length=1)
-
-
-class ModelConfig(Strict):
-    name: str
-    version: str
-    path: str | None = None
-    batch_max: int = Field(8, ge=1)
-    mode: Literal["second_reader", "shadow"] = "second_reader"
 
 
 def _union(kind: registry.Kind) -> Any:
@@ -98,6 +86,40 @@ def _channel_model() -> type[BaseModel]:
 
 ChannelConfig = _channel_model()
 
+_SECRET_KEYS = frozenset({"password", "passwords", "users", "user", "token", "tokens", "secret",
+                          "api_key", "api_keys", "credentials"})
+
+
+class AdminConfig(Strict):
+    """The admin API, dashboard and /metrics. Users and tokens never live here: they come
+    from RADBRIDGE_ADMIN_PASSWORD(_FILE) and RADBRIDGE_USERS_FILE (see the README)."""
+
+    enabled: bool = Field(True, description="Serve the admin API and dashboard.")
+    listen: str = Field("127.0.0.1:8080", description="host:port of the admin HTTP(S) listener; "
+                        "a non-loopback address needs strong admin credentials.")
+    tls: TLSConfig | None = Field(None, description="Serve HTTPS with this certificate.")
+    audit_path: str | None = Field(
+        None, description="SQLite file of the audit log (default: <data_dir>/audit.db).")
+    session_idle_secs: float = Field(1800, gt=0, description="Dashboard sessions expire after "
+                                                            "this long without a request.")
+    session_max_secs: float = Field(43200, gt=0, description="...and this long after login.")
+    stats_interval_secs: float = Field(
+        5, gt=0, description="How often statistics and queue depths are read from the store.")
+    metrics_public: bool = Field(False, description="Serve /metrics without credentials.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_secrets(cls, data: Any) -> Any:
+        if isinstance(data, dict) and _SECRET_KEYS & set(data):
+            raise ValueError("secrets do not belong in channels.toml: set "
+                             "RADBRIDGE_ADMIN_PASSWORD (or _FILE) or RADBRIDGE_USERS_FILE")
+        return data
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        return check_hostport(value)
+
 
 class Config(Strict):
     store: StoreConfig = StoreConfig()
@@ -105,6 +127,7 @@ class Config(Strict):
     channel: list[ChannelConfig] = Field(default_factory=list)  # type: ignore[valid-type]
     route: list[RouteConfig] = Field(default_factory=list)
     model: list[ModelConfig] = Field(default_factory=list)
+    admin: AdminConfig | None = Field(None, description="Absent: no admin API.")
 
     def channel_named(self, name: str) -> Any:
         return next(c for c in self.channel if c.name == name)
@@ -156,13 +179,38 @@ def lint_text(text: str, file: str = "channels.toml") -> tuple[Config | None, li
         m = re.search(r"line (\d+)", str(exc))
         return None, [ConfigProblem(file, int(m.group(1)) if m else 1, "(syntax)", str(exc))]
     index = index_lines(text)
-    problems = check_topology(doc, index, file)
+    problems = check_topology(doc, index, file) + _check_admin(doc, index, file)
     config = None
     try:
         config = Config.model_validate(doc)
     except ValidationError as exc:
         problems.extend(_validation_problems(file, exc, index, doc))
     return (config if not problems else None), sorted(problems, key=lambda p: (p.line, p.key))
+
+
+def _check_admin(doc: dict[str, Any], index: dict[Any, int], file: str) -> list[ConfigProblem]:
+    """The admin listener must not share a port with a channel, nor "admin" be a channel
+    name (``radbridge run`` prints ``listening admin HOST:PORT``)."""
+    admin = doc.get("admin")
+    if not isinstance(admin, dict) or admin.get("enabled") is False:
+        return []
+    problems = []
+    try:
+        port = parse_hostport(str(admin.get("listen", "127.0.0.1:8080")))[1]
+    except ValueError:
+        port = 0
+    for i, ch in enumerate(c for c in doc.get("channel", []) if isinstance(c, dict)):
+        if ch.get("name") == "admin":
+            problems.append(ConfigProblem(file, line_for(index, ("channel", i, "name"))[0],
+                                          f"channel[{i}].name",
+                                          '"admin" is reserved for the admin listener'))
+        src = ch.get("source")
+        listen = src.get("listen") if isinstance(src, dict) else None
+        if port and isinstance(listen, str) and listen.rpartition(":")[2] == str(port):
+            problems.append(ConfigProblem(file, line_for(index, ("admin", "listen"))[0],
+                                          "admin.listen",
+                                          f"port {port} is already used by channel[{i}]"))
+    return problems
 
 
 def load_config(path: str | Path) -> Config:
@@ -178,4 +226,5 @@ def load_config(path: str | Path) -> Config:
     return config
 
 
-__all__ = ["Config", "ChannelConfig", "load_config", "lint_text", "parse_hostport"]
+__all__ = ["AdminConfig", "Config", "ChannelConfig", "load_config", "lint_text",
+           "parse_hostport"]

@@ -19,3 +19,5 @@ fi
 if pgrep -x Orthanc >/dev/null && [ -f /etc/orthanc/orthanc.json ]; then
     service orthanc stop >/dev/null 2>&1 || pkill -x Orthanc || true
 fi
+# Headless Chromium for the dashboard tests (tests/e2e; Playwright drives the system browser).
+command -v chromium >/dev/null || { export DEBIAN_FRONTEND=noninteractive; apt-get update -qq; apt-get install -y -qq --no-install-recommends chromium >/dev/null; }

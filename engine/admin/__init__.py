@@ -1,0 +1,17 @@
+"""Admin API, dashboard, metrics and health, served by the engine (``[admin]`` in channels.toml).
+
+Modules: ``server`` (lifecycle), ``app`` (aiohttp app, authentication and authorization),
+``routing`` (route-module, panel and timeline registry), ``openapi``, ``auth`` (users,
+tokens, roles), ``sessions``, ``audit``, ``phi`` (masking for viewers), ``hl7view`` and
+``hl7fields`` (the message viewer), ``stats`` (sampling), ``views`` (store reads), and
+the ``routes_*`` modules. ``python -m engine.admin`` hashes passwords and makes tokens.
+
+Event codes (ADM-xxx): 101 listening, 102 stopped, 110 statistics refresh failed,
+201 login, 202 login refused, 203 login throttled, 204 logout, 300 audited action,
+590 request failed unexpectedly, 601 weak credentials on loopback, 701 audit entry not
+written (request refused).
+"""
+
+from engine.admin.server import AdminServer
+
+__all__ = ["AdminServer"]

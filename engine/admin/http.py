@@ -1,0 +1,151 @@
+"""What every admin handler uses: the shared state, the caller, errors as JSON, parameters."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, NoReturn
+
+from aiohttp import web
+
+from engine.admin.audit import AuditLog
+from engine.admin.auth import Directory, Principal
+from engine.admin.sessions import LoginThrottle, Session, SessionStore
+from engine.admin.stats import Sampler
+from engine.admin.views import StoreViews
+from engine.logs import event
+
+log = logging.getLogger("radbridge.admin")
+
+
+@dataclass(slots=True)
+class AdminState:
+    engine: Any
+    conf: Any  # engine.config.AdminConfig
+    directory: Directory
+    sessions: SessionStore
+    throttle: LoginThrottle
+    audit: AuditLog
+    sampler: Sampler
+    views: StoreViews
+    secure_cookies: bool
+
+
+STATE = web.AppKey("radbridge_admin_state", AdminState)
+PRINCIPAL = web.RequestKey("radbridge_principal", Principal)  # absent: anonymous
+SESSION = web.RequestKey("radbridge_session", Session)  # present for cookie sessions
+
+
+class ApiError(Exception):
+    """An answer other than success: status, a sentence for people, optional fields."""
+
+    def __init__(self, status: int, detail: str, **extra: Any) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.extra = extra
+
+
+def fail(status: int, detail: str, **extra: Any) -> NoReturn:
+    raise ApiError(status, detail, **extra)
+
+
+def state(request: web.Request) -> AdminState:
+    return request.app[STATE]
+
+
+def who(request: web.Request) -> Principal:
+    """The authenticated caller (the guard has already refused anonymous ones)."""
+    principal: Principal | None = request.get(PRINCIPAL)
+    if principal is None:
+        fail(401, "authentication required")
+    return principal
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode("latin-1")
+    if isinstance(value, set | frozenset | tuple):
+        return sorted(value) if isinstance(value, set | frozenset) else list(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return str(value)
+
+
+def ok(data: Any, status: int = 200) -> web.Response:
+    return web.Response(text=json.dumps(data, default=_default), status=status,
+                        content_type="application/json")
+
+
+def int_param(request: web.Request, name: str, default: int | None = None, lo: int = 0,
+              hi: int = 10**12) -> int | None:
+    raw = request.query.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        fail(400, f"{name} must be an integer")
+    if not lo <= value <= hi:
+        fail(400, f"{name} must be between {lo} and {hi}")
+    return value
+
+
+def path_int(request: web.Request, name: str) -> int:
+    try:
+        return int(request.match_info[name])
+    except ValueError:
+        fail(400, f"{name} must be an integer")
+
+
+def parse_time(name: str, raw: Any) -> float | None:
+    """An ISO date or datetime (UTC when no offset is given) or epoch seconds."""
+    if raw in (None, ""):
+        return None
+    if isinstance(raw, int | float) and not isinstance(raw, bool):
+        return float(raw)
+    try:
+        return float(str(raw))
+    except ValueError:
+        pass
+    try:
+        dt = datetime.fromisoformat(str(raw))
+    except ValueError:
+        fail(400, f"{name} must be an ISO date/datetime or epoch seconds")
+    return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp()
+
+
+def time_param(request: web.Request, name: str) -> float | None:
+    return parse_time(name, request.query.get(name))
+
+
+async def read_json(request: web.Request) -> dict[str, Any]:
+    """The JSON object body (an empty body reads as ``{}``)."""
+    if not request.can_read_body:
+        return {}
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        fail(400, "the body is not valid JSON")
+    if not isinstance(body, dict):
+        fail(400, "the body must be a JSON object")
+    return body
+
+
+async def audit(request: web.Request, action: str, target: str | None = None,
+                **detail: Any) -> None:
+    """Write an audit entry before answering; if it cannot be written, refuse (503)."""
+    principal = who(request)
+    try:
+        await state(request).audit.record(principal, action, target,
+                                          {k: v for k, v in detail.items() if v is not None},
+                                          request.remote)
+    except Exception as exc:
+        event(log, "ADM-701", "audit entry not written, request refused", action=action,
+              reason=type(exc).__name__, level=logging.ERROR)
+        fail(503, "the audit log cannot be written; nothing was shown or changed")
+    event(log, "ADM-300", "audited", user=principal.name, role=principal.role, action=action,
+          target=target, level=logging.DEBUG if action.endswith(".view") else logging.INFO)

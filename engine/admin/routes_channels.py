@@ -1,0 +1,187 @@
+"""Channels (state, stop/start/redeploy), statistics, queues and configuration reload."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from engine.admin.auth import ALL_ROLES
+from engine.admin.http import AdminState, audit, fail, ok, read_json, state
+from engine.admin.routing import Panel, Router, register_panel
+from engine.config import lint_text
+from engine.runtime import plan_reload
+
+router = Router("channels")
+OPERATORS = ("admin", "analyst")
+_NOT_FOUND = {404: "no such channel"}
+
+register_panel(Panel("channels", "Channels", "panels/channels.js", ALL_ROLES, order=10))
+register_panel(Panel("queues", "Queues", "panels/queues.js", ALL_ROLES, order=30))
+
+
+def _address(source: Any) -> str | None:
+    addr = getattr(source, "address", None) if source is not None else None
+    return f"{addr[0]}:{addr[1]}" if addr else None
+
+
+def channel_view(st: AdminState, ch: Any, rates: dict[str, dict[str, float]]) -> dict[str, Any]:
+    """One channel as the API shows it: configuration summary, state and statistics."""
+    engine = st.engine
+    sink = engine.ingests.get(ch.name)
+    acks = {k: v for k, v in getattr(sink, "stats", {}).items() if k != "received"}
+    return {"name": ch.name, "description": ch.description, "enabled": ch.enabled,
+            "state": engine.channel_state(ch.name), "paused": ch.name in engine.paused,
+            "source": ch.source.type if ch.source else None,
+            "destination": ch.destination.type if ch.destination else None,
+            "address": _address(engine.sources.get(ch.name)),
+            "forward_to": list(ch.forward_to), "accept": ch.accept, "acks": acks,
+            **st.sampler.channel_stats(ch.name, rates)}
+
+
+def _find(st: AdminState, name: str) -> Any:
+    for ch in st.engine.config.channel:
+        if ch.name == name:
+            return ch
+    fail(404, f"no channel named {name!r}")
+
+
+@router.get("/api/channels", roles=ALL_ROLES, summary="Every channel with state and statistics")
+async def list_channels(request: web.Request) -> web.Response:
+    st = state(request)
+    rates = st.sampler.rates()
+    return ok({"channels": [channel_view(st, ch, rates) for ch in st.engine.config.channel],
+               "sampled_at": st.sampler.snapshot.at or None})
+
+
+@router.get("/api/channels/{name}", roles=ALL_ROLES, summary="One channel",
+            responses={200: "OK", **_NOT_FOUND})
+async def get_channel(request: web.Request) -> web.Response:
+    st = state(request)
+    return ok(channel_view(st, _find(st, request.match_info["name"]), st.sampler.rates()))
+
+
+async def _act(request: web.Request, action: str,
+               run: Callable[[str], Awaitable[None]]) -> web.Response:
+    st = state(request)
+    ch = _find(st, request.match_info["name"])
+    await audit(request, action, ch.name)
+    try:
+        await run(ch.name)
+    except ValueError as exc:
+        fail(409, str(exc))
+    except KeyError:
+        fail(409, f"channel {ch.name} has nothing to {action.split('.')[-1]}")
+    except OSError as exc:
+        fail(409, f"channel {ch.name} could not start: {exc.strerror or exc}")
+    await st.sampler.refresh()
+    return ok(channel_view(st, _find(st, ch.name), st.sampler.rates()))
+
+
+_ACT = {200: "the channel after the change", 404: "no such channel",
+        409: "not possible in the channel's state"}
+
+
+@router.post("/api/channels/{name}/stop", roles=OPERATORS, audited=True, responses=_ACT,
+             summary="Stop one channel (listener, pipeline, delivery); the others go on")
+async def stop_channel(request: web.Request) -> web.Response:
+    return await _act(request, "channel.stop", state(request).engine.stop_channel)
+
+
+@router.post("/api/channels/{name}/start", roles=OPERATORS, audited=True, responses=_ACT,
+             summary="Start a stopped channel")
+async def start_channel(request: web.Request) -> web.Response:
+    return await _act(request, "channel.start", state(request).engine.start_channel)
+
+
+@router.post("/api/channels/{name}/redeploy", roles=OPERATORS, audited=True, responses=_ACT,
+             summary="Restart one channel with its current configuration")
+async def redeploy_channel(request: web.Request) -> web.Response:
+    return await _act(request, "channel.redeploy", state(request).engine.redeploy_channel)
+
+
+@router.get("/api/stats", roles=ALL_ROLES,
+            summary="Per channel: received, filtered, queued, sent, errored, and rates")
+async def get_stats(request: web.Request) -> web.Response:
+    st = state(request)
+    rates = st.sampler.rates()
+    return ok({"sampled_at": st.sampler.snapshot.at or None,
+               "channels": {ch.name: st.sampler.channel_stats(ch.name, rates)
+                            for ch in st.engine.config.channel}})
+
+
+def queue_view(st: AdminState, name: str) -> dict[str, Any]:
+    worker = st.engine.workers.get(name)
+    stats = st.sampler.channel_stats(name, {})
+    return {"name": name, "state": st.engine.channel_state(name),
+            "paused": name in st.engine.paused, **stats["queue"],
+            "deliveries": stats["deliveries"],
+            "sent": worker.sent if worker else None, "errors": worker.errors if worker else None,
+            "retries": worker.retries if worker else None,
+            "backoff_secs": worker.backoff if worker else None}
+
+
+@router.get("/api/queues", roles=ALL_ROLES,
+            summary="Destination queues: depth, oldest waiting, paused, retries")
+async def list_queues(request: web.Request) -> web.Response:
+    st = state(request)
+    return ok({"queues": [queue_view(st, ch.name) for ch in st.engine.config.channel
+                          if ch.destination is not None]})
+
+
+@router.post("/api/queues/{name}/pause", roles=OPERATORS, audited=True, responses=_ACT,
+             summary="Stop sending from a queue (messages keep queueing)")
+async def pause_queue(request: web.Request) -> web.Response:
+    await _act(request, "queue.pause", state(request).engine.pause_queue)
+    return ok(queue_view(state(request), request.match_info["name"]))
+
+
+@router.post("/api/queues/{name}/resume", roles=OPERATORS, audited=True, responses=_ACT,
+             summary="Resume sending from a paused queue")
+async def resume_queue(request: web.Request) -> web.Response:
+    await _act(request, "queue.resume", state(request).engine.resume_queue)
+    return ok(queue_view(state(request), request.match_info["name"]))
+
+
+@router.get("/api/config", roles=OPERATORS, summary="The running configuration")
+async def get_config(request: web.Request) -> web.Response:
+    engine = state(request).engine
+    return ok({"path": engine.config_path, "config": engine.config.model_dump(mode="json")})
+
+
+_RELOAD_BODY = {"type": "object", "properties": {"dry_run": {
+    "type": "boolean", "description": "Lint and show the plan; change nothing."}}}
+
+
+@router.post("/api/config/reload", roles=OPERATORS, audited=True, body=_RELOAD_BODY,
+             summary="Lint channels.toml and apply it: only changed channels restart",
+             responses={200: "the plan (and what failed to start)",
+                        409: "the engine was not started from a file",
+                        422: "lint problems; nothing changed"})
+async def reload_config(request: web.Request) -> web.Response:
+    st = state(request)
+    dry_run = bool((await read_json(request)).get("dry_run"))
+    path = st.engine.config_path
+    if path is None:
+        fail(409, "this engine was not started from a configuration file")
+    try:
+        text = await asyncio.to_thread(Path(path).read_text, encoding="utf-8")
+    except OSError as exc:
+        fail(422, f"cannot read {path}: {exc.strerror}", problems=[])
+    config, problems = lint_text(text, str(path))
+    if problems or config is None:
+        await audit(request, "config.reload.refused", str(path), problems=len(problems))
+        fail(422, "the configuration has problems; nothing changed",
+             problems=[str(p) for p in problems])
+    if dry_run:
+        await audit(request, "config.reload.dry_run", str(path))
+        return ok({"applied": False, **dataclasses.asdict(plan_reload(st.engine.config,
+                                                                       config))})
+    await audit(request, "config.reload", str(path))
+    plan = await st.engine.reload(config)
+    await st.sampler.refresh()
+    return ok({"applied": True, **dataclasses.asdict(plan)})

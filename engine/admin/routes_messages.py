@@ -1,0 +1,140 @@
+"""The message browser: search, one message with every content layer, reprocess.
+
+Viewing content is audited (who, which message, when, masked or not) before the
+answer leaves. Viewers get PHI masked in every layer; radiologists do not use
+the message browser.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from aiohttp import web
+
+from engine.admin.hl7view import render_layer
+from engine.admin.http import (
+    audit,
+    fail,
+    int_param,
+    ok,
+    parse_time,
+    path_int,
+    read_json,
+    state,
+    who,
+)
+from engine.admin.routing import Panel, Param, Router, register_panel
+from engine.admin.views import accessions_in, delivery_summary, message_summary
+from engine.model import Message, Status
+from engine.store.base import MessageQuery
+
+router = Router("messages")
+READERS = ("admin", "analyst", "viewer")
+OPERATORS = ("admin", "analyst")
+ACCESSION_SCAN = 5000  # newest messages matching the other filters that an accession search reads
+STATUSES = tuple(s.value for s in Status)
+
+register_panel(Panel("messages", "Messages", "panels/messages.js", frozenset(READERS), order=20))
+
+_FILTERS = (
+    Param("channel"), Param("status", enum=STATUSES), Param("type", description="e.g. ORM^O01"),
+    Param("control_id", description="MSH-10"),
+    Param("accession", description="OBR-18 / IPC-1 (also OBR-20, ORC-2, ORC-3); reads the "
+                                   f"newest {ACCESSION_SCAN} matches of the other filters"),
+    Param("since", description="ISO date/datetime (UTC) or epoch seconds"), Param("until"),
+    Param("limit", "integer", "1..1000, default 100"))
+
+
+def _query(filters: dict[str, Any], limit: int) -> MessageQuery:
+    status = filters.get("status") or None
+    if status is not None and status not in STATUSES:
+        fail(400, f"status must be one of {', '.join(STATUSES)}")
+    return MessageQuery(channel=filters.get("channel") or None, status=status,
+                        message_type=filters.get("type") or None,
+                        control_id=filters.get("control_id") or None,
+                        since=parse_time("since", filters.get("since")),
+                        until=parse_time("until", filters.get("until")), limit=limit)
+
+
+async def _search(request: web.Request, filters: dict[str, Any], limit: int) -> list[Message]:
+    store = state(request).engine.store
+    accession = filters.get("accession") or None
+    if accession is None:
+        return list(await store.query_messages(_query(filters, limit)))
+    candidates = await store.query_messages(_query(filters, ACCESSION_SCAN))
+
+    def match() -> list[Message]:
+        return [m for m in candidates if accession in accessions_in(m.raw)][:limit]
+
+    return await asyncio.to_thread(match)
+
+
+@router.get("/api/messages", roles=READERS, params=_FILTERS,
+            summary="Search messages, newest first (metadata only; no content)")
+async def list_messages(request: web.Request) -> web.Response:
+    masked = who(request).masked
+    limit = int_param(request, "limit", 100, 1, 1000) or 100
+    found = await _search(request, dict(request.query), limit)
+    return ok({"messages": [message_summary(m, masked) for m in found]})
+
+
+def _layers(msg: Message, deliveries: list[Any], masked: bool) -> list[dict[str, Any]]:
+    layers = [render_layer("raw", msg.raw, masked)]
+    layers += [render_layer(name, data, masked) for name, data in msg.layers.items()]
+    for d in deliveries:
+        layers.append(render_layer(f"sent to {d.destination}", d.payload, masked))
+        if d.response is not None:
+            layers.append(render_layer(f"response from {d.destination}", d.response, masked))
+    return layers
+
+
+@router.get("/api/messages/{id}", roles=READERS, audited=True,
+            params=(Param("id", "integer", where="path", required=True),),
+            summary="One message with every content layer, HL7 shown segment by segment",
+            responses={200: "OK", 404: "no such message"})
+async def get_message(request: web.Request) -> web.Response:
+    masked = who(request).masked
+    message_id = path_int(request, "id")
+    found = await state(request).engine.store.get_message(message_id)
+    if found is None:
+        fail(404, f"no message {message_id}")
+    msg, deliveries = found
+    body = message_summary(msg, masked)
+    body["masked"] = masked
+    body["deliveries"] = [delivery_summary(d) for d in deliveries]
+    body["layers"] = await asyncio.to_thread(_layers, msg, deliveries, masked)
+    await audit(request, "message.view", str(message_id), masked=masked)
+    return ok(body)
+
+
+_REPROCESS_BODY = {"type": "object", "description": "ids, or a filter (at least one key)",
+                   "properties": {
+                       "ids": {"type": "array", "items": {"type": "integer"}},
+                       "filter": {"type": "object", "properties": {
+                           p.name: {"type": p.type} for p in _FILTERS}}}}
+
+
+@router.post("/api/messages/reprocess", roles=OPERATORS, audited=True, body=_REPROCESS_BODY,
+             summary="Run messages through their channel again (by ids or by filter)",
+             responses={200: "how many were put back", 400: "neither ids nor a filter"})
+async def reprocess_messages(request: web.Request) -> web.Response:
+    body = await read_json(request)
+    ids = body.get("ids")
+    filters = body.get("filter")
+    if ids is not None:
+        if not isinstance(ids, list) or not all(isinstance(i, int) for i in ids) or not ids:
+            fail(400, "ids must be a non-empty list of integers")
+    elif isinstance(filters, dict) and any(filters.values()):
+        limit = int(filters.get("limit") or 1000)
+        ids = [m.id for m in await _search(request, filters, max(1, min(limit, 10_000)))]
+    else:
+        fail(400, "give ids or a filter with at least one value")
+    if len(ids) > 10_000:
+        fail(400, "at most 10000 messages at once")
+    await audit(request, "message.reprocess", ",".join(map(str, ids[:50])), count=len(ids))
+    engine = state(request).engine
+    n = await engine.store.reprocess(ids)
+    for pipeline in engine.pipelines.values():
+        pipeline.wake()
+    return ok({"requested": len(ids), "reprocessed": n})

@@ -1,0 +1,119 @@
+"""Models: versions, what was loaded where, job counts, latencies; inference steps in timelines.
+
+Reads the inference side of the store (``list_model_loads``, ``list_jobs``,
+``list_audit``, ``list_findings``). Counts and latencies are taken over the most
+recent jobs and audit entries (``window``), not the whole history. Agreement
+statistics need the radiologists' reads, which the engine does not store yet:
+``agreement`` stays null until it does.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import Counter, defaultdict
+from typing import Any
+
+from aiohttp import web
+
+from engine.admin.auth import ALL_ROLES
+from engine.admin.http import fail, int_param, ok, state
+from engine.admin.routing import Panel, Param, Router, register_panel, register_timeline
+
+router = Router("models")
+register_panel(Panel("models", "Models", "panels/models.js", ALL_ROLES, order=60))
+_NEEDED = ("list_model_loads", "list_jobs", "list_audit")
+
+
+def _store(request: web.Request) -> Any:
+    store = state(request).engine.store
+    if not all(hasattr(store, name) for name in _NEEDED):
+        fail(501, f"{type(store).__name__} does not keep inference records")
+    return store
+
+
+def _percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    if len(values) == 1:
+        return round(values[0], 3)
+    return round(statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1], 3)
+
+
+def _latency(entries: list[Any]) -> dict[str, Any]:
+    ok_entries = [a for a in entries if a.status == "ok"]
+    out: dict[str, Any] = {"attempts": len(entries),
+                           "by_status": dict(Counter(a.status for a in entries)),
+                           "devices": sorted({a.device for a in entries})}
+    for stage in ("total_ms", "forward_ms", "preprocess_ms", "queue_ms"):
+        values = [float(getattr(a, stage)) for a in ok_entries if getattr(a, stage) is not None]
+        out[stage] = {"p50": _percentile(values, 50), "p95": _percentile(values, 95)}
+    return out
+
+
+def _model_rows(config_models: list[Any], loads: list[Any], jobs: list[Any],
+                audit: list[Any]) -> list[dict[str, Any]]:
+    names = [m.name for m in config_models]
+    for name in [x.name for x in loads] + [j.model for j in jobs if j.model] + \
+            [a.model for a in audit]:
+        if name not in names:
+            names.append(name)
+    configured = {m.name: m for m in config_models}
+    jobs_by: dict[str, Counter[str]] = defaultdict(Counter)
+    for j in jobs:
+        if j.model:
+            jobs_by[j.model][str(j.state)] += 1
+    rows = []
+    for name in names:
+        conf = configured.get(name)
+        load = next((x for x in loads if x.name == name), None)
+        rows.append({
+            "name": name, "configured": conf is not None,
+            "version": conf.version if conf else (load.version if load else None),
+            "mode": conf.mode if conf else None,
+            "loaded": {"version": load.version, "checksum": load.checksum, "device": load.device,
+                       "status": load.status, "error": load.error, "at": load.at}
+            if load else None,
+            "jobs": dict(jobs_by.get(name, {})),
+            "latency": _latency([a for a in audit if a.model == name]),
+            "agreement": None,
+        })
+    return rows
+
+
+@router.get("/api/models", roles=ALL_ROLES,
+            summary="Models: versions, loads, job counts and latencies over recent work",
+            params=(Param("window", "integer", "recent jobs and attempts read (default 1000)"),))
+async def list_models(request: web.Request) -> web.Response:
+    store = _store(request)
+    window = int_param(request, "window", 1000, 1, 100_000) or 1000
+    loads = await store.list_model_loads(200)
+    jobs = await store.list_jobs(limit=window)
+    audit = await store.list_audit(limit=window)
+    no_model = sum(1 for j in jobs if j.model is None)
+    return ok({"window": window, "no_model_jobs": no_model,
+               "models": _model_rows(list(state(request).engine.config.model), loads, jobs,
+                                     audit)})
+
+
+async def inference_steps(request: web.Request, case: dict[str, Any]) -> list[dict[str, Any]]:
+    """Timeline steps of a case: each job queued, each attempt, each finding."""
+    store = state(request).engine.store
+    if not all(hasattr(store, n) for n in (*_NEEDED, "list_findings")):
+        return []
+    steps: list[dict[str, Any]] = []
+    for job in await store.list_jobs(case_id=case["id"], limit=100):
+        steps.append({"step": f"inference queued: {job.model or 'no model applies'}",
+                      "at": job.created_at, "detail": {"state": str(job.state)}})
+    for a in await store.list_audit(case_id=case["id"], limit=100):
+        steps.append({"step": f"inference {a.status}: {a.model} {a.version}",
+                      "at": a.created_at, "detail": {
+                          "device": a.device, "total_ms": a.total_ms,
+                          "forward_ms": a.forward_ms, "batch_size": a.batch_size or None}})
+    for f in await store.list_findings(case_id=case["id"], limit=100):
+        steps.append({"step": f"finding: {f.finding.display}", "at": f.created_at, "detail": {
+            "model": f.finding.model_name, "probability": f.finding.probability,
+            "critical": f.finding.critical or None}})
+    return steps
+
+
+register_timeline(inference_steps)
