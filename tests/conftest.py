@@ -66,15 +66,17 @@ def cli_env() -> dict[str, str]:
 class EngineProcess:
     """``radbridge run`` as a real process; ``addresses`` read from its ready lines."""
 
-    def __init__(self, config: Path, env: dict[str, str]) -> None:
-        self.config, self.env = config, env
+    def __init__(self, config: Path, env: dict[str, str],
+                 preexec: Any = None) -> None:
+        self.config, self.env, self.preexec = config, env, preexec
         self.proc: subprocess.Popen[str] | None = None
         self.addresses: dict[str, tuple[str, int]] = {}
 
     def start(self, timeout: float = 30) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "engine.cli", "run", str(self.config), "--log-level",
-             "WARNING"], stdout=subprocess.PIPE, text=True, env=self.env, cwd=REPO)
+             "WARNING"], stdout=subprocess.PIPE, text=True, env=self.env, cwd=REPO,
+            preexec_fn=self.preexec)
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
             if line.startswith("listening "):
@@ -109,8 +111,8 @@ class EngineProcess:
 def engine_process(cli_env: dict[str, str]) -> Iterator[Any]:
     procs: list[EngineProcess] = []
 
-    def make(config: Path) -> EngineProcess:
-        p = EngineProcess(config, cli_env)
+    def make(config: Path, preexec: Any = None) -> EngineProcess:
+        p = EngineProcess(config, cli_env, preexec)
         procs.append(p)
         return p
 
@@ -131,3 +133,5 @@ async def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.05
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"condition not met within {timeout}s")
         await asyncio.sleep(interval)
+
+from tests.fixtures.orthanc import orthanc  # noqa: E402, F401  (fixture)
