@@ -7,11 +7,11 @@ and prints one JSON line: messages, seconds, ACK codes, latency percentiles.
 from __future__ import annotations
 
 import asyncio
-from typing import cast
 import json
 import sys
 import time
 from collections import Counter
+from typing import cast
 
 from bench.hl7gen import orm_o01
 from channels.mllp.framing import Frame, MLLPFramer, frame

@@ -9,9 +9,9 @@ stops reading until it catches up, so memory stays bounded.
 from __future__ import annotations
 
 import asyncio
-from typing import cast
 import logging
 from collections import deque
+from typing import cast
 
 from channels.base import RawSink
 from channels.mllp.config import MLLPSourceConfig

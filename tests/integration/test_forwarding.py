@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import pytest
-
 from bench.hl7gen import adt_a01
 from channels.mllp.client import MLLPClient
 from engine.config import ChannelConfig
@@ -16,7 +14,6 @@ from engine.store.sqlite import SQLiteStore
 from mappings.hl7v2.ack import read_ack
 from tests.conftest import make_config, wait_for
 from tests.fixtures.peers import HL7Sink
-
 
 
 def forwarding(db_url: str, endpoint: str, extra: str = "") -> str:

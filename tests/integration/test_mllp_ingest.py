@@ -21,7 +21,6 @@ from tests.conftest import wait_for
 from tests.fixtures.certs import make_pki
 
 
-
 def config(db_url: str, source_extra: str = "", channel_extra: str = "") -> str:
     return f"""
 [store]
