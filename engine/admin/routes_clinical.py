@@ -16,7 +16,7 @@ from aiohttp import web
 from engine.admin.auth import ALL_ROLES
 from engine.admin.http import audit, fail, int_param, ok, path_int, state, who
 from engine.admin.routing import TIMELINE_SOURCES, Panel, Param, Router, register_panel
-from engine.admin.views import ViewUnavailable, case_dict, order_dict, study_dict
+from engine.admin.views import case_dict, order_dict, study_dict
 from engine.store.clinical import StudyRow
 
 router = Router("clinical")
@@ -152,10 +152,7 @@ def _timed(steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
 async def get_case(request: web.Request) -> web.Response:
     st, masked = state(request), who(request).masked
     case_id = path_int(request, "id")
-    try:
-        case = await st.views.get_case(case_id)
-    except ViewUnavailable as exc:
-        fail(501, str(exc))
+    case = await st.views.get_case(case_id)
     if case is None:
         fail(404, f"no case {case_id}")
     row = case_dict(case, masked)

@@ -140,6 +140,14 @@ class Store(ClinicalStore, InferenceStore):
         """Put messages back to RECEIVED (their deliveries are re-created by the pipeline)."""
 
     @abc.abstractmethod
+    async def delivery_counts(self) -> dict[tuple[str, str], int]:
+        """Deliveries by (destination, status)."""
+
+    @abc.abstractmethod
+    async def oldest_queued(self, destinations: Sequence[str]) -> dict[str, float]:
+        """When the message behind each destination's oldest waiting delivery arrived."""
+
+    @abc.abstractmethod
     async def counts(self) -> dict[tuple[str, str], int]:
         """Message counts by (channel, status)."""
 

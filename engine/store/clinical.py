@@ -150,6 +150,17 @@ class ClinicalStore(abc.ABC):
         """Let an unmatched complete study go on without its order."""
 
     @abc.abstractmethod
+    async def get_case(self, case_id: int) -> CaseRow | None: ...
+
+    @abc.abstractmethod
+    async def get_order(self, order_id: int) -> tuple[OrderRow, int | None] | None:
+        """An order and the id of the message that last changed it."""
+
+    @abc.abstractmethod
+    async def study_counts(self) -> dict[str, int]:
+        """Studies by state."""
+
+    @abc.abstractmethod
     async def instance_paths(self, study_uid: str) -> list[str]: ...
 
     @abc.abstractmethod

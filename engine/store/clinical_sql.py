@@ -365,6 +365,19 @@ class SQLiteClinical(ClinicalStore):
     async def proceed_study_only(self, uid: str) -> CaseRow | None:
         return await self._write(proceed_study_only_op, uid)
 
+    async def get_case(self, case_id: int) -> CaseRow | None:
+        rows = await self._read(f"{_CASE_SELECT} WHERE c.id=?", (case_id,))
+        return _case(rows[0]) if rows else None
+
+    async def get_order(self, order_id: int) -> tuple[OrderRow, int | None] | None:
+        rows = await self._read(f"SELECT {_ORDER_COLS}, message_id FROM orders WHERE id=?",
+                                (order_id,))
+        return (_order(rows[0][:-1]), rows[0][-1]) if rows else None
+
+    async def study_counts(self) -> dict[str, int]:
+        rows = await self._read("SELECT state, count(*) FROM studies GROUP BY state")
+        return {r[0]: r[1] for r in rows}
+
     async def instance_paths(self, study_uid: str) -> list[str]:
         return [r[0] for r in await self._read(
             "SELECT path FROM instances WHERE study_uid=? ORDER BY series_uid, sop_uid",

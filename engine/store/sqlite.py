@@ -498,3 +498,19 @@ class SQLiteStore(SQLiteClinical, SQLiteInference, Store):
         rows = await self._read("SELECT channel, status, count(*) FROM messages"
                                 " GROUP BY channel, status")
         return {(r[0], r[1]): r[2] for r in rows}
+
+    async def delivery_counts(self) -> dict[tuple[str, str], int]:
+        rows = await self._read("SELECT destination, status, count(*) FROM deliveries"
+                                " GROUP BY destination, status")
+        return {(r[0], r[1]): r[2] for r in rows}
+
+    async def oldest_queued(self, destinations: Sequence[str]) -> dict[str, float]:
+        out = {}
+        for dest in destinations:
+            rows = await self._read(
+                "SELECT m.received_at FROM deliveries d JOIN messages m ON m.id=d.message_id"
+                " WHERE d.id=(SELECT min(id) FROM deliveries WHERE destination=? AND"
+                " status='QUEUED')", (dest,))
+            if rows:
+                out[dest] = float(rows[0][0])
+        return out
