@@ -13,16 +13,12 @@ pixel data. Errors are typed so each edge maps them to its own protocol:
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import pydicom
-from pydicom.errors import InvalidDicomError
 
 from engine.errors import RadbridgeError, StoreUnavailable
 from engine.logs import event
@@ -52,14 +48,13 @@ class IngestResult:
 
 
 def read_meta(part10: bytes, own_manufacturer: str = "RADBRIDGE") -> InstanceMeta:
-    """Identify an instance from its Part 10 bytes (header only; pixels are not decoded)."""
-    try:
-        ds = pydicom.dcmread(io.BytesIO(part10), stop_before_pixels=True, force=False)
-    except (InvalidDicomError, EOFError, ValueError, TypeError, KeyError, OSError,
-            NotImplementedError, AttributeError) as exc:
-        raise InvalidInstance(f"not a readable DICOM Part 10 file ({type(exc).__name__})") \
-            from exc
-    return meta_from_dataset(ds, getattr(ds, "file_meta", None), own_manufacturer)
+    """Identify an instance from its Part 10 bytes (header only; pixels are not decoded).
+
+    Truncated or badly framed pixel data is refused (see ``engine.part10``).
+    """
+    from engine.part10 import inspect_part10  # it builds on meta_from_dataset below
+
+    return inspect_part10(part10, own_manufacturer)
 
 
 def meta_from_dataset(ds: Any, file_meta: Any, own_manufacturer: str = "RADBRIDGE"
@@ -94,9 +89,9 @@ def _text(ds: Any, keyword: str) -> str | None:
 
 def write_durably(path: Path, data: bytes) -> None:
     """Write *data* to *path* atomically and durably (temp file, fsync, rename, fsync dir)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as fh:
             fh.write(data)
             fh.flush()

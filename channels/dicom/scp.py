@@ -25,11 +25,10 @@ from pynetdicom import (
 )
 from pynetdicom.transport import ThreadedAssociationServer
 
-from channels.dicom.check import inspect_part10
 from channels.dicom.config import DicomSourceConfig
 from channels.dicom.status import MISMATCH, SUCCESS, classify, error_comment
 from engine.configbase import parse_hostport
-from engine.instances import InstanceIngest, InvalidInstance
+from engine.instances import InstanceIngest, InvalidInstance, read_meta
 from engine.logs import event
 from engine.registry import register
 
@@ -130,7 +129,7 @@ class DicomSource:
         """
         try:
             part10 = ev.encoded_dataset(include_meta=True)
-            meta = inspect_part10(part10, self.sink.own_manufacturer)
+            meta = read_meta(part10, self.sink.own_manufacturer)
             if (meta.sop_class_uid != ev.request.AffectedSOPClassUID
                     or meta.sop_uid != ev.request.AffectedSOPInstanceUID):
                 return self._failed(ev, MISMATCH, "dataset does not match the C-STORE request")

@@ -28,11 +28,10 @@ from typing import Any
 
 import aiohttp
 
-from channels.dicom.check import inspect_part10
 from channels.dicomweb.config import PollSourceConfig
 from channels.dicomweb.feeds import FEEDS, Feed, InstanceGone
 from engine.errors import PeerUnavailable, StoreUnavailable
-from engine.instances import InstanceIngest, InvalidInstance, write_durably
+from engine.instances import InstanceIngest, InvalidInstance, read_meta, write_durably
 from engine.logs import event
 from engine.registry import register
 
@@ -182,7 +181,7 @@ class PollSource:
         async with gate:
             try:
                 data = await self.feed.fetch(ref)
-                meta = await asyncio.to_thread(inspect_part10, data, self.sink.own_manufacturer)
+                meta = await asyncio.to_thread(read_meta, data, self.sink.own_manufacturer)
                 result = await self.sink.ingest(data, meta)
             except (InstanceGone, InvalidInstance) as exc:
                 self.skipped += 1

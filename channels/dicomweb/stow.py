@@ -14,13 +14,12 @@ import logging
 from aiohttp import web
 from aiohttp.multipart import parse_mimetype
 
-from channels.dicom.check import inspect_part10
 from channels.dicom.status import STUDY_MISMATCH, Failure, classify
 from channels.dicomweb.config import StowSourceConfig
 from channels.dicomweb.multipart import BodyTooLarge, MalformedMultipart, RelatedReader
 from channels.dicomweb.response import Outcome, stow_response
 from engine.configbase import parse_hostport
-from engine.instances import InstanceIngest, InvalidInstance
+from engine.instances import InstanceIngest, InvalidInstance, read_meta
 from engine.logs import event
 from engine.registry import register
 
@@ -136,7 +135,7 @@ class StowSource:
             if (ctype.type, ctype.subtype) != ("application", "dicom"):
                 raise InvalidInstance(f"part is {ctype.type}/{ctype.subtype}, "
                                       "not application/dicom")
-            meta = await asyncio.to_thread(inspect_part10, data, self.sink.own_manufacturer)
+            meta = await asyncio.to_thread(read_meta, data, self.sink.own_manufacturer)
             if study is not None and meta.study_uid != study:
                 return self._failed(Outcome(Failure(STUDY_MISMATCH, "Study Instance UID does "
                                                     "not match the URL", False), meta))

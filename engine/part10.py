@@ -1,8 +1,9 @@
 """Identify an incoming instance and refuse truncated ones, without decoding pixels.
 
+Every DICOM edge goes through here (via ``engine.instances.read_meta``).
 pydicom reads a truncated file silently (a short last value, or elements
-missing at the end), so ``engine.instances.read_meta`` alone would index a
-file cut in its Pixel Data. ``inspect_part10`` reads the header with
+missing at the end), so a plain header read would index a file cut in its
+Pixel Data. ``inspect_part10`` reads the header with
 ``stop_before_pixels`` and then checks the Pixel Data element's framing
 against the byte count: a native value must fit, an encapsulated one must
 end with its sequence delimiter, and an image (an "... Image Storage" SOP
