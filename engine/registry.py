@@ -13,6 +13,10 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 Kind = Literal["source", "destination"]
+# What a source hands over (HL7 frames, DICOM instances) or what a destination sends: the
+# results channel builds each destination's payload by this (hl7: ORU^R01 or an order update,
+# dicom: the SR, fhir: a transaction Bundle, json: an alert).
+Payload = Literal["hl7", "dicom", "fhir", "json"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,21 +26,21 @@ class ConnectorSpec:
     config: type[BaseModel]
     factory: Callable[..., Any]
     summary: str
-    sink: Literal["hl7", "dicom"] = "hl7"  # what a source hands over: HL7 frames or instances
+    sink: Payload = "hl7"
 
 
 _REGISTRY: dict[tuple[Kind, str], ConnectorSpec] = {}
 
 
 def register(kind: Kind, type_name: str, config: type[BaseModel], summary: str,
-             sink: Literal["hl7", "dicom"] = "hl7"
+             sink: Payload = "hl7"
              ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Class decorator: ``@register("source", "mllp", MLLPSourceConfig, "...")``.
 
     A source factory is called as ``factory(channel_name, config, sink)`` where the
     sink is an ``engine.ingest.Ingest`` (``sink="hl7"``) or an
     ``engine.instances.InstanceIngest`` (``sink="dicom"``); a destination factory
-    as ``factory(channel_name, config)``.
+    as ``factory(channel_name, config)``; a destination's ``sink`` is the payload it sends.
     """
 
     def wrap(factory: Callable[..., Any]) -> Callable[..., Any]:
@@ -52,7 +56,8 @@ def load_builtins() -> None:
     import channels.file  # noqa: F401
     import channels.mllp  # noqa: F401
 
-    for optional in ("channels.dicom", "channels.dicomweb"):
+    for optional in ("channels.dicom", "channels.dicomweb", "channels.fhir_rest",
+                     "channels.webhook"):
         try:
             __import__(optional)
         except ModuleNotFoundError as exc:  # package not written yet in this checkout
