@@ -15,6 +15,7 @@ from typing import Any
 from engine.model import DeliveryStatus, Message, Status
 from engine.store.clinical import CaseRow, ClinicalStore
 from engine.store.inference import InferenceStore
+from engine.store.results import ResultsStore
 
 
 @dataclass(slots=True)
@@ -71,7 +72,7 @@ class MessageQuery:
 InsertCallback = Callable[[int | None, BaseException | None], None]
 
 
-class Store(ClinicalStore, InferenceStore):
+class Store(ClinicalStore, InferenceStore, ResultsStore):
     """Durable messages, content layers and delivery queues; the clinical tables (see
     ``engine.store.clinical``)."""
 

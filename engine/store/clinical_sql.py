@@ -276,16 +276,21 @@ def _correlate_order(conn: sqlite3.Connection, order_id: int, completed: bool) -
 
 def apply_domain_events(conn: sqlite3.Connection, outcomes: Sequence[Any]) -> list[CaseRow]:
     """Apply the mapped events of a pipeline batch (inside its transaction), in message order."""
+    from engine.store.results_sql import apply_results_events
     from mappings.hl7v2.orders import OrderEvent, PatientEvent
 
     cases: list[CaseRow] = []
     for o in outcomes:
         mapped = o.domain
+        if mapped is None:
+            continue
         if isinstance(mapped, PatientEvent):
             cases += apply_patient_op(conn, mapped.event, mapped.patient)
         elif isinstance(mapped, OrderEvent):
             cases += apply_patient_op(conn, mapped.event, mapped.patient)
             cases += apply_orders_op(conn, mapped.orders, o.message_id)
+        else:
+            apply_results_events(conn, mapped)
     return cases
 
 

@@ -1,0 +1,252 @@
+"""SQL implementation of ``ResultsStore`` (worklist, feedback, report context).
+
+The SQL is portable (SQLite and PostgreSQL both take it with their own
+placeholders); write operations run in the store's writer transaction, so a
+worklist update is atomic with the results message that carried it.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from engine.results_model import ReportOrder, ReportPatient, SourceInstance
+from engine.store.results import (
+    AgreementRow,
+    FeedbackEntry,
+    FinalReportEvent,
+    ReportContext,
+    ResultsStore,
+    WorklistRow,
+    WorklistUpdate,
+    priority_rank,
+)
+
+RESULTS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS worklist (
+    case_id INTEGER PRIMARY KEY, priority TEXT, reason TEXT, ai_flags TEXT NOT NULL DEFAULT '[]',
+    raised_at REAL, state TEXT NOT NULL DEFAULT 'unread', updated_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS feedback (
+    id INTEGER PRIMARY KEY, case_id INTEGER NOT NULL, model TEXT NOT NULL, version TEXT NOT NULL,
+    code TEXT NOT NULL, verdict TEXT NOT NULL, source TEXT NOT NULL, corrected_code TEXT,
+    reader TEXT, comment TEXT, created_at REAL NOT NULL,
+    UNIQUE (case_id, model, version, code, source));
+CREATE INDEX IF NOT EXISTS feedback_model ON feedback (model, version);
+"""
+
+# The order's own priority as a worklist priority (engine.store.results.order_priority in SQL).
+ORDER_PRIORITY_SQL = ("CASE upper(coalesce(o.priority, '')) WHEN 'S' THEN 'STAT' WHEN 'A' THEN"
+                      " 'URGENT' WHEN 'T' THEN 'URGENT' WHEN 'C' THEN 'URGENT' ELSE 'ROUTINE' END")
+_EFFECTIVE = f"coalesce(w.priority, {ORDER_PRIORITY_SQL})"
+WORKLIST_SQL = (
+    "SELECT c.id, c.study_uid, coalesce(o.accession, s.accession),"
+    " coalesce(o.patient_id, s.patient_id), coalesce(o.modality, s.modality), s.body_part,"
+    f" coalesce(o.procedure_text, o.procedure_code), {_EFFECTIVE}, {ORDER_PRIORITY_SQL},"
+    " w.reason, coalesce(w.ai_flags, '[]'), c.created_at, w.raised_at,"
+    " coalesce(w.state, 'unread')"
+    " FROM cases c JOIN studies s ON s.uid = c.study_uid AND s.revision = c.revision"
+    " LEFT JOIN orders o ON o.id = c.order_id LEFT JOIN worklist w ON w.case_id = c.id"
+    " WHERE c.state IN ('ready', 'study_only') {read}"
+    f" ORDER BY CASE {_EFFECTIVE} WHEN 'STAT' THEN 0 WHEN 'URGENT' THEN 1 ELSE 2 END,"
+    " c.created_at, c.id LIMIT ?")
+CONTEXT_SQL = (
+    "SELECT c.id, c.study_uid, c.revision, coalesce(o.accession, s.accession),"
+    " coalesce(o.modality, s.modality), s.body_part, s.completed_at,"
+    " coalesce(o.patient_id, s.patient_id), coalesce(o.issuer, s.issuer),"
+    " p.family, p.given, p.birth_date, p.sex,"
+    " o.id, o.placer, o.filler, o.requested_procedure_id, o.procedure_code, o.procedure_text,"
+    " o.priority"
+    " FROM cases c JOIN studies s ON s.uid = c.study_uid LEFT JOIN orders o ON o.id = c.order_id"
+    " LEFT JOIN patients p ON p.patient_id = coalesce(o.patient_id, s.patient_id)"
+    "  AND p.issuer = coalesce(o.issuer, s.issuer, '')"
+    " WHERE c.id = ?")
+INSTANCES_SQL = ("SELECT series_uid, sop_uid, sop_class_uid, path FROM instances"
+                 " WHERE study_uid = ? AND own_output = 0 AND revision <= ?"
+                 " ORDER BY series_uid, sop_uid")
+FEEDBACK_COLS = ("case_id, model, version, code, verdict, source, corrected_code, reader,"
+                 " comment, created_at")
+FEEDBACK_UPSERT = (
+    f"INSERT INTO feedback ({FEEDBACK_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?)"
+    " ON CONFLICT (case_id, model, version, code, source) DO UPDATE SET"
+    " verdict = excluded.verdict, corrected_code = excluded.corrected_code,"
+    " reader = excluded.reader, comment = excluded.comment, created_at = excluded.created_at")
+# A final report's verdict on a finding wins over a radiologist's click on the same finding.
+AGREEMENT_SQL = (
+    "SELECT model, version, verdict, count(*) FROM feedback f WHERE source = 'final_report'"
+    " OR NOT EXISTS (SELECT 1 FROM feedback g WHERE g.case_id = f.case_id AND g.model = f.model"
+    " AND g.version = f.version AND g.code = f.code AND g.source = 'final_report')"
+    " GROUP BY model, version, verdict ORDER BY model, version")
+
+
+def context_from_rows(row: Sequence[Any], instances: Sequence[Sequence[Any]]) -> ReportContext:
+    (case_id, study_uid, revision, accession, modality, body_part, completed_at, patient_id,
+     issuer, family, given, birth_date, sex, order_id, placer, filler, rp_id, proc_code,
+     proc_text, priority) = row
+    patient = (ReportPatient(patient_id, issuer or None, family, given, birth_date, sex)
+               if patient_id else None)
+    order = (ReportOrder(placer, filler, accession, rp_id, proc_code, proc_text, None, priority,
+                         modality) if order_id is not None else None)
+    return ReportContext(case_id, study_uid, revision, patient, order,
+                         [SourceInstance(*i, modality=modality) for i in instances],
+                         accession, modality, body_part, completed_at)
+
+
+def worklist_row(row: Sequence[Any]) -> WorklistRow:
+    r = list(row)
+    r[10] = json.loads(r[10])
+    return WorklistRow(*r)
+
+
+def agreement_rows(rows: Sequence[Sequence[Any]]) -> list[AgreementRow]:
+    out: dict[tuple[str, str], AgreementRow] = {}
+    for model, version, verdict, n in rows:
+        agg = out.setdefault((model, version), AgreementRow(model, version, 0, 0, 0, 0))
+        if verdict == "accept":
+            agg.accepted += n
+        elif verdict == "reject":
+            agg.rejected += n
+        elif verdict == "modify":
+            agg.modified += n
+        elif verdict == "missed":
+            agg.missed += n
+    return list(out.values())
+
+
+def feedback_params(e: FeedbackEntry) -> tuple[Any, ...]:
+    return (e.case_id, e.model, e.version, e.code, e.verdict, e.source, e.corrected_code,
+            e.reader, e.comment, e.created_at or time.time())
+
+
+def final_report_feedback(ev: FinalReportEvent, case_id: int,
+                          found: Sequence[tuple[str, str, str]],
+                          ran: Sequence[tuple[str, str]]) -> list[FeedbackEntry]:
+    """Compare a final report's codes with what the models found (``found``: model, version,
+    code) and which models ran (``ran``): confirmed, refuted and missed findings."""
+    codes = set(ev.codes)
+    now = time.time()
+    out = [FeedbackEntry(case_id, m, v, code, "accept" if code in codes else "reject",
+                         "final_report", created_at=now) for m, v, code in found]
+    found_keys = {(m, v, c) for m, v, c in found}
+    for m, v in ran:
+        for code in ev.model_codes.get(f"{m}|{v}", []):
+            if code in codes and (m, v, code) not in found_keys:
+                out.append(FeedbackEntry(case_id, m, v, code, "missed", "final_report",
+                                         created_at=now))
+    return out
+
+
+# -- SQLite write operations (the writer thread, inside its transaction) -------------------
+
+def apply_worklist_op(conn: sqlite3.Connection, u: WorklistUpdate) -> None:
+    row = conn.execute(f"SELECT w.priority, {ORDER_PRIORITY_SQL} FROM cases c LEFT JOIN orders"
+                       " o ON o.id = c.order_id LEFT JOIN worklist w ON w.case_id = c.id"
+                       " WHERE c.id = ?", (u.case_id,)).fetchone()
+    if row is None:
+        return
+    current = row[0] or row[1]
+    raise_it = priority_rank(u.priority) < priority_rank(current)
+    now = time.time()
+    flags = json.dumps(u.ai_flags, sort_keys=True)
+    conn.execute("INSERT INTO worklist (case_id, ai_flags, updated_at) VALUES (?,?,?)"
+                 " ON CONFLICT (case_id) DO UPDATE SET ai_flags = excluded.ai_flags,"
+                 " updated_at = excluded.updated_at", (u.case_id, flags, now))
+    if raise_it:
+        conn.execute("UPDATE worklist SET priority = ?, reason = ?, raised_at = ? WHERE"
+                     " case_id = ?", (u.priority, u.reason, now, u.case_id))
+
+
+def apply_final_report_op(conn: sqlite3.Connection, ev: FinalReportEvent) -> int:
+    """Feedback rows written for the newest case the report matches (0 when none matches)."""
+    keys = [(col, val) for col, val in (("accession", ev.accession), ("placer", ev.placer),
+                                        ("filler", ev.filler)) if val]
+    case_id = None
+    for col, val in keys:
+        row = conn.execute(f"SELECT c.id FROM cases c JOIN orders o ON o.id = c.order_id WHERE"
+                           f" o.{col} = ? ORDER BY c.id DESC LIMIT 1", (val,)).fetchone()
+        if row is None and col == "accession":
+            row = conn.execute("SELECT c.id FROM cases c JOIN studies s ON s.uid = c.study_uid"
+                               " WHERE s.accession = ? ORDER BY c.id DESC LIMIT 1",
+                               (val,)).fetchone()
+        if row is not None:
+            case_id = row[0]
+            break
+    if case_id is None:
+        return 0
+    found = conn.execute("SELECT DISTINCT model, version, code FROM findings WHERE case_id = ?",
+                         (case_id,)).fetchall()
+    ran = conn.execute("SELECT DISTINCT model, version FROM inference_audit WHERE case_id = ?"
+                       " AND status = 'ok'", (case_id,)).fetchall()
+    entries = final_report_feedback(ev, case_id, found, ran)
+    # A corrected report replaces everything the earlier one said about the case.
+    conn.execute("DELETE FROM feedback WHERE case_id = ? AND source = 'final_report'",
+                 (case_id,))
+    conn.executemany(FEEDBACK_UPSERT, [feedback_params(e) for e in entries])
+    return len(entries)
+
+
+def feedback_op(conn: sqlite3.Connection, entries: Sequence[FeedbackEntry]) -> None:
+    conn.executemany(FEEDBACK_UPSERT, [feedback_params(e) for e in entries])
+
+
+def mark_read_op(conn: sqlite3.Connection, case_id: int, read: bool) -> bool:
+    if conn.execute("SELECT 1 FROM cases WHERE id = ?", (case_id,)).fetchone() is None:
+        return False
+    conn.execute("INSERT INTO worklist (case_id, state, updated_at) VALUES (?,?,?)"
+                 " ON CONFLICT (case_id) DO UPDATE SET state = excluded.state,"
+                 " updated_at = excluded.updated_at",
+                 (case_id, "read" if read else "unread", time.time()))
+    return True
+
+
+def apply_results_events(conn: sqlite3.Connection, event: Any) -> bool:
+    """``Outcome.domain`` of the results and final-report pipelines; False: not ours."""
+    if isinstance(event, WorklistUpdate):
+        apply_worklist_op(conn, event)
+        if event.fhir_resources:
+            from engine.store.fhir_sql import save_fhir_op  # the /fhir read API's index
+
+            save_fhir_op(conn, event.case_id, event.fhir_resources)
+        return True
+    if isinstance(event, FinalReportEvent):
+        apply_final_report_op(conn, event)
+        return True
+    return False
+
+
+class SQLiteResults(ResultsStore):
+    """Mixed into ``SQLiteStore``: uses its writer (``_write``) and readers (``_read``)."""
+
+    _write: Callable[..., Any]
+    _read: Callable[..., Any]
+
+    async def report_context(self, case_id: int) -> ReportContext | None:
+        rows = await self._read(CONTEXT_SQL, (case_id,))
+        if not rows:
+            return None
+        instances = await self._read(INSTANCES_SQL, (rows[0][1], rows[0][2]))
+        return context_from_rows(rows[0], instances)
+
+    async def list_worklist(self, limit: int = 100, include_read: bool = False
+                            ) -> list[WorklistRow]:
+        read = "" if include_read else "AND coalesce(w.state, 'unread') = 'unread'"
+        return [worklist_row(r) for r in await self._read(WORKLIST_SQL.format(read=read),
+                                                          (limit,))]
+
+    async def mark_read(self, case_id: int, read: bool = True) -> bool:
+        return bool(await self._write(mark_read_op, case_id, read))
+
+    async def record_feedback(self, entries: Sequence[FeedbackEntry]) -> None:
+        await self._write(feedback_op, list(entries))
+
+    async def list_feedback(self, case_id: int | None = None, limit: int = 100
+                            ) -> list[FeedbackEntry]:
+        where, params = ("WHERE case_id = ?", (case_id,)) if case_id is not None else ("", ())
+        return [FeedbackEntry(*r) for r in await self._read(
+            f"SELECT {FEEDBACK_COLS} FROM feedback {where} ORDER BY id DESC LIMIT ?",
+            (*params, limit))]
+
+    async def agreement(self) -> list[AgreementRow]:
+        return agreement_rows(await self._read(AGREEMENT_SQL))
