@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 
 from engine import registry
 from engine.config_inference import ModelConfig, RouteConfig
+from engine.config_results import EscalationRule
 from engine.configbase import Strict, TLSConfig, check_hostport, parse_hostport
 from engine.errors import ConfigErrors, ConfigProblem
 from engine.tomlindex import index_lines, line_for
@@ -76,10 +77,13 @@ def _channel_model() -> type[BaseModel]:
         study_quiet_secs: float = Field(
             30, gt=0, description="DICOM sources: a study is complete after this long without "
                                   "a new instance (or when an order says CM, or on demand).")
-        process: Literal["forward", "orders"] = Field(
+        process: Literal["forward", "orders", "results", "final_reports"] = Field(
             "forward", description="forward: pass messages on unchanged; orders: also map "
                                    "ADT/ORM/OMI into patients and orders and correlate them "
-                                   "with studies.")
+                                   "with studies; results: build ORU, FHIR, SR and alerts "
+                                   "from AI reports (the default of an ai_results source); "
+                                   "final_reports: compare the radiologist's final ORU with "
+                                   "the AI findings (agreement statistics).")
 
     return ChannelConfig
 
@@ -127,6 +131,9 @@ class Config(Strict):
     channel: list[ChannelConfig] = Field(default_factory=list)  # type: ignore[valid-type]
     route: list[RouteConfig] = Field(default_factory=list)
     model: list[ModelConfig] = Field(default_factory=list)
+    escalation: list[EscalationRule] = Field(
+        default_factory=list, description="Worklist escalation rules (default: critical "
+        "findings → STAT, high → URGENT).")
     admin: AdminConfig | None = Field(None, description="Absent: no admin API.")
 
     def channel_named(self, name: str) -> Any:

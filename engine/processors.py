@@ -44,7 +44,19 @@ class OrdersProcessor:
                        deliveries=[(dest, None) for dest in self.forward_to], domain=mapped)
 
 
-def processor_for(channel: Any) -> Processor:
+def processor_for(channel: Any, config: Any = None) -> Processor:
+    if channel.process == "results" or (channel.source is not None
+                                        and channel.source.type == "ai_results"):
+        from engine import registry
+        from engine.results import ResultsProcessor
+
+        sinks = {c.name: registry.get("destination", c.destination.type).sink
+                 for c in config.channel if c.destination is not None}
+        return ResultsProcessor(channel, config, sinks)
+    if channel.process == "final_reports":
+        from engine.results import FinalReportsProcessor
+
+        return FinalReportsProcessor(channel, config)
     if channel.process == "orders":
         return OrdersProcessor(channel.forward_to)
     return Passthrough(channel.forward_to)

@@ -55,6 +55,7 @@ def load_builtins() -> None:
     """Import the built-in connector packages so that they register."""
     import channels.file  # noqa: F401
     import channels.mllp  # noqa: F401
+    import engine.results  # noqa: F401  (the ai_results source)
 
     for optional in ("channels.dicom", "channels.dicomweb", "channels.fhir_rest",
                      "channels.webhook"):

@@ -89,6 +89,7 @@ class Engine:
         self.admin: Any = None  # engine.admin.AdminServer when [admin] is enabled
         self.result_listeners: list[Callable[[Any], Any]] = []  # see engine.inference_runtime
         self.inference: Any = None  # InferenceService when models or routes are configured
+        self.results_ingests: dict[str, Any] = {}  # ai_results channels (engine.results)
 
     def _on_cases(self, cases: Sequence[CaseRow]) -> None:
         """New cases (order joined with a complete study): hand them to whoever listens."""
@@ -111,6 +112,7 @@ class Engine:
             self._start_destinations()
             self._start_pipelines()
             self._spawn(self.assembler.run(), "assembly")
+            self._prepare_results()  # listening before inference can report anything
             self.inference = await start_inference(self)
             days = self.config.engine.instance_retention_days
             if days is not None:
@@ -150,7 +152,8 @@ class Engine:
                 if name in self.workers:
                     self.workers[name].wake()
 
-        pipeline = Pipeline(ch.name, self.store, processor_for(ch), on_queued, self._on_cases)
+        pipeline = Pipeline(ch.name, self.store, processor_for(ch, self.config), on_queued,
+                            self._on_cases)
         self.pipelines[ch.name] = pipeline
         # The loop starts with whatever is left RECEIVED: that is the recovery.
         self._spawn(pipeline.run(), f"pipeline:{ch.name}", ch.name)
@@ -169,8 +172,13 @@ class Engine:
     async def _start_source(self, ch: Any) -> None:
         app, facility = self.config.engine.app_name, self.config.engine.facility
         spec = registry.get("source", ch.source.type)
-        sink = (await self._hl7_sink(ch, app, facility) if spec.sink == "hl7"
-                else self._dicom_sink(ch, app))
+        sink: Any
+        if spec.sink == "hl7":
+            sink = await self._hl7_sink(ch, app, facility)
+        elif spec.sink == "json":  # ai_results: the ingest listens from engine start
+            sink = self.results_ingests[ch.name]
+        else:
+            sink = self._dicom_sink(ch, app)
         source = spec.factory(ch.name, ch.source, sink)
         await source.start()
         self.ingests[ch.name] = sink
@@ -178,6 +186,26 @@ class Engine:
         addr = source.address  # None for sources that poll rather than listen
         event(log, "ENG-502", "started", channel=ch.name, type=ch.source.type,
               address=f"{addr[0]}:{addr[1]}" if addr else None)
+
+    def _prepare_results(self) -> None:
+        """An ``ai_results`` channel stores every finished case's report. It listens for as
+        long as the engine runs, even while an operator has the channel stopped (then its
+        pipeline does not build or send): a result heard and dropped would be lost, because
+        inference marks a case notified once its listeners returned."""
+        from engine.results import ResultsIngest
+
+        for ch in self.config.channel:
+            if ch.source is None or ch.source.type != "ai_results" or not ch.enabled:
+                continue
+            name = ch.name
+
+            def wake(name: str = name) -> None:
+                if name in self.pipelines:
+                    self.pipelines[name].wake()
+
+            ingest = ResultsIngest(name, self.store, self.config.model, wake)
+            self.results_ingests[name] = ingest
+            self.result_listeners.append(ingest.submit)
 
     async def _hl7_sink(self, ch: Any, app: str, facility: str) -> Ingest:
         ingest = Ingest(ch, self.store, app=app, facility=facility,

@@ -54,7 +54,7 @@ def test_lint_reports_every_problem_with_file_line_and_key() -> None:
         "channels.toml:14: channel[2].name: duplicate channel name 'ris' (first at channel[0])",
         "channels.toml:15: channel[2].source.listen: port 2575 is already used by channel[0]",
         "channels.toml:19: channel[3].source.type: unknown source type 'carrier-pigeon' "
-        "(known: dicom, dicomweb, dicomweb_poll, mllp)",
+        "(known: ai_results, dicom, dicomweb, dicomweb_poll, mllp)",
         "channels.toml:22: route[0].models[0]: unknown model 'no-such-model'",
     ]
 

@@ -1,0 +1,103 @@
+"""Webhook destination: POSTs each payload (a JSON alert) to a URL.
+
+Used for critical-finding alerts (a paging system, a chat bridge). The body can
+be signed with HMAC-SHA256 (``X-Radbridge-Signature: sha256=<hex>``) with a
+secret read from the environment or a file, never from channels.toml.
+2xx is sent; 408, 429 and 5xx are retried in order (``Retry-After`` honoured);
+any other status is a rejection recorded with the peer's answer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+from pathlib import Path
+from typing import Literal
+
+import aiohttp
+from pydantic import Field, field_validator
+
+from engine.configbase import Strict
+from engine.errors import PeerRejected, PeerTimeout, PeerUnavailable
+from engine.registry import register
+
+RETRYABLE = frozenset({408, 429, 500, 502, 503, 504})
+
+
+class WebhookDestinationConfig(Strict):
+    type: Literal["webhook"]
+    url: str = Field(description="http(s) URL the JSON is POSTed to.")
+    secret_env: str | None = Field(None, description="Environment variable holding the HMAC "
+                                                     "secret that signs each body.")
+    secret_file: str | None = Field(None, description="...or a file holding it.")
+    timeout_secs: float = Field(10, gt=0)
+    retry_initial_secs: float = Field(0.5, gt=0)
+    retry_max_secs: float = Field(60, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
+
+
+class RetryLater(PeerUnavailable):
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+@register("destination", "webhook", WebhookDestinationConfig,
+          "JSON alerts POSTed to a URL (HMAC-signed)", sink="json")
+class WebhookDestination:
+    def __init__(self, name: str, config: WebhookDestinationConfig) -> None:
+        self.name = name
+        self.config = config
+        self.retry_initial_secs = config.retry_initial_secs
+        self.retry_max_secs = config.retry_max_secs
+        self._session: aiohttp.ClientSession | None = None
+
+    def _secret(self) -> bytes | None:
+        if self.config.secret_env:
+            value = os.environ.get(self.config.secret_env)
+            if not value:
+                raise PeerRejected("config",
+                                   f"webhook secret: ${self.config.secret_env} is not set")
+            return value.encode()
+        if self.config.secret_file:
+            return Path(self.config.secret_file).read_bytes().strip()
+        return None
+
+    async def send(self, payload: bytes) -> bytes:
+        headers = {"Content-Type": "application/json"}
+        secret = self._secret()
+        if secret is not None:
+            digest = hmac.new(secret, payload, hashlib.sha256).hexdigest()
+            headers["X-Radbridge-Signature"] = f"sha256={digest}"
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self.config.timeout_secs))
+        try:
+            async with self._session.post(self.config.url, data=payload,
+                                          headers=headers) as resp:
+                body = await resp.read()
+                if 200 <= resp.status < 300:
+                    return body or f"HTTP {resp.status}".encode()
+                text = body[:200].decode("utf-8", "replace")
+                if resp.status in RETRYABLE:
+                    after = resp.headers.get("Retry-After")
+                    raise RetryLater(f"HTTP {resp.status}: {text}",
+                                     float(after) if after and after.isdigit() else None)
+                raise PeerRejected(f"HTTP {resp.status}", text, body)
+        except TimeoutError as exc:
+            raise PeerTimeout(f"no answer from {self.config.url} in "
+                              f"{self.config.timeout_secs:g} s") from exc
+        except aiohttp.ClientError as exc:
+            raise PeerUnavailable(f"{self.config.url}: {type(exc).__name__}") from exc
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
