@@ -11,6 +11,7 @@ from typing import Any
 from engine.config import load_config
 from engine.store.base import Store, open_store
 from engine.store.clinical import CaseRow, OrderRow, StudyRow
+from engine.store.results import WorklistRow
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -36,6 +37,16 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     unmatched.add_argument("--older-than-secs", type=float,
                            help="default: engine.unmatched_after_secs")
     unmatched.set_defaults(func=lambda a: _run(a, _unmatched))
+
+    worklist = sub.add_parser("worklist", help="the reading worklist: by priority, then age")
+    _common(worklist)
+    worklist.add_argument("--all", action="store_true", help="also cases already read")
+    worklist.set_defaults(func=lambda a: _run(a, _worklist))
+
+    agreement = sub.add_parser("agreement", help="AI findings confirmed, refuted and missed "
+                                                 "per model version (radiologists, reports)")
+    _common(agreement)
+    agreement.set_defaults(func=lambda a: _run(a, _agreement))
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -130,4 +141,41 @@ async def _unmatched(store: Store, args: argparse.Namespace, config: Any) -> int
     print_orders(orders)
     print(f"\ncomplete studies without an order ({len(studies)}):")
     print_studies(studies)
+    return 0
+
+
+def print_worklist(rows: list[WorklistRow]) -> None:
+    print(f"{'CASE':>6}  {'PRIORITY':8} {'ORDERED':8} {'AGE':>8}  {'ACCESSION':14} "
+          f"{'PATIENT':14} {'MOD':4} REASON / AI FLAGS")
+    now = time.time()
+    for r in rows:
+        flags = ", ".join(f"{f['display']} {f['probability']:.2f}" if f.get("probability")
+                          is not None else str(f["display"]) for f in r.ai_flags)
+        age = _age(now - r.created_at)
+        print(f"{r.case_id:>6}  {r.priority:8} {r.order_priority:8} {age:>8}  "
+              f"{r.accession or '-':14} {r.patient_id or '-':14} {r.modality or '-':4} "
+              f"{r.reason or (flags and 'AI: ' + flags) or '-'}")
+
+
+def _age(secs: float) -> str:
+    if secs < 3600:
+        return f"{int(secs // 60)}m"
+    if secs < 86400:
+        return f"{int(secs // 3600)}h{int(secs % 3600 // 60):02d}m"
+    return f"{int(secs // 86400)}d{int(secs % 86400 // 3600):02d}h"
+
+
+async def _worklist(store: Store, args: argparse.Namespace, config: Any) -> int:
+    print_worklist(await store.list_worklist(args.limit, include_read=args.all))
+    return 0
+
+
+async def _agreement(store: Store, args: argparse.Namespace, config: Any) -> int:
+    rows = await store.agreement()
+    print(f"{'MODEL':20} {'VERSION':10} {'CONFIRMED':>9} {'REFUTED':>8} {'MODIFIED':>8} "
+          f"{'MISSED':>7} {'AGREEMENT':>9}")
+    for r in rows:
+        rate = f"{r.agreement:.1%}" if r.agreement is not None else "-"
+        print(f"{r.model:20} {r.version:10} {r.accepted:>9} {r.rejected:>8} {r.modified:>8} "
+              f"{r.missed:>7} {rate:>9}")
     return 0

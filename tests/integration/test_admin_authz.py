@@ -19,6 +19,8 @@ import pytest_asyncio
 
 from engine.admin.openapi import build_document
 from engine.admin.routing import operations
+from engine.model import Finding
+from engine.store.inference import JobState
 from tests.e2e.support import (
     PASSWORDS,
     ROLES,
@@ -67,6 +69,18 @@ async def unmatched_study(env: Env) -> tuple[str, Any]:
     return f"/api/studies/{uid}/proceed", None
 
 
+async def feedback(env: Env) -> tuple[str, Any]:
+    """A radiologist's verdict on a real finding of the seeded case."""
+    store = env.engine.store
+    if not await store.list_findings(env.case_id):
+        (job,) = await store.enqueue_jobs(env.case_id, ["cxr-test"], 1)
+        await store.claim_jobs(100, 1e12)
+        await store.finish_job(job.id, JobState.DONE, [Finding(
+            "36118008", "Pneumothorax", "SCT", 0.9, True, "cxr-test", "1.0")], None)
+    body = {"model": "cxr-test", "version": "1.0", "code": "36118008", "verdict": "accept"}
+    return f"/api/cases/{env.case_id}/feedback", body
+
+
 EXAMPLES: dict[str, Example] = {
     "health": fixed("/health"),
     "ready": fixed("/ready"),
@@ -99,6 +113,11 @@ EXAMPLES: dict[str, Example] = {
     "get_case": fixed("/api/cases/{case}"),
     "list_unmatched": fixed("/api/unmatched"),
     "list_models": fixed("/api/models"),
+    "list_worklist": fixed("/api/worklist"),
+    "mark_read": fixed("/api/worklist/{case}/read", {"read": False}),
+    "post_feedback": feedback,
+    "get_feedback": fixed("/api/cases/{case}/feedback"),
+    "get_agreement": fixed("/api/agreement"),
 }
 
 
@@ -183,8 +202,10 @@ def test_the_documented_roles_match_the_intended_policy() -> None:
         assert roles[op] == {"admin", "analyst", "radiologist"}
     for op in ("list_channels", "get_stats", "list_queues", "list_cases", "get_case",
                "list_studies", "list_orders", "list_unmatched", "get_metrics", "session",
-               "list_models"):
+               "list_models", "list_worklist", "get_feedback", "get_agreement"):
         assert roles[op] == everyone
+    for op in ("mark_read", "post_feedback"):
+        assert roles[op] == {"admin", "radiologist"}
 
 
 def test_the_openapi_document_lists_every_registered_operation() -> None:
