@@ -17,10 +17,12 @@ models or routes:
    with a ``CaseResult`` (the case, its findings, its jobs).
 
 Result listeners are observers: ``listener(result)`` may return an awaitable,
-which is awaited; an exception is logged (INF-403) and changes nothing. The
-case is marked notified after they all returned; a crash before that tells
-them again at the next start, so a listener must be idempotent (at least once).
-Shadow-mode findings arrive with ``finding.mode == "shadow"``: never send them.
+which is awaited. The case is marked notified only after they all returned
+without an exception; a listener that failed (INF-403: the results channel
+could not store the report, say) is told again by the sweep every
+``renotify_secs`` and at the next start, so a listener must be idempotent
+(at least once). Shadow-mode findings arrive with ``finding.mode == "shadow"``:
+never send them.
 """
 
 from __future__ import annotations
@@ -69,6 +71,8 @@ class InferenceService:
         self._inflight: set[asyncio.Task[None]] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
+        self._notifying: set[int] = set()
+        self.renotify_secs = 30.0
         self.ready = asyncio.Event()  # set once the models are loaded and jobs run
 
     async def start(self) -> None:
@@ -119,8 +123,17 @@ class InferenceService:
     async def _recover(self) -> None:
         for case_id in await self.store.cases_without_jobs():
             await self._route(case_id)
-        for case_id in await self.store.unnotified_cases():
-            await self._notify(case_id)
+        while True:
+            try:
+                pending = await self.store.unnotified_cases()
+            except Exception as exc:
+                event(log, "INF-407", "cannot read unnotified cases", reason=type(exc).__name__,
+                      level=logging.ERROR)
+                pending = []
+            for case_id in pending:
+                if case_id not in self._notifying:
+                    await self._notify(case_id)
+            await asyncio.sleep(self.renotify_secs)
 
     async def _route(self, case_id: int) -> None:
         try:
@@ -169,19 +182,32 @@ class InferenceService:
             await self._notify(job.case_id)
 
     async def _notify(self, case_id: int) -> None:
+        if case_id in self._notifying:
+            return
+        self._notifying.add(case_id)
+        try:
+            await self._notify_once(case_id)
+        finally:
+            self._notifying.discard(case_id)
+
+    async def _notify_once(self, case_id: int) -> None:
         case = await self.store.inference_case(case_id)
         if case is None:
             return
         jobs, stored = await self.store.case_result(case_id)
         result = CaseResult(case, [s.finding for s in stored], jobs)
+        failed = False
         for listener in list(self.result_listeners):
             try:
                 outcome = listener(result)
                 if inspect.isawaitable(outcome):
                     await outcome
-            except Exception as exc:  # an observer: logged, changes nothing
-                event(log, "INF-403", "result listener failed", case=case_id,
+            except Exception as exc:  # told again by the sweep: results are never dropped
+                failed = True
+                event(log, "INF-403", "result listener failed, will retry", case=case_id,
                       reason=type(exc).__name__, level=logging.WARNING)
+        if failed:
+            return
         await self.store.mark_notified(case_id)
         event(log, "INF-203", "case results final", case=case_id, findings=len(stored),
               jobs=",".join(f"{j.model or '-'}:{j.state}" for j in jobs))
