@@ -34,6 +34,24 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return serve(args.config, args.log_level)
 
 
+def _add_worker(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("worker", help="an inference worker: claims and runs jobs from the store")
+    p.add_argument("config", nargs="?", default="channels.toml")
+    p.add_argument("--log-level", default="INFO")
+    p.set_defaults(func=_cmd_worker)
+
+
+def _cmd_worker(args: argparse.Namespace) -> int:
+    from engine.worker import main as worker_main
+
+    try:
+        return worker_main(args.config, args.log_level)
+    except ConfigErrors as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return 2
+
+
 def _add_lint(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("lint", help="check channels.toml; report every problem")
     p.add_argument("config", nargs="*", default=["channels.toml"])
@@ -82,6 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_run(sub)
+    _add_worker(sub)
     _add_lint(sub)
     _add_list(sub)
     cli_send.add_parser(sub)

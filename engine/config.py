@@ -35,6 +35,10 @@ class EngineSection(Strict):
         3600, gt=0, description="Orders and studies unmatched this long are listed as unmatched.")
     instance_retention_days: float | None = Field(
         None, gt=0, description="Delete instance files older than this (None: keep).")
+    inference: Literal["local", "workers"] = Field(
+        "local", description="local: this process runs the models; workers: it only routes "
+                             "cases into the job queue, and `radbridge worker` processes (on "
+                             "GPU hosts, same store) claim and run the jobs.")
 
 
 class DuplicatesConfig(Strict):

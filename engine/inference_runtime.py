@@ -52,7 +52,8 @@ class InferenceService:
     def __init__(self, config: Config, store: Store, result_listeners: list[ResultListener],
                  *, preprocess_threads: int = 2, max_inflight: int | None = None,
                  retry_backoff_secs: float = 2.0, poll_secs: float = 1.0,
-                 loader: Callable[[list[Any]], Any] | None = None) -> None:
+                 loader: Callable[[list[Any]], Any] | None = None,
+                 run_jobs: bool = True) -> None:
         from inference.routing import Router
 
         self.config = config
@@ -64,6 +65,7 @@ class InferenceService:
         self.retry_backoff_secs = retry_backoff_secs
         self.poll_secs = poll_secs
         self.loader = loader  # default: inference.registry.load_all (tests pass fakes)
+        self.run_jobs = run_jobs  # False: route and enqueue only (workers run the jobs)
         self.models: dict[str, Any] = {}
         self.workers: dict[str, Any] = {}
         self.batchers: dict[str, Any] = {}
@@ -85,6 +87,11 @@ class InferenceService:
         from inference.registry import load_all
         from inference.runner import JobRunner
 
+        if not self.run_jobs:
+            event(log, "INF-104", "inference by workers: routing cases only")
+            self.ready.set()
+            self._spawn(self._recover(), self._tasks)
+            return
         loader = self.loader or load_all
         models, failed, loads = await asyncio.to_thread(loader, list(self.config.model))
         for load in loads:
@@ -234,7 +241,8 @@ async def start_inference(engine: Any) -> InferenceService | None:
     the configuration has neither models nor routes."""
     if not engine.config.model and not engine.config.route:
         return None
-    service = InferenceService(engine.config, engine.store, engine.result_listeners)
+    service = InferenceService(engine.config, engine.store, engine.result_listeners,
+                               run_jobs=engine.config.engine.inference == "local")
     await service.start()
     engine.case_listeners.append(service.on_cases)
     return service

@@ -182,8 +182,6 @@ class ResultsProcessor:
         self.facility = self.source.sending_facility or config.engine.facility
 
     def process(self, msg: Message) -> Outcome:
-        from mappings.dicom_sr import build_sr, sr_part10
-        from mappings.hl7v2.oru import build_oru
         from radbridge_fhir.bundle import build_bundle
 
         try:
@@ -208,6 +206,8 @@ class ResultsProcessor:
                         layers["order_update"] = update
                         deliveries.append((dest, update))
                 elif kind == "hl7":
+                    from mappings.hl7v2.oru import build_oru
+
                     oru = layers.get("oru") or build_oru(
                         report, version=self.source.oru_version, sending_application=self.app,
                         sending_facility=self.facility,
@@ -218,6 +218,8 @@ class ResultsProcessor:
                 elif kind == "fhir":
                     deliveries.append((dest, layers["fhir"]))
                 elif kind == "dicom":
+                    from mappings.dicom_sr import build_sr, sr_part10
+
                     for run in report.models:
                         sr = sr_part10(build_sr(report, run))
                         layers[f"sr:{run.name}"] = sr
