@@ -18,7 +18,8 @@ from tests.fixtures.reports import sample_report
 
 
 def destination(sink: HL7Sink) -> MLLPDestination:
-    config = MLLPDestinationConfig(type="mllp", endpoint=sink.endpoint, ack_timeout_secs=5)
+    config = MLLPDestinationConfig.model_validate(
+        {"type": "mllp", "endpoint": sink.endpoint, "ack_timeout_secs": 5})
     return MLLPDestination("ehr-results", config)
 
 
