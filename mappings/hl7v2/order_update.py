@@ -40,8 +40,8 @@ from mappings.hl7v2.oru import (
     pid,
     segment,
     validate,
+    with_charset,
 )
-from mappings.hl7v2.oru import encode as _encode
 
 MESSAGES = ("ORM^O01", "OMI^O23")
 PRIORITY_FIELDS = ("ORC-7.6", "TQ1-9")
@@ -81,12 +81,12 @@ def build_order_update(report: AIReport, priority: str, reason: str, *,
         segments.append(nte(1, reason.strip()))
     if omi:
         segments.append(_ipc(report))
-    text = "\r".join(segments)
+    text = with_charset("\r".join(segments))
     if omi:
         validate(text)
     check_structure(text, omi=omi, priority=priority, priority_field=priority_field,
                     version=version)
-    return _encode(text)
+    return text.encode("utf-8")
 
 
 def _check_arguments(report: AIReport, priority: str, message: str, priority_field: str,

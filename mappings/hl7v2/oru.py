@@ -101,9 +101,9 @@ def build_oru(report: AIReport, *, version: str = "2.5.1", sending_application: 
         *_notes(report),
         *_observations(report, version),
     ]
-    text = "\r".join(segments)
+    text = with_charset("\r".join(segments))
     validate(text)
-    return encode(text)
+    return text.encode("utf-8")
 
 
 # --- segments shared with the order update -------------------------------------------------
@@ -111,7 +111,7 @@ def build_oru(report: AIReport, *, version: str = "2.5.1", sending_application: 
 
 def msh(report: AIReport, structure: str, control_id: str, version: str, app: str,
         facility: str, receiving_app: str | None, receiving_facility: str | None) -> str:
-    """MSH; MSH-18 is UNICODE UTF-8 only when the message needs more than ASCII."""
+    """MSH-1 to MSH-12 (``with_charset`` adds MSH-18 when the message needs it)."""
     fields = ["MSH", "^~\\&", esc(app), esc(facility), esc(receiving_app),
               esc(receiving_facility), hl7_time(report.reported_at), "", structure,
               esc(control_id), "P", version]
@@ -179,15 +179,15 @@ def hl7_time(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, UTC).strftime("%Y%m%d%H%M%S+0000")
 
 
-def encode(text: str) -> bytes:
-    """ASCII as is; anything wider as UTF-8, declared in MSH-18."""
+def with_charset(text: str) -> str:
+    """*text* with MSH-18 = UNICODE UTF-8 when it needs more than ASCII (it is sent as UTF-8)."""
     if text.isascii():
-        return text.encode("ascii")
+        return text
     head, sep, rest = text.partition("\r")
     fields = head.split("|")
     fields += [""] * (18 - len(fields))
     fields[17] = "UNICODE UTF-8"
-    return ("|".join(fields) + sep + rest).encode("utf-8")
+    return "|".join(fields) + sep + rest
 
 
 # --- hl7apy validation ------------------------------------------------------------------------
