@@ -238,14 +238,17 @@ def _locate(text: str) -> tuple[str | None, Exception | None]:
 
     version = _version_of(text)
     strict = VALIDATION_LEVEL.STRICT
-    for seg in text.split("\r")[1:]:  # MSH is parsed with the message; check the others
+    for seg in text.split("\r"):
         name = seg[:3]
         try:
             parse_segment(seg, version, validation_level=strict)
             continue
         except Exception as exc:  # narrowed to a field below
             segment_error = exc
-        for number, value in enumerate(seg.split("|")[1:], start=1):
+        first = 2 if name == "MSH" else 1  # MSH-1 is the "|" itself: after it comes MSH-2
+        for number, value in enumerate(seg.split("|")[1:], start=first):
+            if name == "MSH" and number == 2:
+                continue  # the encoding characters hold the repetition separator itself
             try:
                 for rep in value.split("~"):
                     parse_field(rep, f"{name}_{number}", version, validation_level=strict)

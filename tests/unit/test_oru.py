@@ -226,6 +226,13 @@ def test_an_invalid_value_is_refused_naming_the_field_without_quoting_it(
     assert "PID-5" in str(err.value) and "SURNAME" not in str(err.value)
 
 
+def test_a_sending_application_too_long_for_msh3_is_refused_naming_it(
+        report: AIReport) -> None:
+    with pytest.raises(OutboundInvalid) as err:
+        build_oru(report, sending_application="RADIOLOGY-AI-RESULTS-GATEWAY")
+    assert err.value.location == "MSH-3"
+
+
 def test_a_wide_character_is_sent_as_utf8_and_declared(report: AIReport) -> None:
     assert report.patient is not None
     report.patient.family = "MÜLLER-ŁUKASZ"
