@@ -19,10 +19,11 @@ from aiohttp import web
 from engine.admin.auth import ALL_ROLES
 from engine.admin.http import audit, fail, int_param, ok, path_int, read_json, state, who
 from engine.admin.phi import CASE_PHI, mask_row
-from engine.admin.routing import Param, Router
+from engine.admin.routing import Panel, Param, Router, register_panel
 from engine.store.results import FeedbackEntry
 
 router = Router("worklist")
+register_panel(Panel("worklist", "Worklist", "panels/worklist.js", ALL_ROLES, order=35))
 READERS = ("admin", "radiologist")
 VERDICTS = ("accept", "reject", "modify")
 

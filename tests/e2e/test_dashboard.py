@@ -201,3 +201,40 @@ async def test_an_analyst_stops_and_starts_one_channel_from_the_grid_and_it_is_a
     audit = await admin.inner_text("[data-testid=audit-list]")
     assert "channel.stop" in audit and "channel.start" in audit and "analyst" in audit
     await admin.screenshot(path=str(SHOTS / "audit-log.png"))
+
+
+async def test_a_radiologist_sees_the_ai_raised_case_first_and_confirms_its_finding(
+        browser: Browser, admin_engine: Started) -> None:
+    from engine.model import Finding, Status
+    from engine.store.base import NewMessage, Outcome
+    from engine.store.inference import JobState
+    from engine.store.results import WorklistUpdate
+
+    engine, _ = await admin_engine()
+    case_id = await seed_case(engine)
+    store = engine.store
+    (job,) = await store.enqueue_jobs(case_id, ["cxr-triage"], 1)
+    await store.claim_jobs(10, 1e12)
+    finding = Finding("36118008", "Pneumothorax", "SCT", 0.93, True, "cxr-triage", "1.2.0",
+                      criticality="critical")
+    await store.finish_job(job.id, JobState.DONE, [finding], None)
+    flags = [{"code": "36118008", "display": "Pneumothorax", "probability": 0.93,
+              "model": "cxr-triage", "version": "1.2.0", "demo": False}]
+    mid = await store.insert_message(NewMessage("ai-results", 0.0, b"{}"))
+    await store.apply_outcomes([Outcome(mid, Status.TRANSFORMED, domain=WorklistUpdate(
+        case_id, "uid", "STAT", "AI cxr-triage 1.2.0: Pneumothorax 0.93", flags))])
+
+    page = await login(browser, base_url(engine), "radiologist")
+    await page.click("nav >> text=Worklist")
+    first = "[data-testid=worklist] tbody tr:first-child"
+    await page.wait_for_selector(f'{first}[data-id="{case_id}"]')
+    assert "STAT" in await page.inner_text(first)
+    assert "Pneumothorax" in await page.inner_text(first)
+    await page.click(f'{first} li[data-code="36118008"] button[data-verdict=accept]')
+    await page.wait_for_selector("[data-testid=agreement] tbody tr td.num")
+    row = await page.inner_text("[data-testid=agreement] tbody tr")
+    assert "cxr-triage" in row and "100.0%" in row
+    await page.screenshot(path=str(SHOTS / "worklist.png"), full_page=True)
+    (entry,) = await store.list_feedback(case_id)
+    assert (entry.verdict, entry.reader, entry.source) == ("accept", "radiologist",
+                                                           "radiologist")
