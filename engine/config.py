@@ -19,6 +19,7 @@ from engine.config_inference import ModelConfig, RouteConfig
 from engine.config_results import EscalationRule
 from engine.configbase import Strict, TLSConfig, check_hostport, parse_hostport
 from engine.errors import ConfigErrors, ConfigProblem
+from engine.httplimits import HTTPLimitsConfig
 from engine.tomlindex import index_lines, line_for
 
 
@@ -98,7 +99,7 @@ _SECRET_KEYS = frozenset({"password", "passwords", "users", "user", "token", "to
                           "api_key", "api_keys", "credentials"})
 
 
-class AdminConfig(Strict):
+class AdminConfig(HTTPLimitsConfig):
     """The admin API, dashboard and /metrics. Users and tokens never live here: they come
     from RADBRIDGE_ADMIN_PASSWORD(_FILE) and RADBRIDGE_USERS_FILE (see the README)."""
 

@@ -7,9 +7,10 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from engine.configbase import Strict, TLSConfig, check_hostport
+from engine.httplimits import HTTPLimitsConfig
 
 
-class StowSourceConfig(Strict):
+class StowSourceConfig(HTTPLimitsConfig):
     type: Literal["dicomweb"]
     listen: str = Field(description='Address to listen on, "host:port" (port 0 picks one).')
     path_prefix: str = Field(

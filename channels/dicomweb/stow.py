@@ -19,6 +19,7 @@ from channels.dicomweb.config import StowSourceConfig
 from channels.dicomweb.multipart import BodyTooLarge, MalformedMultipart, RelatedReader
 from channels.dicomweb.response import Outcome, stow_response
 from engine.configbase import parse_hostport
+from engine.httplimits import BodyTimeout, LimitedListener, read_within, runner_options
 from engine.instances import InstanceIngest, InvalidInstance, read_meta
 from engine.logs import event
 from engine.registry import register
@@ -34,15 +35,13 @@ class StowSource:
     def __init__(self, name: str, config: StowSourceConfig, sink: InstanceIngest) -> None:
         self.name, self.config, self.sink = name, config, sink
         self.runner: web.AppRunner | None = None
+        self.listener: LimitedListener | None = None
         self.stored = 0
         self.failed = 0
 
     @property
     def address(self) -> tuple[str, int] | None:
-        if self.runner is None or not self.runner.addresses:
-            return None
-        host, port = self.runner.addresses[0][:2]
-        return str(host), int(port)
+        return self.listener.address if self.listener is not None else None
 
     async def start(self) -> None:
         self.sink.bind(asyncio.get_running_loop())
@@ -50,19 +49,23 @@ class StowSource:
         prefix = self.config.path_prefix
         app.router.add_post(f"{prefix}/studies", self.handle)
         app.router.add_post(f"{prefix}/studies/{{study}}", self.handle)
-        self.runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        self.runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                                    **runner_options(self.config))
         await self.runner.setup()
         host, port = parse_hostport(self.config.listen)
         ssl_context = self.config.tls.server_context() if self.config.tls else None
-        site = web.TCPSite(self.runner, host, port, ssl_context=ssl_context)
+        self.listener = LimitedListener(self.runner, self.config, self.name)
         try:
-            await site.start()
+            await self.listener.start(host, port, ssl_context)
         except BaseException:
             await self.stop()
             raise
 
     async def stop(self) -> None:
         """Stop listening; requests in progress finish (aiohttp's shutdown timeout)."""
+        listener, self.listener = self.listener, None
+        if listener is not None:
+            await listener.stop()
         runner, self.runner = self.runner, None
         if runner is not None:
             await runner.cleanup()
@@ -78,6 +81,7 @@ class StowSource:
         * 202 some stored, some failed (FailedSOPSequence gives each FailureReason).
         * 409 every instance failed.
         * 400 the multipart body is malformed or holds no part.
+        * 408 the body arrived too slowly (``body_timeout_secs``); parts already read are kept.
         * 413 the body is larger than ``max_body_bytes``.
         * 415 not ``multipart/related; type="application/dicom"``.
         * 503 the store is unavailable (FailureReason 0xA700/0xA701; retry later).
@@ -95,7 +99,10 @@ class StowSource:
                                 f"request body exceeds the {limit}-byte limit")
         try:
             reader = RelatedReader(request.content, mime.parameters.get("boundary", ""), limit)
-            outcomes = await self._receive(reader, request.match_info.get("study"))
+            outcomes = await read_within(self._receive(reader, request.match_info.get("study")),
+                                         request.content, self.config)
+        except BodyTimeout as exc:
+            return self._refuse(web.HTTPRequestTimeout, request, str(exc))
         except BodyTooLarge:
             return self._refuse(web.HTTPRequestEntityTooLarge, request,
                                 f"request body exceeds the {limit}-byte limit")

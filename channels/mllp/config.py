@@ -15,8 +15,15 @@ class MLLPSourceConfig(Strict):
     tls: TLSConfig | None = Field(None, description="TLS, or mutual TLS with client_ca.")
     max_message_bytes: int = Field(16 * 1024 * 1024, ge=1024,
                                    description="Larger frames are discarded and answered AR.")
-    idle_timeout_secs: float = Field(300, gt=0, description="Close connections idle this long.")
-    max_connections: int = Field(1024, ge=1, description="Further connections are refused.")
+    idle_timeout_secs: float = Field(
+        300, gt=0, description="Close connections with no frame started or answered this long "
+                               "(bytes outside a frame do not count).")
+    frame_timeout_secs: float = Field(
+        30, gt=0, description="A frame (or TLS handshake) must complete within this long of its "
+                              "start byte, else the connection is closed unanswered and the "
+                              "partial frame dropped (the sender resends).")
+    max_connections: int = Field(1024, ge=1, description="Further connections are closed at "
+                                                         "once; the open ones are untouched.")
 
     _check_listen = field_validator("listen")(classmethod(lambda cls, v: check_hostport(v)))
 

@@ -64,6 +64,11 @@ class MLLPFramer:
     def buffered(self) -> int:
         return len(self._buf)
 
+    @property
+    def in_frame(self) -> bool:
+        """A start block has arrived and its frame has not ended yet (the listener times it)."""
+        return self._in_frame
+
     def feed(self, data: bytes) -> list[Frame | Oversized]:
         if not self._buf and not self._in_frame:
             frames = self._whole_frames(data)

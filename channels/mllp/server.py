@@ -4,6 +4,11 @@ The sink (the engine) answers each frame through a callback once the message
 is durable; replies are written in the order the frames arrived, whatever
 order the callbacks run in. A connection with too many unanswered frames
 stops reading until it catches up, so memory stays bounded.
+
+Slow or greedy peers are bounded too: a frame (or TLS handshake) must complete within
+``frame_timeout_secs`` of its start byte, a connection with no frame started or answered for
+``idle_timeout_secs`` is closed (bytes outside frames do not keep it open), and connections
+beyond ``max_connections`` are closed at once while the others carry on.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ class _Connection(asyncio.Protocol):
         self.paused = False
         self.peer = "?"
         self.last_active = 0.0
+        self.frame_started: float | None = None  # loop time of the unfinished frame's start
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
@@ -42,7 +48,7 @@ class _Connection(asyncio.Protocol):
         self.last_active = self.server.loop.time()
         if len(self.server.connections) >= self.server.config.max_connections:
             event(log, "MLLP-104", "connection refused: limit reached", peer=self.peer)
-            transport.abort()
+            self.transport.abort()
             return
         self.server.connections.add(self)
         event(log, "MLLP-101", "connection opened", channel=self.server.channel, peer=self.peer,
@@ -54,8 +60,9 @@ class _Connection(asyncio.Protocol):
         self.transport = None
 
     def data_received(self, data: bytes) -> None:
-        self.last_active = self.server.loop.time()
-        for ev in self.framer.feed(data):
+        events = self.framer.feed(data)
+        self._time_frames(bool(events))
+        for ev in events:
             slot: list[object] = [_PENDING]
             self.replies.append(slot)
             reply = self._replier(slot)
@@ -66,6 +73,17 @@ class _Connection(asyncio.Protocol):
         if len(self.replies) > _MAX_PENDING and not self.paused and self.transport:
             self.paused = True
             self.transport.pause_reading()
+
+    def _time_frames(self, completed: bool) -> None:
+        """Note when the unfinished frame began; frames, not stray bytes, count as activity."""
+        now = self.server.loop.time()
+        if self.framer.in_frame:
+            if completed or self.frame_started is None:
+                self.frame_started = self.last_active = now
+        else:
+            self.frame_started = None
+            if completed:
+                self.last_active = now
 
     def _replier(self, slot: list[object]):  # type: ignore[no-untyped-def]
         def reply(response: bytes | None) -> None:
@@ -112,18 +130,30 @@ class MLLPServer:
         self.loop = asyncio.get_running_loop()
         host, port = parse_hostport(self.config.listen)
         ssl_ctx = self.config.tls.server_context() if self.config.tls else None
+        handshake = self.config.frame_timeout_secs if ssl_ctx is not None else None
         self._server = await self.loop.create_server(lambda: _Connection(self), host, port,
                                                      ssl=ssl_ctx, reuse_address=True,
-                                                     backlog=1024)
-        self._sweeper = asyncio.create_task(self._sweep_idle())
+                                                     backlog=1024,
+                                                     ssl_handshake_timeout=handshake)
+        self._sweeper = asyncio.create_task(self._sweep())
 
-    async def _sweep_idle(self) -> None:
-        idle = self.config.idle_timeout_secs
+    async def _sweep(self) -> None:
+        """Close idle connections and those whose frame is taking too long."""
+        idle, slow = self.config.idle_timeout_secs, self.config.frame_timeout_secs
         while True:
-            await asyncio.sleep(min(1.0, idle / 2))
-            cutoff = self.loop.time() - idle
+            await asyncio.sleep(min(1.0, idle / 4, slow / 4))
+            now = self.loop.time()
             for conn in list(self.connections):
-                if conn.last_active < cutoff and not conn.replies and conn.transport:
+                if conn.transport is None or conn.transport.is_closing():
+                    continue
+                if conn.frame_started is not None and not conn.paused \
+                        and now - conn.frame_started > slow:
+                    event(log, "MLLP-105", "frame not completed in time, connection closed",
+                          channel=self.channel, peer=conn.peer, buffered=conn.framer.buffered,
+                          level=logging.WARNING)
+                    conn.transport.close()
+                elif conn.frame_started is None and not conn.replies \
+                        and now - conn.last_active > idle:
                     event(log, "MLLP-103", "idle connection closed", channel=self.channel,
                           peer=conn.peer, level=logging.DEBUG)
                     conn.transport.close()

@@ -19,6 +19,7 @@ from engine.admin.sessions import LoginThrottle, SessionStore
 from engine.admin.stats import Sampler
 from engine.admin.views import StoreViews
 from engine.configbase import parse_hostport
+from engine.httplimits import BodyTimeout, LimitedListener, read_within, runner_options
 from engine.logs import event
 
 log = logging.getLogger("radbridge.admin")
@@ -49,7 +50,7 @@ class AdminServer:
             sampler=Sampler(engine, views, conf.stats_interval_secs), views=views,
             secure_cookies=conf.tls is not None)
         self._runner: web.AppRunner | None = None
-        self._site: web.TCPSite | None = None
+        self._listener: LimitedListener | None = None
         self._sampler_task: asyncio.Task[None] | None = None
         self.address: tuple[str, int] | None = None
 
@@ -62,18 +63,37 @@ class AdminServer:
                   level=logging.WARNING)
         self._sampler_task = asyncio.create_task(self.state.sampler.run(), name="admin:stats")
         app = build_app(self.state)
+        app.middlewares.append(self._body_deadline)  # innermost: after authentication
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False,
-                                     shutdown_timeout=2.0)
+                                     shutdown_timeout=2.0, **runner_options(self.conf))
         await self._runner.setup()
         ssl_ctx = self.conf.tls.server_context() if self.conf.tls is not None else None
-        self._site = web.TCPSite(self._runner, self.host, self.port, ssl_context=ssl_ctx)
-        await self._site.start()
-        host, port = self._runner.addresses[0][:2]
+        self._listener = LimitedListener(self._runner, self.conf, "admin")
+        await self._listener.start(self.host, self.port, ssl_ctx)
+        assert self._listener.address is not None
+        host, port = self._listener.address
         self.address = (host, port)
         event(log, "ADM-101", "admin listening", address=f"{host}:{port}",
               tls=self.conf.tls is not None)
 
+    @web.middleware
+    async def _body_deadline(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """Handle a request; 408 (and close) if its body arrives too slowly.
+
+        The deadline holds only until the body is complete: a handler that reads its body
+        first is cancelled only while it is still waiting for bytes.
+        """
+        try:
+            return await read_within(handler(request), request.content, self.conf)
+        except BodyTimeout as exc:
+            event(log, "ADM-603", "request body too slow", peer=request.remote,
+                  level=logging.WARNING)
+            return web.Response(status=408, text=str(exc), headers={"Connection": "close"})
+
     async def stop(self) -> None:
+        if self._listener is not None:
+            await self._listener.stop()
+            self._listener = None
         if self._sampler_task is not None:
             self._sampler_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
