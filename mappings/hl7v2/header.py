@@ -91,6 +91,14 @@ class Header(NamedTuple):
         return bool(self.accept_ack or self.app_ack)
 
 
+# One MLLP frame carries one message and one ACK answers it (MSA-2 names one MSH-10). A batch
+# would need a batch acknowledgement and per-message outcomes the sender could not see, so
+# batches and concatenated messages are refused whole (AR: resending as is will not help);
+# `radbridge send` and replay split batch files into single messages.
+_BATCH_HEADS = (b"FHS", b"BHS")
+BATCH_REASON = ("an HL7 batch (FHS/BHS) in one MLLP frame is not accepted: "
+                "send one message per frame")
+MANY_REASON = "more than one MSH segment in one MLLP frame: send one message per frame"
 _MSH_FIELDS = 18  # the highest MSH field read here (MSH-18)
 _TRIM = b"\r\n\t "
 
@@ -116,6 +124,8 @@ def parse_header(raw: bytes) -> Header:
     needed to route and acknowledge.
     """
     text, segments = _segments(raw)
+    if text[:3] in _BATCH_HEADS:
+        raise HeaderError(BATCH_REASON, SEGMENT_SEQUENCE_ERROR, f"{text[:3].decode()}^1")
     if not text.startswith(b"MSH") or len(text) < 8:
         raise HeaderError("message does not start with an MSH segment", SEGMENT_SEQUENCE_ERROR,
                           "MSH^1")
@@ -123,6 +133,10 @@ def parse_header(raw: bytes) -> Header:
     sep = fs.decode("latin-1")
     fields = _msh_fields(segments[0].decode("latin-1"), sep)
     header = _header(sep, fields, _patient_id(text, fs, fields[1]))
+    second = text.find(b"\rMSH" + fs)
+    if second >= 0:
+        seq = text.count(b"\r", 0, second) + 2
+        raise HeaderError(MANY_REASON, SEGMENT_SEQUENCE_ERROR, f"MSH^{seq}", header)
     _check_segments(segments, fs, header)
     return header
 

@@ -99,3 +99,18 @@ def test_arbitrary_bytes_never_crash_the_framer_and_memory_stays_bounded(data: b
     for i in range(0, len(data), 97):
         framer.feed(data[i:i + 97])
         assert framer.buffered <= 1024 + 97
+
+
+def test_in_frame_is_true_only_between_a_start_block_and_its_end() -> None:
+    framer = MLLPFramer(max_size=1024)
+    assert not framer.in_frame
+    framer.feed(b"junk\r\n")  # bytes outside a frame do not start one
+    assert not framer.in_frame
+    framer.feed(b"\x0bMSH|^~")
+    assert framer.in_frame
+    assert payloads(framer.feed(b"\\&|X\x1c\x0d\x0bMSH")) == [b"MSH|^~\\&|X"]
+    assert framer.in_frame  # the next frame has started in the same read
+    framer.feed(b"|" + b"y" * 2000)  # oversized: still one unfinished frame, being discarded
+    assert framer.in_frame
+    assert [type(e).__name__ for e in framer.feed(b"\x1c\x0d")] == ["Oversized"]
+    assert not framer.in_frame
