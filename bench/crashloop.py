@@ -4,8 +4,10 @@
 
 Senders resend whatever did not get an ACK (as a real RIS does). At the end it
 checks that every ACKed message is in the store and reached the downstream
-listener at least once, and prints kills, messages checked, lost, duplicated.
-Duplicates are expected only for messages in flight at a kill.
+listener at least once, and that every stored message reached a final status
+(none left RECEIVED or QUEUED once the engine has caught up); it prints kills,
+messages checked, lost, duplicated, unfinished. Duplicates are expected only for
+messages in flight at a kill.
 """
 
 from __future__ import annotations
@@ -34,11 +36,12 @@ class CrashReport:
     missing_in_store: int = 0
     duplicates: int = 0
     resent: int = 0
+    unfinished: int = 0  # stored messages still RECEIVED or QUEUED after the drain
 
     def row(self) -> str:
         return (f"kills {self.kills}  messages checked {len(self.acked)}  lost "
                 f"{self.lost_downstream + self.missing_in_store}  duplicated {self.duplicates}  "
-                f"resent after a kill {self.resent}")
+                f"resent after a kill {self.resent}  unfinished {self.unfinished}")
 
 
 class EngineUnderTest:
@@ -108,6 +111,25 @@ async def _killer(engine: EngineUnderTest, report: CrashReport, kills: int,
         await engine.start()
 
 
+def _unfinished(db: Path) -> int:
+    conn = sqlite3.connect(db)
+    try:
+        return int(conn.execute("SELECT count(*) FROM messages "
+                                "WHERE status IN ('RECEIVED', 'QUEUED')").fetchone()[0])
+    finally:
+        conn.close()
+
+
+async def _settle(db: Path, polls: int = 300) -> int:
+    """Wait (0.2 s a poll) for every stored message to reach a final status; the number
+    still unfinished."""
+    for _ in range(polls):
+        if not (left := _unfinished(db)):
+            return 0
+        await asyncio.sleep(0.2)
+    return left
+
+
 def _stored_ids(db: Path) -> set[str]:
     conn = sqlite3.connect(db)
     try:
@@ -145,14 +167,15 @@ destination = {{ type = "mllp", endpoint = "{sink.endpoint}", retry_initial_secs
         stop.set()
         await asyncio.gather(*load)
         await _drain(sink, report)
+        report.unfinished = await _settle(base / "crash.db")
         await engine.stop()
         await sink.stop()
         report.missing_in_store = len(report.acked - _stored_ids(base / "crash.db"))
     return report
 
 
-async def _drain(sink: HL7Sink, report: CrashReport, timeout: float = 60) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
+async def _drain(sink: HL7Sink, report: CrashReport, wait_secs: float = 60) -> None:
+    deadline = asyncio.get_running_loop().time() + wait_secs
     while not report.acked <= set(sink.control_ids):
         if asyncio.get_running_loop().time() > deadline:
             break
@@ -170,7 +193,7 @@ def main() -> int:
     args = ap.parse_args()
     report = asyncio.run(crash_loop(args.kills, args.senders, args.seed))
     print(report.row())
-    return 0 if report.lost_downstream + report.missing_in_store == 0 else 1
+    return 0 if report.lost_downstream + report.missing_in_store + report.unfinished == 0 else 1
 
 
 if __name__ == "__main__":
