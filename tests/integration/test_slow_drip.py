@@ -23,6 +23,7 @@ from engine.store.base import MessageQuery
 from mappings.hl7v2.ack import read_ack
 from tests.conftest import wait_for
 from tests.e2e.support import Started, admin_engine, base_url, config_text
+from tests.fixtures.certs import make_pki
 from tests.fixtures.dicom import part10, synth_instance
 
 __all__ = ["admin_engine"]
@@ -71,8 +72,8 @@ async def drip(addr: Addr, head: bytes, byte: bytes = b"x", every: float = 0.1,
     return loop.time() - start, answer
 
 
-def mllp_config(db_url: str, **limits: float) -> str:
-    extra = "".join(f", {k} = {v}" for k, v in limits.items())
+def mllp_config(db_url: str, tls: str = "", **limits: float) -> str:
+    extra = "".join(f", {k} = {v}" for k, v in limits.items()) + tls
     return f"""
 [store]
 url = "{db_url}"
@@ -155,6 +156,15 @@ async def test_the_mllp_connection_beyond_the_limit_is_closed_and_the_others_kee
             await client.close()
     stored = await engine.store.query_messages(MessageQuery(channel="ris"))
     assert sorted(m.control_id for m in stored) == ["C0", "C1", "C2", "D0", "D1", "D2"]
+
+
+async def test_a_tls_handshake_that_never_comes_is_cut_at_the_frame_timeout(
+        engine_factory: Any, db_url: str, tmp_path: Path) -> None:
+    pki = make_pki(tmp_path)
+    tls = f', tls = {{ cert = "{pki.server_cert}", key = "{pki.server_key}" }}'
+    engine = await engine_factory(mllp_config(db_url, tls, frame_timeout_secs=TIMEOUT))
+    took, _ = await drip(engine.address("ris"), b"\x16\x03", b"\x01")  # a ClientHello drip
+    assert TIMEOUT <= took < TIMEOUT + SLACK
 
 
 # --- STOW-RS --------------------------------------------------------------------------------
