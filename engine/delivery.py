@@ -88,12 +88,16 @@ class DeliveryWorker:
                 return DeliveryStatus.ERROR, exc.response, str(exc)
             except TransientDeliveryError as exc:
                 self.retries += 1
-                self.backoff = delay
+                # A peer's Retry-After (exc.retry_after, seconds) wins over the backoff,
+                # capped at the destination's ceiling.
+                after = getattr(exc, "retry_after", None)
+                wait = delay if after is None else min(max(float(after), 0.0), ceiling)
+                self.backoff = wait
                 event(log, "DLV-420", "delivery failed, will retry", destination=self.name,
-                      message_id=d.message_id, reason=type(exc).__name__, retry_in=f"{delay:.1f}s",
+                      message_id=d.message_id, reason=type(exc).__name__, retry_in=f"{wait:.1f}s",
                       level=logging.WARNING)
                 await self.store.record_attempt(d, str(exc))
-                await asyncio.sleep(delay)
+                await asyncio.sleep(wait)
                 delay = min(delay * 2, ceiling)
             except Exception as exc:  # a connector bug: fail this message, keep the queue moving
                 self.errors += 1
