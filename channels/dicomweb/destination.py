@@ -1,0 +1,204 @@
+"""STOW-RS destination: stores each Part 10 payload (our SR) on a PACS over DICOMweb.
+
+One POST ``{url}/studies`` per instance, ``multipart/related; type="application/dicom"``,
+``Accept: application/dicom+json``, so the PACS's Store Instances Response (PS3.18 10.5.3)
+says per instance what happened. The answer decides, by type (``engine.errors``):
+
+===================================  ===================================================
+the PACS answered                    ``send``
+===================================  ===================================================
+200 / 202, the instance referenced   returns the response body (recorded as SENT)
+200 / 202 / 409 with a Failed SOP    ``PeerRejected`` naming FailureReason, or
+  (FailureReason 0xA7xx)             ``PeerUnavailable``: "out of resources", retry later
+409 or another 4xx                   ``PeerRejected`` with the status and the peer's text
+408, 429, 5xx                        ``PeerUnavailable`` (retried in order, for ever)
+no connection, TLS failure           ``PeerUnavailable``
+no answer within ``timeout_secs``    ``PeerTimeout``
+===================================  ===================================================
+
+Credentials never live in channels.toml: the basic password and the bearer token come
+from an environment variable or a file, read at each send (a rotated secret is picked up).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import ssl
+import uuid
+from pathlib import Path
+from typing import Literal
+
+import aiohttp
+from pydantic import Field, field_validator, model_validator
+
+from engine.configbase import Strict
+from engine.errors import PeerRejected, PeerTimeout, PeerUnavailable
+from engine.logs import event
+from engine.registry import register
+
+log = logging.getLogger("radbridge.dicomweb.stow_out")
+
+FAILED_SOP = "00081198"
+REFERENCED_SOP = "00081199"
+FAILURE_REASON = "00081197"
+SOP_INSTANCE = "00081155"
+
+
+class StowDestinationConfig(Strict):
+    type: Literal["dicomweb_stow"]
+    url: str = Field(description="The DICOMweb service root (http://pacs:8042/dicom-web); "
+                                 "instances are POSTed to {url}/studies.")
+    auth: Literal["none", "basic", "bearer"] = Field(
+        "none", description="none, basic (username + password) or bearer (a token).")
+    username: str | None = Field(None, description="basic: the user name.")
+    password_env: str | None = Field(None, description="basic: environment variable holding "
+                                                       "the password.")
+    password_file: str | None = Field(None, description="basic: ...or a file holding it.")
+    token_env: str | None = Field(None, description="bearer: environment variable holding the "
+                                                    "token.")
+    token_file: str | None = Field(None, description="bearer: ...or a file holding it.")
+    ca_file: str | None = Field(None, description="https: verify the PACS against this CA "
+                                                  "bundle (default: the system's).")
+    timeout_secs: float = Field(60, gt=0, description="One store request, end to end.")
+    retry_initial_secs: float = Field(1, gt=0)
+    retry_max_secs: float = Field(300, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _auth_complete(self) -> StowDestinationConfig:
+        if self.auth == "basic" and not (self.username and (self.password_env
+                                                            or self.password_file)):
+            raise ValueError("auth = basic needs username and password_env or password_file")
+        if self.auth == "bearer" and not (self.token_env or self.token_file):
+            raise ValueError("auth = bearer needs token_env or token_file")
+        return self
+
+
+def read_secret(env: str | None, file: str | None, what: str) -> str:
+    """A secret from ``$env`` or a file; ``PeerRejected`` (config) when it is missing."""
+    if env:
+        value = os.environ.get(env, "")
+        if not value:
+            raise PeerRejected("config", f"{what}: ${env} is not set")
+        return value
+    assert file is not None
+    try:
+        return Path(file).read_text().strip()
+    except OSError as exc:
+        raise PeerRejected("config", f"{what}: cannot read {file}: {exc.strerror}") from exc
+
+
+def multipart_body(payload: bytes) -> tuple[bytes, str]:
+    """One-part ``multipart/related`` body and its Content-Type (a boundary not in *payload*)."""
+    boundary = uuid.uuid4().hex
+    while boundary.encode() in payload:  # pragma: no cover (one chance in 2**122)
+        boundary = uuid.uuid4().hex
+    body = (f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + payload
+            + f"\r\n--{boundary}--\r\n".encode())
+    return body, f'multipart/related; type="application/dicom"; boundary={boundary}'
+
+
+def failures(body: bytes) -> list[int | None]:
+    """FailureReason of each Failed SOP in a DICOM JSON Store Instances Response."""
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return []
+    if isinstance(doc, list):
+        doc = doc[0] if doc else {}
+    if not isinstance(doc, dict):
+        return []
+    reasons: list[int | None] = []
+    for item in (doc.get(FAILED_SOP) or {}).get("Value") or []:
+        value = ((item or {}).get(FAILURE_REASON) or {}).get("Value") or [None]
+        reasons.append(int(value[0]) if isinstance(value[0], int) else None)
+    return reasons
+
+
+@register("destination", "dicomweb_stow", StowDestinationConfig,
+          "DICOMweb STOW-RS: store instances on a PACS", sink="dicom")
+class StowDestination:
+    """Stores one instance per ``send``; see the module docstring for every outcome."""
+
+    def __init__(self, name: str, config: StowDestinationConfig) -> None:
+        self.name = name
+        self.config = config
+        self.retry_initial_secs = config.retry_initial_secs
+        self.retry_max_secs = config.retry_max_secs
+        self.endpoint = f"{config.url}/studies"
+        self._session: aiohttp.ClientSession | None = None
+
+    async def connect(self) -> None:
+        return None  # the session opens on the first send: a PACS down at start-up is fine
+
+    def _headers(self, content_type: str) -> dict[str, str]:
+        headers = {"Content-Type": content_type, "Accept": "application/dicom+json"}
+        cfg = self.config
+        if cfg.auth == "bearer":
+            token = read_secret(cfg.token_env, cfg.token_file, "STOW bearer token")
+            headers["Authorization"] = f"Bearer {token}"
+        elif cfg.auth == "basic":
+            assert cfg.username is not None
+            password = read_secret(cfg.password_env, cfg.password_file, "STOW password")
+            pair = base64.b64encode(f"{cfg.username}:{password}".encode()).decode()
+            headers["Authorization"] = f"Basic {pair}"  # aiohttp.BasicAuth is deprecated
+        return headers
+
+    def _session_for(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            ssl_ctx: ssl.SSLContext | bool = True
+            if self.config.ca_file:
+                ssl_ctx = ssl.create_default_context(cafile=self.config.ca_file)
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self.config.timeout_secs),
+                connector=aiohttp.TCPConnector(ssl=ssl_ctx))
+        return self._session
+
+    async def send(self, payload: bytes) -> bytes:
+        body, content_type = multipart_body(payload)
+        headers = self._headers(content_type)
+        try:
+            async with self._session_for().post(self.endpoint, data=body,
+                                                headers=headers) as resp:
+                answer = await resp.read()
+                status = resp.status
+        except TimeoutError as exc:
+            raise PeerTimeout(f"no STOW answer from {self.config.url} in "
+                              f"{self.config.timeout_secs:g} s") from exc
+        except aiohttp.ClientError as exc:
+            raise PeerUnavailable(f"{self.config.url}: {type(exc).__name__}") from exc
+        return self._judge(status, answer)
+
+    def _judge(self, status: int, answer: bytes) -> bytes:
+        failed = failures(answer)
+        if failed:
+            reason = failed[0]
+            text = f"FailureReason 0x{reason:04X}" if reason is not None else "failed SOP"
+            event(log, "WEB-371", "PACS refused the instance", destination=self.name,
+                  http=status, reason=text)
+            if reason is not None and reason & 0xFF00 == 0xA700:
+                raise PeerUnavailable(f"HTTP {status}: {text} (out of resources, retry later)")
+            raise PeerRejected(f"HTTP {status}", text, answer)
+        if status in (200, 202):
+            return answer or f"HTTP {status}".encode()
+        text = " ".join(answer[:400].decode("utf-8", "replace").split())[:200]
+        if status >= 500 or status in (408, 429):
+            raise PeerUnavailable(f"HTTP {status}: {text}")
+        event(log, "WEB-372", "PACS rejected the store request", destination=self.name,
+              http=status)
+        raise PeerRejected(f"HTTP {status}", text, answer)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
