@@ -34,6 +34,7 @@ ROUTE_MODULES: list[str] = [
     "engine.admin.routes_messages",
     "engine.admin.routes_clinical",
     "engine.admin.routes_models",
+    "engine.admin.routes_fhir",
 ]
 OPTIONAL_MODULES: list[str] = ["engine.admin.routes_worklist"]
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from engine.model import DeliveryStatus, Message, Status
 from engine.store.clinical import CaseRow, ClinicalStore
+from engine.store.fhir import FhirStore
 from engine.store.inference import InferenceStore
 from engine.store.results import ResultsStore
 
@@ -72,7 +73,7 @@ class MessageQuery:
 InsertCallback = Callable[[int | None, BaseException | None], None]
 
 
-class Store(ClinicalStore, InferenceStore, ResultsStore):
+class Store(ClinicalStore, InferenceStore, ResultsStore, FhirStore):
     """Durable messages, content layers and delivery queues; the clinical tables (see
     ``engine.store.clinical``)."""
 

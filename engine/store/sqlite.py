@@ -30,6 +30,7 @@ from engine.store.base import (
 )
 from engine.store.clinical import CaseRow
 from engine.store.clinical_sql import CLINICAL_SCHEMA, SQLiteClinical, apply_domain_events
+from engine.store.fhir_sql import FHIR_SCHEMA, SQLiteFhir
 from engine.store.inference_sql import INFERENCE_SCHEMA, SQLiteInference
 from engine.store.results_sql import RESULTS_SCHEMA, SQLiteResults
 from engine.store.schema import SQLITE_SCHEMA, migrate_sqlite
@@ -330,7 +331,7 @@ def _row_to_delivery(row: tuple[Any, ...]) -> Delivery:
                     key=row[8])
 
 
-class SQLiteStore(SQLiteClinical, SQLiteInference, SQLiteResults, Store):
+class SQLiteStore(SQLiteClinical, SQLiteInference, SQLiteResults, SQLiteFhir, Store):
     """The embedded default store."""
 
     def __init__(self, path: str | Path) -> None:
@@ -361,7 +362,8 @@ class SQLiteStore(SQLiteClinical, SQLiteInference, SQLiteResults, Store):
         conn = _connect(self.path)
         try:
             migrate_sqlite(conn)
-            conn.executescript(SQLITE_SCHEMA + CLINICAL_SCHEMA + INFERENCE_SCHEMA + RESULTS_SCHEMA)
+            conn.executescript(SQLITE_SCHEMA + CLINICAL_SCHEMA + INFERENCE_SCHEMA + RESULTS_SCHEMA
+                               + FHIR_SCHEMA)
         finally:
             conn.close()
 

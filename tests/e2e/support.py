@@ -165,7 +165,7 @@ class Api:
             hdrs["Authorization"] = f"Bearer {TOKENS[role]}"
         async with self.http.request(method, self.base + path, json=json, headers=hdrs) as r:
             ctype = r.headers.get("Content-Type", "")
-            body = await r.json() if "json" in ctype else await r.text()
+            body = await r.json(content_type=None) if "json" in ctype else await r.text()
             return r.status, body
 
     async def close(self) -> None:

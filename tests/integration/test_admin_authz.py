@@ -81,6 +81,16 @@ async def feedback(env: Env) -> tuple[str, Any]:
     return f"/api/cases/{env.case_id}/feedback", body
 
 
+async def fhir_resource(env: Env) -> tuple[str, Any]:
+    """A stored FHIR resource to read (the read-only /fhir API)."""
+    from radbridge_fhir.ids import resource_id
+
+    device = {"resourceType": "Device",
+              "identifier": [{"system": "urn:radbridge:model", "value": "authz:1.0"}]}
+    await env.engine.store.save_fhir_resources(env.case_id, [device])
+    return f"/fhir/Device/{resource_id(device)}", None
+
+
 EXAMPLES: dict[str, Example] = {
     "health": fixed("/health"),
     "ready": fixed("/ready"),
@@ -118,6 +128,9 @@ EXAMPLES: dict[str, Example] = {
     "post_feedback": feedback,
     "get_feedback": fixed("/api/cases/{case}/feedback"),
     "get_agreement": fixed("/api/agreement"),
+    "fhir_metadata": fixed("/fhir/metadata"),
+    "fhir_read": fhir_resource,
+    "fhir_search": fixed("/fhir/Observation?patient=PAT1"),
 }
 
 
@@ -206,6 +219,8 @@ def test_the_documented_roles_match_the_intended_policy() -> None:
         assert roles[op] == everyone
     for op in ("mark_read", "post_feedback"):
         assert roles[op] == {"admin", "radiologist"}
+    for op in ("fhir_metadata", "fhir_read", "fhir_search"):  # FHIR carries PHI: no viewers
+        assert roles[op] == {"admin", "analyst", "radiologist"}
 
 
 def test_the_openapi_document_lists_every_registered_operation() -> None:
