@@ -86,7 +86,7 @@ def build_sr(report: AIReport, model: ModelRun) -> Dataset:
     """
     if not report.instances:
         raise ValueError("an SR needs the source instances as evidence; the report has none")
-    evidence = [_evidence(report, inst) for inst in report.instances]
+    evidence = _evidence_list(report)
     findings = report.findings_of(model.name, model.version)
     algorithm = hd.sr.AlgorithmIdentification(name=_lo(model.name), version=_lo(model.version))
     sources = [hd.sr.SourceImageForMeasurementGroup(ds.SOPClassUID, ds.SOPInstanceUID)
@@ -151,19 +151,35 @@ _TYPE2_FROM_EVIDENCE = ("PatientID", "PatientName", "PatientBirthDate", "Patient
                         "AccessionNumber", "StudyID", "StudyDate", "StudyTime")
 
 
-def _evidence(report: AIReport, inst: SourceInstance) -> Dataset:
-    """The source instance's header, or (its file gone, e.g. after retention) a stand-in
-    with its UIDs and the report's patient, so a replayed report still builds."""
-    if os.path.exists(inst.path):
-        ds: Dataset = pydicom.dcmread(inst.path, stop_before_pixels=True)
-        if ds.get("SOPInstanceUID") == inst.sop_uid:
-            for keyword in _TYPE2_FROM_EVIDENCE:  # highdicom copies them; images may lack them
-                if keyword not in ds:
-                    setattr(ds, keyword, "")
-            return ds
+def _evidence_list(report: AIReport) -> list[Dataset]:
+    """Evidence for highdicom: the first readable source header (patient and study are
+    copied from it), then every other instance by its UIDs alone. Reading one header, not
+    hundreds, keeps a CT study's SR cheap; the references need nothing more."""
+    first = next((ds for inst in report.instances if (ds := _header(inst)) is not None), None)
+    if first is None:  # every file gone (e.g. after retention): the report still builds it
+        first = _stand_in(report, report.instances[0], with_patient=True)
+    return [first] + [_stand_in(report, inst) for inst in report.instances
+                      if inst.sop_uid != first.SOPInstanceUID]
+
+
+def _header(inst: SourceInstance) -> Dataset | None:
+    if not os.path.exists(inst.path):
+        return None
+    ds: Dataset = pydicom.dcmread(inst.path, stop_before_pixels=True)
+    if ds.get("SOPInstanceUID") != inst.sop_uid:
+        return None
+    for keyword in _TYPE2_FROM_EVIDENCE:  # highdicom copies them; images may lack them
+        if keyword not in ds:
+            setattr(ds, keyword, "")
+    return ds
+
+
+def _stand_in(report: AIReport, inst: SourceInstance, with_patient: bool = False) -> Dataset:
     ds = Dataset()
     ds.StudyInstanceUID, ds.SeriesInstanceUID = report.study_uid, inst.series_uid
     ds.SOPInstanceUID, ds.SOPClassUID = inst.sop_uid, inst.sop_class_uid
+    if not with_patient:
+        return ds
     patient = report.patient
     ds.PatientID = patient.patient_id if patient else ""
     ds.PatientName = "^".join(filter(None, (patient.family, patient.given))) if patient else ""

@@ -16,12 +16,13 @@ import highdicom as hd
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
 
 from engine.instances import read_meta
 from engine.model import Finding
-from engine.results_model import AIReport, ModelRun
+from engine.results_model import AIReport, ModelRun, SourceInstance
 from mappings.dicom_sr import build_sr, series_description, sr_part10
-from tests.fixtures.dicom import require
+from tests.fixtures.dicom import require, synth_instance, write
 from tests.fixtures.reports import sample_report
 
 COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
@@ -142,6 +143,24 @@ def test_the_evidence_lists_every_source_instance_of_the_report(report: AIReport
     for group in groups(sr):  # each finding names the images the model read
         assert {s.referenced_sop_instance_uid for s in group.source_images} == \
             {i.sop_uid for i in report.instances}
+
+
+def test_the_evidence_covers_a_study_of_several_series(tmp_path: Path,
+                                                       report: AIReport) -> None:
+    for series in (2, 3):
+        series_uid = generate_uid()
+        for number in (1, 2):
+            ds = synth_instance(report.study_uid, series_uid, number, modality="CR",
+                                series_number=series)
+            path = write(ds, tmp_path / f"s{series}" / f"i{number}.dcm")
+            report.instances.append(SourceInstance(series_uid, ds.SOPInstanceUID,
+                                                   ds.SOPClassUID, str(path), "CR"))
+    sr = reread(build_sr(report, report.models[0]))
+    [study] = sr.CurrentRequestedProcedureEvidenceSequence
+    assert {(s.SeriesInstanceUID, i.ReferencedSOPInstanceUID)
+            for s in study.ReferencedSeriesSequence for i in s.ReferencedSOPSequence} == \
+        {(i.series_uid, i.sop_uid) for i in report.instances}
+    assert len(report.instances) == 5
 
 
 def test_patient_and_study_come_from_the_source_images(report: AIReport) -> None:
