@@ -88,7 +88,7 @@ class StoreSCUDestination:
         self.retry_initial_secs = config.retry_initial_secs
         self.retry_max_secs = config.retry_max_secs
         self.host, self.port = parse_hostport(config.endpoint, default_host="127.0.0.1")
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"scu-{name}")
+        self._pool: ThreadPoolExecutor | None = None
         self._assoc: Association | None = None
         self._contexts: set[tuple[str, str]] = set()
         self._last_used = 0.0
@@ -97,13 +97,16 @@ class StoreSCUDestination:
         return None  # associations open on demand: a PACS down at start-up is fine
 
     async def send(self, payload: bytes) -> bytes:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, self._store, payload)
+        if self._pool is None:  # one thread: the association is never used concurrently
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"scu-{self.name}")
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self._store, payload)
 
     async def close(self) -> None:
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._pool, self._release)
-        self._pool.shutdown(wait=False)
+        """Release the association (A-RELEASE); a later ``send`` opens a new one."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await asyncio.get_running_loop().run_in_executor(pool, self._release)
+            pool.shutdown(wait=False)
 
     # -- the worker thread ---------------------------------------------------------------
 

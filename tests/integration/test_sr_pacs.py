@@ -284,9 +284,23 @@ async def test_c_store_reuses_one_association_for_several_instances(
     try:
         for _ in range(3):
             await scu.send(sr_part10(sr))
+        assert (scp.associations, len(scp.received)) == (1, 3)
+        await scu.close()  # released; the next send negotiates a new association
+        await scu.send(sr_part10(sr))
     finally:
         await scu.close()
-    assert (scp.associations, len(scp.received)) == (1, 3)
+    assert (scp.associations, len(scp.received)) == (2, 4)
+
+
+async def test_an_idle_association_is_renewed_after_keep_open_secs(
+        scp: ScriptedSCP, sr: Dataset) -> None:
+    scu = c_store_to(scp.port, called_ae="PACS", keep_open_secs=0)
+    try:
+        for _ in range(2):
+            await scu.send(sr_part10(sr))
+    finally:
+        await scu.close()
+    assert (scp.associations, len(scp.received)) == (2, 2)
 
 
 async def test_an_association_rejected_is_transient(scp: ScriptedSCP, sr: Dataset) -> None:
