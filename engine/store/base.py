@@ -160,4 +160,8 @@ def open_store(url: str) -> Store:
         from engine.store.sqlite import SQLiteStore
 
         return SQLiteStore.from_url(url)
+    if url.startswith(("postgresql:", "postgres:")):
+        from engine.store.postgres import PostgresStore
+
+        return PostgresStore.from_url(url)
     raise ValueError(f"unsupported store url scheme: {url.split(':', 1)[0]!r}")

@@ -1,0 +1,300 @@
+"""PostgreSQL implementation of ``InferenceStore`` (the same rules as ``inference_sql``).
+
+Jobs are claimed across processes (``pg_claims.claim_jobs``): ``FOR UPDATE
+SKIP LOCKED`` plus a lease, so engines and ``radbridge worker`` processes share
+one queue and a job whose process died is taken over when its lease runs out.
+Start-up recovery (``reset_running_jobs``) only puts back jobs that no live
+process holds.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import astuple
+from typing import Any
+
+import asyncpg
+
+from engine.errors import StoreUnavailable
+from engine.model import Finding
+from engine.store import pg_claims
+from engine.store.inference import (
+    AuditEntry,
+    CaseContext,
+    InferenceStore,
+    JobRow,
+    JobState,
+    ModelLoad,
+    StoredFinding,
+    new_pseudonym,
+)
+from engine.store.pg_writer import DB_ERRORS, to_store_error
+
+_JOB_COLS = "id, case_id, model, state, lane, attempts, created_at, updated_at, not_before, error"
+_AUDIT_COLS = ("job_id, case_id, study_uid, model, version, checksum, device, attempt, status,"
+               " batch_size, queue_ms, preprocess_ms, forward_ms, total_ms, outputs, error")
+_FINDING_COLS = ("id, case_id, job_id, study_uid, code, display, system, probability, critical,"
+                 " model, version, location, demo, criticality, mode, detail, created_at")
+_CASE_CONTEXT = (
+    "SELECT c.id, c.study_uid, c.revision, c.state, coalesce(o.accession, s.accession),"
+    " coalesce(o.patient_id, s.patient_id), coalesce(o.issuer, s.issuer),"
+    " coalesce(s.modality, o.modality), s.body_part, o.procedure_code, o.procedure_text,"
+    " o.priority, o.patient_class, o.location FROM cases c JOIN studies s ON s.uid = c.study_uid"
+    " LEFT JOIN orders o ON o.id = c.order_id WHERE c.id = $1")
+
+
+def _job(row: Sequence[Any]) -> JobRow:
+    r = list(row)
+    r[3] = JobState(r[3])
+    return JobRow(*r)
+
+
+def _finding(row: Sequence[Any]) -> StoredFinding:
+    f = Finding(code=row[4], display=row[5], coding_system=row[6], probability=row[7],
+                critical=bool(row[8]), model_name=row[9], model_version=row[10],
+                location=row[11], demo=bool(row[12]), criticality=row[13], mode=row[14],
+                detail=row[15])
+    return StoredFinding(row[0], row[1], row[2], row[3], f, row[16])
+
+
+def _audit(row: Sequence[Any]) -> AuditEntry:
+    entry = AuditEntry(*list(row)[1:17])
+    entry.id, entry.created_at = row[0], row[17]
+    return entry
+
+
+# -- write operations (the writer's transaction) --------------------------------------------
+
+async def enqueue_op(conn: asyncpg.Connection, case_id: int, models: Sequence[str], lane: int,
+                     reason: str | None) -> list[JobRow]:
+    select = f"SELECT {_JOB_COLS} FROM inference_jobs WHERE case_id = $1 ORDER BY id"
+    existing = await conn.fetch(select, case_id)
+    if existing:
+        return [_job(r) for r in existing]
+    now = time.time()
+    if not models:
+        await conn.execute("INSERT INTO inference_jobs (case_id, model, state, lane, created_at,"
+                           " updated_at, error) VALUES ($1, NULL, 'no_model', $2, $3, $3, $4)",
+                           case_id, lane, now, reason or "no model applies")
+        await _case_final(conn, case_id, now)
+    else:
+        await conn.executemany("INSERT INTO inference_jobs (case_id, model, state, lane,"
+                               " created_at, updated_at) VALUES ($1, $2, 'queued', $3, $4, $4)",
+                               [(case_id, m, lane, now) for m in models])
+    return [_job(r) for r in await conn.fetch(select, case_id)]
+
+
+async def _case_final(conn: asyncpg.Connection, case_id: int, now: float) -> bool:
+    pending = await conn.fetchval("SELECT 1 FROM inference_jobs WHERE case_id = $1 AND state IN"
+                                  " ('queued', 'running') LIMIT 1", case_id)
+    if pending is not None:
+        return False
+    await conn.execute("INSERT INTO inference_results (case_id, finished_at, notified_at)"
+                       " VALUES ($1, $2, NULL) ON CONFLICT (case_id) DO UPDATE SET"
+                       " finished_at = excluded.finished_at, notified_at = NULL", case_id, now)
+    return True
+
+
+async def _insert_audit(conn: asyncpg.Connection, a: AuditEntry, now: float) -> None:
+    values = astuple(a)[:16]
+    marks = ",".join(f"${i}" for i in range(1, 18))
+    await conn.execute(f"INSERT INTO inference_audit ({_AUDIT_COLS}, created_at) VALUES"
+                       f" ({marks})", *values, now)
+
+
+async def retry_op(conn: asyncpg.Connection, job_id: int, error: str, not_before: float,
+                   audit: AuditEntry | None) -> None:
+    now = time.time()
+    await conn.execute("UPDATE inference_jobs SET state = 'queued', error = $1, not_before = $2,"
+                       " updated_at = $3, claimed_by = NULL, lease_until = NULL WHERE id = $4",
+                       error, float(not_before), now, job_id)
+    if audit is not None:
+        await _insert_audit(conn, audit, now)
+
+
+async def finish_op(conn: asyncpg.Connection, job_id: int, state: str,
+                    findings: Sequence[Finding], audit: AuditEntry | None,
+                    error: str | None) -> bool:
+    now = time.time()
+    # Lock the case's jobs in one order: two processes finishing its last two jobs take turns,
+    # so the second always sees the first and the case is closed exactly once.
+    case_id = await conn.fetchval("SELECT case_id FROM inference_jobs WHERE id = $1", job_id)
+    if case_id is None:
+        return False
+    await conn.execute("SELECT 1 FROM inference_jobs WHERE case_id = $1 ORDER BY id FOR UPDATE",
+                       case_id)
+    await conn.execute("UPDATE inference_jobs SET state = $1, error = $2, updated_at = $3,"
+                       " claimed_by = NULL, lease_until = NULL WHERE id = $4",
+                       state, error, now, job_id)
+    study = audit.study_uid if audit is not None else ""
+    if findings:
+        await conn.executemany(
+            f"INSERT INTO findings ({_FINDING_COLS}) VALUES (DEFAULT,$1,$2,$3,$4,$5,$6,$7,$8,$9,"
+            "$10,$11,$12,$13,$14,$15,$16)",
+            [(case_id, job_id, study, f.code, f.display, f.coding_system, f.probability,
+              int(f.critical), f.model_name, f.model_version, f.location, int(f.demo),
+              f.criticality, f.mode, f.detail, now) for f in findings])
+    if audit is not None:
+        await _insert_audit(conn, audit, now)
+    return await _case_final(conn, case_id, now)
+
+
+async def reset_running_op(conn: asyncpg.Connection, owner: str) -> int:
+    now = await pg_claims.db_now(conn)
+    result = await conn.execute(
+        "UPDATE inference_jobs SET state = 'queued', updated_at = $1, claimed_by = NULL,"
+        " lease_until = NULL WHERE state = 'running' AND (claimed_by IS NULL OR claimed_by = $2"
+        " OR lease_until IS NULL OR lease_until < $3)", time.time(), owner, now)
+    return int(result.split()[-1])
+
+
+async def pseudonymize_op(conn: asyncpg.Connection, case_id: int, study_uid: str,
+                          patient_id: str | None, accession: str | None) -> dict[str, str]:
+    wanted = {"study_uid": study_uid, "patient_id": patient_id, "accession": accession,
+              "salt": study_uid}
+    out: dict[str, str] = {}
+    for kind, real in wanted.items():
+        if real is None:
+            continue
+        pseudo = new_pseudonym("uid" if kind == "study_uid" else kind)
+        # Insert or keep the existing one; another process may have just made it.
+        await conn.execute("INSERT INTO pseudonyms VALUES ($1,$2,$3,$4,$5) ON CONFLICT"
+                           " (kind, real) DO NOTHING", kind, real, pseudo, case_id, time.time())
+        out[kind] = await conn.fetchval("SELECT pseudo FROM pseudonyms WHERE kind = $1 AND"
+                                        " real = $2", kind, real)
+    return out
+
+
+async def save_pseudonyms_op(conn: asyncpg.Connection, case_id: int,
+                             pairs: Sequence[tuple[str, str, str]]) -> None:
+    now = time.time()
+    await conn.executemany("INSERT INTO pseudonyms VALUES ($1,$2,$3,$4,$5) ON CONFLICT"
+                           " DO NOTHING", [(k, r, p, case_id, now) for k, r, p in pairs])
+
+
+async def model_load_op(conn: asyncpg.Connection, m: ModelLoad) -> None:
+    await conn.execute("INSERT INTO model_loads (name, version, format, checksum, device,"
+                       " status, error, at) VALUES ($1,$2,$3,$4,$5,$6,$7,$8)",
+                       *astuple(m)[:7], time.time())
+
+
+async def notified_op(conn: asyncpg.Connection, case_id: int) -> None:
+    await conn.execute("UPDATE inference_results SET notified_at = $1 WHERE case_id = $2",
+                       time.time(), case_id)
+
+
+class PgInference(InferenceStore):
+    """Mixed into ``PostgresStore``: uses its writer (``_write``) and pool (``_fetch``)."""
+
+    _write: Any
+    _fetch: Any
+    _acquire: Any
+    owner: str
+    lease_secs: float
+
+    async def inference_case(self, case_id: int) -> CaseContext | None:
+        rows = await self._fetch(_CASE_CONTEXT, case_id)
+        return CaseContext(*rows[0]) if rows else None
+
+    async def case_instance_paths(self, study_uid: str) -> list[str]:
+        return [r[0] for r in await self._fetch(
+            "SELECT path FROM instances WHERE study_uid = $1 AND own_output = 0 ORDER BY"
+            " series_uid, sop_uid", study_uid)]
+
+    async def enqueue_jobs(self, case_id: int, models: Sequence[str], lane: int,
+                           reason: str | None = None) -> list[JobRow]:
+        # Under the clinical lock: two processes routing the same case make one set of jobs.
+        return await self._write(enqueue_op, case_id, list(models), lane, reason,
+                                 needs_lock=True)
+
+    async def cases_without_jobs(self, limit: int = 1000) -> list[int]:
+        return [r[0] for r in await self._fetch(
+            "SELECT c.id FROM cases c WHERE c.state IN ('ready', 'study_only') AND NOT EXISTS"
+            " (SELECT 1 FROM inference_jobs j WHERE j.case_id = c.id) ORDER BY c.id LIMIT $1",
+            limit)]
+
+    async def reset_running_jobs(self) -> int:
+        return int(await self._write(reset_running_op, self.owner))
+
+    async def claim_jobs(self, limit: int, now: float) -> list[JobRow]:
+        try:
+            async with self._acquire() as conn:
+                rows = await pg_claims.claim_jobs(conn, self.owner, self.lease_secs, _JOB_COLS,
+                                                  limit, float(now), time.time())
+        except (*DB_ERRORS, StoreUnavailable) as exc:
+            raise to_store_error(exc) from exc
+        return sorted((_job(r) for r in rows), key=lambda j: (j.lane, j.id))
+
+    async def retry_job(self, job_id: int, error: str, not_before: float,
+                        audit: AuditEntry | None) -> None:
+        await self._write(retry_op, job_id, error, not_before, audit)
+
+    async def finish_job(self, job_id: int, state: JobState, findings: Sequence[Finding],
+                         audit: AuditEntry | None, error: str | None = None) -> bool:
+        return bool(await self._write(finish_op, job_id, str(state), list(findings), audit,
+                                      error))
+
+    async def case_result(self, case_id: int) -> tuple[list[JobRow], list[StoredFinding]]:
+        jobs = await self._fetch(f"SELECT {_JOB_COLS} FROM inference_jobs WHERE case_id = $1"
+                                 " ORDER BY id", case_id)
+        return [_job(r) for r in jobs], await self.list_findings(case_id, limit=10_000)
+
+    async def unnotified_cases(self, limit: int = 1000) -> list[int]:
+        return [r[0] for r in await self._fetch(
+            "SELECT case_id FROM inference_results WHERE notified_at IS NULL ORDER BY case_id"
+            " LIMIT $1", limit)]
+
+    async def mark_notified(self, case_id: int) -> None:
+        await self._write(notified_op, case_id)
+
+    async def pseudonymize_study(self, case_id: int, study_uid: str, patient_id: str | None,
+                                 accession: str | None) -> dict[str, str]:
+        return await self._write(pseudonymize_op, case_id, study_uid, patient_id, accession)
+
+    async def save_pseudonyms(self, case_id: int, pairs: Sequence[tuple[str, str, str]]
+                              ) -> None:
+        if pairs:
+            await self._write(save_pseudonyms_op, case_id, list(pairs))
+
+    async def real_for(self, kind: str, pseudo: str) -> str | None:
+        rows = await self._fetch("SELECT real FROM pseudonyms WHERE kind = $1 AND pseudo = $2",
+                                 kind, pseudo)
+        return rows[0][0] if rows else None
+
+    async def record_model_load(self, load: ModelLoad) -> None:
+        await self._write(model_load_op, load)
+
+    async def list_audit(self, case_id: int | None = None, model: str | None = None,
+                         limit: int = 100) -> list[AuditEntry]:
+        where, params = _filters(("case_id", case_id), ("model", model))
+        return [_audit(r) for r in await self._fetch(
+            f"SELECT id, {_AUDIT_COLS}, created_at FROM inference_audit {where} ORDER BY id DESC"
+            f" LIMIT ${len(params) + 1}", *params, limit)]
+
+    async def list_findings(self, case_id: int | None = None, limit: int = 100
+                            ) -> list[StoredFinding]:
+        where, params = _filters(("case_id", case_id))
+        return [_finding(r) for r in await self._fetch(
+            f"SELECT {_FINDING_COLS} FROM findings {where} ORDER BY id"
+            f" LIMIT ${len(params) + 1}", *params, limit)]
+
+    async def list_jobs(self, case_id: int | None = None, state: str | None = None,
+                        limit: int = 100) -> list[JobRow]:
+        where, params = _filters(("case_id", case_id), ("state", state))
+        return [_job(r) for r in await self._fetch(
+            f"SELECT {_JOB_COLS} FROM inference_jobs {where} ORDER BY id DESC"
+            f" LIMIT ${len(params) + 1}", *params, limit)]
+
+    async def list_model_loads(self, limit: int = 50) -> list[ModelLoad]:
+        return [ModelLoad(*r) for r in await self._fetch(
+            "SELECT name, version, format, checksum, device, status, error, at FROM model_loads"
+            " ORDER BY id DESC LIMIT $1", limit)]
+
+
+def _filters(*pairs: tuple[str, Any]) -> tuple[str, tuple[Any, ...]]:
+    cols = [(c, v) for c, v in pairs if v is not None]
+    if not cols:
+        return "", ()
+    return ("WHERE " + " AND ".join(f"{c} = ${i}" for i, (c, _) in enumerate(cols, 1)),
+            tuple(v for _, v in cols))

@@ -1,0 +1,213 @@
+"""PostgreSQL tables, and the daily partitions of the message tables.
+
+The four tables that grow with traffic (``messages``, ``message_raw``,
+``content``, ``deliveries``) are range-partitioned by the message's
+``received_at`` (epoch seconds), one partition per UTC day and table. A day's
+partitions are created, all four at once, before the first message of that day
+is inserted; retention drops whole days (``DROP TABLE`` frees the disk at once,
+where a DELETE would leave dead tuples for VACUUM). Rows of one message always
+sit in the same day, so a day's partitions go together. Partitioned tables
+cannot carry foreign keys to a non-unique-by-id parent, so the store deletes
+what SQLite would cascade.
+
+Work that several engine processes share carries ``claimed_by`` and
+``lease_until`` (see ``engine.store.pg_claims``).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+import asyncpg
+
+SCHEMA_VERSION = 1
+DAY = 86400
+PARTITIONED = ("messages", "message_raw", "content", "deliveries")
+
+MESSAGES_SCHEMA = """
+CREATE TABLE IF NOT EXISTS schema_version (
+    version INTEGER PRIMARY KEY, applied_at DOUBLE PRECISION NOT NULL);
+CREATE TABLE IF NOT EXISTS messages (
+    id BIGSERIAL, channel TEXT NOT NULL, received_at DOUBLE PRECISION NOT NULL,
+    status TEXT NOT NULL, control_id TEXT, message_type TEXT, msg_key TEXT,
+    duplicate INTEGER NOT NULL DEFAULT 0, error TEXT, updated_at DOUBLE PRECISION,
+    claimed_by TEXT, lease_until DOUBLE PRECISION,
+    PRIMARY KEY (id, received_at)) PARTITION BY RANGE (received_at);
+CREATE INDEX IF NOT EXISTS messages_pending ON messages (channel, id) WHERE status = 'RECEIVED';
+CREATE INDEX IF NOT EXISTS messages_control_id ON messages (control_id);
+CREATE INDEX IF NOT EXISTS messages_channel_received ON messages (channel, received_at);
+CREATE TABLE IF NOT EXISTS message_raw (
+    id BIGINT NOT NULL, received_at DOUBLE PRECISION NOT NULL, raw BYTEA NOT NULL,
+    PRIMARY KEY (id, received_at)) PARTITION BY RANGE (received_at);
+CREATE TABLE IF NOT EXISTS content (
+    message_id BIGINT NOT NULL, received_at DOUBLE PRECISION NOT NULL, layer TEXT NOT NULL,
+    data BYTEA NOT NULL, created_at DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (message_id, layer, received_at)) PARTITION BY RANGE (received_at);
+CREATE TABLE IF NOT EXISTS deliveries (
+    id BIGSERIAL, message_id BIGINT NOT NULL, received_at DOUBLE PRECISION NOT NULL,
+    destination TEXT NOT NULL, status TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+    payload BYTEA, response BYTEA, error TEXT, updated_at DOUBLE PRECISION, msg_key TEXT,
+    claimed_by TEXT, lease_until DOUBLE PRECISION,
+    PRIMARY KEY (id, received_at)) PARTITION BY RANGE (received_at);
+CREATE INDEX IF NOT EXISTS deliveries_queued ON deliveries (destination, id)
+    WHERE status = 'QUEUED';
+CREATE INDEX IF NOT EXISTS deliveries_message ON deliveries (message_id);
+"""
+
+CLINICAL_SCHEMA = """
+CREATE TABLE IF NOT EXISTS patients (
+    patient_id TEXT NOT NULL, issuer TEXT NOT NULL DEFAULT '', family TEXT, given TEXT,
+    birth_date TEXT, sex TEXT, patient_class TEXT, location TEXT, merged_into TEXT,
+    updated_at DOUBLE PRECISION, PRIMARY KEY (patient_id, issuer));
+CREATE TABLE IF NOT EXISTS orders (
+    id BIGSERIAL PRIMARY KEY, order_key TEXT NOT NULL UNIQUE, patient_id TEXT, issuer TEXT,
+    placer TEXT, filler TEXT, accession TEXT, requested_procedure_id TEXT, study_uid TEXT,
+    modality TEXT, procedure_code TEXT, procedure_text TEXT, priority TEXT, status TEXT,
+    control TEXT NOT NULL, patient_class TEXT, location TEXT,
+    cancelled INTEGER NOT NULL DEFAULT 0, message_id BIGINT,
+    created_at DOUBLE PRECISION NOT NULL, updated_at DOUBLE PRECISION NOT NULL);
+CREATE INDEX IF NOT EXISTS orders_accession ON orders (accession);
+CREATE INDEX IF NOT EXISTS orders_study ON orders (study_uid);
+CREATE TABLE IF NOT EXISTS studies (
+    uid TEXT PRIMARY KEY, accession TEXT, patient_id TEXT, issuer TEXT, modality TEXT,
+    body_part TEXT, state TEXT NOT NULL, revision INTEGER NOT NULL DEFAULT 0,
+    series_count INTEGER NOT NULL DEFAULT 0, instance_count INTEGER NOT NULL DEFAULT 0,
+    expected_count INTEGER, quiet_secs DOUBLE PRECISION NOT NULL, channel TEXT NOT NULL,
+    first_at DOUBLE PRECISION NOT NULL, last_at DOUBLE PRECISION NOT NULL,
+    completed_at DOUBLE PRECISION);
+CREATE INDEX IF NOT EXISTS studies_receiving ON studies (last_at) WHERE state = 'receiving';
+CREATE INDEX IF NOT EXISTS studies_accession ON studies (accession);
+CREATE TABLE IF NOT EXISTS instances (
+    sop_uid TEXT PRIMARY KEY, study_uid TEXT NOT NULL, series_uid TEXT NOT NULL,
+    sop_class_uid TEXT NOT NULL, transfer_syntax TEXT NOT NULL, path TEXT NOT NULL,
+    size BIGINT NOT NULL, revision INTEGER NOT NULL, own_output INTEGER NOT NULL DEFAULT 0,
+    received_at DOUBLE PRECISION NOT NULL);
+CREATE INDEX IF NOT EXISTS instances_study ON instances (study_uid, series_uid);
+CREATE INDEX IF NOT EXISTS instances_received ON instances (received_at);
+CREATE TABLE IF NOT EXISTS cases (
+    id BIGSERIAL PRIMARY KEY, order_id BIGINT, study_uid TEXT NOT NULL,
+    revision INTEGER NOT NULL, state TEXT NOT NULL, created_at DOUBLE PRECISION NOT NULL,
+    updated_at DOUBLE PRECISION NOT NULL, UNIQUE (study_uid, revision));
+CREATE INDEX IF NOT EXISTS cases_order ON cases (order_id);
+"""
+
+INFERENCE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS inference_jobs (
+    id BIGSERIAL PRIMARY KEY, case_id BIGINT NOT NULL, model TEXT, state TEXT NOT NULL,
+    lane INTEGER NOT NULL DEFAULT 1, attempts INTEGER NOT NULL DEFAULT 0,
+    created_at DOUBLE PRECISION NOT NULL, updated_at DOUBLE PRECISION NOT NULL,
+    not_before DOUBLE PRECISION NOT NULL DEFAULT 0, error TEXT,
+    claimed_by TEXT, lease_until DOUBLE PRECISION);
+CREATE INDEX IF NOT EXISTS inference_jobs_queued ON inference_jobs (lane, id)
+    WHERE state = 'queued';
+CREATE INDEX IF NOT EXISTS inference_jobs_running ON inference_jobs (lease_until)
+    WHERE state = 'running';
+CREATE INDEX IF NOT EXISTS inference_jobs_case ON inference_jobs (case_id);
+CREATE TABLE IF NOT EXISTS inference_results (
+    case_id BIGINT PRIMARY KEY, finished_at DOUBLE PRECISION NOT NULL,
+    notified_at DOUBLE PRECISION);
+CREATE TABLE IF NOT EXISTS findings (
+    id BIGSERIAL PRIMARY KEY, case_id BIGINT NOT NULL, job_id BIGINT NOT NULL,
+    study_uid TEXT NOT NULL, code TEXT NOT NULL, display TEXT NOT NULL, system TEXT NOT NULL,
+    probability DOUBLE PRECISION, critical INTEGER NOT NULL, model TEXT NOT NULL,
+    version TEXT NOT NULL, location TEXT, demo INTEGER NOT NULL, criticality TEXT NOT NULL,
+    mode TEXT NOT NULL, detail TEXT, created_at DOUBLE PRECISION NOT NULL);
+CREATE INDEX IF NOT EXISTS findings_case ON findings (case_id);
+CREATE TABLE IF NOT EXISTS inference_audit (
+    id BIGSERIAL PRIMARY KEY, job_id BIGINT NOT NULL, case_id BIGINT NOT NULL,
+    study_uid TEXT NOT NULL, model TEXT NOT NULL, version TEXT NOT NULL, checksum TEXT NOT NULL,
+    device TEXT NOT NULL, attempt INTEGER NOT NULL, status TEXT NOT NULL,
+    batch_size INTEGER NOT NULL, queue_ms DOUBLE PRECISION, preprocess_ms DOUBLE PRECISION,
+    forward_ms DOUBLE PRECISION, total_ms DOUBLE PRECISION, outputs TEXT NOT NULL, error TEXT,
+    created_at DOUBLE PRECISION NOT NULL);
+CREATE INDEX IF NOT EXISTS inference_audit_case ON inference_audit (case_id);
+CREATE TABLE IF NOT EXISTS pseudonyms (
+    kind TEXT NOT NULL, real TEXT NOT NULL, pseudo TEXT NOT NULL UNIQUE, case_id BIGINT,
+    created_at DOUBLE PRECISION NOT NULL, PRIMARY KEY (kind, real));
+CREATE TABLE IF NOT EXISTS model_loads (
+    id BIGSERIAL PRIMARY KEY, name TEXT NOT NULL, version TEXT NOT NULL, format TEXT NOT NULL,
+    checksum TEXT NOT NULL, device TEXT NOT NULL, status TEXT NOT NULL, error TEXT,
+    at DOUBLE PRECISION NOT NULL);
+"""
+
+RESULTS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS worklist (
+    case_id BIGINT PRIMARY KEY, priority TEXT, reason TEXT,
+    ai_flags TEXT NOT NULL DEFAULT '[]', raised_at DOUBLE PRECISION,
+    state TEXT NOT NULL DEFAULT 'unread', updated_at DOUBLE PRECISION NOT NULL);
+CREATE TABLE IF NOT EXISTS feedback (
+    id BIGSERIAL PRIMARY KEY, case_id BIGINT NOT NULL, model TEXT NOT NULL,
+    version TEXT NOT NULL, code TEXT NOT NULL, verdict TEXT NOT NULL, source TEXT NOT NULL,
+    corrected_code TEXT, reader TEXT, comment TEXT, created_at DOUBLE PRECISION NOT NULL,
+    UNIQUE (case_id, model, version, code, source));
+CREATE INDEX IF NOT EXISTS feedback_model ON feedback (model, version);
+"""
+
+FHIR_SCHEMA = """
+CREATE TABLE IF NOT EXISTS fhir_resources (
+    resource_type TEXT NOT NULL, resource_id TEXT NOT NULL, case_id BIGINT,
+    body TEXT NOT NULL, updated_at DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (resource_type, resource_id));
+CREATE INDEX IF NOT EXISTS fhir_resources_case ON fhir_resources (case_id);
+CREATE TABLE IF NOT EXISTS fhir_index (
+    resource_type TEXT NOT NULL, resource_id TEXT NOT NULL, kind TEXT NOT NULL,
+    system TEXT, value TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS fhir_index_key ON fhir_index (kind, value);
+CREATE INDEX IF NOT EXISTS fhir_index_resource ON fhir_index (resource_type, resource_id);
+"""
+
+
+def pg(sql: str) -> str:
+    """Portable SQL's ``?`` placeholders as ``$1``, ``$2``... (it holds no literal ``?``)."""
+    counter = iter(range(1, 10_000))
+    return re.sub(r"\?", lambda _: f"${next(counter)}", sql)
+
+
+async def lock(conn: asyncpg.Connection, name: str) -> None:
+    """A transaction-scoped advisory lock, named per schema (tests share one database)."""
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtext(current_schema() || ':' || $1))",
+                       name)
+
+
+async def create_schema(conn: asyncpg.Connection) -> None:
+    """Create every table (idempotent); several processes may start at once."""
+    async with conn.transaction():
+        await lock(conn, "schema")
+        for ddl in (MESSAGES_SCHEMA, CLINICAL_SCHEMA, INFERENCE_SCHEMA, RESULTS_SCHEMA,
+                    FHIR_SCHEMA):
+            await conn.execute(ddl)
+        await conn.execute("INSERT INTO schema_version VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                           SCHEMA_VERSION, time.time())
+
+
+def day_of(received_at: float) -> int:
+    return int(received_at // DAY)
+
+
+async def existing_days(conn: asyncpg.Connection) -> set[int]:
+    """Days that have partitions (read from the catalog: another process may have made them)."""
+    rows = await conn.fetch(
+        "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+        " JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = 'messages'"
+        " AND p.relnamespace = current_schema()::regnamespace")
+    return {int(r[0].rsplit("_d", 1)[1]) for r in rows}
+
+
+async def create_day(conn: asyncpg.Connection, day: int) -> None:
+    """Create the four partitions of one day (in the caller's transaction)."""
+    await lock(conn, "partitions")
+    lo, hi = float(day * DAY), float((day + 1) * DAY)
+    for table in PARTITIONED:
+        await conn.execute(f"CREATE TABLE IF NOT EXISTS {table}_d{day} PARTITION OF {table}"
+                           f" FOR VALUES FROM ({lo!r}) TO ({hi!r})")
+
+
+async def drop_days_before(conn: asyncpg.Connection, before: float) -> list[int]:
+    """Drop every day that ends at or before *before*; returns the days dropped."""
+    await lock(conn, "partitions")
+    gone = sorted(d for d in await existing_days(conn) if (d + 1) * DAY <= before)
+    for day in gone:
+        for table in PARTITIONED:
+            await conn.execute(f"DROP TABLE IF EXISTS {table}_d{day}")
+    return gone

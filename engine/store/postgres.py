@@ -1,0 +1,324 @@
+"""PostgreSQL store (asyncpg): the same interface and semantics as SQLite, for several
+engine processes on one database.
+
+Writes go through one writer task per process with group commit
+(``engine.store.pg_writer``); reads and claims use a small connection pool.
+Queued work is *claimed*, not just read: the pipeline's RECEIVED messages, the
+destinations' QUEUED deliveries and the inference jobs carry ``claimed_by``
+(this process) and ``lease_until`` (database clock). See
+``engine.store.pg_claims`` for the rules that keep per-key order across
+processes. A heartbeat renews this process's leases; a process that dies
+stops renewing, its leases run out and another process takes the work over.
+A clean close hands its claims back at once.
+
+URL: ``postgresql://user@host:port/db?lease_secs=30&pool_size=8``; any other
+query parameter is a server setting (e.g. ``search_path=rb_test``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import socket
+import time
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import asyncpg
+
+from engine.errors import StoreUnavailable
+from engine.model import DeliveryStatus, Message, Status
+from engine.store import pg_claims, pg_schema
+from engine.store.base import Delivery, InsertCallback, MessageQuery, NewMessage, Outcome, Store
+from engine.store.clinical import CaseRow
+from engine.store.pg_clinical import PgClinical, apply_domain_events
+from engine.store.pg_fhir import PgFhir
+from engine.store.pg_inference import PgInference
+from engine.store.pg_results import PgResults
+from engine.store.pg_writer import DB_ERRORS, Item, Writer, to_store_error
+
+LEASE_SECS = 30.0
+_MSG_COLS = ("m.id, m.channel, m.received_at, m.status, r.raw, m.control_id, m.message_type,"
+             " m.msg_key, m.duplicate, m.error")
+_MSG_FROM = "messages m JOIN message_raw r ON r.id = m.id AND r.received_at = m.received_at"
+_DLV_COLS = ("d.id, d.message_id, d.destination, d.status, d.attempts,"
+             " coalesce(d.payload, (SELECT raw FROM message_raw r WHERE r.id = d.message_id"
+             " AND r.received_at = d.received_at)), d.response, d.error, d.msg_key")
+_STATUS = {str(s): s for s in Status}
+
+
+def _message(row: Sequence[Any]) -> Message:
+    return Message(id=row[0], channel=row[1], received_at=row[2],
+                   status=_STATUS.get(row[3]) or Status(row[3]), raw=bytes(row[4] or b""),
+                   control_id=row[5], message_type=row[6], key=row[7],
+                   duplicate=bool(row[8]), error=row[9])
+
+
+def delivery_row(row: Sequence[Any]) -> Delivery:
+    return Delivery(id=row[0], message_id=row[1], destination=row[2],
+                    status=DeliveryStatus(row[3]), attempts=row[4], payload=bytes(row[5]),
+                    response=bytes(row[6]) if row[6] is not None else None, error=row[7],
+                    key=row[8])
+
+
+async def _outcomes_op(conn: asyncpg.Connection, outcomes: Sequence[Outcome]) -> list[CaseRow]:
+    now = time.time()
+    ordered = sorted(outcomes, key=lambda o: o.message_id)
+    layers = [(o.message_id, layer, data) for o in ordered for layer, data in o.layers.items()]
+    if layers:
+        await conn.execute(
+            "INSERT INTO content (message_id, received_at, layer, data, created_at)"
+            " SELECT m.id, m.received_at, u.layer, u.data, $4 FROM unnest($1::bigint[],"
+            " $2::text[], $3::bytea[]) AS u(mid, layer, data) JOIN messages m ON m.id = u.mid"
+            " ON CONFLICT (message_id, layer, received_at) DO UPDATE SET data = excluded.data,"
+            " created_at = excluded.created_at", *map(list, zip(*layers, strict=True)), now)
+    forwarded = [o for o in ordered if o.deliveries]
+    if forwarded:
+        await conn.execute("DELETE FROM deliveries WHERE message_id = ANY($1::bigint[]) AND"
+                           " status = 'QUEUED'", [o.message_id for o in forwarded])
+        rows = [(o.message_id, dest, payload) for o in forwarded for dest, payload in o.deliveries]
+        # Ids follow the outcome order (message order): the order each destination sends in.
+        await conn.execute(
+            "INSERT INTO deliveries (id, message_id, received_at, destination, status, attempts,"
+            " payload, updated_at, msg_key) SELECT nextval(pg_get_serial_sequence('deliveries',"
+            " 'id')), s.* FROM (SELECT m.id, m.received_at, u.dest, 'QUEUED', 0, u.payload,"
+            " $4::float8,"
+            " m.msg_key FROM unnest($1::bigint[], $2::text[], $3::bytea[]) WITH ORDINALITY"
+            " AS u(mid, dest, payload, ord) JOIN messages m ON m.id = u.mid ORDER BY u.ord"
+            " OFFSET 0) s", *map(list, zip(*rows, strict=True)), now)
+    await conn.execute(
+        "UPDATE messages m SET status = u.status, error = u.error, updated_at = $4,"
+        " claimed_by = NULL, lease_until = NULL FROM unnest($1::bigint[], $2::text[], $3::text[])"
+        " AS u(id, status, error) WHERE m.id = u.id",
+        [o.message_id for o in ordered],
+        [str(Status.QUEUED if o.deliveries else o.status) for o in ordered],
+        [o.error for o in ordered], now)
+    return await apply_domain_events(conn, ordered)
+
+
+async def _finish_op(conn: asyncpg.Connection, delivery_id: int, message_id: int, status: str,
+                     response: bytes | None, error: str | None) -> None:
+    now = time.time()
+    # The message row first: two processes finishing its last two deliveries take turns, so
+    # the second always sees the first and rolls the message up.
+    await conn.execute("SELECT 1 FROM messages WHERE id = $1 FOR UPDATE", message_id)
+    await conn.execute("UPDATE deliveries SET status = $1, response = $2, error = $3,"
+                       " attempts = attempts + 1, updated_at = $4, claimed_by = NULL,"
+                       " lease_until = NULL WHERE id = $5",
+                       status, response, error, now, delivery_id)
+    await conn.execute(
+        "UPDATE messages SET updated_at = $1, status = CASE WHEN EXISTS (SELECT 1 FROM"
+        " deliveries WHERE message_id = $2 AND status = 'ERROR') THEN 'ERROR' ELSE 'SENT' END,"
+        " error = (SELECT error FROM deliveries WHERE message_id = $2 AND status = 'ERROR'"
+        " LIMIT 1) WHERE id = $2 AND NOT EXISTS (SELECT 1 FROM deliveries WHERE"
+        " message_id = $2 AND status = 'QUEUED')", now, message_id)
+
+
+async def _attempt_op(conn: asyncpg.Connection, delivery_id: int, error: str) -> None:
+    await conn.execute("UPDATE deliveries SET attempts = attempts + 1, error = $1,"
+                       " updated_at = $2 WHERE id = $3", error, time.time(), delivery_id)
+
+
+async def _reprocess_op(conn: asyncpg.Connection, ids: Sequence[int]) -> int:
+    if not ids:
+        return 0
+    result = await conn.execute(
+        "UPDATE messages SET status = 'RECEIVED', error = NULL, updated_at = $1,"
+        " claimed_by = NULL, lease_until = NULL WHERE id = ANY($2::bigint[])",
+        time.time(), list(ids))
+    return int(result.split()[-1])
+
+
+def _split_url(url: str) -> tuple[str, dict[str, str]]:
+    """The asyncpg DSN and our own options (``lease_secs``, ``pool_size``)."""
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query))
+    ours = {k: query.pop(k) for k in ("lease_secs", "pool_size") if k in query}
+    scheme = "postgresql" if parts.scheme.startswith("postgres") else parts.scheme
+    return urlunsplit((scheme, parts.netloc, parts.path, urlencode(query), "")), ours
+
+
+class PostgresStore(PgClinical, PgInference, PgResults, PgFhir, Store):
+    """The scale-out store: several engine processes and inference workers on one database."""
+
+    def __init__(self, dsn: str, lease_secs: float = LEASE_SECS, pool_size: int = 8) -> None:
+        self.dsn = dsn
+        self.lease_secs = lease_secs
+        self.pool_size = pool_size
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self._pool: asyncpg.Pool | None = None
+        self._writer: Writer | None = None
+        self._heartbeat: asyncio.Task[None] | None = None
+
+    @classmethod
+    def from_url(cls, url: str) -> PostgresStore:
+        dsn, ours = _split_url(url)
+        return cls(dsn, float(ours.get("lease_secs", LEASE_SECS)),
+                   int(ours.get("pool_size", 8)))
+
+    async def open(self) -> None:
+        try:
+            self._pool = await asyncpg.create_pool(self.dsn, min_size=1, max_size=self.pool_size)
+            async with self._pool.acquire() as conn:
+                await pg_schema.create_schema(conn)
+        except DB_ERRORS as exc:
+            await self.close()
+            raise to_store_error(exc) from exc
+        self._writer = Writer(lambda: asyncpg.connect(self.dsn))
+        self._writer.start()
+        self._heartbeat = asyncio.create_task(self._renew_leases(), name="radbridge-pg-leases")
+
+    async def close(self) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._heartbeat
+            self._heartbeat = None
+        if self._writer is not None:
+            await self._writer.stop()
+            self._writer = None
+        if self._pool is not None:
+            with contextlib.suppress(*DB_ERRORS):
+                async with self._pool.acquire() as conn:
+                    await pg_claims.release(conn, self.owner)
+            await self._pool.close()
+            self._pool = None
+
+    async def _renew_leases(self) -> None:
+        while True:
+            await asyncio.sleep(self.lease_secs / 3)
+            with contextlib.suppress(*DB_ERRORS, StoreUnavailable):
+                async with self._acquire() as conn:
+                    await pg_claims.renew(conn, self.owner, self.lease_secs)
+
+    # -- plumbing used by the mixins ---------------------------------------------------------
+    def _acquire(self) -> Any:
+        if self._pool is None:
+            raise StoreUnavailable("store is not open")
+        return self._pool.acquire()
+
+    def _submit(self, op: Any, args: tuple[Any, ...], done: Any, needs_lock: bool = False
+                ) -> None:
+        if self._writer is None:
+            done(None, StoreUnavailable("store is not open"))
+            return
+        self._writer.submit(Item(op, args, done, needs_lock))
+
+    async def _write(self, op: Any, *args: Any, needs_lock: bool = False) -> Any:
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+        def done(value: Any, err: BaseException | None) -> None:
+            if not fut.done():
+                fut.set_exception(err) if err is not None else fut.set_result(value)
+
+        self._submit(op, args, done, needs_lock)
+        return await fut
+
+    async def _fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
+        try:
+            async with self._acquire() as conn:
+                return list(await conn.fetch(sql, *args))
+        except DB_ERRORS as exc:
+            raise to_store_error(exc) from exc
+
+    # -- writes ----------------------------------------------------------------------------
+    def submit_insert(self, msg: NewMessage, callback: InsertCallback) -> None:
+        self._submit(None, (msg,), callback)
+
+    async def apply_outcomes(self, outcomes: Sequence[Outcome]) -> list[CaseRow]:
+        if not outcomes:
+            return []
+        return await self._write(_outcomes_op, list(outcomes),
+                                 needs_lock=any(o.domain is not None for o in outcomes))
+
+    async def finish_delivery(self, delivery: Delivery, status: DeliveryStatus,
+                              response: bytes | None, error: str | None) -> None:
+        await self._write(_finish_op, delivery.id, delivery.message_id, str(status), response,
+                          error)
+
+    async def record_attempt(self, delivery: Delivery, error: str) -> None:
+        await self._write(_attempt_op, delivery.id, error)
+
+    async def reprocess(self, message_ids: Sequence[int]) -> int:
+        return int(await self._write(_reprocess_op, list(message_ids)))
+
+    # -- claims ----------------------------------------------------------------------------
+    async def fetch_received(self, channel: str, limit: int, with_raw: bool = True
+                             ) -> list[Message]:
+        try:
+            async with self._acquire() as conn:
+                rows = await pg_claims.claim_received(conn, self.owner, self.lease_secs,
+                                                      channel, limit, with_raw)
+        except DB_ERRORS as exc:
+            raise to_store_error(exc) from exc
+        return [_message(r) for r in rows]
+
+    async def next_deliveries(self, destination: str, limit: int) -> list[Delivery]:
+        try:
+            async with self._acquire() as conn:
+                rows = await pg_claims.claim_deliveries(conn, self.owner, self.lease_secs,
+                                                        destination, limit)
+        except DB_ERRORS as exc:
+            raise to_store_error(exc) from exc
+        return [delivery_row(r) for r in rows]
+
+    # -- reads -----------------------------------------------------------------------------
+    async def recent_control_ids(self, channel: str, since: float) -> list[str]:
+        rows = await self._fetch("SELECT control_id FROM messages WHERE channel = $1 AND"
+                                 " received_at >= $2 AND control_id IS NOT NULL",
+                                 channel, float(since))
+        return [r[0] for r in rows]
+
+    async def query_messages(self, query: MessageQuery) -> list[Message]:
+        where: list[str] = ["true"]
+        params: list[Any] = []
+        for col, val in (("channel", query.channel), ("status", query.status),
+                         ("message_type", query.message_type),
+                         ("control_id", query.control_id)):
+            if val is not None:
+                params.append(val)
+                where.append(f"m.{col} = ${len(params)}")
+        for op, val in ((">=", query.since), ("<", query.until)):
+            if val is not None:
+                params.append(float(val))
+                where.append(f"m.received_at {op} ${len(params)}")
+        params.append(query.limit)
+        rows = await self._fetch(f"SELECT {_MSG_COLS} FROM {_MSG_FROM} WHERE"
+                                 f" {' AND '.join(where)} ORDER BY m.id DESC"
+                                 f" LIMIT ${len(params)}", *params)
+        return [_message(r) for r in rows]
+
+    async def get_message(self, message_id: int) -> tuple[Message, list[Delivery]] | None:
+        rows = await self._fetch(f"SELECT {_MSG_COLS} FROM {_MSG_FROM} WHERE m.id = $1",
+                                 message_id)
+        if not rows:
+            return None
+        msg = _message(rows[0])
+        for layer, data in await self._fetch("SELECT layer, data FROM content WHERE"
+                                             " message_id = $1 ORDER BY created_at", message_id):
+            msg.layers[layer] = bytes(data)
+        drows = await self._fetch(f"SELECT {_DLV_COLS} FROM deliveries d WHERE"
+                                  " d.message_id = $1 ORDER BY d.id", message_id)
+        return msg, [delivery_row(r) for r in drows]
+
+    async def counts(self) -> dict[tuple[str, str], int]:
+        rows = await self._fetch("SELECT channel, status, count(*) FROM messages"
+                                 " GROUP BY channel, status")
+        return {(r[0], r[1]): r[2] for r in rows}
+
+    async def delivery_counts(self) -> dict[tuple[str, str], int]:
+        rows = await self._fetch("SELECT destination, status, count(*) FROM deliveries"
+                                 " GROUP BY destination, status")
+        return {(r[0], r[1]): r[2] for r in rows}
+
+    async def oldest_queued(self, destinations: Sequence[str]) -> dict[str, float]:
+        out = {}
+        for dest in destinations:
+            rows = await self._fetch("SELECT received_at FROM deliveries WHERE destination = $1"
+                                     " AND status = 'QUEUED' ORDER BY id LIMIT 1", dest)
+            if rows:
+                out[dest] = float(rows[0][0])
+        return out
