@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -26,9 +27,53 @@ def make_config(text: str) -> Config:
     return config
 
 
+# The PostgreSQL the suite runs against (scripts/peers.sh starts it); missing, tests fail.
+PG_URL = os.environ.get("RADBRIDGE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+STORES = ("sqlite", "postgresql")
+
+
+def pg_schema_url(schema: str) -> str:
+    """A store URL whose connections work inside *schema* (a fresh one per test)."""
+    return f"{PG_URL}?search_path={schema}"
+
+
+async def _pg(*sql: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(PG_URL)
+    try:
+        for statement in sql:
+            await conn.execute(statement)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="session")
+def _pg_schemas() -> Iterator[list[str]]:
+    """Schemas made by this session, dropped at its end: a test's engines (other fixtures)
+    may still hold connections when its own fixtures are torn down."""
+    schemas: list[str] = []
+    yield schemas
+    if schemas:
+        asyncio.run(_pg("SET lock_timeout = '30s'",
+                        *(f"DROP SCHEMA IF EXISTS {s} CASCADE" for s in schemas)))
+
+
 @pytest.fixture
-def db_url(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'radbridge.db'}"
+def pg_url(_pg_schemas: list[str]) -> str:
+    """A PostgreSQL store URL on a fresh, empty schema."""
+    schema = f"rb_{secrets.token_hex(6)}"
+    asyncio.run(_pg(f"CREATE SCHEMA {schema}"))
+    _pg_schemas.append(schema)
+    return pg_schema_url(schema)
+
+
+@pytest.fixture(params=STORES)
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Every test that takes a store URL runs on SQLite and on PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'radbridge.db'}"
+    return str(request.getfixturevalue("pg_url"))
 
 
 @pytest.fixture

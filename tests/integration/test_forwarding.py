@@ -9,8 +9,7 @@ from bench.hl7gen import adt_a01
 from channels.mllp.client import MLLPClient
 from engine.config import ChannelConfig
 from engine.runtime import Engine
-from engine.store.base import MessageQuery, NewMessage
-from engine.store.sqlite import SQLiteStore
+from engine.store.base import MessageQuery, NewMessage, open_store
 from mappings.hl7v2.ack import read_ack
 from tests.conftest import make_config, wait_for
 from tests.fixtures.peers import HL7Sink
@@ -112,7 +111,7 @@ async def test_a_silent_peer_times_out_and_is_retried(engine_factory: Any, db_ur
 async def test_unfinished_messages_are_redriven_at_start(db_url: str, sink: HL7Sink) -> None:
     # Messages left RECEIVED by a crash (stored, ACKed, never processed).
     config = make_config(forwarding(db_url, sink.endpoint))
-    store = SQLiteStore.from_url(db_url)
+    store = open_store(db_url)
     await store.open()
     for i in range(5):
         await store.insert_message(NewMessage("ris", float(i), adt_a01(f"U{i}"),

@@ -3,8 +3,6 @@ never lowers, read/unread, radiologist verdicts and final-report comparison."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from engine.model import Finding, Identifier, Order, Patient, Status
 from engine.store.base import NewMessage, Outcome, open_store
 from engine.store.clinical import InstanceMeta
@@ -121,8 +119,8 @@ async def test_feedback_and_final_report_agreement(db_url: str) -> None:
         await store.close()
 
 
-async def test_unknown_domain_event_is_ignored(tmp_path: Path) -> None:
-    store = open_store(f"sqlite:///{tmp_path / 'x.db'}")
+async def test_unknown_domain_event_is_ignored(db_url: str) -> None:
+    store = open_store(db_url)
     await store.open()
     try:
         await apply(store, None)

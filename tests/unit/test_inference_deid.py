@@ -11,8 +11,8 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
+from engine.store.base import Store, open_store
 from engine.store.inference import CaseContext
-from engine.store.sqlite import SQLiteStore
 from inference.deid import PseudonymMap, deid_case, deidentify
 from inference.errors import DeidentificationRefused
 from tests.unit.test_inference_series import write_instance
@@ -89,14 +89,14 @@ def test_the_case_an_external_model_sees_has_pseudonyms_and_no_free_text() -> No
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
-    s = SQLiteStore(tmp_path / "rb.db")
+async def store(db_url: str) -> AsyncIterator[Store]:
+    s = open_store(db_url)
     await s.open()
     yield s
     await s.close()
 
 
-async def test_the_pseudonym_map_is_kept_and_reversible(store: SQLiteStore) -> None:
+async def test_the_pseudonym_map_is_kept_and_reversible(store: Store) -> None:
     first = await store.pseudonymize_study(1, STUDY, "MRN1", "ACC123")
     again = await store.pseudonymize_study(2, STUDY, "MRN1", "ACC123")
     assert first == again  # one pseudonym per real value, whichever case asks

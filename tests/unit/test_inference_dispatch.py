@@ -14,9 +14,9 @@ import pytest
 
 from engine.config_inference import ModelConfig
 from engine.inference_runtime import InferenceService
+from engine.store.base import Store, open_store
 from engine.store.clinical import CaseRow, InstanceMeta
 from engine.store.inference import CaseResult, JobState
-from engine.store.sqlite import SQLiteStore
 from inference.dispatch import Batcher, DeviceWorker
 from inference.models import InferenceModel, ModelOutput, Prepared, StudyInput
 from tests.conftest import make_config, wait_for
@@ -140,7 +140,7 @@ builtin = "dicom-qa"
 
 
 class Harness:
-    def __init__(self, store: SQLiteStore, tmp: Path) -> None:
+    def __init__(self, store: Store, tmp: Path) -> None:
         self.store, self.tmp = store, tmp
         self.results: list[CaseResult] = []
         self.services: list[InferenceService] = []
@@ -168,8 +168,8 @@ class Harness:
 
 
 @pytest.fixture
-async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
-    store = SQLiteStore(tmp_path / "rb.db")
+async def harness(tmp_path: Path, db_url: str) -> AsyncIterator[Harness]:
+    store = open_store(db_url)
     await store.open()
     h = Harness(store, tmp_path)
     yield h
