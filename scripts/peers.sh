@@ -21,3 +21,9 @@ if pgrep -x Orthanc >/dev/null && [ -f /etc/orthanc/orthanc.json ]; then
 fi
 # Headless Chromium for the dashboard tests (tests/e2e; Playwright drives the system browser).
 command -v chromium >/dev/null || { export DEBIAN_FRONTEND=noninteractive; apt-get update -qq; apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
+# PostgreSQL: the second store every store/pipeline test also runs against (db "test", trust
+# auth on 127.0.0.1:5432). Started here when it is down; the tests fail, never skip, without it.
+if command -v pg_ctlcluster >/dev/null && ! pg_isready -q -h 127.0.0.1 -p 5432; then
+    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | sort -V | tail -1)" main start
+    for _ in $(seq 30); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 1; done
+fi
