@@ -245,6 +245,14 @@ class PostgresStore(PgClinical, PgInference, PgResults, PgFhir, Store):
     async def reprocess(self, message_ids: Sequence[int]) -> int:
         return int(await self._write(_reprocess_op, list(message_ids)))
 
+    async def drop_message_days(self, before: float) -> list[int]:
+        """Retention: drop every day of messages, raw bytes, layers and deliveries that ended
+        at or before *before* (whole partitions: the disk is freed at once, no VACUUM)."""
+        assert self._writer is not None
+        days = await self._write(pg_schema.drop_days_before, float(before))
+        self._writer.forget_days()
+        return list(days)
+
     # -- claims ----------------------------------------------------------------------------
     async def fetch_received(self, channel: str, limit: int, with_raw: bool = True
                              ) -> list[Message]:
