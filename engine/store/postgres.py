@@ -136,7 +136,7 @@ def _split_url(url: str) -> tuple[str, dict[str, str]]:
     """The asyncpg DSN and our own options (``lease_secs``, ``pool_size``)."""
     parts = urlsplit(url)
     query = dict(parse_qsl(parts.query))
-    ours = {k: query.pop(k) for k in ("lease_secs", "pool_size") if k in query}
+    ours: dict[str, str] = {k: query.pop(k) for k in ("lease_secs", "pool_size") if k in query}
     scheme = "postgresql" if parts.scheme.startswith("postgres") else parts.scheme
     return urlunsplit((scheme, parts.netloc, parts.path, urlencode(query), "")), ours
 
@@ -289,9 +289,9 @@ class PostgresStore(PgClinical, PgInference, PgResults, PgFhir, Store):
             if val is not None:
                 params.append(val)
                 where.append(f"m.{col} = ${len(params)}")
-        for op, val in ((">=", query.since), ("<", query.until)):
-            if val is not None:
-                params.append(float(val))
+        for op, bound in ((">=", query.since), ("<", query.until)):
+            if bound is not None:
+                params.append(float(bound))
                 where.append(f"m.received_at {op} ${len(params)}")
         params.append(query.limit)
         rows = await self._fetch(f"SELECT {_MSG_COLS} FROM {_MSG_FROM} WHERE"
