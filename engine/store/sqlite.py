@@ -376,11 +376,14 @@ class SQLiteStore(SQLiteClinical, SQLiteInference, SQLiteResults, SQLiteFhir, St
             self._checkpointer.stopping.set()
             await asyncio.to_thread(self._checkpointer.join)
             self._checkpointer = None
+        # Readers first: a query still running in a reader thread (its awaiting task may have
+        # been cancelled) must finish before its connection is closed under it, which crashes
+        # the interpreter (a segfault in sqlite3), not just the query.
+        await asyncio.to_thread(self._readers.shutdown, wait=True)
         with self._conns_lock:
             for conn in self._conns:
                 conn.close()
             self._conns.clear()
-        self._readers.shutdown(wait=True)
 
     # -- writes --------------------------------------------------------------
     def _submit(self, op: Callable[..., Any], args: tuple[Any, ...],
