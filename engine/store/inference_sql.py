@@ -89,7 +89,7 @@ def _finding(row: Sequence[Any]) -> StoredFinding:
 
 
 def _audit(row: Sequence[Any]) -> AuditEntry:
-    entry = AuditEntry(*row[1:17])
+    entry = AuditEntry(*list(row)[1:17])  # list(): asyncpg records do not slice
     entry.id, entry.created_at = row[0], row[17]
     return entry
 

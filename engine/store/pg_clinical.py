@@ -24,39 +24,21 @@ from engine.store.clinical import (
     OrderRow,
     StudyRow,
 )
-from engine.store.clinical_sql import order_key
 
-_STUDY_COLS = ("uid, accession, patient_id, issuer, modality, body_part, state, revision,"
-               " series_count, instance_count, expected_count, quiet_secs, channel, first_at,"
-               " last_at, completed_at")
-_ORDER_COLS = ("id, order_key, patient_id, issuer, placer, filler, accession,"
-               " requested_procedure_id, study_uid, modality, procedure_code, procedure_text,"
-               " priority, status, control, patient_class, location, cancelled, created_at,"
-               " updated_at")
-_CASE_SELECT = (
-    "SELECT c.id, c.order_id, c.study_uid, c.revision, c.state, c.created_at,"
-    " coalesce(o.accession, s.accession), coalesce(o.patient_id, s.patient_id),"
-    " coalesce(o.modality, s.modality), s.body_part, o.procedure_code, o.priority,"
-    " o.patient_class FROM cases c JOIN studies s ON s.uid = c.study_uid"
-    " LEFT JOIN orders o ON o.id = c.order_id")
+# The same columns, joins and row shapes as the SQLite side.
+from engine.store.clinical_sql import (
+    _CASE_SELECT,
+    _ORDER_COLS,
+    _STUDY_COLS,
+    _case,
+    _order,
+    _study,
+    order_key,
+)
+
 # A study or an order matches by Study UID, else by accession + patient id (+ issuer if both).
 _MATCH = ("(study_uid = $1 OR ($2::text IS NOT NULL AND accession = $2 AND patient_id = $3 AND"
           " (issuer IS NULL OR $4::text IS NULL OR issuer = $4)))")
-
-
-def _study(row: Sequence[Any]) -> StudyRow:
-    return StudyRow(*row)
-
-
-def _order(row: Sequence[Any]) -> OrderRow:
-    r = list(row)
-    r[17] = bool(r[17])
-    return OrderRow(*r)
-
-
-def _case(row: Sequence[Any]) -> CaseRow:
-    return CaseRow(*row)
-
 
 # -- instances and studies -----------------------------------------------------------------
 

@@ -29,39 +29,13 @@ from engine.store.inference import (
     StoredFinding,
     new_pseudonym,
 )
+from engine.store.inference_sql import _AUDIT_COLS, _FINDING_COLS, _JOB_COLS, _audit, _finding, _job
+from engine.store.inference_sql import _CASE_CONTEXT as _SQL_CASE_CONTEXT
+from engine.store.pg_schema import pg
 from engine.store.pg_writer import DB_ERRORS, to_store_error
 
-_JOB_COLS = "id, case_id, model, state, lane, attempts, created_at, updated_at, not_before, error"
-_AUDIT_COLS = ("job_id, case_id, study_uid, model, version, checksum, device, attempt, status,"
-               " batch_size, queue_ms, preprocess_ms, forward_ms, total_ms, outputs, error")
-_FINDING_COLS = ("id, case_id, job_id, study_uid, code, display, system, probability, critical,"
-                 " model, version, location, demo, criticality, mode, detail, created_at")
-_CASE_CONTEXT = (
-    "SELECT c.id, c.study_uid, c.revision, c.state, coalesce(o.accession, s.accession),"
-    " coalesce(o.patient_id, s.patient_id), coalesce(o.issuer, s.issuer),"
-    " coalesce(s.modality, o.modality), s.body_part, o.procedure_code, o.procedure_text,"
-    " o.priority, o.patient_class, o.location FROM cases c JOIN studies s ON s.uid = c.study_uid"
-    " LEFT JOIN orders o ON o.id = c.order_id WHERE c.id = $1")
-
-
-def _job(row: Sequence[Any]) -> JobRow:
-    r = list(row)
-    r[3] = JobState(r[3])
-    return JobRow(*r)
-
-
-def _finding(row: Sequence[Any]) -> StoredFinding:
-    f = Finding(code=row[4], display=row[5], coding_system=row[6], probability=row[7],
-                critical=bool(row[8]), model_name=row[9], model_version=row[10],
-                location=row[11], demo=bool(row[12]), criticality=row[13], mode=row[14],
-                detail=row[15])
-    return StoredFinding(row[0], row[1], row[2], row[3], f, row[16])
-
-
-def _audit(row: Sequence[Any]) -> AuditEntry:
-    entry = AuditEntry(*list(row)[1:17])
-    entry.id, entry.created_at = row[0], row[17]
-    return entry
+# The same columns, queries and row shapes as the SQLite side: only the placeholders differ.
+_CASE_CONTEXT = pg(_SQL_CASE_CONTEXT)
 
 
 # -- write operations (the writer's transaction) --------------------------------------------
