@@ -31,7 +31,7 @@ from tests.fixtures.orthanc import Orthanc
 from tests.fixtures.peers import HL7Sink
 from tests.fixtures.studies import make_instance
 from tests.integration.test_inference import real_chest_cr
-from tests.integration.test_results_flow import routine_orm
+from tests.integration.test_results_flow import demo_model, routine_orm
 
 QUIET_SECS = 0.5
 
@@ -63,25 +63,7 @@ destination = {{ type = "fhir_rest", base_url = "{fhir_url}" }}
 [[channel]]
 name = "pacs-sr"
 destination = {{ type = "dicomweb_stow", url = "{pacs_url}" }}
-[[escalation]]
-code = "36118008"
-priority = "STAT"
-[[route]]
-name = "chest"
-when = {{ modality = ["CR", "DX"] }}
-models = ["demo-cxr"]
-[[model]]
-name = "demo-cxr"
-version = "0.1.0"
-format = "builtin"
-batch_max = 1
-max_wait_ms = 0
-[[model.output.labels]]
-code = "36118008"
-display = "Pneumothorax"
-system = "SCT"
-threshold = 0.0
-"""
+{demo_model()}"""
 
 
 async def storescu(host: str, port: int, path: Path) -> None:

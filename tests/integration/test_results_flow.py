@@ -95,7 +95,14 @@ destination = {{ type = "mllp", endpoint = "{ris.endpoint}" }}
 [[channel]]
 name = "alerts"
 destination = {{ type = "webhook", url = "{hook_url}" }}
-# The demo's findings are never critical by themselves: escalate its code explicitly.
+{demo_model(mode)}"""
+
+
+def demo_model(mode: str = "second_reader") -> str:
+    """demo-cxr routed for chest radiographs, reporting a (DEMO) pneumothorax on every study
+    (threshold 0, so flows are deterministic), and the rule that escalates it to STAT: the
+    demo's findings are never critical by themselves."""
+    return f"""
 [[escalation]]
 code = "36118008"
 priority = "STAT"
@@ -110,7 +117,6 @@ format = "builtin"
 batch_max = 1
 max_wait_ms = 0
 mode = "{mode}"
-# Threshold 0: the demo always reports this (DEMO) finding, so the flow is deterministic.
 [[model.output.labels]]
 code = "36118008"
 display = "Pneumothorax"
