@@ -92,12 +92,41 @@ class QAOptions(Strict):
                                  "HIP", "KNEE", "LEG", "ANKLE", "FOOT", "BREAST", "EXTREMITY"])
 
 
+class RemoteSpec(Strict):
+    """``format = "kserve"``: where the model is served (KServe v2 / Triton HTTP protocol).
+
+    The engine still selects the series and preprocesses the pixels (``input``), sends the
+    prepared tensor batch, and turns the returned scores into findings (``output``). The
+    server sees pixels only: no DICOM header, no identifiers.
+    """
+
+    url: str = Field(pattern=r"^https?://[^\s/]+(/[^\s]*)?$",
+                     description="Base URL of the inference server, e.g. http://triton:8000 "
+                                 "(a path prefix is kept: https://gw/kserve).")
+    model: str | None = Field(None, min_length=1,
+                              description="The model's name on the server (default: name).")
+    model_version: str | None = Field(
+        None, min_length=1, description="Pin a server-side version (default: the server's "
+                                        "policy). Pinning is what makes the audit exact.")
+    input: str | None = Field(None, min_length=1,
+                              description="Input tensor name (default: the model's only one).")
+    output: str | None = Field(None, min_length=1,
+                               description="Output tensor name (default: its only one).")
+    binary: bool = Field(True, description="Send and receive tensors as raw bytes (the binary "
+                                           "tensor extension of Triton); false: JSON lists, for "
+                                           "servers without the extension.")
+    token_env: str | None = Field(
+        None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="Environment variable holding a bearer token (never in channels.toml).")
+    ca_file: str | None = Field(None, description="https: CA bundle to trust (default: system).")
+
+
 class ModelConfig(Strict):
     """One ``[[model]]`` entry."""
 
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")
     version: str = Field(min_length=1)
-    format: Literal["torchscript", "state_dict", "builtin"] = "torchscript"
+    format: Literal["torchscript", "state_dict", "builtin", "kserve"] = "torchscript"
     builtin: Literal["demo-cxr", "dicom-qa"] | None = Field(
         None, validate_default=True,
         description="format = builtin: which one (default: the model's name).")
@@ -111,13 +140,16 @@ class ModelConfig(Strict):
     input: InputSpec = Field(default_factory=lambda: InputSpec.model_validate({}))
     output: OutputSpec = Field(default_factory=lambda: OutputSpec.model_validate({}),
                                validate_default=True)
+    remote: RemoteSpec | None = Field(None, validate_default=True,
+                                      description="format = kserve: the serving endpoint.")
     qa: QAOptions = Field(default_factory=lambda: QAOptions.model_validate({}))
     batch_max: int = Field(8, ge=1, le=1024)
     max_wait_ms: float = Field(20, ge=0, description="Flush a partial batch after this long.")
     timeout_secs: float = Field(60, gt=0, description="One forward pass, per attempt.")
     retries: int = Field(2, ge=0, le=10, description="Attempts after the first one fails.")
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$",
-                        description="auto: cuda:0 when present, else cpu.")
+                        description="auto: cuda:0 when present, else cpu (kserve: the "
+                                    "server decides; this is not used).")
     precision: Literal["fp32", "fp16", "bf16"] = Field(
         "fp32", description="fp16/bf16: autocast (mixed precision) in the forward pass.")
     mode: Literal["second_reader", "shadow"] = Field(
@@ -154,11 +186,21 @@ class ModelConfig(Strict):
                              f"{list(ARCHITECTURES)}")
         return value
 
+    @field_validator("remote")
+    @classmethod
+    def _remote(cls, value: RemoteSpec | None, info: ValidationInfo) -> RemoteSpec | None:
+        fmt = info.data.get("format")
+        if fmt == "kserve" and value is None:
+            raise ValueError('format = kserve needs remote = { url = "http://host:8000" }')
+        if value is not None and fmt != "kserve":
+            raise ValueError(f"remote is only for format = kserve, not {fmt}")
+        return value
+
     @field_validator("output")
     @classmethod
     def _labels(cls, value: OutputSpec, info: ValidationInfo) -> OutputSpec:
         fmt = info.data.get("format")
-        if fmt in ("torchscript", "state_dict") and not value.labels:
+        if fmt in ("torchscript", "state_dict", "kserve") and not value.labels:
             raise ValueError(f"format = {fmt} needs output.labels (one per model output)")
         return value
 

@@ -232,6 +232,8 @@ class InferenceService:
             worker.stop()
         for worker in self.workers.values():
             await asyncio.to_thread(worker.join, 30)
+        for batcher in self.batchers.values():
+            batcher.model.close()  # after its device thread: nothing uses it any more
         self.pool.shutdown(wait=False, cancel_futures=True)
         event(log, "INF-103", "inference stopped")
 

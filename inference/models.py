@@ -68,6 +68,11 @@ class InferenceModel(abc.ABC):
     def run_batch(self, items: list[Prepared]) -> list[ModelOutput]:
         """One batched pass (the device's thread); one output per item, in order."""
 
+    def close(self) -> None:
+        """Release what the model holds outside the process (a remote model's connection);
+        local models hold nothing there."""
+        return None
+
     def finding(self, label: LabelSpec, probability: float | None, detail: str | None = None,
                 demo: bool = False) -> Finding:
         return Finding(code=label.code, display=label.display, coding_system=label.system,

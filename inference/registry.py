@@ -3,6 +3,9 @@
 * ``torchscript``: ``torch.jit.load`` of ``path``.
 * ``state_dict``: a named pure-torch architecture (``inference.architectures``)
   with the weights of ``path`` (``torch.load(weights_only=True)``, strict keys).
+* ``kserve``: a model served over the KServe v2 / Triton HTTP protocol
+  (``inference.remote``); its checksum is the SHA-256 of the server's model
+  metadata, since the weights are not ours to hash.
 * ``builtin``: ``demo-cxr`` (a small CNN with fixed seeded weights; its every
   output is labelled DEMO) or ``dicom-qa`` (rules; see ``inference.dicom_qa``).
 
@@ -120,10 +123,27 @@ def _dry_run(model: TensorModel) -> None:
 
 def load_model(config: ModelConfig) -> InferenceModel:
     """Load one model on its device; raises ``ModelLoadError`` (``ChecksumMismatch``)."""
+    return _load(config)[0]
+
+
+def _load(config: ModelConfig) -> tuple[InferenceModel, str]:
+    """The model and its load status (``loaded``, or ``deferred`` for a remote model whose
+    server did not answer yet)."""
     if config.format == "builtin" and config.builtin_name == "dicom-qa":
         from inference.dicom_qa import DicomQA
 
-        return DicomQA(config)
+        return DicomQA(config), "loaded"
+    if config.format == "kserve":
+        from inference.remote import load_remote
+
+        remote, status = load_remote(config)
+        if status == "loaded":
+            try:
+                _dry_run(remote)  # zeros through the real server: shapes and labels agree
+            except ModelLoadError:
+                remote.close()
+                raise
+        return remote, status
     try:
         import torch  # noqa: F401
     except ImportError as exc:
@@ -138,7 +158,7 @@ def load_model(config: ModelConfig) -> InferenceModel:
     module = module.to(device).eval()
     model = (DemoModel if demo else TensorModel)(config, digest, device, module, labels)
     _dry_run(model)
-    return model
+    return model, "loaded"
 
 
 def load_all(configs: list[ModelConfig]) -> tuple[dict[str, InferenceModel], dict[str, str],
@@ -149,7 +169,7 @@ def load_all(configs: list[ModelConfig]) -> tuple[dict[str, InferenceModel], dic
     loads: list[ModelLoad] = []
     for config in configs:
         try:
-            model = load_model(config)
+            model, status = _load(config)
         except ModelLoadError as exc:
             failed[config.name] = f"model unavailable: {exc}"
             loads.append(ModelLoad(config.name, config.version, config.format, "", config.device,
@@ -159,7 +179,7 @@ def load_all(configs: list[ModelConfig]) -> tuple[dict[str, InferenceModel], dic
             continue
         models[config.name] = model
         loads.append(ModelLoad(config.name, config.version, config.format, model.checksum,
-                               model.device, "loaded"))
+                               model.device, status))
         event(log, "INF-101", "model loaded", model=config.name, version=config.version,
               sha256=model.checksum[:16], device=model.device)
     return models, failed, loads

@@ -27,3 +27,13 @@ if command -v pg_ctlcluster >/dev/null && ! pg_isready -q -h 127.0.0.1 -p 5432; 
     pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | sort -V | tail -1)" main start
     for _ in $(seq 30); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 1; done
 fi
+# Triton Inference Server (PyTriton wheel: tritonserver plus its Python backend, CPU-only here)
+# for the remote-inference tests. It lives in its own venv because PyTriton pins numpy and
+# gRPC versions the project does not need. tests/fixtures/triton.py finds it here.
+TRITON_VENV="${RADBRIDGE_TRITON_VENV:-.peers/triton}"
+if ! "$TRITON_VENV/bin/python" -c "import pytriton" 2>/dev/null; then
+    PY=${PYTHON:-python3.11}
+    command -v "$PY" >/dev/null || PY=python3
+    "$PY" -m venv "$TRITON_VENV"
+    "$TRITON_VENV/bin/pip" install -q "nvidia-pytriton==0.7.0"
+fi

@@ -180,3 +180,4 @@ async def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.05
         await asyncio.sleep(interval)
 
 from tests.fixtures.orthanc import orthanc  # noqa: E402, F401  (fixture)
+from tests.fixtures.triton import triton  # noqa: E402, F401  (fixture)

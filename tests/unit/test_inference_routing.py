@@ -120,3 +120,51 @@ def test_a_builtin_model_may_take_any_name() -> None:
     config, problems = lint_text(text)
     assert problems == [] and config is not None
     assert config.model[0].builtin_name == "dicom-qa"
+
+
+REMOTE = """\
+[[model]]
+name = "triton-cxr"
+version = "3"
+format = "kserve"
+output = { labels = [{ code = "1", display = "x" }] }
+
+[[model]]
+name = "local"
+version = "1"
+format = "builtin"
+builtin = "demo-cxr"
+remote = { url = "http://triton:8000" }
+
+[[model]]
+name = "bad-url"
+version = "1"
+format = "kserve"
+remote = { url = "triton:8000", token = "secret" }
+output = { labels = [{ code = "1", display = "x" }] }
+"""
+
+
+def test_lint_names_what_a_remote_model_entry_lacks_or_gets_wrong() -> None:
+    problems = [str(p) for p in lint_text(REMOTE, "channels.toml")[1]]
+    assert problems == [
+        'channels.toml:1: model[0].remote: Value error, format = kserve needs remote = '
+        '{ url = "http://host:8000" }',
+        "channels.toml:12: model[1].remote: Value error, remote is only for format = kserve,"
+        " not builtin",
+        "channels.toml:18: model[2].remote.token: unknown key",
+        "channels.toml:18: model[2].remote.url: String should match pattern"
+        " '^https?://[^\\s/]+(/[^\\s]*)?$'",
+    ]
+
+
+def test_a_remote_model_entry_parses_with_its_defaults() -> None:
+    text = ('[[model]]\nname = "triton-cxr"\nversion = "3"\nformat = "kserve"\n'
+            'remote = { url = "https://gw.example/kserve", model_version = "2" }\n'
+            'output = { labels = [{ code = "1", display = "x" }] }\n')
+    config, problems = lint_text(text)
+    assert problems == [] and config is not None
+    remote = config.model[0].remote
+    assert remote is not None and remote.model_version == "2"
+    assert (remote.model, remote.binary, remote.input, remote.token_env) == (None, True, None,
+                                                                             None)
