@@ -49,9 +49,12 @@ ROUTED_STATES = ("ready", "study_only")
 
 
 class InferenceService:
+    reverify_secs = 15.0  # a deferred remote model's server is tried this often
+    retry_backoff_secs = 2.0  # a failed attempt waits this long, doubled each time
+
     def __init__(self, config: Config, store: Store, result_listeners: list[ResultListener],
                  *, preprocess_threads: int = 2, max_inflight: int | None = None,
-                 retry_backoff_secs: float = 2.0, poll_secs: float = 1.0,
+                 retry_backoff_secs: float | None = None, poll_secs: float = 1.0,
                  loader: Callable[[list[Any]], Any] | None = None,
                  run_jobs: bool = True) -> None:
         from inference.routing import Router
@@ -62,7 +65,8 @@ class InferenceService:
         self.router = Router(config.route)
         self.pool = ThreadPoolExecutor(preprocess_threads, thread_name_prefix="radbridge-prep")
         self.max_inflight = max_inflight or max(8, 2 * sum(m.batch_max for m in config.model))
-        self.retry_backoff_secs = retry_backoff_secs
+        if retry_backoff_secs is not None:
+            self.retry_backoff_secs = retry_backoff_secs
         self.poll_secs = poll_secs
         self.loader = loader  # default: inference.registry.load_all (tests pass fakes)
         self.run_jobs = run_jobs  # False: route and enqueue only (workers run the jobs)
@@ -96,6 +100,8 @@ class InferenceService:
         models, failed, loads = await asyncio.to_thread(loader, list(self.config.model))
         for load in loads:
             await self.store.record_model_load(load)
+            if load.status == "deferred":
+                self._spawn(self._verify_deferred(models[load.name], load), self._tasks)
         loop = asyncio.get_running_loop()
         for model in models.values():
             if model.device not in self.workers:
@@ -111,6 +117,28 @@ class InferenceService:
         self.ready.set()
         self._spawn(self._recover(), self._tasks)
         self._spawn(self._schedule(), self._tasks)
+
+    async def _verify_deferred(self, model: Any, load: Any) -> None:
+        """A remote model whose server was down at start: check it until the server answers,
+        then record the load (with the server's metadata checksum) or why it failed. Its jobs
+        meanwhile retry with backoff (the first batch also verifies)."""
+        from dataclasses import replace
+
+        from inference.errors import ModelLoadError, TransientInferenceError
+
+        while True:
+            try:
+                await asyncio.to_thread(model.verify)
+            except TransientInferenceError:
+                await asyncio.sleep(self.reverify_secs)
+                continue
+            except ModelLoadError as exc:
+                await self.store.record_model_load(replace(load, status="failed",
+                                                           error=str(exc), at=0.0))
+                return
+            await self.store.record_model_load(replace(load, status="loaded",
+                                                       checksum=model.checksum, at=0.0))
+            return
 
     def on_cases(self, cases: Sequence[CaseRow]) -> None:
         """An ``Engine.case_listeners`` entry: route new cases (in a task; never blocks)."""

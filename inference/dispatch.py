@@ -21,7 +21,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from inference.errors import ForwardError
+from inference.errors import ForwardError, InferenceError
 from inference.models import InferenceModel, ModelOutput, Prepared
 
 
@@ -109,6 +109,9 @@ def _resolve(batch: Batch, outputs: list[ModelOutput] | None, error: BaseExcepti
         if item.future.done():  # timed out meanwhile
             continue
         if error is not None or outputs is None:
+            if isinstance(error, InferenceError):  # keeps its type: retry-or-fail needs it
+                item.future.set_exception(error)
+                continue
             reason = f"{type(error).__name__}: {str(error)[:200]}" if error else "no output"
             item.future.set_exception(ForwardError(reason))
             continue

@@ -11,7 +11,9 @@
         ├── DeidentificationRefused an external model may not see this study: final, no retry
         └── TransientInferenceError retry with backoff until the attempts are used up
             ├── InferenceTimeout    the forward pass took longer than timeout_secs
-            └── ForwardError        the model raised (out of memory, a bad batch ...)
+            ├── ForwardError        the model raised (out of memory, a bad batch ...)
+            └── ServerUnavailable   a remote model's server does not answer: wait for it,
+                                    however long, without using up attempts
 """
 
 from __future__ import annotations
@@ -53,3 +55,9 @@ class InferenceTimeout(TransientInferenceError):
 
 class ForwardError(TransientInferenceError):
     """The model raised during the forward pass."""
+
+
+class ServerUnavailable(TransientInferenceError):
+    """A remote model's server is down, unreachable or overloaded (503): the job is retried
+    at a steady pace for as long as that lasts, like a delivery to a destination that is
+    down, and the wait does not count against its retries."""

@@ -46,18 +46,19 @@ import numpy as np
 
 from engine.config_inference import LabelSpec, ModelConfig, RemoteSpec
 from engine.logs import event
-from inference.errors import ForwardError, InferenceTimeout, ModelLoadError
+from inference.errors import ForwardError, InferenceTimeout, ModelLoadError, ServerUnavailable
 from inference.models import ModelOutput, Prepared, TensorModel
 
 log = logging.getLogger("radbridge.inference")
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
+BUSY = frozenset({429, 502, 503, 504})  # the server (or its gateway) cannot take it now
 # numpy dtype of each v2 datatype we accept on the way in or out.
 DATATYPES = {"FP32": np.float32, "FP16": np.float16, "FP64": np.float64}
 
 
-class RemoteUnavailable(ForwardError):
-    """The server did not answer (refused, reset, timed out): try again later."""
+class RemoteUnavailable(ServerUnavailable):
+    """The server did not answer (refused, reset) or said it cannot now (429/502/503/504)."""
 
 
 class RemoteRejected(ForwardError):
@@ -220,6 +221,8 @@ class KServeClient:
             body = json.dumps(request, separators=(",", ":")).encode()
         status, response_headers, data = self.request("POST", self.base + "/infer", body,
                                                       headers)
+        if status in BUSY:
+            raise RemoteUnavailable(f"{self.netloc} answered {status}: {_error_text(data)}")
         if status != 200:
             raise RemoteRejected(status, _error_text(data))
         return decode_output(data, response_headers.get(HEADER_LENGTH.lower()), out.name)
@@ -326,7 +329,7 @@ class RemoteModel(TensorModel):
                 raise RemoteUnavailable(f"{self.client.netloc}: model not ready")
             self.meta, self.checksum = meta, meta.digest
             self.io = (inp, out, batched)
-        event(log, "INF-102", "remote model verified", model=self.name, version=self.version,
+        event(log, "INF-105", "remote model verified", model=self.name, version=self.version,
               server=self.client.netloc, platform=meta.platform, sha256=meta.digest[:16])
 
     def run_batch(self, items: list[Prepared]) -> list[ModelOutput]:

@@ -6,6 +6,9 @@ Outcomes, by error type (see ``inference.errors``):
 * ``TransientInferenceError`` (timeout, forward failure) or an unexpected error: an
   audit row, then back to ``queued`` with exponential backoff, or ``error`` once
   ``retries`` more attempts have failed;
+* ``ServerUnavailable`` (a remote model's server is down or busy): back to ``queued``
+  every ``5 x backoff`` seconds for as long as it lasts, the attempt refunded, so an
+  outage of the server never fails a job (like deliveries to a destination that is down);
 * ``NotApplicable`` / ``PreprocessError`` / ``DeidentificationRefused``: ``error`` at once;
 * a model that did not load: ``error`` at once with the load failure.
 """
@@ -29,6 +32,7 @@ from inference.errors import (
     InferenceError,
     InferenceTimeout,
     NotApplicable,
+    ServerUnavailable,
     TransientInferenceError,
 )
 from inference.models import InferenceModel, Prepared, StudyInput
@@ -72,6 +76,7 @@ class JobRunner:
         self.batchers = batchers
         self.pool = pool
         self.backoff_secs = backoff_secs
+        self.unavailable_secs = backoff_secs * 5  # a down server is tried this often
 
     async def run(self, job: JobRow) -> bool:
         """Run one claimed job; true when it made its case final."""
@@ -87,6 +92,8 @@ class JobRunner:
             return await self._attempt(attempt)
         except (NotApplicable, DeidentificationRefused) as exc:
             return await self._fail(attempt, "error", str(exc))
+        except ServerUnavailable as exc:
+            return await self._wait_for_server(attempt, str(exc))
         except (TransientInferenceError, TimeoutError) as exc:
             status = "timeout" if isinstance(exc, TimeoutError | InferenceTimeout) else "error"
             reason = str(exc) or f"no result within {model.config.timeout_secs:g}s"
@@ -142,6 +149,14 @@ class JobRunner:
         event(log, "INF-301", "inference attempt failed, will retry", job=a.job.id,
               model=a.model.name, attempt=a.job.attempts, reason=status,
               level=logging.WARNING)
+        return False
+
+    async def _wait_for_server(self, a: Attempt, reason: str) -> bool:
+        """The model's server is down: try again at a steady pace, attempts refunded."""
+        await self.store.retry_job(a.job.id, reason, time.time() + self.unavailable_secs,
+                                   a.audit("unavailable", error=reason), refund=True)
+        event(log, "INF-303", "model server unavailable, job waits", job=a.job.id,
+              model=a.model.name, retry_secs=self.unavailable_secs, level=logging.WARNING)
         return False
 
     async def _fail(self, a: Attempt, status: str, reason: str) -> bool:

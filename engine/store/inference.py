@@ -123,7 +123,7 @@ class ModelLoad:
     format: str
     checksum: str
     device: str
-    status: str  # loaded | failed
+    status: str  # loaded | failed | deferred (a remote model whose server did not answer yet)
     error: str | None = None
     at: float = 0.0
 
@@ -187,8 +187,10 @@ class InferenceStore(abc.ABC):
 
     @abc.abstractmethod
     async def retry_job(self, job_id: int, error: str, not_before: float,
-                        audit: AuditEntry | None) -> None:
-        """A transient failure: back to queued, not before *not_before*."""
+                        audit: AuditEntry | None, refund: bool = False) -> None:
+        """A transient failure: back to queued, not before *not_before*. ``refund``: the
+        attempt did not count (the model's server was unavailable), so waiting for it never
+        uses up the job's retries."""
 
     @abc.abstractmethod
     async def finish_job(self, job_id: int, state: JobState, findings: Sequence[Finding],

@@ -142,10 +142,10 @@ def _insert_audit(conn: sqlite3.Connection, a: AuditEntry, now: float) -> None:
 
 
 def retry_op(conn: sqlite3.Connection, job_id: int, error: str, not_before: float,
-             audit: AuditEntry | None) -> None:
+             audit: AuditEntry | None, refund: bool = False) -> None:
     now = time.time()
-    conn.execute("UPDATE inference_jobs SET state='queued', error=?, not_before=?, updated_at=?"
-                 " WHERE id=?", (error, not_before, now, job_id))
+    conn.execute("UPDATE inference_jobs SET state='queued', error=?, not_before=?, updated_at=?,"
+                 " attempts=attempts-? WHERE id=?", (error, not_before, now, int(refund), job_id))
     if audit is not None:
         _insert_audit(conn, audit, now)
 
@@ -243,8 +243,8 @@ class SQLiteInference(InferenceStore):
         return await self._write(claim_op, limit, now)
 
     async def retry_job(self, job_id: int, error: str, not_before: float,
-                        audit: AuditEntry | None) -> None:
-        await self._write(retry_op, job_id, error, not_before, audit)
+                        audit: AuditEntry | None, refund: bool = False) -> None:
+        await self._write(retry_op, job_id, error, not_before, audit, refund)
 
     async def finish_job(self, job_id: int, state: JobState, findings: Sequence[Finding],
                          audit: AuditEntry | None, error: str | None = None) -> bool:

@@ -78,11 +78,12 @@ async def _insert_audit(conn: asyncpg.Connection, a: AuditEntry, now: float) -> 
 
 
 async def retry_op(conn: asyncpg.Connection, job_id: int, error: str, not_before: float,
-                   audit: AuditEntry | None) -> None:
+                   audit: AuditEntry | None, refund: bool = False) -> None:
     now = time.time()
     await conn.execute("UPDATE inference_jobs SET state = 'queued', error = $1, not_before = $2,"
-                       " updated_at = $3, claimed_by = NULL, lease_until = NULL WHERE id = $4",
-                       error, float(not_before), now, job_id)
+                       " updated_at = $3, claimed_by = NULL, lease_until = NULL,"
+                       " attempts = attempts - $5 WHERE id = $4",
+                       error, float(not_before), now, job_id, int(refund))
     if audit is not None:
         await _insert_audit(conn, audit, now)
 
@@ -201,8 +202,8 @@ class PgInference(InferenceStore):
         return sorted((_job(r) for r in rows), key=lambda j: (j.lane, j.id))
 
     async def retry_job(self, job_id: int, error: str, not_before: float,
-                        audit: AuditEntry | None) -> None:
-        await self._write(retry_op, job_id, error, not_before, audit)
+                        audit: AuditEntry | None, refund: bool = False) -> None:
+        await self._write(retry_op, job_id, error, not_before, audit, refund)
 
     async def finish_job(self, job_id: int, state: JobState, findings: Sequence[Finding],
                          audit: AuditEntry | None, error: str | None = None) -> bool:

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from engine.config_inference import ModelConfig
+from engine.inference_runtime import InferenceService
 from engine.store.inference import CaseContext, JobState
 from inference.errors import ForwardError, ModelLoadError
 from inference.models import StudyInput
@@ -231,3 +232,50 @@ async def test_the_engine_runs_a_correlated_study_through_the_remote_model_and_a
     assert set(probabilities) == {"R0", "R1", "R2", "R3"}
     assert {f.code for f in result.findings} == {c for c, p in probabilities.items() if p >= 0.5}
     assert "kserve" in cli(tmp_path, "models")
+
+
+async def test_jobs_wait_for_a_server_that_is_down_without_using_up_their_retries(
+        triton: TritonServer, engine_factory: Any, db_url: str, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(InferenceService, "reverify_secs", 0.2)
+    monkeypatch.setattr(InferenceService, "retry_backoff_secs", 0.05)  # down: 0.25 s apart
+    late_port = free_port()
+    engine, ingest, results = await start(
+        engine_factory, engine_config(tmp_path, db_url, f"http://127.0.0.1:{late_port}"),
+        tmp_path)
+
+    async def load_status() -> str:
+        loads = await engine.store.list_model_loads()
+        return loads[0].status if loads else ""
+
+    async def is_loaded() -> bool:  # recorded again once the server answered
+        return await load_status() == "loaded"
+
+    await wait_for(load_status, timeout=30)
+    assert await load_status() == "deferred"
+    await send_hl7(engine, orm("OR2", "ACC-REMOTE2"))
+    part10, _ = real_chest_cr("ACC-REMOTE2")
+    await ingest.ingest(part10)
+
+    async def waits() -> bool:  # more unavailable attempts than the model's retries (2)
+        audit = await engine.store.list_audit(model="site-remote")
+        return sum(a.status == "unavailable" for a in audit) >= 4
+    await wait_for(waits, timeout=30)
+    assert not results  # still waiting, not failed
+
+    port = int(triton.url.rsplit(":", 1)[1])
+    relay = Forwarder(late_port, ("127.0.0.1", port))
+    threading.Thread(target=relay.serve_forever, daemon=True).start()
+    try:
+        await wait_for(lambda: results, timeout=30)
+        await wait_for(is_loaded, timeout=30)
+    finally:
+        relay.shutdown()
+        relay.server_close()
+    (result,) = results
+    assert [(j.model, j.state) for j in result.jobs] == [("site-remote", JobState.DONE)]
+    audit = await engine.store.list_audit(model="site-remote")
+    assert [a.status for a in audit].count("ok") == 1
+    assert all("127.0.0.1" in (a.error or "") for a in audit if a.status == "unavailable")
+    (loaded,) = [m for m in await engine.store.list_model_loads() if m.status == "loaded"]
+    assert len(loaded.checksum) == 64

@@ -242,4 +242,7 @@ async def test_start_up_re_drives_running_jobs_and_untold_results(harness: Harne
     told = {r.case.case_id: r.jobs[0] for r in harness.results}
     assert set(told) == {case.id, done.id, unrouted.id}
     assert (told[case.id].state, told[case.id].attempts) == (JobState.DONE, 2)
-    assert await store.unnotified_cases() == []
+
+    async def all_marked() -> bool:  # marked told once the listeners returned, just after
+        return await store.unnotified_cases() == []
+    await wait_for(all_marked)
