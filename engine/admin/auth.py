@@ -19,7 +19,8 @@ Where credentials come from (never from channels.toml):
 
 Roles: ``admin`` (everything), ``analyst`` (channels, messages with PHI, reprocess,
 reload), ``radiologist`` (clinical views with PHI, no message browser), ``viewer``
-(read-only, PHI masked).
+(read-only, PHI masked), and ``ehr``: a system, not a person, that reads the ``/fhir``
+API and nothing else (typically an API token for an EHR that pulls results).
 """
 
 from __future__ import annotations
@@ -37,8 +38,10 @@ from pathlib import Path
 
 from engine.errors import RadbridgeError
 
-ROLES = ("admin", "analyst", "radiologist", "viewer")
+ROLES = ("admin", "analyst", "radiologist", "viewer", "ehr")
 ALL_ROLES = frozenset(ROLES)
+# The people who use the dashboard and the /api: every role but the EHR's system account.
+STAFF_ROLES = frozenset(ROLES) - {"ehr"}
 DEFAULT_PASSWORDS = frozenset({"", "admin", "administrator", "password", "changeme", "change-me",
                                "radbridge", "secret", "default", "123456", "12345678", "root"})
 TOKEN_PREFIX = "rbt_"

@@ -65,7 +65,8 @@ def build_document(ops: list[Operation]) -> dict[str, Any]:
             "title": "radbridge admin API", "version": "1",
             "description": "Channels, statistics, messages, queues, studies and cases of a "
                            "running radbridge engine. Roles: " + ", ".join(ROLES) + ". Viewers "
-                           "see PHI masked; every view of message content is audited.",
+                           "see PHI masked; ehr (a system account) reads /fhir only; every "
+                           "view of message content is audited.",
         },
         "paths": dict(sorted(paths.items())),
         "components": {"securitySchemes": {

@@ -10,7 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
-from engine.admin.auth import ALL_ROLES
+from engine.admin.auth import STAFF_ROLES
 from engine.admin.http import AdminState, audit, fail, ok, read_json, state
 from engine.admin.routing import Panel, Router, register_panel
 from engine.config import lint_text
@@ -20,8 +20,8 @@ router = Router("channels")
 OPERATORS = ("admin", "analyst")
 _NOT_FOUND = {404: "no such channel"}
 
-register_panel(Panel("channels", "Channels", "panels/channels.js", ALL_ROLES, order=10))
-register_panel(Panel("queues", "Queues", "panels/queues.js", ALL_ROLES, order=30))
+register_panel(Panel("channels", "Channels", "panels/channels.js", STAFF_ROLES, order=10))
+register_panel(Panel("queues", "Queues", "panels/queues.js", STAFF_ROLES, order=30))
 
 
 def _address(source: Any) -> str | None:
@@ -50,7 +50,7 @@ def _find(st: AdminState, name: str) -> Any:
     fail(404, f"no channel named {name!r}")
 
 
-@router.get("/api/channels", roles=ALL_ROLES, summary="Every channel with state and statistics")
+@router.get("/api/channels", roles=STAFF_ROLES, summary="Every channel with state and statistics")
 async def list_channels(request: web.Request) -> web.Response:
     st = state(request)
     rates = st.sampler.rates()
@@ -58,7 +58,7 @@ async def list_channels(request: web.Request) -> web.Response:
                "sampled_at": st.sampler.snapshot.at or None})
 
 
-@router.get("/api/channels/{name}", roles=ALL_ROLES, summary="One channel",
+@router.get("/api/channels/{name}", roles=STAFF_ROLES, summary="One channel",
             responses={200: "OK", **_NOT_FOUND})
 async def get_channel(request: web.Request) -> web.Response:
     st = state(request)
@@ -104,7 +104,7 @@ async def redeploy_channel(request: web.Request) -> web.Response:
     return await _act(request, "channel.redeploy", state(request).engine.redeploy_channel)
 
 
-@router.get("/api/stats", roles=ALL_ROLES,
+@router.get("/api/stats", roles=STAFF_ROLES,
             summary="Per channel: received, filtered, queued, sent, errored, and rates")
 async def get_stats(request: web.Request) -> web.Response:
     st = state(request)
@@ -125,7 +125,7 @@ def queue_view(st: AdminState, name: str) -> dict[str, Any]:
             "backoff_secs": worker.backoff if worker else None}
 
 
-@router.get("/api/queues", roles=ALL_ROLES,
+@router.get("/api/queues", roles=STAFF_ROLES,
             summary="Destination queues: depth, oldest waiting, paused, retries")
 async def list_queues(request: web.Request) -> web.Response:
     st = state(request)

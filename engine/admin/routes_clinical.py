@@ -13,7 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
-from engine.admin.auth import ALL_ROLES
+from engine.admin.auth import STAFF_ROLES
 from engine.admin.http import audit, fail, int_param, ok, path_int, state, who
 from engine.admin.routing import TIMELINE_SOURCES, Panel, Param, Router, register_panel
 from engine.admin.views import case_dict, order_dict, study_dict
@@ -23,15 +23,15 @@ router = Router("clinical")
 CLINICAL_ACTORS = ("admin", "analyst", "radiologist")
 _LIMIT = Param("limit", "integer", "1..1000, default 100")
 
-register_panel(Panel("cases", "Cases", "panels/cases.js", ALL_ROLES, order=40))
-register_panel(Panel("studies", "Studies & orders", "panels/studies.js", ALL_ROLES, order=50))
+register_panel(Panel("cases", "Cases", "panels/cases.js", STAFF_ROLES, order=40))
+register_panel(Panel("studies", "Studies & orders", "panels/studies.js", STAFF_ROLES, order=50))
 
 
 def _limit(request: web.Request) -> int:
     return int_param(request, "limit", 100, 1, 1000) or 100
 
 
-@router.get("/api/studies", roles=ALL_ROLES, summary="Studies, most recently active first",
+@router.get("/api/studies", roles=STAFF_ROLES, summary="Studies, most recently active first",
             params=(Param("state", enum=("receiving", "complete")), _LIMIT))
 async def list_studies(request: web.Request) -> web.Response:
     masked = who(request).masked
@@ -48,7 +48,7 @@ async def _study(request: web.Request) -> StudyRow:
     return study
 
 
-@router.get("/api/studies/{uid}", roles=ALL_ROLES, summary="One study",
+@router.get("/api/studies/{uid}", roles=STAFF_ROLES, summary="One study",
             responses={200: "OK", 404: "no such study"})
 async def get_study(request: web.Request) -> web.Response:
     return ok(study_dict(await _study(request), who(request).masked))
@@ -84,14 +84,15 @@ async def proceed_study(request: web.Request) -> web.Response:
     return ok({"case": case_dict(case, who(request).masked)})
 
 
-@router.get("/api/orders", roles=ALL_ROLES, summary="Orders, newest first", params=(_LIMIT,))
+@router.get("/api/orders", roles=STAFF_ROLES, summary="Orders, newest first", params=(_LIMIT,))
 async def list_orders(request: web.Request) -> web.Response:
     masked = who(request).masked
     rows = await state(request).engine.store.list_orders(_limit(request))
     return ok({"orders": [order_dict(o, masked) for o in rows]})
 
 
-@router.get("/api/cases", roles=ALL_ROLES, summary="Cases (order joined with study), newest first",
+@router.get("/api/cases", roles=STAFF_ROLES,
+            summary="Cases (order joined with study), newest first",
             params=(Param("state", enum=("ready", "cancelled", "study_only")), _LIMIT))
 async def list_cases(request: web.Request) -> web.Response:
     masked = who(request).masked
@@ -145,7 +146,7 @@ def _timed(steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return timed + [s for s in steps if s.get("at") is None]
 
 
-@router.get("/api/cases/{id}", roles=ALL_ROLES, audited=True,
+@router.get("/api/cases/{id}", roles=STAFF_ROLES, audited=True,
             params=(Param("id", "integer", where="path", required=True),),
             summary="One case with its timeline: order -> study -> inference -> outputs",
             responses={200: "OK", 404: "no such case"})
@@ -167,7 +168,7 @@ async def get_case(request: web.Request) -> web.Response:
                "study": study_dict(study, masked) if study else None, "timeline": _timed(steps)})
 
 
-@router.get("/api/unmatched", roles=ALL_ROLES,
+@router.get("/api/unmatched", roles=STAFF_ROLES,
             summary="Orders without a study and complete studies without an order",
             params=(Param("older_than_secs", "number",
                           "default: engine.unmatched_after_secs from channels.toml"),))

@@ -3,8 +3,9 @@
 The resources are those of the transaction Bundles the results channel built
 (saved by ``engine.store.fhir``); nothing here writes. Callers authenticate as
 for the rest of the admin API (an API token as ``Authorization: Bearer`` is
-what an EHR uses). FHIR carries patient identifiers, so the roles that see PHI
-may read it; viewers (PHI masked everywhere) may not. Every read and search is
+what an EHR uses; give it the ``ehr`` role, which reads /fhir and nothing else). FHIR
+carries patient identifiers, so the roles that see PHI may read it; viewers (PHI masked
+everywhere) may not. Every read and search is
 audited (type, id or parameter names, never their values).
 
 Outcomes (all ``application/fhir+json``)::
@@ -30,7 +31,7 @@ from engine.admin.http import audit, state
 from engine.admin.routing import Param, Router
 
 router = Router("fhir")
-FHIR_READERS = ("admin", "analyst", "radiologist")
+FHIR_READERS = ("admin", "analyst", "radiologist", "ehr")
 FHIR_JSON = "application/fhir+json"
 _ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 _FORMATS = {"json", FHIR_JSON, "application/json"}

@@ -15,12 +15,12 @@ from typing import Any
 
 from aiohttp import web
 
-from engine.admin.auth import ALL_ROLES
+from engine.admin.auth import STAFF_ROLES
 from engine.admin.http import fail, int_param, ok, state
 from engine.admin.routing import Panel, Param, Router, register_panel, register_timeline
 
 router = Router("models")
-register_panel(Panel("models", "Models", "panels/models.js", ALL_ROLES, order=60))
+register_panel(Panel("models", "Models", "panels/models.js", STAFF_ROLES, order=60))
 _NEEDED = ("list_model_loads", "list_jobs", "list_audit")
 
 
@@ -80,7 +80,7 @@ def _model_rows(config_models: list[Any], loads: list[Any], jobs: list[Any],
     return rows
 
 
-@router.get("/api/models", roles=ALL_ROLES,
+@router.get("/api/models", roles=STAFF_ROLES,
             summary="Models: versions, loads, job counts and latencies over recent work",
             params=(Param("window", "integer", "recent jobs and attempts read (default 1000)"),))
 async def list_models(request: web.Request) -> web.Response:

@@ -12,7 +12,7 @@ from typing import Any
 from aiohttp import web
 
 from engine import metrics
-from engine.admin.auth import ALL_ROLES, Principal
+from engine.admin.auth import STAFF_ROLES, Principal
 from engine.admin.http import (
     PRINCIPAL,
     SESSION,
@@ -73,7 +73,7 @@ async def ready(request: web.Request) -> web.Response:
     return ok({"status": "ready", "down": [], "degraded": degraded})
 
 
-@router.get("/metrics", roles=ALL_ROLES, summary="Prometheus metrics (text exposition)",
+@router.get("/metrics", roles=STAFF_ROLES, summary="Prometheus metrics (text exposition)",
             responses={200: "Prometheus text format 0.0.4"})
 async def get_metrics(request: web.Request) -> web.Response:
     st = state(request)
@@ -125,7 +125,7 @@ async def login(request: web.Request) -> web.Response:
     return resp
 
 
-@router.post("/api/logout", roles=ALL_ROLES, summary="End the dashboard session")
+@router.post("/api/logout", roles=STAFF_ROLES, summary="End the dashboard session")
 async def logout(request: web.Request) -> web.Response:
     principal = who(request)
     if COOKIE in request.cookies:
@@ -137,7 +137,7 @@ async def logout(request: web.Request) -> web.Response:
     return resp
 
 
-@router.get("/api/session", roles=ALL_ROLES,
+@router.get("/api/session", roles=STAFF_ROLES,
             summary="Who is calling: role, CSRF token, dashboard panels, allowed operations")
 async def session(request: web.Request) -> web.Response:
     from engine.admin.app import effective_operations

@@ -16,19 +16,19 @@ from typing import Any
 
 from aiohttp import web
 
-from engine.admin.auth import ALL_ROLES
+from engine.admin.auth import STAFF_ROLES
 from engine.admin.http import audit, fail, int_param, ok, path_int, read_json, state, who
 from engine.admin.phi import CASE_PHI, mask_row
 from engine.admin.routing import Panel, Param, Router, register_panel
 from engine.store.results import FeedbackEntry
 
 router = Router("worklist")
-register_panel(Panel("worklist", "Worklist", "panels/worklist.js", ALL_ROLES, order=35))
+register_panel(Panel("worklist", "Worklist", "panels/worklist.js", STAFF_ROLES, order=35))
 READERS = ("admin", "radiologist")
 VERDICTS = ("accept", "reject", "modify")
 
 
-@router.get("/api/worklist", roles=ALL_ROLES,
+@router.get("/api/worklist", roles=STAFF_ROLES,
             summary="Open cases by priority (STAT first), then age; AI reasons and flags",
             params=(Param("limit", "integer", "1..1000, default 100"),
                     Param("include_read", "boolean", "also cases already read")))
@@ -100,7 +100,7 @@ async def post_feedback(request: web.Request) -> web.Response:
     return ok(dataclasses.asdict(entry))
 
 
-@router.get("/api/cases/{case_id}/feedback", roles=ALL_ROLES,
+@router.get("/api/cases/{case_id}/feedback", roles=STAFF_ROLES,
             summary="Verdicts on the AI findings of a case (radiologists, final report)")
 async def get_feedback(request: web.Request) -> web.Response:
     case_id = path_int(request, "case_id")
@@ -108,7 +108,7 @@ async def get_feedback(request: web.Request) -> web.Response:
     return ok({"feedback": [dataclasses.asdict(r) for r in rows]})
 
 
-@router.get("/api/agreement", roles=ALL_ROLES,
+@router.get("/api/agreement", roles=STAFF_ROLES,
             summary="Agreement of each model version with its readers (the drift signal)")
 async def get_agreement(request: web.Request) -> web.Response:
     rows = await state(request).engine.store.agreement()

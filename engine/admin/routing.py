@@ -4,7 +4,7 @@ A route module defines ``router = Router("tag")`` and decorates its handlers::
 
     router = Router("models")
 
-    @router.get("/api/models", roles=ALL_ROLES, summary="Models and their versions")
+    @router.get("/api/models", roles=STAFF_ROLES, summary="Models and their versions")
     async def list_models(request: web.Request) -> web.Response: ...
 
 and is listed in ``ROUTE_MODULES`` (or added with ``register_module``). Modules in

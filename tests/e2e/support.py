@@ -22,7 +22,7 @@ from engine.runtime import Engine
 from engine.store.clinical import InstanceMeta
 from mappings.hl7v2.ack import read_ack
 
-ROLES = ("admin", "analyst", "radiologist", "viewer")
+ROLES = ("admin", "analyst", "radiologist", "viewer", "ehr")
 PASSWORDS = {role: f"{role}-long-test-password" for role in ROLES}
 TOKENS = {role: f"rbt_test-token-for-the-{role}-role" for role in ROLES}
 REPO = Path(__file__).resolve().parents[2]

@@ -177,7 +177,7 @@ def test_every_operation_has_an_example() -> None:
     assert ids == set(EXAMPLES), f"missing: {ids - set(EXAMPLES)}, stale: {set(EXAMPLES) - ids}"
 
 
-def test_every_operation_names_its_roles_from_the_known_four() -> None:
+def test_every_operation_names_its_roles_from_the_known_five() -> None:
     for op_id, _, _, roles, _ in _matrix():
         assert set(roles) <= set(ROLES), op_id
 
@@ -203,7 +203,7 @@ async def test_each_role_gets_the_documented_answer(env: Env, op_id: str, method
 def test_the_documented_roles_match_the_intended_policy() -> None:
     """A change of who may do what shows up here, not only in the code."""
     roles = {row[0]: set(row[3]) for row in _matrix()}
-    everyone = set(ROLES)
+    staff = set(ROLES) - {"ehr"}  # the EHR's system account reads /fhir and nothing else
     assert {k for k, v in roles.items() if not v} == {"health", "ready", "openapi", "login"}
     assert roles["audit_log"] == {"admin"}
     for op in ("get_message", "list_messages"):
@@ -216,11 +216,13 @@ def test_the_documented_roles_match_the_intended_policy() -> None:
     for op in ("list_channels", "get_stats", "list_queues", "list_cases", "get_case",
                "list_studies", "list_orders", "list_unmatched", "get_metrics", "session",
                "list_models", "list_worklist", "get_feedback", "get_agreement"):
-        assert roles[op] == everyone
+        assert roles[op] == staff
     for op in ("mark_read", "post_feedback"):
         assert roles[op] == {"admin", "radiologist"}
     for op in ("fhir_metadata", "fhir_read", "fhir_search"):  # FHIR carries PHI: no viewers
-        assert roles[op] == {"admin", "analyst", "radiologist"}
+        assert roles[op] == {"admin", "analyst", "radiologist", "ehr"}
+    assert {op for op, v in roles.items() if "ehr" in v} == {"fhir_metadata", "fhir_read",
+                                                             "fhir_search"}
 
 
 def test_the_openapi_document_lists_every_registered_operation() -> None:
