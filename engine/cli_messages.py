@@ -1,7 +1,9 @@
-"""``radbridge messages``: list, search, show and reprocess stored messages.
+"""``radbridge messages``: list, search, show, reprocess and prune stored messages.
 
 Works on the store named in channels.toml, beside a running engine or not
-(a running engine picks reprocessed messages up within seconds).
+(a running engine picks reprocessed messages up within seconds). ``vacuum``
+rebuilds a SQLite file so that pruning can shrink it: run that one with the
+engine stopped.
 """
 
 from __future__ import annotations
@@ -9,10 +11,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+import time
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from engine.config import load_config
+from engine.store.archive import ArchiveError
 from engine.store.base import MessageQuery, Store, open_store
 from mappings.hl7v2.text import decode
 
@@ -31,6 +36,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     rp.add_argument("ids", type=int, nargs="*")
     _filters(rp)
     rp.set_defaults(func=cmd_reprocess)
+    pr = msub.add_parser("prune", help="delete final messages older than N days (unfinished "
+                                       "ones stay), archiving them first if asked")
+    pr.add_argument("--older-than-days", type=float, required=True, metavar="N")
+    pr.add_argument("--archive", metavar="DIR", help="write them to a gzip JSON-lines file here "
+                    "first (default: [engine] message_archive_dir)")
+    pr.add_argument("--no-archive", action="store_true",
+                    help="do not archive, even if message_archive_dir is set")
+    pr.set_defaults(func=cmd_prune)
+    vac = msub.add_parser("vacuum", help="SQLite: rebuild the file so that pruning shrinks it "
+                                         "(engine stopped)")
+    vac.set_defaults(func=cmd_vacuum)
 
 
 def _filters(p: argparse.ArgumentParser) -> None:
@@ -128,5 +144,49 @@ def cmd_reprocess(args: argparse.Namespace) -> int:
         n = await store.reprocess(ids)
         print(f"reprocessing {n} message(s)")
         return 0 if n == len(ids) else 1
+
+    return asyncio.run(_with_store(args, run))
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    if args.older_than_days <= 0:
+        print("radbridge messages prune: --older-than-days must be > 0", file=sys.stderr)
+        return 2
+    config = load_config(args.config)
+    folder = args.archive or config.engine.message_archive_dir
+    archive = None if args.no_archive or not folder else Path(folder)
+
+    async def run(store: Store) -> int:
+        try:
+            result = await store.prune_messages(time.time() - args.older_than_days * 86400,
+                                                archive)
+        except ArchiveError as exc:
+            print(f"radbridge messages prune: {exc}; nothing deleted", file=sys.stderr)
+            return 1
+        print(f"pruned {result.messages} message(s) in {result.batches} batch(es),"
+              f" {result.bytes_freed} bytes freed")
+        if result.days_dropped or result.days_kept:
+            print(f"days dropped whole: {len(result.days_dropped)}, kept for unfinished"
+                  f" messages: {len(result.days_kept)}")
+        if result.archive is not None:
+            print(f"archive: {result.archive}")
+        if not result.file_shrinks:
+            print("the database file does not shrink (auto_vacuum off): stop the engine and"
+                  " run `radbridge messages vacuum` once")
+        return 0
+
+    return asyncio.run(_with_store(args, run))
+
+
+def cmd_vacuum(args: argparse.Namespace) -> int:
+    async def run(store: Store) -> int:
+        vacuum = getattr(store, "vacuum", None)
+        if vacuum is None:
+            print("radbridge messages vacuum: only SQLite needs it (PostgreSQL frees days"
+                  " by dropping partitions)")
+            return 0
+        before, after = await vacuum()
+        print(f"rebuilt with incremental auto-vacuum: {before} -> {after} bytes")
+        return 0
 
     return asyncio.run(_with_store(args, run))

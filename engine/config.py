@@ -36,6 +36,14 @@ class EngineSection(Strict):
         3600, gt=0, description="Orders and studies unmatched this long are listed as unmatched.")
     instance_retention_days: float | None = Field(
         None, gt=0, description="Delete instance files older than this (None: keep).")
+    message_retention_days: float | None = Field(
+        None, gt=0, description="Delete final messages (raw, layers, deliveries) received "
+                                "longer ago than this; unfinished ones stay however old "
+                                "(None: keep).")
+    message_archive_dir: str | None = Field(
+        None, description="Before deleting, write those messages to one gzip JSON-lines file "
+                          "per run in this directory (relative to the working directory, like "
+                          "data_dir). It holds patient data: mode 0600.")
     inference: Literal["local", "workers"] = Field(
         "local", description="local: this process runs the models; workers: it only routes "
                              "cases into the job queue, and `radbridge worker` processes (on "

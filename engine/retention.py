@@ -1,4 +1,4 @@
-"""Retention: forget old instances and really free their disk space."""
+"""Retention: forget old instances and final messages, and really free their disk space."""
 
 from __future__ import annotations
 
@@ -6,12 +6,16 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 from engine.logs import event
-from engine.store.base import Store
+from engine.store.archive import ArchiveError
+from engine.store.base import PruneResult, Store
 
 log = logging.getLogger("radbridge.retention")
+DAY = 86400
 
 
 def delete_files(paths: list[str]) -> int:
@@ -34,26 +38,65 @@ def delete_files(paths: list[str]) -> int:
     return freed
 
 
+def log_pruned(result: PruneResult) -> None:
+    """Counts only: what a message said never reaches the log."""
+    if result.messages or result.days_dropped:
+        event(log, "RET-202", "messages pruned", messages=result.messages,
+              batches=result.batches, bytes=result.bytes_freed,
+              days_dropped=len(result.days_dropped) or None,
+              archive=result.archive.name if result.archive else None)
+    if result.days_kept:
+        event(log, "RET-203", "days kept whole: unfinished messages", days=len(result.days_kept))
+
+
 class Retention:
-    def __init__(self, store: Store, days: float, every_secs: float = 3600) -> None:
+    """The periodic task: instance files older than *days*, final messages older than
+    *message_days* (archived first under *archive_dir* when given). None: keep them."""
+
+    def __init__(self, store: Store, days: float | None, every_secs: float = 3600, *,
+                 message_days: float | None = None, archive_dir: Path | None = None) -> None:
         self.store = store
         self.days = days
         self.every_secs = every_secs
+        self.message_days = message_days
+        self.archive_dir = archive_dir
+        self._warned_no_shrink = False
 
     async def run_once(self, now: float | None = None) -> tuple[int, int]:
         """Prune instances older than the retention period; return (files, bytes freed)."""
-        cutoff = (now if now is not None else time.time()) - self.days * 86400
+        if self.days is None:
+            return 0, 0
+        cutoff = (now if now is not None else time.time()) - self.days * DAY
         paths = await self.store.prune_instances(cutoff)
         freed = await asyncio.to_thread(delete_files, paths)
         if paths:
             event(log, "RET-201", "instances pruned", files=len(paths), bytes=freed)
         return len(paths), freed
 
+    async def prune_messages(self, now: float | None = None) -> PruneResult | None:
+        """Prune final messages older than their retention period (None if it is off)."""
+        if self.message_days is None:
+            return None
+        cutoff = (now if now is not None else time.time()) - self.message_days * DAY
+        result = await self.store.prune_messages(cutoff, self.archive_dir)
+        log_pruned(result)
+        if not result.file_shrinks and not self._warned_no_shrink:
+            self._warned_no_shrink = True
+            event(log, "RET-301", "database file does not shrink (auto_vacuum off): run"
+                  " `radbridge messages vacuum` once, engine stopped", level=logging.WARNING)
+        return result
+
     async def run(self) -> None:
+        jobs: tuple[tuple[str, Callable[[], Awaitable[Any]]], ...] = (
+            ("instances", self.run_once), ("messages", self.prune_messages))
         while True:
-            try:
-                await self.run_once()
-            except Exception as exc:
-                event(log, "RET-401", "retention failed", reason=type(exc).__name__,
-                      level=logging.ERROR)
+            for what, job in jobs:
+                try:
+                    await job()
+                except ArchiveError:
+                    event(log, "RET-402", "message archive not written: nothing pruned",
+                          level=logging.ERROR)
+                except Exception as exc:
+                    event(log, "RET-401", "retention failed", what=what,
+                          reason=type(exc).__name__, level=logging.ERROR)
             await asyncio.sleep(self.every_secs)

@@ -114,9 +114,7 @@ class Engine:
             self._spawn(self.assembler.run(), "assembly")
             self._prepare_results()  # listening before inference can report anything
             self.inference = await start_inference(self)
-            days = self.config.engine.instance_retention_days
-            if days is not None:
-                self._spawn(Retention(self.store, days).run(), "retention")
+            self._start_retention()
             await self._start_sources()
             if self.admin is not None:
                 await self.admin.start()
@@ -125,6 +123,15 @@ class Engine:
             raise
         self.started = True
         event(log, "ENG-501", "engine started", channels=len(self.config.channel))
+
+    def _start_retention(self) -> None:
+        conf = self.config.engine
+        if conf.instance_retention_days is None and conf.message_retention_days is None:
+            return
+        archive = Path(conf.message_archive_dir) if conf.message_archive_dir else None
+        self._spawn(Retention(self.store, conf.instance_retention_days,
+                              message_days=conf.message_retention_days,
+                              archive_dir=archive).run(), "retention")
 
     def _start_destinations(self) -> None:
         for ch in self.config.channel:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from engine.model import DeliveryStatus, Message, Status
@@ -71,6 +72,25 @@ class MessageQuery:
 
 
 InsertCallback = Callable[[int | None, BaseException | None], None]
+
+# Retention may forget a message only when nothing more will happen to it: its own status is
+# final and none of its deliveries still waits (see ``Status.final``).
+FINAL_STATUSES: tuple[str, ...] = tuple(str(s) for s in Status if s.final)
+WAITING_DELIVERY = str(DeliveryStatus.QUEUED)
+PRUNE_BATCH = 1000  # messages per delete transaction: the writer is never held for long
+
+
+@dataclass(slots=True)
+class PruneResult:
+    """What one ``prune_messages`` run did (counts only: it is logged)."""
+
+    messages: int = 0  # messages forgotten, with their raw bytes, layers and deliveries
+    batches: int = 0  # delete transactions (SQLite and partly-kept PostgreSQL days)
+    bytes_freed: int = 0  # returned to the file system: SQLite file shrink, dropped partitions
+    days_dropped: list[int] = field(default_factory=list)  # PostgreSQL: whole UTC days
+    days_kept: list[int] = field(default_factory=list)  # ...left because something unfinished
+    archive: Path | None = None  # the archive written before deleting, if any
+    file_shrinks: bool = True  # False: SQLite without incremental auto-vacuum (see README)
 
 
 class Store(ClinicalStore, InferenceStore, ResultsStore, FhirStore):
@@ -152,6 +172,17 @@ class Store(ClinicalStore, InferenceStore, ResultsStore, FhirStore):
     @abc.abstractmethod
     async def counts(self) -> dict[tuple[str, str], int]:
         """Message counts by (channel, status)."""
+
+    @abc.abstractmethod
+    async def prune_messages(self, before: float, archive: Path | None = None) -> PruneResult:
+        """Forget final messages received before *before* and free their disk space.
+
+        A message goes with its raw bytes, content layers and deliveries, and only when its
+        status is final and none of its deliveries is still QUEUED: nothing unfinished is
+        deleted, however old. With *archive* (a directory), every message about to go is first
+        written to one gzip JSON-lines file there (``engine.store.archive``), synced, and only
+        then deleted; if the archive cannot be written, nothing is deleted.
+        """
 
 
 def open_store(url: str) -> Store:

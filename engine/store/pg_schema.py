@@ -5,10 +5,12 @@ The four tables that grow with traffic (``messages``, ``message_raw``,
 ``received_at`` (epoch seconds), one partition per UTC day and table. A day's
 partitions are created, all four at once, before the first message of that day
 is inserted; retention drops whole days (``DROP TABLE`` frees the disk at once,
-where a DELETE would leave dead tuples for VACUUM). Rows of one message always
-sit in the same day, so a day's partitions go together. Partitioned tables
+where a DELETE leaves dead tuples that VACUUM only makes reusable). Rows of one
+message always sit in the same day, so a day's partitions go together. Partitioned tables
 cannot carry foreign keys to a non-unique-by-id parent, so the store deletes
-what SQLite would cascade.
+what SQLite would cascade. A day is dropped only when everything in it is final
+(``day_state``, ``drop_final_days``); retention deletes the final rows of a day
+it keeps, and drops that day on a later run once its last message is final.
 
 Work that several engine processes share carries ``claimed_by`` and
 ``lease_until`` (see ``engine.store.pg_claims``).
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Sequence
 
 import asyncpg
 
@@ -203,11 +206,49 @@ async def create_day(conn: asyncpg.Connection, day: int) -> None:
                            f" FOR VALUES FROM ({lo!r}) TO ({hi!r})")
 
 
-async def drop_days_before(conn: asyncpg.Connection, before: float) -> list[int]:
-    """Drop every day that ends at or before *before*; returns the days dropped."""
+async def day_state(conn: asyncpg.Connection, day: int, final: Sequence[str]
+                    ) -> tuple[int, bool]:
+    """(messages in *day*, whether anything of the day is unfinished: a message whose status
+    is not final, or a delivery still QUEUED). Reads the whole day: run it outside the
+    writer's transaction (see ``drop_final_days``)."""
+    n, unfinished = await conn.fetchrow(
+        f"SELECT count(*), count(*) FILTER (WHERE status <> ALL($1::text[])) FROM messages_d{day}",
+        list(final))
+    waiting = await conn.fetchval(
+        f"SELECT EXISTS (SELECT 1 FROM deliveries_d{day} WHERE status = 'QUEUED')")
+    return int(n), bool(unfinished or waiting)
+
+
+async def drop_final_days(conn: asyncpg.Connection, days: Sequence[int],
+                          newest_id: int | None = None) -> dict[int, int]:
+    """Drop those of *days* (found all final by ``day_state``) that still are; return the
+    bytes each dropped day held.
+
+    The four tables are locked first (as DROP would lock them), so nothing changes between
+    the check and the drop; the check under the lock only reads indexes: since ``day_state``
+    a final message can only have become unfinished through RECEIVED (``messages_pending``)
+    or a QUEUED delivery (``deliveries_queued``). With *newest_id* (the newest message an
+    archive holds), a day that has gained a message since is kept too.
+    """
     await lock(conn, "partitions")
-    gone = sorted(d for d in await existing_days(conn) if (d + 1) * DAY <= before)
-    for day in gone:
+    await conn.execute("LOCK TABLE ONLY messages, ONLY message_raw, ONLY content,"
+                       " ONLY deliveries IN ACCESS EXCLUSIVE MODE")
+    existing = await existing_days(conn)
+    freed: dict[int, int] = {}
+    for day in days:
+        if day not in existing:
+            continue
+        changed = await conn.fetchval(
+            f"SELECT EXISTS (SELECT 1 FROM messages_d{day} WHERE status = 'RECEIVED')"
+            f" OR EXISTS (SELECT 1 FROM deliveries_d{day} WHERE status = 'QUEUED')"
+            f" OR EXISTS (SELECT 1 FROM messages_d{day} WHERE id > $1)",
+            newest_id if newest_id is not None else 2**63 - 1)
+        if changed:
+            continue
+        freed[day] = int(await conn.fetchval(
+            "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0) FROM pg_class c WHERE"
+            " c.relnamespace = current_schema()::regnamespace AND c.relname = ANY($1::text[])",
+            [f"{table}_d{day}" for table in PARTITIONED]))
         for table in PARTITIONED:
             await conn.execute(f"DROP TABLE IF EXISTS {table}_d{day}")
-    return gone
+    return freed

@@ -23,7 +23,8 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -32,7 +33,20 @@ import asyncpg
 from engine.errors import StoreUnavailable
 from engine.model import DeliveryStatus, Message, Status
 from engine.store import pg_claims, pg_schema
-from engine.store.base import Delivery, InsertCallback, MessageQuery, NewMessage, Outcome, Store
+from engine.store.archive import Archived, write_archive
+from engine.store.archive import Item as Archive
+from engine.store.base import (
+    FINAL_STATUSES,
+    PRUNE_BATCH,
+    WAITING_DELIVERY,
+    Delivery,
+    InsertCallback,
+    MessageQuery,
+    NewMessage,
+    Outcome,
+    PruneResult,
+    Store,
+)
 from engine.store.clinical import CaseRow
 from engine.store.pg_clinical import PgClinical, apply_domain_events
 from engine.store.pg_fhir import PgFhir
@@ -130,6 +144,40 @@ async def _reprocess_op(conn: asyncpg.Connection, ids: Sequence[int]) -> int:
         " claimed_by = NULL, lease_until = NULL WHERE id = ANY($2::bigint[])",
         time.time(), list(ids))
     return int(result.split()[-1])
+
+
+# A message retention may delete ($1: final statuses): nothing of it waits any more.
+_PRUNABLE = ("m.status = ANY($1::text[]) AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE"
+             " d.message_id = m.id AND d.received_at = m.received_at AND"
+             f" d.status = '{WAITING_DELIVERY}')")
+# What SQLite cascades, by hand (partitioned tables carry no foreign keys).
+_PRUNE = (
+    f"WITH gone AS (DELETE FROM messages m WHERE {_PRUNABLE} AND m.id = ANY($2::bigint[])"
+    " AND m.received_at < $3 RETURNING m.id, m.received_at),"
+    " r AS (DELETE FROM message_raw x USING gone g WHERE x.id = g.id"
+    " AND x.received_at = g.received_at),"
+    " c AS (DELETE FROM content x USING gone g WHERE x.message_id = g.id"
+    " AND x.received_at = g.received_at),"
+    " d AS (DELETE FROM deliveries x USING gone g WHERE x.message_id = g.id"
+    " AND x.received_at = g.received_at)"
+    " SELECT count(*) FROM gone")
+
+
+async def _prune_ids_op(conn: asyncpg.Connection, ids: Sequence[int], before: float) -> int:
+    """Delete those of *ids* still prunable (checked again: one may have been reprocessed)."""
+    return int(await conn.fetchval(_PRUNE, list(FINAL_STATUSES), list(ids), before))
+
+
+async def _prune_next_op(conn: asyncpg.Connection, before: float, after: int
+                         ) -> tuple[int, int | None]:
+    """Delete the prunable ones among the next batch of old messages after id *after*;
+    the id to go on from, None when no old message is left."""
+    ids = [r[0] for r in await conn.fetch("SELECT id FROM messages WHERE received_at < $1 AND"
+                                          " id > $2 ORDER BY id LIMIT $3",
+                                          before, after, PRUNE_BATCH)]
+    if not ids:
+        return 0, None
+    return await _prune_ids_op(conn, ids, before), ids[-1]
 
 
 def _split_url(url: str) -> tuple[str, dict[str, str]]:
@@ -246,12 +294,113 @@ class PostgresStore(PgClinical, PgInference, PgResults, PgFhir, Store):
         return int(await self._write(_reprocess_op, list(message_ids)))
 
     async def drop_message_days(self, before: float) -> list[int]:
-        """Retention: drop every day of messages, raw bytes, layers and deliveries that ended
-        at or before *before* (whole partitions: the disk is freed at once, no VACUUM)."""
+        """Drop every day of messages, raw bytes, layers and deliveries that ended at or
+        before *before* and holds nothing unfinished (whole partitions: the disk is freed at
+        once, no VACUUM). Days with unfinished work stay whole; see ``prune_messages``."""
+        result = PruneResult()
+        async with self._acquire() as conn:
+            await self._drop_final_days(conn, float(before), None, result)
+        return result.days_dropped
+
+    async def prune_messages(self, before: float, archive: Path | None = None) -> PruneResult:
+        """Whole days first: a day before the cutoff whose messages are all final is dropped
+        (and its disk freed at once). A day with anything unfinished is kept, and its final
+        messages deleted row by row like those of the day the cutoff falls in; the day is
+        dropped on a later run, once its last message is final."""
+        before = float(before)
+        result = PruneResult()
+        try:
+            archived, dropped = await self._prune_days(before, archive, result)
+        except DB_ERRORS as exc:
+            raise to_store_error(exc) from exc
+        if archived is not None:
+            ids = [i for i, t in zip(archived.ids, archived.received_at, strict=True)
+                   if pg_schema.day_of(t) not in dropped]
+            for start in range(0, len(ids), PRUNE_BATCH):
+                n = await self._write(_prune_ids_op, ids[start:start + PRUNE_BATCH], before)
+                result.messages += n
+                result.batches += 1 if n else 0
+        else:
+            after: int | None = 0
+            while after is not None:
+                n, after = await self._write(_prune_next_op, before, after)
+                result.messages += n
+                result.batches += 1 if n else 0
+        return result
+
+    async def _prune_days(self, before: float, archive: Path | None, result: PruneResult
+                          ) -> tuple[Archived | None, set[int]]:
+        """Archive (if asked), then drop the days that are all final."""
+        async with self._acquire() as conn:
+            # One run at a time across processes: two would archive the same messages twice.
+            await conn.execute("SELECT pg_advisory_lock(hashtext(current_schema()"
+                               " || ':retention'))")
+            try:
+                archived = None
+                if archive is not None:
+                    archived = await write_archive(archive, before,
+                                                   self._archive_batches(conn, before))
+                    result.archive = archived.path
+                return archived, set(await self._drop_final_days(conn, before, archived, result))
+            finally:
+                with contextlib.suppress(*DB_ERRORS):  # a closed connection holds no lock
+                    await conn.execute("SELECT pg_advisory_unlock(hashtext(current_schema()"
+                                       " || ':retention'))")
+
+    async def _drop_final_days(self, conn: asyncpg.Connection, before: float,
+                               archived: Archived | None, result: PruneResult) -> list[int]:
+        """Read each old day outside the writer (a day can be large), then drop the final ones
+        in one short writer transaction that checks them again under lock."""
         assert self._writer is not None
-        days = await self._write(pg_schema.drop_days_before, float(before))
+        archived_per_day = archived.per_day() if archived is not None else None
+        final: dict[int, int] = {}
+        for day in sorted(d for d in await pg_schema.existing_days(conn)
+                          if (d + 1) * pg_schema.DAY <= before):
+            try:
+                n, unfinished = await pg_schema.day_state(conn, day, FINAL_STATUSES)
+            except asyncpg.UndefinedTableError:
+                continue  # another process dropped it meanwhile
+            if unfinished or (archived_per_day is not None and archived_per_day[day] != n):
+                result.days_kept.append(day)
+            else:
+                final[day] = n
+        if not final:
+            return []
+        newest = max(archived.ids, default=0) if archived is not None else None
+        freed: dict[int, int] = await self._write(pg_schema.drop_final_days, list(final), newest)
         self._writer.forget_days()
-        return list(days)
+        result.days_dropped = sorted(freed)
+        result.days_kept = sorted(set(result.days_kept) | (set(final) - set(freed)))
+        result.messages += sum(final[day] for day in freed)
+        result.bytes_freed += sum(freed.values())
+        return result.days_dropped
+
+    async def _archive_batches(self, conn: asyncpg.Connection, before: float
+                               ) -> AsyncIterator[list[Archive]]:
+        """Prunable messages with their layers and deliveries, a batch at a time (by id)."""
+        after = 0
+        while True:
+            rows = await conn.fetch(f"SELECT {_MSG_COLS} FROM {_MSG_FROM} WHERE {_PRUNABLE}"
+                                    " AND m.received_at < $2 AND m.id > $3 ORDER BY m.id"
+                                    " LIMIT $4", list(FINAL_STATUSES), before, after,
+                                    PRUNE_BATCH)
+            if not rows:
+                return
+            msgs = {m.id: m for m in map(_message, rows)}
+            ids = list(msgs)
+            for mid, layer, data in await conn.fetch(
+                    "SELECT message_id, layer, data FROM content WHERE message_id ="
+                    " ANY($1::bigint[]) AND received_at < $2 ORDER BY message_id, created_at",
+                    ids, before):
+                msgs[mid].layers[layer] = bytes(data)
+            deliveries: dict[int, list[Delivery]] = {mid: [] for mid in ids}
+            for row in await conn.fetch(f"SELECT {_DLV_COLS} FROM deliveries d WHERE"
+                                        " d.message_id = ANY($1::bigint[]) AND"
+                                        " d.received_at < $2 ORDER BY d.id", ids, before):
+                d = delivery_row(row)
+                deliveries[d.message_id].append(d)
+            yield [(m, deliveries[mid]) for mid, m in msgs.items()]
+            after = ids[-1]
 
     # -- claims ----------------------------------------------------------------------------
     async def fetch_received(self, channel: str, limit: int, with_raw: bool = True

@@ -9,23 +9,30 @@ reader connections (WAL lets them run beside the writer).
 from __future__ import annotations
 
 import asyncio
+import logging
 import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
 from engine.errors import StoreError, StoreUnavailable
+from engine.logs import event
 from engine.model import DeliveryStatus, Message, Status
+from engine.store.archive import Item, write_archive
 from engine.store.base import (
+    FINAL_STATUSES,
+    PRUNE_BATCH,
+    WAITING_DELIVERY,
     Delivery,
     InsertCallback,
     MessageQuery,
     NewMessage,
     Outcome,
+    PruneResult,
     Store,
 )
 from engine.store.clinical import CaseRow
@@ -36,10 +43,12 @@ from engine.store.results_sql import RESULTS_SCHEMA, SQLiteResults
 from engine.store.schema import SQLITE_SCHEMA, migrate_sqlite
 
 T = TypeVar("T")
+log = logging.getLogger("radbridge.store")
 _STOP = object()
 _MAX_GROUP = 4096
 _ROWS_PER_INSERT = 256  # 11 parameters a row, well under SQLITE_MAX_VARIABLE_NUMBER
 _IDS_PER_UPDATE = 1024
+_WAL_LIMIT = 64 * 1024 * 1024
 
 _INSERT = (
     "INSERT INTO message_in (id, channel, received_at, status, control_id, message_type, msg_key,"
@@ -62,6 +71,9 @@ def _connect(path: str, *, writer: bool = False) -> sqlite3.Connection:
     if writer:
         # Checkpoints run in their own thread (see _Checkpointer), not inside our commits.
         conn.execute("PRAGMA wal_autocheckpoint=0")
+        # Once a checkpoint has copied everything back, the WAL is cut down to this size when
+        # the writer starts it over: a burst (or a retention run) does not keep its disk.
+        conn.execute(f"PRAGMA journal_size_limit={_WAL_LIMIT}")
     return conn
 
 
@@ -314,6 +326,67 @@ def _reprocess_op(conn: sqlite3.Connection, ids: Sequence[int]) -> int:
     return n
 
 
+# A message retention may delete: final, none of its deliveries waiting, and not the newest
+# row (ids are max(id) + 1, so keeping the newest means an id is never handed out twice).
+_PRUNABLE = (f"status IN ({','.join(repr(s) for s in FINAL_STATUSES)}) AND NOT EXISTS"
+             " (SELECT 1 FROM deliveries d WHERE d.message_id = messages.id AND"
+             f" d.status = '{WAITING_DELIVERY}') AND id < (SELECT max(id) FROM messages)")
+# Keyset paging on messages_received: each old row is looked at once per run, however many
+# old unfinished ones are skipped.
+_OLD_AFTER = "received_at < ? AND received_at >= ? AND NOT (received_at = ? AND id <= ?)"
+_CHILDREN = (("content", "message_id"), ("deliveries", "message_id"), ("message_raw", "id"),
+             ("messages", "id"))
+Key = tuple[float, int]
+
+
+def _prune_ids(conn: sqlite3.Connection, ids: Sequence[int], before: float,
+               vacuum: bool) -> tuple[int, int]:
+    """Delete those of *ids* that are still prunable; return (messages, pages given back).
+
+    Checked again here, in the writer: a message may have been reprocessed since it was read.
+    With incremental auto-vacuum the pages freed are moved off the end of the file at once
+    (one page per step of the pragma, hence the loop), a batch at a time.
+    """
+    gone: list[int] = []
+    for start in range(0, len(ids), _IDS_PER_UPDATE):
+        chunk = list(ids[start:start + _IDS_PER_UPDATE])
+        marks = ",".join("?" * len(chunk))
+        gone += [r[0] for r in conn.execute(f"SELECT id FROM messages WHERE id IN ({marks}) AND"
+                                            f" received_at < ? AND {_PRUNABLE}", (*chunk, before))]
+    for start in range(0, len(gone), _IDS_PER_UPDATE):
+        chunk = gone[start:start + _IDS_PER_UPDATE]
+        marks = ",".join("?" * len(chunk))
+        for table, col in _CHILDREN:
+            conn.execute(f"DELETE FROM {table} WHERE {col} IN ({marks})", chunk)
+    pages = 0
+    if vacuum and gone:
+        pages = int(conn.execute("PRAGMA page_count").fetchone()[0])
+        for _ in range(int(conn.execute("PRAGMA freelist_count").fetchone()[0])):
+            conn.execute("PRAGMA incremental_vacuum")
+        pages -= int(conn.execute("PRAGMA page_count").fetchone()[0])
+    return len(gone), pages
+
+
+def _vacuum_mode(conn: sqlite3.Connection) -> tuple[int, int]:
+    """(auto_vacuum, page_size), read in a transaction: outside one, a connection answers
+    what the file said when it last read it, perhaps before a ``vacuum`` changed it."""
+    return (int(conn.execute("PRAGMA auto_vacuum").fetchone()[0]),
+            int(conn.execute("PRAGMA page_size").fetchone()[0]))
+
+
+def _prune_next_op(conn: sqlite3.Connection, before: float, after: Key, vacuum: bool
+                   ) -> tuple[int, int, Key | None]:
+    """Find the next batch of prunable messages after *after* and delete it (one writer
+    transaction); the key to go on from, None when no old message is left."""
+    rows = conn.execute(f"SELECT id, received_at FROM messages WHERE {_OLD_AFTER} ORDER BY"
+                        " received_at, id LIMIT ?",
+                        (before, after[0], after[0], after[1], PRUNE_BATCH)).fetchall()
+    if not rows:
+        return 0, 0, None
+    n, pages = _prune_ids(conn, [r[0] for r in rows], before, vacuum)
+    return n, pages, (float(rows[-1][1]), int(rows[-1][0]))
+
+
 _STATUS = {str(s): s for s in Status}  # a dict lookup; calling the enum class is slower
 
 
@@ -361,6 +434,12 @@ class SQLiteStore(SQLiteClinical, SQLiteInference, SQLiteResults, SQLiteFhir, St
     def _create_schema(self) -> None:
         conn = _connect(self.path)
         try:
+            if conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0:
+                # A new database: incremental auto-vacuum lets retention shrink the file. It
+                # must be chosen before the first table, and WAL mode has already written the
+                # header, so the (empty) file is rebuilt once here.
+                conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
+                conn.execute("VACUUM")
             migrate_sqlite(conn)
             conn.executescript(SQLITE_SCHEMA + CLINICAL_SCHEMA + INFERENCE_SCHEMA + RESULTS_SCHEMA
                                + FHIR_SCHEMA)
@@ -421,6 +500,93 @@ class SQLiteStore(SQLiteClinical, SQLiteInference, SQLiteResults, SQLiteFhir, St
 
     async def reprocess(self, message_ids: Sequence[int]) -> int:
         return await self._write(_reprocess_op, list(message_ids))
+
+    # -- retention -------------------------------------------------------------
+    async def prune_messages(self, before: float, archive: Path | None = None) -> PruneResult:
+        result = PruneResult()
+        mode, page_size = await self._write(_vacuum_mode)
+        vacuum = mode == 2  # INCREMENTAL; NONE only reuses freed pages, FULL shrinks by itself
+        result.file_shrinks = mode != 0
+        pages = 0
+        if archive is not None:
+            archived = await write_archive(archive, before, self._archive_batches(before))
+            result.archive = archived.path
+            for start in range(0, len(archived.ids), PRUNE_BATCH):
+                n, freed = await self._write(_prune_ids, archived.ids[start:start + PRUNE_BATCH],
+                                             before, vacuum)
+                result.messages += n
+                result.batches += 1 if n else 0
+                pages += freed
+        else:
+            key: Key | None = (float("-inf"), 0)
+            while key is not None:
+                n, freed, key = await self._write(_prune_next_op, before, key, vacuum)
+                result.messages += n
+                result.batches += 1 if n else 0
+                pages += freed
+        if pages:
+            # The file is cut when a checkpoint has copied the last frames back: do one now
+            # (PASSIVE never blocks the writer; the checkpointer thread would do it shortly).
+            await asyncio.to_thread(self._checkpoint)
+        result.bytes_freed = pages * page_size
+        return result
+
+    async def _archive_batches(self, before: float) -> AsyncIterator[list[Item]]:
+        """Prunable messages with their layers and deliveries, a batch at a time."""
+        after: Key = (float("-inf"), 0)
+        while True:
+            rows = await self._read(f"SELECT {_MSG_COLS} FROM messages WHERE {_OLD_AFTER} AND"
+                                    f" {_PRUNABLE} ORDER BY received_at, id LIMIT ?",
+                                    (before, after[0], after[0], after[1], PRUNE_BATCH))
+            if not rows:
+                return
+            msgs = {m.id: m for m in map(_row_to_message, rows)}
+            marks = ",".join("?" * len(msgs))
+            for mid, layer, data in await self._read(
+                    f"SELECT message_id, layer, data FROM content WHERE message_id IN ({marks})"
+                    " ORDER BY message_id, created_at", list(msgs)):
+                msgs[mid].layers[layer] = bytes(data)
+            deliveries: dict[int, list[Delivery]] = {mid: [] for mid in msgs}
+            for row in await self._read(f"SELECT {_DLV_COLS} FROM deliveries d JOIN messages m"
+                                        f" ON m.id = d.message_id WHERE d.message_id IN ({marks})"
+                                        " ORDER BY d.id", list(msgs)):
+                d = _row_to_delivery(row)
+                deliveries[d.message_id].append(d)
+            yield [(m, deliveries[mid]) for mid, m in msgs.items()]
+            last = rows[-1]
+            after = (float(last[2]), int(last[0]))
+
+    def _checkpoint(self) -> None:
+        conn = _connect(self.path)
+        try:
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        except sqlite3.Error:
+            pass  # busy: the checkpointer thread tries again every half second
+        finally:
+            conn.close()
+
+    async def vacuum(self) -> tuple[int, int]:
+        """Rebuild the file with incremental auto-vacuum (databases made before retention
+        could shrink them); return its size before and after. Holds the write lock for the
+        whole rebuild: run it with the engine stopped (``radbridge messages vacuum``)."""
+
+        def run() -> tuple[int, int]:
+            conn = _connect(self.path)
+            try:
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+                size = Path(self.path).stat().st_size
+                conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
+                conn.execute("VACUUM")
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+            except sqlite3.Error as exc:
+                raise _to_store_error(exc) from exc
+            finally:
+                conn.close()
+            return size, Path(self.path).stat().st_size
+
+        before, after = await asyncio.to_thread(run)
+        event(log, "STORE-202", "database rebuilt", bytes_before=before, bytes_after=after)
+        return before, after
 
     # -- reads ---------------------------------------------------------------
     def _conn(self) -> sqlite3.Connection:

@@ -1,5 +1,6 @@
-"""PostgreSQL keeps messages in daily partitions: retention drops whole days (disk freed at
-once), today's messages stay, and a message for a dropped day can still be stored."""
+"""PostgreSQL keeps messages in daily partitions: retention drops whole days whose messages
+are all final (disk freed at once), a day with unfinished work and today's messages stay, and
+a message for a dropped day can still be stored."""
 
 from __future__ import annotations
 
@@ -23,8 +24,12 @@ async def test_old_days_are_dropped_whole_and_new_ones_made_on_demand(pg_url: st
         old = [await store.insert_message(NewMessage("ris", now - 10 * DAY, b"x" * 5000,
                                                      key="P1")) for _ in range(20)]
         new = await store.insert_message(NewMessage("ris", now, b"MSH|new", key="P1"))
+        waiting = await store.insert_message(NewMessage("ris", now - 9 * DAY, b"w", key="P2"))
+        await store.apply_outcomes([Outcome(i, Status.TRANSFORMED, layers={"parsed": b"p"})
+                                    for i in old])  # final: nowhere to send them
         await store.apply_outcomes([Outcome(i, Status.TRANSFORMED, layers={"parsed": b"p"},
-                                            deliveries=[("ehr", None)]) for i in [*old, new]])
+                                            deliveries=[("ehr", None)])
+                                    for i in (waiting, new)])
         conn = await asyncpg.connect(pg_url)
         try:
             size = "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0) FROM pg_class c" \
@@ -40,7 +45,9 @@ async def test_old_days_are_dropped_whole_and_new_ones_made_on_demand(pg_url: st
         assert await store.get_message(old[0]) is None
         kept = await store.get_message(new)
         assert kept is not None and kept[0].layers == {"parsed": b"p"} and len(kept[1]) == 1
-        assert [d.message_id for d in await store.next_deliveries("ehr", 10)] == [new]
+        # The day of a message still waiting for its delivery is not dropped.
+        assert await store.get_message(waiting) is not None
+        assert [d.message_id for d in await store.next_deliveries("ehr", 10)] == [new, waiting]
         # A late message for the dropped day gets its partition again.
         late = await store.insert_message(NewMessage("ris", now - 10 * DAY, b"late"))
         found = await store.get_message(late)
