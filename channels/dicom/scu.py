@@ -13,8 +13,10 @@ what happened                               ``send``
 ==========================================  =============================================
 status 0x0000, or a warning (0x0001, 0xBxxx)  returns "0xCODE category: text" (SENT)
 status 0xA7xx (refused: out of resources)     ``PeerUnavailable``: the PACS says retry later
-                                              (as our own SCP means it, ``channels.dicom.status``;
-                                              Orthanc answers 0xA700 for every failed store)
+                                              (as our own SCP means it, ``channels.dicom.status``);
+                                              after ``max_refusals`` of them for one instance,
+                                              ``PeerRejected`` (Orthanc answers 0xA700 for every
+                                              failed store, a bad object included)
 any other failure status (0xA9xx, 0xCxxx...)  ``PeerRejected`` with the status and its text
 the PACS accepts no context for the class     ``PeerRejected`` (it cannot store this object:
   or the transfer syntax                        resending the same bytes fails the same way)
@@ -64,6 +66,12 @@ class StoreSCUConfig(Strict):
     max_pdu: int = Field(262_144, ge=0, description="Largest PDU we accept (0: no limit).")
     retry_initial_secs: float = Field(1, gt=0)
     retry_max_secs: float = Field(300, gt=0)
+    max_refusals: int = Field(
+        0, ge=0, description="0xA7xx (refused: out of resources) means 'later' and is retried; "
+                             "after this many for the same instance the delivery fails instead "
+                             "(0: retry for ever). Orthanc answers 0xA700 for every failed "
+                             "store, so against Orthanc set e.g. 5: an object it cannot store "
+                             "then fails with its reason instead of holding up the queue.")
 
     _check_endpoint = field_validator("endpoint")(classmethod(lambda cls, v: check_hostport(v)))
     _check_called = field_validator("called_ae")(classmethod(lambda cls, v: check_ae_title(v)))
@@ -92,6 +100,7 @@ class StoreSCUDestination:
         self._assoc: Association | None = None
         self._contexts: set[tuple[str, str]] = set()
         self._last_used = 0.0
+        self._refusals: dict[str, int] = {}  # SOP Instance UID -> 0xA7xx answers in a row
 
     async def connect(self) -> None:
         return None  # associations open on demand: a PACS down at start-up is fine
@@ -144,6 +153,7 @@ class StoreSCUDestination:
         comment = error_comment(str(status.get("ErrorComment", "") or ""))
         full = f"{text} ({comment})" if comment else text
         category = code_to_category(code)
+        refusals = self._refusals.pop(sop_uid, 0)
         if category in ("Success", "Warning"):
             event(log, "DCM-301", "instance stored", destination=self.name, sop=sop_uid,
                   status=f"0x{code:04X}", level=logging.DEBUG)
@@ -151,7 +161,14 @@ class StoreSCUDestination:
         event(log, "DCM-302", "PACS refused the instance", destination=self.name, sop=sop_uid,
               status=f"0x{code:04X}")
         if code & 0xFF00 == 0xA700:  # refused: out of resources (a PACS says "later")
-            raise PeerUnavailable(full)
+            refusals += 1
+            limit = self.config.max_refusals
+            if not limit or refusals < limit:
+                if len(self._refusals) > 10_000:  # bounded: instances that never came back
+                    self._refusals.clear()
+                self._refusals[sop_uid] = refusals
+                raise PeerUnavailable(full)
+            full = f"{full}; refused {refusals} times in a row (max_refusals)"
         raise PeerRejected(f"0x{code:04X}", full, full.encode())
 
     def _association(self, sop_class: UID, tsyntax: UID) -> Association:

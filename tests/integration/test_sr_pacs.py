@@ -278,6 +278,28 @@ async def test_c_store_out_of_resources_is_retried(scp: ScriptedSCP, sr: Dataset
         await scu.close()
 
 
+async def test_c_store_refused_max_refusals_times_in_a_row_fails_the_delivery(
+        scp: ScriptedSCP, sr: Dataset) -> None:
+    """Orthanc answers 0xA700 for every failed store: with max_refusals the queue moves on."""
+    scp.status = 0xA700
+    scu = c_store_to(scp.port, called_ae="PACS", max_refusals=3)
+    try:
+        for _ in range(2):
+            with pytest.raises(PeerUnavailable, match="0xA700"):
+                await scu.send(sr_part10(sr))
+        with pytest.raises(PeerRejected, match="refused 3 times in a row") as caught:
+            await scu.send(sr_part10(sr))
+        scp.status = 0x0000  # the count is per instance and starts again after a success
+        assert (await scu.send(sr_part10(sr))).startswith(b"0x0000")
+        scp.status = 0xA700
+        with pytest.raises(PeerUnavailable):
+            await scu.send(sr_part10(sr))
+    finally:
+        await scu.close()
+    assert caught.value.code == "0xA700"
+    assert len(scp.received) == 5
+
+
 async def test_c_store_reuses_one_association_for_several_instances(
         scp: ScriptedSCP, sr: Dataset) -> None:
     scu = c_store_to(scp.port, called_ae="PACS")
