@@ -32,7 +32,7 @@ from tests.fixtures.orthanc import free_port
 from tests.fixtures.triton import TritonServer
 from tests.fixtures.triton_server import reference_scores
 from tests.integration.test_correlation import orm, send_hl7
-from tests.integration.test_inference import cli, real_chest_cr, start
+from tests.integration.test_inference import cli, real_chest_cr, start, write_config
 from tests.unit.test_inference_series import write_instance
 
 LABELS = [{"code": f"R{i}", "display": f"remote output {i}", "system": "99RADBRIDGE",
@@ -184,15 +184,8 @@ def test_a_server_down_at_start_defers_the_model_and_verifies_it_before_its_firs
 
 
 def engine_config(tmp_path: Path, db_url: str, url: str) -> str:
-    text = f"""
-[store]
-url = "{db_url}"
-[engine]
-data_dir = "{tmp_path}"
-[[channel]]
-name = "ris"
-source = {{ type = "mllp", listen = "127.0.0.1:0" }}
-process = "orders"
+    """The ris channel of test_inference, routing chest radiographs to the remote model."""
+    text = write_config(tmp_path, db_url, inference=False) + f"""
 [[route]]
 name = "chest-radiographs"
 when = {{ modality = ["CR", "DX"], body_part = "CHEST" }}
