@@ -57,6 +57,9 @@ class ForwardError(TransientInferenceError):
     """The model raised during the forward pass."""
 
 
+UNAVAILABLE = "server unavailable: "  # how the reason of a job waiting for its server starts
+
+
 class ServerUnavailable(TransientInferenceError):
     """A remote model's server is down, unreachable or overloaded (503): the job is retried
     at a steady pace for as long as that lasts, like a delivery to a destination that is

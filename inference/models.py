@@ -68,6 +68,19 @@ class InferenceModel(abc.ABC):
     def run_batch(self, items: list[Prepared]) -> list[ModelOutput]:
         """One batched pass (the device's thread); one output per item, in order."""
 
+    def budget_secs(self) -> float:
+        """How long one batch may take before its items time out."""
+        return self.config.timeout_secs
+
+    def available(self) -> bool:
+        """False while the model's server is known to be down (remote models); jobs then
+        wait without being prepared."""
+        return True
+
+    async def recheck(self) -> bool:
+        """Is a model that was not ``available`` reachable again? (remote models probe)."""
+        return True
+
     def close(self) -> None:
         """Release what the model holds outside the process (a remote model's connection);
         local models hold nothing there."""

@@ -27,7 +27,12 @@ from typing import Any
 from engine.config_inference import LabelSpec, ModelConfig
 from engine.logs import event
 from engine.store.inference import ModelLoad
-from inference.errors import ChecksumMismatch, ModelLoadError
+from inference.errors import (
+    ChecksumMismatch,
+    InferenceTimeout,
+    ModelLoadError,
+    ServerUnavailable,
+)
 from inference.models import DemoModel, InferenceModel, TensorModel
 
 log = logging.getLogger("radbridge.inference")
@@ -104,8 +109,10 @@ def _load_module(config: ModelConfig, labels: list[LabelSpec]) -> tuple[Any, str
                              f"{str(exc).splitlines()[0][:200]}") from exc
 
 
-def _dry_run(model: TensorModel) -> None:
-    """One forward pass on zeros: input and output sizes must agree with the config."""
+def _dry_run(model: TensorModel, unavailable_ok: bool = False) -> None:
+    """One forward pass on zeros: input and output sizes must agree with the config.
+    ``unavailable_ok``: a remote server found busy, gone or silent is raised as it is rather
+    than refusing the model (the model itself may be fine)."""
     import numpy as np
 
     from inference.models import Prepared
@@ -114,6 +121,10 @@ def _dry_run(model: TensorModel) -> None:
     zeros = np.zeros((spec.channels, *spec.size), np.float32)
     try:
         (out,) = model.run_batch([Prepared("dry-run", zeros)])
+    except (ServerUnavailable, InferenceTimeout) as exc:
+        if not unavailable_ok:
+            raise ModelLoadError(f"dry run failed: {exc}") from exc
+        raise
     except Exception as exc:
         raise ModelLoadError(f"dry run failed: {type(exc).__name__}: "
                              f"{str(exc).splitlines()[0][:200] if str(exc) else ''}") from exc
@@ -139,7 +150,12 @@ def _load(config: ModelConfig) -> tuple[InferenceModel, str]:
         remote, status = load_remote(config)
         if status == "loaded":
             try:
-                _dry_run(remote)  # zeros through the real server: shapes and labels agree
+                _dry_run(remote, unavailable_ok=True)  # zeros through the real server
+            except (ServerUnavailable, InferenceTimeout) as exc:  # busy or gone meanwhile
+                event(log, "INF-302", "remote model not reachable; verified before its first "
+                      "batch", model=config.name, reason=type(exc).__name__,
+                      level=logging.WARNING)
+                return remote, "deferred"
             except ModelLoadError:
                 remote.close()
                 raise

@@ -29,6 +29,7 @@ first batch; until then its jobs retry with backoff like any transient failure.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import http.client
 import itertools
@@ -46,19 +47,33 @@ import numpy as np
 
 from engine.config_inference import LabelSpec, ModelConfig, RemoteSpec
 from engine.logs import event
-from inference.errors import ForwardError, InferenceTimeout, ModelLoadError, ServerUnavailable
+from inference.errors import (
+    UNAVAILABLE,
+    ForwardError,
+    InferenceTimeout,
+    ModelLoadError,
+    ServerUnavailable,
+)
 from inference.models import ModelOutput, Prepared, TensorModel
 
 log = logging.getLogger("radbridge.inference")
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
-BUSY = frozenset({429, 502, 503, 504})  # the server (or its gateway) cannot take it now
+BUSY = frozenset({429, 503})  # the server says it cannot take it now
+GATEWAY = frozenset({502, 504})  # a gateway in front of it got no good answer
+CONNECT_SECS = 5.0  # a server that does not accept a connection this soon is unavailable
 # numpy dtype of each v2 datatype we accept on the way in or out.
 DATATYPES = {"FP32": np.float32, "FP16": np.float16, "FP64": np.float64}
 
 
 class RemoteUnavailable(ServerUnavailable):
-    """The server did not answer (refused, reset) or said it cannot now (429/502/503/504)."""
+    """The server cannot be reached (refused, connect timeout, reset) or says it cannot take
+    the request now (429/503; 502/504 from a gateway). ``busy``: it answered 429 or 503, so
+    it is up and saying "later"; otherwise it may be down, or this very request broke it."""
+
+    def __init__(self, message: str, busy: bool = False) -> None:
+        super().__init__(UNAVAILABLE + message)
+        self.busy = busy
 
 
 class RemoteRejected(ForwardError):
@@ -134,6 +149,8 @@ class KServeClient:
         version = f"/versions/{quote(spec.model_version, safe='')}" if spec.model_version else ""
         self.base = f"{parts.path.rstrip('/')}/v2/models/{model}{version}"
         self.timeout = timeout
+        self.connect_timeout = min(CONNECT_SECS, timeout)
+        self.closed = False
         self._conn: http.client.HTTPConnection | None = None
         self._ids = itertools.count(1)
         self._headers: dict[str, str] = {}
@@ -143,16 +160,33 @@ class KServeClient:
                 raise ModelLoadError(f"remote.token_env: ${spec.token_env} is not set")
             self._headers["Authorization"] = f"Bearer {token}"
 
-    def _connection(self) -> http.client.HTTPConnection:
-        if self._conn is None:
-            if self.https:
-                context = ssl.create_default_context(cafile=self.spec.ca_file)
-                self._conn = http.client.HTTPSConnection(self.host, self.port,
-                                                         timeout=self.timeout, context=context)
-            else:
-                self._conn = http.client.HTTPConnection(self.host, self.port,
-                                                        timeout=self.timeout)
-        return self._conn
+    def _connection(self) -> tuple[http.client.HTTPConnection, bool]:
+        """The kept connection, connected; and whether it was already open (reused).
+
+        Connecting has its own short timeout: a host that does not accept a connection is
+        unavailable (the job waits), while a server that accepted the request and then does
+        not answer within ``timeout`` is a timeout (the attempt counts)."""
+        if self.closed:
+            raise RemoteUnavailable(f"{self.netloc}: the engine is stopping")
+        if self._conn is not None and self._conn.sock is not None:
+            return self._conn, True
+        if self.https:
+            context = ssl.create_default_context(cafile=self.spec.ca_file)
+            conn: http.client.HTTPConnection = http.client.HTTPSConnection(
+                self.host, self.port, timeout=self.connect_timeout, context=context)
+        else:
+            conn = http.client.HTTPConnection(self.host, self.port,
+                                              timeout=self.connect_timeout)
+        try:
+            conn.connect()
+        except (OSError, http.client.HTTPException) as exc:  # refused, unreachable, timed out
+            conn.close()
+            raise RemoteUnavailable(f"{self.netloc}: cannot connect ({type(exc).__name__})") \
+                from exc
+        assert conn.sock is not None
+        conn.sock.settimeout(self.timeout)
+        self._conn = conn
+        return conn, False
 
     def close(self) -> None:
         if self._conn is not None:
@@ -161,11 +195,13 @@ class KServeClient:
 
     def request(self, method: str, path: str, body: bytes | None = None,
                 headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
-        """One request on the kept connection; a connection the server closed while idle is
-        reopened once (the request never reached it)."""
+        """One request on the kept connection. When a kept-alive connection turns out to have
+        been closed by the server while idle, the request is sent once more on a new one
+        (the server may, rarely, have seen the first: inference is stateless, so at worst
+        the batch is computed twice)."""
         all_headers = {**self._headers, **(headers or {})}
-        for attempt in (1, 2):
-            conn = self._connection()
+        while True:
+            conn, reused = self._connection()
             try:
                 conn.request(method, path, body=body, headers=all_headers)
                 response = conn.getresponse()
@@ -173,7 +209,7 @@ class KServeClient:
                 return response.status, {k.lower(): v for k, v in response.getheaders()}, data
             except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
                 self.close()
-                if attempt == 2:
+                if not reused:
                     raise RemoteUnavailable(f"{self.netloc} closed the connection") from exc
             except TimeoutError as exc:
                 self.close()
@@ -183,10 +219,12 @@ class KServeClient:
                 self.close()
                 raise RemoteUnavailable(f"{self.netloc}: {type(exc).__name__}: "
                                         f"{str(exc)[:200]}") from exc
-        raise AssertionError("unreachable")
 
     def get_json(self, suffix: str) -> dict[str, Any]:
         status, _, data = self.request("GET", self.base + suffix)
+        if status in BUSY or status in GATEWAY:
+            raise RemoteUnavailable(f"{self.netloc} answered {status}: {_error_text(data)}",
+                                    busy=status in BUSY)
         if status != 200:
             raise RemoteRejected(status, _error_text(data))
         try:
@@ -199,6 +237,16 @@ class KServeClient:
     def ready(self) -> bool:
         status, _, _ = self.request("GET", self.base + "/ready")
         return status == 200
+
+    def max_batch_size(self) -> int | None:
+        """Triton's ``max_batch_size`` for the model (its ``/config`` extension), or None
+        where the server does not say (plain KServe v2 has no such endpoint)."""
+        try:
+            doc = self.get_json("/config")
+        except (RemoteRejected, ModelLoadError):
+            return None
+        value = doc.get("max_batch_size")
+        return int(value) if isinstance(value, int) and value > 0 else None
 
     def infer(self, x: np.ndarray, inp: TensorSpec, out: TensorSpec) -> np.ndarray:
         """One batch in, the output tensor back as float32."""
@@ -221,8 +269,9 @@ class KServeClient:
             body = json.dumps(request, separators=(",", ":")).encode()
         status, response_headers, data = self.request("POST", self.base + "/infer", body,
                                                       headers)
-        if status in BUSY:
-            raise RemoteUnavailable(f"{self.netloc} answered {status}: {_error_text(data)}")
+        if status in BUSY or status in GATEWAY:
+            raise RemoteUnavailable(f"{self.netloc} answered {status}: {_error_text(data)}",
+                                    busy=status in BUSY)
         if status != 200:
             raise RemoteRejected(status, _error_text(data))
         return decode_output(data, response_headers.get(HEADER_LENGTH.lower()), out.name)
@@ -285,10 +334,51 @@ class RemoteModel(TensorModel):
         super().__init__(config, "", f"kserve://{self.client.netloc}", None, labels)
         self.meta: RemoteMetadata | None = None
         self.io: tuple[TensorSpec, TensorSpec, bool] | None = None  # input, output, batched
+        self.server_batch: int | None = None  # Triton's max_batch_size, when it says
+        self.down = False  # the last batch found the server unavailable: probe before more
         self._verify_lock = threading.Lock()
+        # Probes run beside the device thread, so they have their own connection.
+        self._probe = KServeClient(config.remote, config.name, CONNECT_SECS)
+        self._probe_lock = threading.Lock()
 
     def close(self) -> None:
-        self.client.close()
+        """Stopping: no new connection is opened; what is open is closed."""
+        for client in (self.client, self._probe):
+            client.closed = True
+            client.close()
+
+    def probe(self) -> bool:
+        """Is the model ready now? (a pool thread; one short GET, its own connection). A
+        server found ready again clears ``down``."""
+        with self._probe_lock:
+            try:
+                ready = self._probe.ready()
+            except (ServerUnavailable, InferenceTimeout):
+                ready = False
+            finally:
+                self._probe.close()
+        if ready:
+            self.down = False
+        return ready
+
+    def available(self) -> bool:
+        return not self.down
+
+    async def recheck(self) -> bool:
+        return await asyncio.to_thread(self.probe)
+
+    def requests_per_batch(self) -> int:
+        """How many infer requests one batch of ``batch_max`` items may take."""
+        if self.io is not None and not self.io[2]:
+            return self.config.batch_max
+        limit = self.server_batch or self.config.batch_max
+        return -(-self.config.batch_max // limit)
+
+    def budget_secs(self) -> float:
+        """How long a batch may take: connecting, then each of its requests in turn (and the
+        three requests of a verification when the model has not been verified yet)."""
+        verify = 0 if self.io is not None else 3
+        return CONNECT_SECS + self.config.timeout_secs * (self.requests_per_batch() + verify)
 
     def verify(self) -> None:
         """Metadata, readiness, and tensor shapes against the configuration; sets the
@@ -327,6 +417,7 @@ class RemoteModel(TensorModel):
                                      f"{len(self.labels)} labels are configured")
             if not self.client.ready():
                 raise RemoteUnavailable(f"{self.client.netloc}: model not ready")
+            self.server_batch = self.client.max_batch_size() if batched else None
             self.meta, self.checksum = meta, meta.digest
             self.io = (inp, out, batched)
         event(log, "INF-105", "remote model verified", model=self.name, version=self.version,
@@ -343,10 +434,23 @@ class RemoteModel(TensorModel):
         arrays = [i.array for i in items if i.array is not None]
         if len(arrays) != len(items):
             raise ForwardError("an item has no pixels")
-        if batched:
-            scores = self.client.infer(np.stack(arrays), inp, out)
-        else:  # the server does not batch: one request per item
-            scores = np.stack([self.client.infer(a, inp, out).reshape(-1) for a in arrays])
+        try:
+            if batched:  # in pieces of the server's max_batch_size when it has one
+                step = self.server_batch or len(arrays)
+                scores = np.concatenate([
+                    self.client.infer(np.stack(arrays[i:i + step]), inp, out).reshape(
+                        len(arrays[i:i + step]), -1) for i in range(0, len(arrays), step)])
+            else:  # the server does not batch: one request per item
+                scores = np.stack([self.client.infer(a, inp, out).reshape(-1) for a in arrays])
+        except RemoteUnavailable as exc:
+            # A reset or a gateway error while the model answers ready: this batch broke
+            # something (or timed out behind a gateway). It counts as a failed attempt, so
+            # a batch that always does it cannot wait for ever.
+            if not exc.busy and self.probe():
+                raise ForwardError(f"{exc} (the model is ready: the request failed)") from exc
+            self.down = True
+            raise
+        self.down = False
         scores = scores.reshape(len(items), -1)
         if scores.shape[1] != len(self.labels):
             raise ForwardError(f"the server returned {scores.shape[1]} values per item, "
@@ -368,7 +472,7 @@ def load_remote(config: ModelConfig) -> tuple[RemoteModel, str]:
     except ModelLoadError:
         model.close()
         raise
-    except (RemoteUnavailable, InferenceTimeout) as exc:
+    except (ServerUnavailable, InferenceTimeout) as exc:
         event(log, "INF-302", "remote model not reachable; verified before its first batch",
               model=config.name, server=model.client.netloc, reason=type(exc).__name__,
               level=logging.WARNING)

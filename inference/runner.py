@@ -28,6 +28,7 @@ from engine.store.inference import AuditEntry, CaseContext, JobRow, JobState
 from inference.deid import PseudonymMap, deid_case
 from inference.dispatch import Batcher, ItemResult
 from inference.errors import (
+    UNAVAILABLE,
     DeidentificationRefused,
     InferenceError,
     InferenceTimeout,
@@ -115,13 +116,16 @@ class JobRunner:
                                                         a.case.patient_id, a.case.accession)
             pseudo = PseudonymMap(study, a.case.study_uid)
             study_case = deid_case(a.case, pseudo)
+        if not model.available() and not await model.recheck():
+            # The server is down: wait without decoding the study again for nothing.
+            raise ServerUnavailable(f"{UNAVAILABLE}{model.device} is still down")
         loop = asyncio.get_running_loop()
         prepared, a.preprocess_ms = await loop.run_in_executor(
             self.pool, _prepare_timed, model, StudyInput(study_case, paths, pseudo))
         if pseudo is not None:
             await self.store.save_pseudonyms(a.case.case_id, pseudo.kept())
         result = await asyncio.wait_for(self.batchers[model.name].submit(prepared, a.job.lane),
-                                        model.config.timeout_secs)
+                                        model.budget_secs())
         await self._relink(a, result.output.study_uid)
         audit = a.audit("ok", result, json.dumps(result.output.outputs, default=str))
         final = await self.store.finish_job(a.job.id, JobState.DONE, result.output.findings,
@@ -152,9 +156,12 @@ class JobRunner:
         return False
 
     async def _wait_for_server(self, a: Attempt, reason: str) -> bool:
-        """The model's server is down: try again at a steady pace, attempts refunded."""
+        """The model's server is down: try again at a steady pace, attempts refunded; one
+        audit row when the job starts waiting, not one per try."""
+        waiting = (a.job.error or "").startswith(UNAVAILABLE)
+        audit = None if waiting else a.audit("unavailable", error=reason)
         await self.store.retry_job(a.job.id, reason, time.time() + self.unavailable_secs,
-                                   a.audit("unavailable", error=reason), refund=True)
+                                   audit, refund=True)
         event(log, "INF-303", "model server unavailable, job waits", job=a.job.id,
               model=a.model.name, retry_secs=self.unavailable_secs, level=logging.WARNING)
         return False

@@ -9,6 +9,7 @@ batch order, the activation, and findings by threshold.
 from __future__ import annotations
 
 import hashlib
+import http.server
 import json
 import socket
 import socketserver
@@ -28,7 +29,6 @@ from inference.models import StudyInput
 from inference.registry import load_all, load_model
 from inference.remote import RemoteModel, RemoteRejected, RemoteUnavailable, activate
 from tests.conftest import wait_for
-from tests.fixtures.orthanc import free_port
 from tests.fixtures.triton import TritonServer
 from tests.fixtures.triton_server import reference_scores
 from tests.integration.test_correlation import orm, send_hl7
@@ -129,14 +129,28 @@ def test_a_model_failing_on_the_server_is_a_transient_error_with_its_message(
 
 
 class Forwarder(socketserver.ThreadingTCPServer):
-    """A TCP relay started late: the inference server appears after the engine started."""
+    """A TCP relay to the real server that comes up late: its port is bound at once (nobody
+    else can take it) and refuses connections until ``come_up`` starts listening."""
 
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, port: int, target: tuple[str, int]) -> None:
+    def __init__(self, target: tuple[str, int]) -> None:
         self.target = target
-        super().__init__(("127.0.0.1", port), _Relay)
+        super().__init__(("127.0.0.1", 0), _Relay, bind_and_activate=False)
+        self.server_bind()
+        self.port = int(self.server_address[1])
+        self.serving = False
+
+    def come_up(self) -> None:
+        self.serving = True
+        self.server_activate()
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        if self.serving:
+            self.shutdown()
+        self.server_close()
 
 
 class _Relay(socketserver.BaseRequestHandler):
@@ -158,8 +172,8 @@ class _Relay(socketserver.BaseRequestHandler):
 
 def test_a_server_down_at_start_defers_the_model_and_verifies_it_before_its_first_batch(
         triton: TritonServer, tmp_path: Path) -> None:
-    late_port = free_port()
-    models, failed, loads = load_all([remote_config(f"http://127.0.0.1:{late_port}")])
+    relay = Forwarder(("127.0.0.1", int(triton.url.rsplit(":", 1)[1])))
+    models, failed, loads = load_all([remote_config(f"http://127.0.0.1:{relay.port}")])
     remote = models["site-remote"]
     assert not failed and loads[0].status == "deferred" and loads[0].checksum == ""
     assert isinstance(remote, RemoteModel)
@@ -167,15 +181,12 @@ def test_a_server_down_at_start_defers_the_model_and_verifies_it_before_its_firs
     with pytest.raises(RemoteUnavailable):  # transient: the job runner retries it
         remote.run_batch([item])
 
-    port = int(triton.url.rsplit(":", 1)[1])
-    relay = Forwarder(late_port, ("127.0.0.1", port))
-    threading.Thread(target=relay.serve_forever, daemon=True).start()
+    relay.come_up()
     try:
         (out,) = remote.run_batch([item])
     finally:
         remote.close()
-        relay.shutdown()
-        relay.server_close()
+        relay.stop()
     assert remote.checksum and remote.io is not None  # verified on the way
     assert item.array is not None
     expected = activate(reference_scores(item.array[None]).astype(np.float64), "sigmoid")[0]
@@ -229,46 +240,99 @@ async def test_the_engine_runs_a_correlated_study_through_the_remote_model_and_a
 
 async def test_jobs_wait_for_a_server_that_is_down_without_using_up_their_retries(
         triton: TritonServer, engine_factory: Any, db_url: str, tmp_path: Path,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setattr(InferenceService, "reverify_secs", 0.2)
     monkeypatch.setattr(InferenceService, "retry_backoff_secs", 0.05)  # down: 0.25 s apart
-    late_port = free_port()
-    engine, ingest, results = await start(
-        engine_factory, engine_config(tmp_path, db_url, f"http://127.0.0.1:{late_port}"),
-        tmp_path)
-
-    async def load_status() -> str:
-        loads = await engine.store.list_model_loads()
-        return loads[0].status if loads else ""
-
-    async def is_loaded() -> bool:  # recorded again once the server answered
-        return await load_status() == "loaded"
-
-    await wait_for(load_status, timeout=30)
-    assert await load_status() == "deferred"
-    await send_hl7(engine, orm("OR2", "ACC-REMOTE2"))
-    part10, _ = real_chest_cr("ACC-REMOTE2")
-    await ingest.ingest(part10)
-
-    async def waits() -> bool:  # more unavailable attempts than the model's retries (2)
-        audit = await engine.store.list_audit(model="site-remote")
-        return sum(a.status == "unavailable" for a in audit) >= 4
-    await wait_for(waits, timeout=30)
-    assert not results  # still waiting, not failed
-
-    port = int(triton.url.rsplit(":", 1)[1])
-    relay = Forwarder(late_port, ("127.0.0.1", port))
-    threading.Thread(target=relay.serve_forever, daemon=True).start()
+    relay = Forwarder(("127.0.0.1", int(triton.url.rsplit(":", 1)[1])))
     try:
+        engine, ingest, results = await start(
+            engine_factory, engine_config(tmp_path, db_url, f"http://127.0.0.1:{relay.port}"),
+            tmp_path)
+
+        async def load_status() -> str:
+            loads = await engine.store.list_model_loads()
+            return loads[0].status if loads else ""
+
+        async def is_loaded() -> bool:  # recorded again once the server answered
+            return await load_status() == "loaded"
+
+        await wait_for(load_status, timeout=30)
+        assert await load_status() == "deferred"
+        await send_hl7(engine, orm("OR2", "ACC-REMOTE2"))
+        part10, _ = real_chest_cr("ACC-REMOTE2")
+        await ingest.ingest(part10)
+
+        def tries() -> int:
+            return sum("INF-303" in r.getMessage() for r in caplog.records)
+        await wait_for(lambda: tries() >= 4, timeout=30)  # more tries than its retries (2)
+        assert not results  # still waiting, not failed
+
+        async def queued_unused() -> bool:  # between two tries: queued, no attempt used up
+            jobs = await engine.store.list_jobs()
+            return [(j.state, j.attempts) for j in jobs] == [(JobState.QUEUED, 0)]
+        await wait_for(queued_unused, timeout=10, interval=0.01)
+
+        relay.come_up()
         await wait_for(lambda: results, timeout=30)
         await wait_for(is_loaded, timeout=30)
     finally:
-        relay.shutdown()
-        relay.server_close()
+        relay.stop()
     (result,) = results
     assert [(j.model, j.state) for j in result.jobs] == [("site-remote", JobState.DONE)]
     audit = await engine.store.list_audit(model="site-remote")
-    assert [a.status for a in audit].count("ok") == 1
-    assert all("127.0.0.1" in (a.error or "") for a in audit if a.status == "unavailable")
+    assert sorted(a.status for a in audit) == ["ok", "unavailable"]  # one row for the outage
+    (waited,) = [a for a in audit if a.status == "unavailable"]
+    assert (waited.error or "").startswith(f"server unavailable: 127.0.0.1:{relay.port}")
     (loaded,) = [m for m in await engine.store.list_model_loads() if m.status == "loaded"]
     assert len(loaded.checksum) == 64
+
+
+def test_a_batch_larger_than_the_servers_max_batch_size_goes_in_pieces(
+        triton: TritonServer, tmp_path: Path) -> None:
+    remote = load_model(remote_config(triton.url, batch_max=16))
+    assert isinstance(remote, RemoteModel)
+    assert remote.server_batch == 8 and remote.requests_per_batch() == 2  # Triton's config
+    prepared = [remote.prepare(s) for s in studies(tmp_path, 3)] * 4  # 12 items
+    outputs = remote.run_batch(prepared)
+    remote.close()
+    sent = np.stack([p.array for p in prepared if p.array is not None])
+    expected = activate(reference_scores(sent).astype(np.float64), "sigmoid")
+    assert len(outputs) == 12
+    for out, row in zip(outputs, expected, strict=True):
+        assert [out.outputs["probabilities"][f"R{i}"] for i in range(4)] == \
+            pytest.approx(row, abs=1e-5)
+
+
+class Gateway(http.server.ThreadingHTTPServer):
+    """What a KServe ingress answers while the predictor scales up from zero: 503 to
+    everything (the gateway is not ours and does not run here)."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _Unavailable)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+
+class _Unavailable(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        body = b'{"error": "no healthy upstream"}'
+        self.send_response(503)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        return None
+
+
+def test_a_gateway_answering_503_defers_the_model_rather_than_refusing_it() -> None:
+    gateway = Gateway()
+    try:
+        models, failed, loads = load_all([remote_config(
+            f"http://127.0.0.1:{gateway.server_address[1]}")])
+    finally:
+        gateway.shutdown()
+        gateway.server_close()
+    models["site-remote"].close()
+    assert not failed and loads[0].status == "deferred"
