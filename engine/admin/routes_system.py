@@ -95,6 +95,7 @@ def _hash(name: str) -> str:
 @router.post("/api/login", roles=(), summary="Log in to the dashboard (sets a session cookie)",
              body=_LOGIN_BODY,
              responses={200: "logged in", 401: "wrong user name or password",
+                        403: "a role without dashboard sessions (ehr)",
                         429: "too many failures"})
 async def login(request: web.Request) -> web.Response:
     st = state(request)
@@ -115,6 +116,10 @@ async def login(request: web.Request) -> web.Response:
         event(log, "ADM-202", "login refused", user_hash=_hash(name), level=logging.WARNING)
         fail(401, "wrong user name or password")
     st.throttle.succeeded(name)
+    if principal.role not in STAFF_ROLES:  # ehr: a system account, API tokens only
+        request[PRINCIPAL] = principal
+        await audit(request, "login.refused")
+        fail(403, f"the {principal.role} role uses API tokens, not dashboard sessions")
     token, session = st.sessions.create(principal)
     request[PRINCIPAL] = principal
     await audit(request, "login")

@@ -67,6 +67,19 @@ async def test_a_wrong_password_is_refused_audited_and_throttled(admin_engine: S
     assert (await _login(api, "viewer"))  # other names are not held back
 
 
+async def test_the_ehr_role_gets_no_dashboard_session_but_its_token_reads_fhir(
+        admin_engine: Started) -> None:
+    engine, api = await admin_engine()
+    status, body = await api.call("POST", "/api/login",
+                                  json={"username": "ehr", "password": PASSWORDS["ehr"]})
+    assert status == 403 and "API tokens" in body["error"]
+    assert (await api.call("GET", "/api/session"))[0] == 401  # no cookie was set
+    assert [e.user for e in await engine.admin.state.audit.query(action="login.refused")] == \
+        ["ehr"]
+    assert (await api.call("GET", "/fhir/metadata", "ehr"))[0] == 200
+    assert (await api.call("GET", "/api/worklist", "ehr"))[0] == 403
+
+
 async def test_a_viewer_session_sees_masked_data_and_cannot_change_anything(
         admin_engine: Started) -> None:
     _, api = await admin_engine()
