@@ -37,6 +37,7 @@ import json
 import logging
 import os
 import re
+import socket
 import ssl
 import threading
 from dataclasses import dataclass
@@ -185,6 +186,9 @@ class KServeClient:
                 from exc
         assert conn.sock is not None
         conn.sock.settimeout(self.timeout)
+        # Headers and tensor bytes go in separate writes: without this, Nagle holds the
+        # second back until the first is acknowledged.
+        conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._conn = conn
         return conn, False
 
