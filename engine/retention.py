@@ -16,6 +16,7 @@ from engine.store.base import PruneResult, Store
 
 log = logging.getLogger("radbridge.retention")
 DAY = 86400
+AGAIN_SECS = 60.0  # a message run stopped at the store's cap goes on this soon, not hourly
 
 
 def delete_files(paths: list[str]) -> int:
@@ -44,20 +45,25 @@ def log_pruned(result: PruneResult) -> None:
         event(log, "RET-202", "messages pruned", messages=result.messages,
               batches=result.batches, bytes=result.bytes_freed,
               days_dropped=len(result.days_dropped) or None,
-              archive=result.archive.name if result.archive else None)
+              archive=result.archive.name if result.archive else None,
+              more=result.more or None)
     if result.days_kept:
-        event(log, "RET-203", "days kept whole: unfinished messages", days=len(result.days_kept))
+        event(log, "RET-203", "days kept whole: unfinished, changed or busy",
+              days=len(result.days_kept))
 
 
 class Retention:
     """The periodic task: instance files older than *days*, final messages older than
-    *message_days* (archived first under *archive_dir* when given). None: keep them."""
+    *message_days* (archived first under *archive_dir* when given). None: keep them. A
+    message run that stopped at the store's cap (a backlog) is followed after *again_secs*."""
 
     def __init__(self, store: Store, days: float | None, every_secs: float = 3600, *,
-                 message_days: float | None = None, archive_dir: Path | None = None) -> None:
+                 message_days: float | None = None, archive_dir: Path | None = None,
+                 again_secs: float = AGAIN_SECS) -> None:
         self.store = store
         self.days = days
         self.every_secs = every_secs
+        self.again_secs = again_secs
         self.message_days = message_days
         self.archive_dir = archive_dir
         self._warned_no_shrink = False
@@ -90,13 +96,16 @@ class Retention:
         jobs: tuple[tuple[str, Callable[[], Awaitable[Any]]], ...] = (
             ("instances", self.run_once), ("messages", self.prune_messages))
         while True:
+            more = False
             for what, job in jobs:
                 try:
-                    await job()
+                    done = await job()
+                    more |= isinstance(done, PruneResult) and done.more
                 except ArchiveError:
                     event(log, "RET-402", "message archive not written: nothing pruned",
                           level=logging.ERROR)
                 except Exception as exc:
                     event(log, "RET-401", "retention failed", what=what,
                           reason=type(exc).__name__, level=logging.ERROR)
-            await asyncio.sleep(self.every_secs)
+            await asyncio.sleep(min(self.again_secs, self.every_secs) if more
+                                else self.every_secs)

@@ -42,9 +42,29 @@ class Archived:
     ids: array[int] = field(default_factory=lambda: array("q"))
     received_at: array[float] = field(default_factory=lambda: array("d"))  # beside ids
 
+    def add(self, items: Sequence[Item]) -> None:
+        for msg, _ in items:
+            self.ids.append(msg.id)
+            self.received_at.append(msg.received_at)
+
     def per_day(self) -> Counter[int]:
-        """UTC day -> messages archived (PostgreSQL drops a day only if all of it is here)."""
+        """UTC day -> messages archived (PostgreSQL drops a day only if all of it is here).
+        O(messages): call it off the event loop."""
         return Counter(int(t // DAY) for t in self.received_at)
+
+    def newest_per_day(self) -> dict[int, int]:
+        """UTC day -> the newest message id archived of it (O(messages): off the loop)."""
+        newest: dict[int, int] = {}
+        for i, t in zip(self.ids, self.received_at, strict=True):
+            day = int(t // DAY)
+            if i > newest.get(day, -1):
+                newest[day] = i
+        return newest
+
+    def ids_outside(self, days: set[int]) -> list[int]:
+        """The ids archived from other days than *days* (O(messages): off the loop)."""
+        return [i for i, t in zip(self.ids, self.received_at, strict=True)
+                if int(t // DAY) not in days]
 
 
 def archive_name(before: float) -> str:
@@ -119,8 +139,10 @@ class _Writer:
         self._file: IO[bytes] = os.fdopen(fd, "wb")
         self._gz = gzip.GzipFile(filename="", mode="wb", fileobj=self._file, mtime=0)
 
-    def write(self, items: Sequence[Item]) -> None:
+    def write(self, items: Sequence[Item], out: Archived) -> None:
+        """Write a batch and note its ids (in the caller's thread: not on the event loop)."""
         self._gz.write(b"".join(encode(m, d) for m, d in items))
+        out.add(items)
 
     def finish(self) -> None:
         self._gz.close()
@@ -157,10 +179,7 @@ async def write_archive(directory: Path, before: float,
     try:
         writer = await asyncio.to_thread(_Writer, Path(directory), before)
         async for items in batches:
-            await asyncio.to_thread(writer.write, items)
-            for msg, _ in items:
-                out.ids.append(msg.id)
-                out.received_at.append(msg.received_at)
+            await asyncio.to_thread(writer.write, items, out)
         await asyncio.to_thread(writer.finish)
     except BaseException as exc:
         if writer is not None:

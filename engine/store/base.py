@@ -78,6 +78,10 @@ InsertCallback = Callable[[int | None, BaseException | None], None]
 FINAL_STATUSES: tuple[str, ...] = tuple(str(s) for s in Status if s.final)
 WAITING_DELIVERY = str(DeliveryStatus.QUEUED)
 PRUNE_BATCH = 1000  # messages per delete transaction: the writer is never held for long
+# Messages one prune run forgets at most (PostgreSQL: whole days, one day even if larger): a
+# first run over a large backlog archives and deletes a bounded share, and the Retention task
+# comes back soon for the rest (``PruneResult.more``).
+PRUNE_MAX_PER_RUN = 200_000
 
 
 @dataclass(slots=True)
@@ -88,14 +92,18 @@ class PruneResult:
     batches: int = 0  # delete transactions (SQLite and partly-kept PostgreSQL days)
     bytes_freed: int = 0  # returned to the file system: SQLite file shrink, dropped partitions
     days_dropped: list[int] = field(default_factory=list)  # PostgreSQL: whole UTC days
-    days_kept: list[int] = field(default_factory=list)  # ...left because something unfinished
+    days_kept: list[int] = field(default_factory=list)  # ...left: unfinished, changed or busy
     archive: Path | None = None  # the archive written before deleting, if any
     file_shrinks: bool = True  # False: SQLite without incremental auto-vacuum (see README)
+    more: bool = False  # stopped at ``Store.prune_max_per_run``: run again soon for the rest
+    skipped: bool = False  # PostgreSQL: another process was pruning; this run did nothing
 
 
 class Store(ClinicalStore, InferenceStore, ResultsStore, FhirStore):
     """Durable messages, content layers and delivery queues; the clinical tables (see
     ``engine.store.clinical``)."""
+
+    prune_max_per_run: int = PRUNE_MAX_PER_RUN  # see ``prune_messages`` (tests lower it)
 
     @abc.abstractmethod
     async def open(self) -> None: ...
@@ -182,6 +190,10 @@ class Store(ClinicalStore, InferenceStore, ResultsStore, FhirStore):
         deleted, however old. With *archive* (a directory), every message about to go is first
         written to one gzip JSON-lines file there (``engine.store.archive``), synced, and only
         then deleted; if the archive cannot be written, nothing is deleted.
+
+        One run forgets at most ``prune_max_per_run`` messages and then says ``more``. A
+        message changed after the run began (reprocessed, and perhaps final again) is left for
+        the next run, so what is deleted is always what the archive holds.
         """
 
 

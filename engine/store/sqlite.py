@@ -357,6 +357,9 @@ def _reprocess_op(conn: sqlite3.Connection, ids: Sequence[int]) -> int:
 _PRUNABLE = (f"status IN ({','.join(repr(s) for s in FINAL_STATUSES)}) AND NOT EXISTS"
              " (SELECT 1 FROM deliveries d WHERE d.message_id = messages.id AND"
              f" d.status = '{WAITING_DELIVERY}') AND id < (SELECT max(id) FROM messages)")
+# ...and not changed since the run began (?: its start): a message reprocessed after it was
+# archived, perhaps final again, keeps its new data for the next run's archive.
+_UNCHANGED = "(updated_at IS NULL OR updated_at <= ?)"
 # Keyset paging on messages_received: each old row is looked at once per run, however many
 # old unfinished ones are skipped.
 _OLD_AFTER = "received_at < ? AND received_at >= ? AND NOT (received_at = ? AND id <= ?)"
@@ -365,9 +368,10 @@ _CHILDREN = (("content", "message_id"), ("deliveries", "message_id"), ("message_
 Key = tuple[float, int]
 
 
-def _prune_ids(conn: sqlite3.Connection, ids: Sequence[int], before: float,
+def _prune_ids(conn: sqlite3.Connection, ids: Sequence[int], before: float, since: float,
                vacuum: bool) -> tuple[int, int]:
-    """Delete those of *ids* that are still prunable; return (messages, pages given back).
+    """Delete those of *ids* that are still prunable and unchanged since *since* (the run's
+    start); return (messages, pages given back).
 
     Checked again here, in the writer: a message may have been reprocessed since it was read.
     With incremental auto-vacuum the pages freed are moved off the end of the file at once
@@ -378,7 +382,8 @@ def _prune_ids(conn: sqlite3.Connection, ids: Sequence[int], before: float,
         chunk = list(ids[start:start + _IDS_PER_UPDATE])
         marks = ",".join("?" * len(chunk))
         gone += [r[0] for r in conn.execute(f"SELECT id FROM messages WHERE id IN ({marks}) AND"
-                                            f" received_at < ? AND {_PRUNABLE}", (*chunk, before))]
+                                            f" received_at < ? AND {_UNCHANGED} AND {_PRUNABLE}",
+                                            (*chunk, before, since))]
     for start in range(0, len(gone), _IDS_PER_UPDATE):
         chunk = gone[start:start + _IDS_PER_UPDATE]
         marks = ",".join("?" * len(chunk))
@@ -400,16 +405,16 @@ def _vacuum_mode(conn: sqlite3.Connection) -> tuple[int, int]:
             int(conn.execute("PRAGMA page_size").fetchone()[0]))
 
 
-def _prune_next_op(conn: sqlite3.Connection, before: float, after: Key, vacuum: bool
-                   ) -> tuple[int, int, Key | None]:
-    """Find the next batch of prunable messages after *after* and delete it (one writer
-    transaction); the key to go on from, None when no old message is left."""
+def _prune_next_op(conn: sqlite3.Connection, before: float, since: float, after: Key,
+                   limit: int, vacuum: bool) -> tuple[int, int, Key | None]:
+    """Look at the next *limit* old messages after *after* and delete the prunable ones (one
+    writer transaction); the key to go on from, None when no old message is left."""
     rows = conn.execute(f"SELECT id, received_at FROM messages WHERE {_OLD_AFTER} ORDER BY"
                         " received_at, id LIMIT ?",
-                        (before, after[0], after[0], after[1], PRUNE_BATCH)).fetchall()
+                        (before, after[0], after[0], after[1], limit)).fetchall()
     if not rows:
         return 0, 0, None
-    n, pages = _prune_ids(conn, [r[0] for r in rows], before, vacuum)
+    n, pages = _prune_ids(conn, [r[0] for r in rows], before, since, vacuum)
     return n, pages, (float(rows[-1][1]), int(rows[-1][0]))
 
 
@@ -534,26 +539,32 @@ class SQLiteStore(SQLiteClinical, SQLiteInference, SQLiteResults, SQLiteFhir, St
     # -- retention -------------------------------------------------------------
     async def prune_messages(self, before: float, archive: Path | None = None) -> PruneResult:
         result = PruneResult()
+        since = time.time()  # rows changed after this are left for the next run
+        cap = max(1, int(self.prune_max_per_run))
         mode, page_size = await self._write(_vacuum_mode)
         vacuum = mode == 2  # INCREMENTAL; NONE only reuses freed pages, FULL shrinks by itself
         result.file_shrinks = mode != 0
         pages = 0
         if archive is not None:
-            archived = await write_archive(archive, before, self._archive_batches(before))
+            archived = await write_archive(archive, before,
+                                           self._archive_batches(before, since, cap))
             result.archive = archived.path
+            result.more = len(archived.ids) >= cap
             for start in range(0, len(archived.ids), PRUNE_BATCH):
                 n, freed = await self._write(_prune_ids, archived.ids[start:start + PRUNE_BATCH],
-                                             before, vacuum)
+                                             before, since, vacuum)
                 result.messages += n
                 result.batches += 1 if n else 0
                 pages += freed
         else:
             key: Key | None = (float("-inf"), 0)
-            while key is not None:
-                n, freed, key = await self._write(_prune_next_op, before, key, vacuum)
+            while key is not None and result.messages < cap:
+                n, freed, key = await self._write(_prune_next_op, before, since, key,
+                                                  min(PRUNE_BATCH, cap - result.messages), vacuum)
                 result.messages += n
                 result.batches += 1 if n else 0
                 pages += freed
+            result.more = key is not None
         if pages:
             # The file is cut when a checkpoint has copied the last frames back: do one now
             # (PASSIVE never blocks the writer; the checkpointer thread would do it shortly).
@@ -561,15 +572,19 @@ class SQLiteStore(SQLiteClinical, SQLiteInference, SQLiteResults, SQLiteFhir, St
         result.bytes_freed = pages * page_size
         return result
 
-    async def _archive_batches(self, before: float) -> AsyncIterator[list[Item]]:
-        """Prunable messages with their layers and deliveries, a batch at a time."""
+    async def _archive_batches(self, before: float, since: float, cap: int
+                               ) -> AsyncIterator[list[Item]]:
+        """The first *cap* prunable messages unchanged since *since*, with their layers and
+        deliveries, a batch at a time (oldest first)."""
         after: Key = (float("-inf"), 0)
-        while True:
+        while cap > 0:
             rows = await self._read(f"SELECT {_MSG_COLS} FROM messages WHERE {_OLD_AFTER} AND"
-                                    f" {_PRUNABLE} ORDER BY received_at, id LIMIT ?",
-                                    (before, after[0], after[0], after[1], PRUNE_BATCH))
+                                    f" {_UNCHANGED} AND {_PRUNABLE} ORDER BY received_at, id"
+                                    " LIMIT ?", (before, after[0], after[0], after[1], since,
+                                                 min(PRUNE_BATCH, cap)))
             if not rows:
                 return
+            cap -= len(rows)
             msgs = {m.id: m for m in map(_row_to_message, rows)}
             marks = ",".join("?" * len(msgs))
             for mid, layer, data in await self._read(

@@ -4,6 +4,7 @@ is really freed (SQLite file shrinks, PostgreSQL day partitions are dropped)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sqlite3
@@ -20,7 +21,7 @@ from engine.cli import main as cli_main
 from engine.model import DeliveryStatus, Message, Status
 from engine.retention import Retention
 from engine.store.archive import ArchiveError, archive_name, read_archive
-from engine.store.base import Delivery, NewMessage, Outcome, Store, open_store
+from engine.store.base import Delivery, NewMessage, Outcome, PruneResult, Store, open_store
 from engine.store.postgres import PostgresStore
 from engine.store.sqlite import SQLiteStore
 from tests.conftest import wait_for
@@ -149,10 +150,12 @@ async def test_ingest_goes_on_while_pruning(store: Store) -> None:
         ids = await asyncio.gather(*[add(store, at(9), i, pad=2000)
                                      for i in range(start, start + 500)])
         await store.apply_outcomes([Outcome(i, Status.FILTERED) for i in ids])
-    new: list[int] = []
+    # One new message first: SQLite never prunes the newest row, so were the prune's first
+    # batch to run before ingest's first insert, the newest old one would stay.
+    new: list[int] = [await add(store, at(0), 10_000)]
 
     async def ingest() -> None:
-        for i in range(300):
+        for i in range(1, 300):
             new.append(await add(store, at(0), 10_000 + i))
 
     result, _ = await asyncio.gather(store.prune_messages(at(5)), ingest())
@@ -207,6 +210,9 @@ async def test_nothing_is_deleted_when_the_archive_cannot_be_written(store: Stor
     assert "MRN" not in str(failed.value)
     assert await exists(store, *old) == [True] * 3
     assert await store.counts() == {("ris", "SENT"): 4}
+    # The failed run let go of everything it held (PostgreSQL: the retention lock).
+    again = await store.prune_messages(at(5))
+    assert not again.skipped and again.messages == 3
 
 
 async def test_sqlite_file_shrinks_after_pruning(tmp_path: Path) -> None:
@@ -380,3 +386,184 @@ def test_cli_prunes_and_prints_counts(db_url: str, tmp_path: Path,
     out = capsys.readouterr().out
     assert "pruned 4 message(s)" in out and f"archive: {archive}" in out
     assert len(os.listdir(archive)) == 1
+
+
+async def _old_and_unfinished(store: Store) -> tuple[list[int], int, int]:
+    """Old final messages over three days, one of them with a message still waiting, and a
+    recent one: (old final ids, the waiting one, the recent one)."""
+    final = [await sent(store, at(9), i) for i in range(3)]
+    final += [await sent(store, at(8), 10 + i) for i in range(3)]
+    waiting = await queued(store, at(8), 20)
+    final += [await filtered(store, at(7), 30 + i) for i in range(2)]
+    return final, waiting, await sent(store, at(0), 40)
+
+
+@pytest.mark.parametrize("archived", [True, False], ids=["archive", "no-archive"])
+async def test_a_backlog_drains_over_runs_of_at_most_the_cap(store: Store, tmp_path: Path,
+                                                             archived: bool) -> None:
+    final, waiting, recent = await _old_and_unfinished(store)
+    store.prune_max_per_run = 5
+    folder = tmp_path / "archive" if archived else None
+
+    first = await store.prune_messages(at(5), archive=folder)
+    second = await store.prune_messages(at(5), archive=folder)
+
+    assert (first.messages, first.more) == (5, True)
+    assert (second.messages, second.more) == (3, False)
+    assert await exists(store, *final) == [False] * 8
+    assert await exists(store, waiting, recent) == [True, True]
+    assert [d.message_id for d in await store.next_deliveries("ehr", 100)] == [waiting]
+    if isinstance(store, PostgresStore):  # whole days go first, the row deletes next run
+        assert first.days_dropped == [TODAY - 9, TODAY - 7] and second.days_dropped == []
+        assert second.days_kept == [TODAY - 8]
+    if archived:
+        assert first.archive is not None and second.archive is not None
+        runs = [{m.id for m, _ in read_archive(path)} for path in (first.archive, second.archive)]
+        assert [len(ids) for ids in runs] == [5, 3]  # each run's own file, read back
+        assert runs[0] | runs[1] == set(final)
+    else:
+        assert first.archive is None and second.archive is None
+
+
+@pytest.mark.parametrize("day", ["whole", "kept"])
+async def test_a_message_reprocessed_after_it_was_archived_keeps_its_new_data(
+        store: Store, tmp_path: Path, day: str) -> None:
+    old = [await sent(store, at(9), i) for i in range(3)]
+    if day == "kept":  # PostgreSQL deletes the day's rows one by one instead of dropping it
+        await queued(store, at(9), 3)
+    await sent(store, at(0), 9)
+    again = old[1]
+    write = store._write  # type: ignore[attr-defined]
+    raced: list[bool] = []
+
+    async def racing_write(op: Any, *args: Any, **kw: Any) -> Any:
+        # Between the archive and the delete (SQLite) or the day's drop (PostgreSQL): the
+        # message is reprocessed and final again, with new data the archive does not hold.
+        if op.__name__ in ("_prune_ids", "_prune_ids_op", "drop_final_days") and not raced:
+            raced.append(True)
+            assert await store.reprocess([again]) == 1
+            await store.apply_outcomes([Outcome(again, Status.FILTERED,
+                                                layers={"parsed": b"second"})])
+        return await write(op, *args, **kw)
+
+    store._write = racing_write  # type: ignore[attr-defined]
+    first = await store.prune_messages(at(5), archive=tmp_path / "a")
+    store._write = write  # type: ignore[attr-defined]
+
+    assert raced and first.messages == 2 and first.archive is not None
+    stale = {m.id: m for m, _ in read_archive(first.archive)}
+    assert set(stale) == set(old) and stale[again].layers == {"parsed": b"P1"}
+    found = await store.get_message(again)
+    assert found is not None and found[0].layers == {"parsed": b"second"}
+    if isinstance(store, PostgresStore):
+        assert first.days_dropped == [] and first.days_kept == [TODAY - 9]
+
+    second = await store.prune_messages(at(5), archive=tmp_path / "a")
+    assert second.messages == 1 and second.archive is not None
+    fresh = [m for m, _ in read_archive(second.archive)]
+    assert [(m.id, m.status, m.layers) for m in fresh] == [
+        (again, Status.FILTERED, {"parsed": b"second"})]
+    assert await exists(store, *old) == [False] * 3
+    if isinstance(store, PostgresStore):
+        assert second.days_dropped == ([TODAY - 9] if day == "whole" else [])
+
+
+async def test_the_retention_task_comes_back_soon_after_a_capped_run(store: Store) -> None:
+    import asyncio
+
+    old = [await filtered(store, at(4 + i % 3), i) for i in range(6)]  # two a day
+    await sent(store, at(0), 9)
+    store.prune_max_per_run = 2
+    retention = Retention(store, None, every_secs=3600, message_days=2, again_secs=0.01)
+    task = asyncio.create_task(retention.run())
+    try:
+        async def pruned() -> bool:  # three capped runs (a day each), not three hours
+            return await exists(store, *old) == [False] * 6
+
+        await wait_for(pruned)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def test_pg_one_process_prunes_at_a_time_from_start_to_end(pg_url: str,
+                                                                 tmp_path: Path) -> None:
+    first, second = open_store(pg_url), open_store(pg_url)  # two engine processes
+    assert isinstance(first, PostgresStore) and isinstance(second, PostgresStore)
+    await first.open()
+    await second.open()
+    try:
+        final, waiting, _ = await _old_and_unfinished(first)
+        write = first._write
+        meanwhile: list[PruneResult] = []
+
+        async def second_runs_during_row_deletes(op: Any, *args: Any, **kw: Any) -> Any:
+            if op.__name__ == "_prune_ids_op" and not meanwhile:
+                meanwhile.append(await second.prune_messages(at(5), archive=tmp_path / "b"))
+            return await write(op, *args, **kw)
+
+        first._write = second_runs_during_row_deletes  # type: ignore[method-assign]
+        result = await first.prune_messages(at(5), archive=tmp_path / "a")
+        first._write = write  # type: ignore[method-assign]
+
+        # The days were dropped and the lock still held for the row deletes after them.
+        assert result.days_dropped == [TODAY - 9, TODAY - 7] and result.messages == 8
+        assert len(meanwhile) == 1 and meanwhile[0].skipped and meanwhile[0].messages == 0
+        assert not (tmp_path / "b").exists()  # the second archived nothing a second time
+        assert await exists(first, *final) == [False] * 8
+        assert await exists(first, waiting) == [True]
+        after = await second.prune_messages(at(5), archive=tmp_path / "b")
+        assert not after.skipped and after.messages == 0  # released at the end of the run
+    finally:
+        await first.close()
+        await second.close()
+
+
+_WAITING_FOR_MESSAGES = (
+    "SELECT EXISTS (SELECT 1 FROM pg_locks l JOIN pg_class c ON c.oid = l.relation WHERE"
+    " c.relname = 'messages' AND c.relnamespace = current_schema()::regnamespace AND"
+    " l.mode = 'AccessExclusiveLock' AND NOT l.granted)")
+
+
+async def test_pg_drop_gives_up_behind_a_long_reader_and_ingest_goes_on(pg_url: str) -> None:
+    import asyncio
+
+    store, other = open_store(pg_url), open_store(pg_url)  # another engine process ingests
+    assert isinstance(store, PostgresStore) and isinstance(other, PostgresStore)
+    await store.open()
+    await other.open()
+    reader = await asyncpg.connect(store.dsn)
+    watcher = await asyncpg.connect(store.dsn)
+    try:
+        old = [await sent(store, at(9), i) for i in range(4)]
+        await sent(store, at(0), 9)
+        # A long report: any lock on messages conflicts with the drop's ACCESS EXCLUSIVE.
+        reading = reader.transaction()
+        await reading.start()
+        await reader.execute("LOCK TABLE messages IN ACCESS SHARE MODE")
+
+        async def ingest_while_the_drop_waits() -> list[int]:
+            await wait_for(lambda: watcher.fetchval(_WAITING_FOR_MESSAGES), interval=0.01)
+            # Both queue behind the drop's lock request (this process's in its writer).
+            return list(await asyncio.gather(add(store, at(0), 100), add(other, at(0), 101)))
+
+        result, (mine, theirs) = await asyncio.wait_for(asyncio.gather(
+            store.prune_messages(at(5)), ingest_while_the_drop_waits()), timeout=20)
+
+        # All three came back while the reader still holds its lock: the drop gave up.
+        assert not reader.is_closed() and reader.is_in_transaction()
+        assert result.days_dropped == [] and result.days_kept == [TODAY - 9]
+        assert result.messages == 0  # the busy day is kept whole for the next run's drop
+        assert await exists(store, *old, mine, theirs) == [True] * 6
+        assert f"messages_d{TODAY - 9}" in await _partitions(pg_url)
+
+        await reading.rollback()
+        again = await store.prune_messages(at(5))
+        assert again.days_dropped == [TODAY - 9] and again.messages == 4
+        assert f"messages_d{TODAY - 9}" not in await _partitions(pg_url)
+    finally:
+        await reader.close()
+        await watcher.close()
+        await store.close()
+        await other.close()
