@@ -163,6 +163,10 @@ def cmd_prune(args: argparse.Namespace) -> int:
         except ArchiveError as exc:
             print(f"radbridge messages prune: {exc}; nothing deleted", file=sys.stderr)
             return 1
+        if result.skipped:
+            print("another process is pruning this store now; nothing done (try again later)",
+                  file=sys.stderr)
+            return 3
         print(f"pruned {result.messages} message(s) in {result.batches} batch(es),"
               f" {result.bytes_freed} bytes freed")
         if result.days_dropped or result.days_kept:
@@ -170,6 +174,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
                   f" messages: {len(result.days_kept)}")
         if result.archive is not None:
             print(f"archive: {result.archive}")
+        if result.more:
+            print("stopped at the per-run cap: run it again for the rest")
         if not result.file_shrinks:
             print("the database file does not shrink (auto_vacuum off): stop the engine and"
                   " run `radbridge messages vacuum` once")
