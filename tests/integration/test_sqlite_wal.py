@@ -48,6 +48,7 @@ async def test_the_wal_is_started_over_under_sustained_load(
         await task
         await store.close()
     assert restarts >= 1
-    # 40,000 messages of 4 KB (~160 MB plus indexes) went through a WAL that never held a
-    # fifth of them: without the RESTART it holds every one.
-    assert largest < 32 * MiB, f"the WAL reached {largest / MiB:.0f} MiB"
+    # 40,000 messages of 4 KB (~160 MB plus indexes) went through a WAL that never held
+    # much more than a third of them (under 20 MiB on a quiet machine; a loaded one delays
+    # the checkpointer): without the RESTART it holds every one (~165 MiB).
+    assert largest < 64 * MiB, f"the WAL reached {largest / MiB:.0f} MiB"
