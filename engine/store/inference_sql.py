@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import astuple
 from typing import Any
 
@@ -211,30 +211,77 @@ def notified_op(conn: sqlite3.Connection, case_id: int) -> None:
                  (time.time(), case_id))
 
 
-class SQLiteInference(InferenceStore):
-    """Mixed into ``SQLiteStore``: uses its writer (``_write``) and readers (``_read``)."""
+class InferenceReads(InferenceStore):
+    """The reads of ``InferenceStore``, written once in portable SQL; both stores run them
+    through their ``_rows`` (SQLite's reader pool, PostgreSQL's connection pool)."""
 
-    _write: Callable[..., Any]
-    _read: Callable[..., Any]
+    _rows: Callable[..., Awaitable[list[Any]]]
 
     async def inference_case(self, case_id: int) -> CaseContext | None:
-        rows = await self._read(_CASE_CONTEXT, (case_id,))
+        rows = await self._rows(_CASE_CONTEXT, case_id)
         return CaseContext(*rows[0]) if rows else None
 
     async def case_instance_paths(self, study_uid: str) -> list[str]:
-        return [r[0] for r in await self._read(
-            "SELECT path FROM instances WHERE study_uid=? AND own_output=0 ORDER BY series_uid,"
-            " sop_uid", (study_uid,))]
+        return [r[0] for r in await self._rows(
+            "SELECT path FROM instances WHERE study_uid = ? AND own_output = 0 ORDER BY"
+            " series_uid, sop_uid", study_uid)]
+
+    async def cases_without_jobs(self, limit: int = 1000) -> list[int]:
+        return [r[0] for r in await self._rows(
+            "SELECT c.id FROM cases c WHERE c.state IN ('ready', 'study_only') AND NOT EXISTS"
+            " (SELECT 1 FROM inference_jobs j WHERE j.case_id = c.id) ORDER BY c.id LIMIT ?",
+            limit)]
+
+    async def case_result(self, case_id: int) -> tuple[list[JobRow], list[StoredFinding]]:
+        jobs = await self._rows(f"SELECT {_JOB_COLS} FROM inference_jobs WHERE case_id = ?"
+                                " ORDER BY id", case_id)
+        return [_job(r) for r in jobs], await self.list_findings(case_id, limit=10_000)
+
+    async def unnotified_cases(self, limit: int = 1000) -> list[int]:
+        return [r[0] for r in await self._rows(
+            "SELECT case_id FROM inference_results WHERE notified_at IS NULL ORDER BY case_id"
+            " LIMIT ?", limit)]
+
+    async def real_for(self, kind: str, pseudo: str) -> str | None:
+        rows = await self._rows("SELECT real FROM pseudonyms WHERE kind = ? AND pseudo = ?",
+                                kind, pseudo)
+        return rows[0][0] if rows else None
+
+    async def list_audit(self, case_id: int | None = None, model: str | None = None,
+                         limit: int = 100) -> list[AuditEntry]:
+        where, params = _filters(("case_id", case_id), ("model", model))
+        return [_audit(r) for r in await self._rows(
+            f"SELECT id, {_AUDIT_COLS}, created_at FROM inference_audit {where} ORDER BY id DESC"
+            " LIMIT ?", *params, limit)]
+
+    async def list_findings(self, case_id: int | None = None, limit: int = 100
+                            ) -> list[StoredFinding]:
+        where, params = _filters(("case_id", case_id))
+        return [_finding(r) for r in await self._rows(
+            f"SELECT {_FINDING_COLS} FROM findings {where} ORDER BY id LIMIT ?",
+            *params, limit)]
+
+    async def list_jobs(self, case_id: int | None = None, state: str | None = None,
+                        limit: int = 100) -> list[JobRow]:
+        where, params = _filters(("case_id", case_id), ("state", state))
+        return [_job(r) for r in await self._rows(
+            f"SELECT {_JOB_COLS} FROM inference_jobs {where} ORDER BY id DESC LIMIT ?",
+            *params, limit)]
+
+    async def list_model_loads(self, limit: int = 50) -> list[ModelLoad]:
+        return [ModelLoad(*r) for r in await self._rows(
+            "SELECT name, version, format, checksum, device, status, error, at FROM model_loads"
+            " ORDER BY id DESC LIMIT ?", limit)]
+
+
+class SQLiteInference(InferenceReads):
+    """Mixed into ``SQLiteStore``: the shared reads, and writes through its writer thread."""
+
+    _write: Callable[..., Any]
 
     async def enqueue_jobs(self, case_id: int, models: Sequence[str], lane: int,
                            reason: str | None = None) -> list[JobRow]:
         return await self._write(enqueue_op, case_id, list(models), lane, reason)
-
-    async def cases_without_jobs(self, limit: int = 1000) -> list[int]:
-        return [r[0] for r in await self._read(
-            "SELECT c.id FROM cases c WHERE c.state IN ('ready', 'study_only') AND NOT EXISTS"
-            " (SELECT 1 FROM inference_jobs j WHERE j.case_id=c.id) ORDER BY c.id LIMIT ?",
-            (limit,))]
 
     async def reset_running_jobs(self) -> int:
         return await self._write(reset_running_op)
@@ -250,16 +297,6 @@ class SQLiteInference(InferenceStore):
                          audit: AuditEntry | None, error: str | None = None) -> bool:
         return await self._write(finish_op, job_id, str(state), list(findings), audit, error)
 
-    async def case_result(self, case_id: int) -> tuple[list[JobRow], list[StoredFinding]]:
-        jobs = await self._read(f"SELECT {_JOB_COLS} FROM inference_jobs WHERE case_id=?"
-                                " ORDER BY id", (case_id,))
-        return [_job(r) for r in jobs], await self.list_findings(case_id, limit=10_000)
-
-    async def unnotified_cases(self, limit: int = 1000) -> list[int]:
-        return [r[0] for r in await self._read(
-            "SELECT case_id FROM inference_results WHERE notified_at IS NULL ORDER BY case_id"
-            " LIMIT ?", (limit,))]
-
     async def mark_notified(self, case_id: int) -> None:
         await self._write(notified_op, case_id)
 
@@ -272,39 +309,8 @@ class SQLiteInference(InferenceStore):
         if pairs:
             await self._write(save_pseudonyms_op, case_id, list(pairs))
 
-    async def real_for(self, kind: str, pseudo: str) -> str | None:
-        rows = await self._read("SELECT real FROM pseudonyms WHERE kind=? AND pseudo=?",
-                                (kind, pseudo))
-        return rows[0][0] if rows else None
-
     async def record_model_load(self, load: ModelLoad) -> None:
         await self._write(model_load_op, load)
-
-    async def list_audit(self, case_id: int | None = None, model: str | None = None,
-                         limit: int = 100) -> list[AuditEntry]:
-        where, params = _filters(("case_id", case_id), ("model", model))
-        return [_audit(r) for r in await self._read(
-            f"SELECT id, {_AUDIT_COLS}, created_at FROM inference_audit {where} ORDER BY id DESC"
-            " LIMIT ?", (*params, limit))]
-
-    async def list_findings(self, case_id: int | None = None, limit: int = 100
-                            ) -> list[StoredFinding]:
-        where, params = _filters(("case_id", case_id))
-        return [_finding(r) for r in await self._read(
-            f"SELECT {_FINDING_COLS} FROM findings {where} ORDER BY id LIMIT ?",
-            (*params, limit))]
-
-    async def list_jobs(self, case_id: int | None = None, state: str | None = None,
-                        limit: int = 100) -> list[JobRow]:
-        where, params = _filters(("case_id", case_id), ("state", state))
-        return [_job(r) for r in await self._read(
-            f"SELECT {_JOB_COLS} FROM inference_jobs {where} ORDER BY id DESC LIMIT ?",
-            (*params, limit))]
-
-    async def list_model_loads(self, limit: int = 50) -> list[ModelLoad]:
-        return [ModelLoad(*r) for r in await self._read(
-            "SELECT name, version, format, checksum, device, status, error, at FROM model_loads"
-            " ORDER BY id DESC LIMIT ?", (limit,))]
 
 
 def _filters(*pairs: tuple[str, Any]) -> tuple[str, tuple[Any, ...]]:

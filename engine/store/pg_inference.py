@@ -21,22 +21,15 @@ from engine.model import Finding
 from engine.store import pg_claims
 from engine.store.inference import (
     AuditEntry,
-    CaseContext,
-    InferenceStore,
     JobRow,
     JobState,
     ModelLoad,
-    StoredFinding,
     new_pseudonym,
 )
-from engine.store.inference_sql import _AUDIT_COLS, _FINDING_COLS, _JOB_COLS, _audit, _finding, _job
-from engine.store.inference_sql import _CASE_CONTEXT as _SQL_CASE_CONTEXT
-from engine.store.pg_schema import pg
+from engine.store.inference_sql import _AUDIT_COLS, _FINDING_COLS, _JOB_COLS, InferenceReads, _job
 from engine.store.pg_writer import DB_ERRORS, to_store_error
 
-# The same columns, queries and row shapes as the SQLite side: only the placeholders differ.
-_CASE_CONTEXT = pg(_SQL_CASE_CONTEXT)
-
+# Reads are InferenceReads (inference_sql), shared with SQLite; the columns are its too.
 
 # -- write operations (the writer's transaction) --------------------------------------------
 
@@ -159,35 +152,20 @@ async def notified_op(conn: asyncpg.Connection, case_id: int) -> None:
                        time.time(), case_id)
 
 
-class PgInference(InferenceStore):
-    """Mixed into ``PostgresStore``: uses its writer (``_write``) and pool (``_fetch``)."""
+class PgInference(InferenceReads):
+    """Mixed into ``PostgresStore``: the shared reads, writes through its writer task, and
+    job claims with leases (several processes share the queue)."""
 
     _write: Any
-    _fetch: Any
     _acquire: Any
     owner: str
     lease_secs: float
-
-    async def inference_case(self, case_id: int) -> CaseContext | None:
-        rows = await self._fetch(_CASE_CONTEXT, case_id)
-        return CaseContext(*rows[0]) if rows else None
-
-    async def case_instance_paths(self, study_uid: str) -> list[str]:
-        return [r[0] for r in await self._fetch(
-            "SELECT path FROM instances WHERE study_uid = $1 AND own_output = 0 ORDER BY"
-            " series_uid, sop_uid", study_uid)]
 
     async def enqueue_jobs(self, case_id: int, models: Sequence[str], lane: int,
                            reason: str | None = None) -> list[JobRow]:
         # Under the clinical lock: two processes routing the same case make one set of jobs.
         return await self._write(enqueue_op, case_id, list(models), lane, reason,
                                  needs_lock=True)
-
-    async def cases_without_jobs(self, limit: int = 1000) -> list[int]:
-        return [r[0] for r in await self._fetch(
-            "SELECT c.id FROM cases c WHERE c.state IN ('ready', 'study_only') AND NOT EXISTS"
-            " (SELECT 1 FROM inference_jobs j WHERE j.case_id = c.id) ORDER BY c.id LIMIT $1",
-            limit)]
 
     async def reset_running_jobs(self) -> int:
         return int(await self._write(reset_running_op, self.owner))
@@ -210,16 +188,6 @@ class PgInference(InferenceStore):
         return bool(await self._write(finish_op, job_id, str(state), list(findings), audit,
                                       error))
 
-    async def case_result(self, case_id: int) -> tuple[list[JobRow], list[StoredFinding]]:
-        jobs = await self._fetch(f"SELECT {_JOB_COLS} FROM inference_jobs WHERE case_id = $1"
-                                 " ORDER BY id", case_id)
-        return [_job(r) for r in jobs], await self.list_findings(case_id, limit=10_000)
-
-    async def unnotified_cases(self, limit: int = 1000) -> list[int]:
-        return [r[0] for r in await self._fetch(
-            "SELECT case_id FROM inference_results WHERE notified_at IS NULL ORDER BY case_id"
-            " LIMIT $1", limit)]
-
     async def mark_notified(self, case_id: int) -> None:
         await self._write(notified_op, case_id)
 
@@ -232,44 +200,5 @@ class PgInference(InferenceStore):
         if pairs:
             await self._write(save_pseudonyms_op, case_id, list(pairs))
 
-    async def real_for(self, kind: str, pseudo: str) -> str | None:
-        rows = await self._fetch("SELECT real FROM pseudonyms WHERE kind = $1 AND pseudo = $2",
-                                 kind, pseudo)
-        return rows[0][0] if rows else None
-
     async def record_model_load(self, load: ModelLoad) -> None:
         await self._write(model_load_op, load)
-
-    async def list_audit(self, case_id: int | None = None, model: str | None = None,
-                         limit: int = 100) -> list[AuditEntry]:
-        where, params = _filters(("case_id", case_id), ("model", model))
-        return [_audit(r) for r in await self._fetch(
-            f"SELECT id, {_AUDIT_COLS}, created_at FROM inference_audit {where} ORDER BY id DESC"
-            f" LIMIT ${len(params) + 1}", *params, limit)]
-
-    async def list_findings(self, case_id: int | None = None, limit: int = 100
-                            ) -> list[StoredFinding]:
-        where, params = _filters(("case_id", case_id))
-        return [_finding(r) for r in await self._fetch(
-            f"SELECT {_FINDING_COLS} FROM findings {where} ORDER BY id"
-            f" LIMIT ${len(params) + 1}", *params, limit)]
-
-    async def list_jobs(self, case_id: int | None = None, state: str | None = None,
-                        limit: int = 100) -> list[JobRow]:
-        where, params = _filters(("case_id", case_id), ("state", state))
-        return [_job(r) for r in await self._fetch(
-            f"SELECT {_JOB_COLS} FROM inference_jobs {where} ORDER BY id DESC"
-            f" LIMIT ${len(params) + 1}", *params, limit)]
-
-    async def list_model_loads(self, limit: int = 50) -> list[ModelLoad]:
-        return [ModelLoad(*r) for r in await self._fetch(
-            "SELECT name, version, format, checksum, device, status, error, at FROM model_loads"
-            " ORDER BY id DESC LIMIT $1", limit)]
-
-
-def _filters(*pairs: tuple[str, Any]) -> tuple[str, tuple[Any, ...]]:
-    cols = [(c, v) for c, v in pairs if v is not None]
-    if not cols:
-        return "", ()
-    return ("WHERE " + " AND ".join(f"{c} = ${i}" for i, (c, _) in enumerate(cols, 1)),
-            tuple(v for _, v in cols))

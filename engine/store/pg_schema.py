@@ -18,6 +18,7 @@ Work that several engine processes share carries ``claimed_by`` and
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 from collections.abc import Mapping, Sequence
@@ -165,6 +166,7 @@ CREATE INDEX IF NOT EXISTS fhir_index_resource ON fhir_index (resource_type, res
 """
 
 
+@functools.lru_cache(maxsize=1024)
 def pg(sql: str) -> str:
     """Portable SQL's ``?`` placeholders as ``$1``, ``$2``... (it holds no literal ``?``)."""
     counter = iter(range(1, 10_000))

@@ -287,6 +287,10 @@ class PostgresStore(PgClinical, PgInference, PgResults, PgFhir, Store):
         self._submit(op, args, done, needs_lock)
         return await fut
 
+    async def _rows(self, sql: str, *params: Any) -> list[asyncpg.Record]:
+        """A read in portable SQL (``?`` placeholders): what the shared mixins call."""
+        return await self._fetch(pg_schema.pg(sql), *params)
+
     async def _fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
         try:
             async with self._acquire() as conn:

@@ -652,6 +652,10 @@ class SQLiteStore(SQLiteClinical, SQLiteInference, SQLiteResults, SQLiteFhir, St
 
         return await asyncio.get_running_loop().run_in_executor(self._readers, run)
 
+    async def _rows(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+        """A read in portable SQL (``?`` placeholders): what the shared mixins call."""
+        return await self._read(sql, params)
+
     async def fetch_received(self, channel: str, limit: int, with_raw: bool = True
                              ) -> list[Message]:
         cols = _MSG_COLS if with_raw else _MSG_COLS.replace(_RAW, "x''")
