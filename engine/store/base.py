@@ -157,7 +157,15 @@ class Store(ClinicalStore, InferenceStore, ResultsStore, FhirStore):
         """Record a failed (transient) attempt; the delivery stays QUEUED."""
 
     @abc.abstractmethod
-    async def recent_control_ids(self, channel: str, since: float) -> list[str]: ...
+    async def _rows(self, sql: str, *params: Any) -> list[Any]:
+        """Run one read written in portable SQL (``?`` placeholders): the primitive the reads
+        shared by both stores are written on (here and in ``inference_sql.InferenceReads``)."""
+
+    async def recent_control_ids(self, channel: str, since: float) -> list[str]:
+        rows = await self._rows("SELECT control_id FROM messages WHERE channel = ? AND"
+                                " received_at >= ? AND control_id IS NOT NULL",
+                                channel, float(since))
+        return [r[0] for r in rows]
 
     @abc.abstractmethod
     async def query_messages(self, query: MessageQuery) -> list[Message]: ...
@@ -169,17 +177,21 @@ class Store(ClinicalStore, InferenceStore, ResultsStore, FhirStore):
     async def reprocess(self, message_ids: Sequence[int]) -> int:
         """Put messages back to RECEIVED (their deliveries are re-created by the pipeline)."""
 
-    @abc.abstractmethod
     async def delivery_counts(self) -> dict[tuple[str, str], int]:
         """Deliveries by (destination, status)."""
+        rows = await self._rows("SELECT destination, status, count(*) FROM deliveries"
+                                " GROUP BY destination, status")
+        return {(r[0], r[1]): r[2] for r in rows}
 
     @abc.abstractmethod
     async def oldest_queued(self, destinations: Sequence[str]) -> dict[str, float]:
         """When the message behind each destination's oldest waiting delivery arrived."""
 
-    @abc.abstractmethod
     async def counts(self) -> dict[tuple[str, str], int]:
         """Message counts by (channel, status)."""
+        rows = await self._rows("SELECT channel, status, count(*) FROM messages"
+                                " GROUP BY channel, status")
+        return {(r[0], r[1]): r[2] for r in rows}
 
     @abc.abstractmethod
     async def prune_messages(self, before: float, archive: Path | None = None) -> PruneResult:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from engine.model import Order, Patient
@@ -172,12 +172,6 @@ def _create_case(conn: sqlite3.Connection, order_id: int | None, uid: str, revis
     return [_case(conn.execute(f"{_CASE_SELECT} WHERE c.id=?", (cur.lastrowid,)).fetchone())]
 
 
-def studies_due_sql(now: float) -> tuple[str, tuple[Any, ...]]:
-    return (f"SELECT {_STUDY_COLS} FROM studies WHERE state='receiving' AND (last_at + quiet_secs"
-            " <= ? OR (expected_count IS NOT NULL AND instance_count >= expected_count))"
-            " ORDER BY last_at", (now,))
-
-
 # -- patients and orders -----------------------------------------------------------------
 
 def apply_patient_op(conn: sqlite3.Connection, event: str, p: Patient) -> list[CaseRow]:
@@ -313,20 +307,76 @@ def prune_op(conn: sqlite3.Connection, before: float) -> list[str]:
     return paths
 
 
-class SQLiteClinical(ClinicalStore):
-    """Mixed into ``SQLiteStore``: uses its writer (``_write``) and readers (``_read``)."""
+class ClinicalReads(ClinicalStore):
+    """The reads of ``ClinicalStore``, written once in portable SQL; both stores run them
+    through their ``_rows`` (see ``engine.store.base.Store._rows``)."""
+
+    _rows: Callable[..., Awaitable[list[Any]]]
+
+    async def studies_due(self, now: float) -> list[StudyRow]:
+        return [_study(r) for r in await self._rows(
+            f"SELECT {_STUDY_COLS} FROM studies WHERE state = 'receiving' AND (last_at +"
+            " quiet_secs <= ? OR (expected_count IS NOT NULL AND instance_count >="
+            " expected_count)) ORDER BY last_at", float(now))]
+
+    async def get_study(self, uid: str) -> StudyRow | None:
+        rows = await self._rows(f"SELECT {_STUDY_COLS} FROM studies WHERE uid = ?", uid)
+        return _study(rows[0]) if rows else None
+
+    async def list_studies(self, state: str | None = None, limit: int = 100) -> list[StudyRow]:
+        where, params = ("WHERE state = ?", (state,)) if state else ("", ())
+        return [_study(r) for r in await self._rows(
+            f"SELECT {_STUDY_COLS} FROM studies {where} ORDER BY last_at DESC LIMIT ?",
+            *params, limit)]
+
+    async def list_orders(self, limit: int = 100) -> list[OrderRow]:
+        return [_order(r) for r in await self._rows(
+            f"SELECT {_ORDER_COLS} FROM orders ORDER BY id DESC LIMIT ?", limit)]
+
+    async def list_cases(self, state: str | None = None, limit: int = 100) -> list[CaseRow]:
+        where, params = ("WHERE c.state = ?", (state,)) if state else ("", ())
+        return [_case(r) for r in await self._rows(
+            f"{_CASE_SELECT} {where} ORDER BY c.id DESC LIMIT ?", *params, limit)]
+
+    async def unmatched(self, older_than: float) -> tuple[list[OrderRow], list[StudyRow]]:
+        orders = await self._rows(
+            f"SELECT {_ORDER_COLS} FROM orders o WHERE cancelled = 0 AND created_at < ? AND"
+            " NOT EXISTS (SELECT 1 FROM cases c WHERE c.order_id = o.id) ORDER BY id",
+            float(older_than))
+        studies = await self._rows(
+            f"SELECT {_STUDY_COLS} FROM studies s WHERE state = 'complete' AND completed_at < ?"
+            " AND NOT EXISTS (SELECT 1 FROM cases c WHERE c.study_uid = s.uid AND"
+            " c.revision = s.revision) ORDER BY completed_at", float(older_than))
+        return [_order(r) for r in orders], [_study(r) for r in studies]
+
+    async def get_case(self, case_id: int) -> CaseRow | None:
+        rows = await self._rows(f"{_CASE_SELECT} WHERE c.id = ?", case_id)
+        return _case(rows[0]) if rows else None
+
+    async def get_order(self, order_id: int) -> tuple[OrderRow, int | None] | None:
+        rows = await self._rows(f"SELECT {_ORDER_COLS}, message_id FROM orders WHERE id = ?",
+                                order_id)
+        return (_order(tuple(rows[0])[:-1]), rows[0][-1]) if rows else None
+
+    async def study_counts(self) -> dict[str, int]:
+        rows = await self._rows("SELECT state, count(*) FROM studies GROUP BY state")
+        return {r[0]: r[1] for r in rows}
+
+    async def instance_paths(self, study_uid: str) -> list[str]:
+        return [r[0] for r in await self._rows(
+            "SELECT path FROM instances WHERE study_uid = ? ORDER BY series_uid, sop_uid",
+            study_uid)]
+
+
+class SQLiteClinical(ClinicalReads):
+    """Mixed into ``SQLiteStore``: the shared reads, and writes through its writer thread."""
 
     _write: Callable[..., Any]
-    _read: Callable[..., Any]
 
     async def add_instance(self, channel: str, meta: InstanceMeta, path: str, size: int,
                            quiet_secs: float, expected: int | None = None) -> InstanceAdded:
         return await self._write(add_instance_op, channel, meta, path, size, quiet_secs,
                                  expected)
-
-    async def studies_due(self, now: float) -> list[StudyRow]:
-        sql, params = studies_due_sql(now)
-        return [_study(r) for r in await self._read(sql, params)]
 
     async def complete_study(self, uid: str) -> list[CaseRow]:
         return await self._write(complete_study_op, uid)
@@ -338,55 +388,8 @@ class SQLiteClinical(ClinicalStore):
                            ) -> list[CaseRow]:
         return await self._write(apply_orders_op, list(orders), message_id)
 
-    async def get_study(self, uid: str) -> StudyRow | None:
-        rows = await self._read(f"SELECT {_STUDY_COLS} FROM studies WHERE uid=?", (uid,))
-        return _study(rows[0]) if rows else None
-
-    async def list_studies(self, state: str | None = None, limit: int = 100) -> list[StudyRow]:
-        where, params = ("WHERE state=?", (state,)) if state else ("", ())
-        return [_study(r) for r in await self._read(
-            f"SELECT {_STUDY_COLS} FROM studies {where} ORDER BY last_at DESC LIMIT ?",
-            (*params, limit))]
-
-    async def list_orders(self, limit: int = 100) -> list[OrderRow]:
-        return [_order(r) for r in await self._read(
-            f"SELECT {_ORDER_COLS} FROM orders ORDER BY id DESC LIMIT ?", (limit,))]
-
-    async def list_cases(self, state: str | None = None, limit: int = 100) -> list[CaseRow]:
-        where, params = ("WHERE c.state=?", (state,)) if state else ("", ())
-        return [_case(r) for r in await self._read(
-            f"{_CASE_SELECT} {where} ORDER BY c.id DESC LIMIT ?", (*params, limit))]
-
-    async def unmatched(self, older_than: float) -> tuple[list[OrderRow], list[StudyRow]]:
-        orders = await self._read(
-            f"SELECT {_ORDER_COLS} FROM orders o WHERE cancelled=0 AND created_at < ? AND NOT"
-            " EXISTS (SELECT 1 FROM cases c WHERE c.order_id=o.id) ORDER BY id", (older_than,))
-        studies = await self._read(
-            f"SELECT {_STUDY_COLS} FROM studies s WHERE state='complete' AND completed_at < ?"
-            " AND NOT EXISTS (SELECT 1 FROM cases c WHERE c.study_uid=s.uid AND"
-            " c.revision=s.revision) ORDER BY completed_at", (older_than,))
-        return [_order(r) for r in orders], [_study(r) for r in studies]
-
     async def proceed_study_only(self, uid: str) -> CaseRow | None:
         return await self._write(proceed_study_only_op, uid)
-
-    async def get_case(self, case_id: int) -> CaseRow | None:
-        rows = await self._read(f"{_CASE_SELECT} WHERE c.id=?", (case_id,))
-        return _case(rows[0]) if rows else None
-
-    async def get_order(self, order_id: int) -> tuple[OrderRow, int | None] | None:
-        rows = await self._read(f"SELECT {_ORDER_COLS}, message_id FROM orders WHERE id=?",
-                                (order_id,))
-        return (_order(rows[0][:-1]), rows[0][-1]) if rows else None
-
-    async def study_counts(self) -> dict[str, int]:
-        rows = await self._read("SELECT state, count(*) FROM studies GROUP BY state")
-        return {r[0]: r[1] for r in rows}
-
-    async def instance_paths(self, study_uid: str) -> list[str]:
-        return [r[0] for r in await self._read(
-            "SELECT path FROM instances WHERE study_uid=? ORDER BY series_uid, sop_uid",
-            (study_uid,))]
 
     async def prune_instances(self, before: float) -> list[str]:
         return await self._write(prune_op, before)

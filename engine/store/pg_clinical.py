@@ -18,21 +18,16 @@ from engine.store.clinical import (
     CANCEL_CONTROLS,
     CANCEL_STATUSES,
     CaseRow,
-    ClinicalStore,
     InstanceAdded,
     InstanceMeta,
-    OrderRow,
-    StudyRow,
 )
 
 # The same columns, joins and row shapes as the SQLite side.
 from engine.store.clinical_sql import (
     _CASE_SELECT,
-    _ORDER_COLS,
     _STUDY_COLS,
+    ClinicalReads,
     _case,
-    _order,
-    _study,
     order_key,
 )
 
@@ -262,22 +257,16 @@ async def prune_op(conn: asyncpg.Connection, before: float) -> list[str]:
     return [r[0] for r in rows]
 
 
-class PgClinical(ClinicalStore):
-    """Mixed into ``PostgresStore``: uses its writer (``_write``) and pool (``_fetch``)."""
+class PgClinical(ClinicalReads):
+    """Mixed into ``PostgresStore``: the shared reads, and writes through its writer task
+    under the store-wide clinical lock (correlation is decided by one process at a time)."""
 
     _write: Any
-    _fetch: Any
 
     async def add_instance(self, channel: str, meta: InstanceMeta, path: str, size: int,
                            quiet_secs: float, expected: int | None = None) -> InstanceAdded:
         return await self._write(add_instance_op, channel, meta, path, size, quiet_secs,
                                  expected, needs_lock=True)
-
-    async def studies_due(self, now: float) -> list[StudyRow]:
-        return [_study(r) for r in await self._fetch(
-            f"SELECT {_STUDY_COLS} FROM studies WHERE state = 'receiving' AND (last_at +"
-            " quiet_secs <= $1 OR (expected_count IS NOT NULL AND instance_count >="
-            " expected_count)) ORDER BY last_at", float(now))]
 
     async def complete_study(self, uid: str) -> list[CaseRow]:
         return await self._write(complete_study_op, uid, needs_lock=True)
@@ -289,56 +278,8 @@ class PgClinical(ClinicalStore):
                            ) -> list[CaseRow]:
         return await self._write(apply_orders_op, list(orders), message_id, needs_lock=True)
 
-    async def get_study(self, uid: str) -> StudyRow | None:
-        rows = await self._fetch(f"SELECT {_STUDY_COLS} FROM studies WHERE uid = $1", uid)
-        return _study(rows[0]) if rows else None
-
-    async def list_studies(self, state: str | None = None, limit: int = 100) -> list[StudyRow]:
-        where, params = ("WHERE state = $2", (state,)) if state else ("", ())
-        return [_study(r) for r in await self._fetch(
-            f"SELECT {_STUDY_COLS} FROM studies {where} ORDER BY last_at DESC LIMIT $1",
-            limit, *params)]
-
-    async def list_orders(self, limit: int = 100) -> list[OrderRow]:
-        return [_order(r) for r in await self._fetch(
-            f"SELECT {_ORDER_COLS} FROM orders ORDER BY id DESC LIMIT $1", limit)]
-
-    async def list_cases(self, state: str | None = None, limit: int = 100) -> list[CaseRow]:
-        where, params = ("WHERE c.state = $2", (state,)) if state else ("", ())
-        return [_case(r) for r in await self._fetch(
-            f"{_CASE_SELECT} {where} ORDER BY c.id DESC LIMIT $1", limit, *params)]
-
-    async def unmatched(self, older_than: float) -> tuple[list[OrderRow], list[StudyRow]]:
-        orders = await self._fetch(
-            f"SELECT {_ORDER_COLS} FROM orders o WHERE cancelled = 0 AND created_at < $1 AND"
-            " NOT EXISTS (SELECT 1 FROM cases c WHERE c.order_id = o.id) ORDER BY id",
-            float(older_than))
-        studies = await self._fetch(
-            f"SELECT {_STUDY_COLS} FROM studies s WHERE state = 'complete' AND completed_at < $1"
-            " AND NOT EXISTS (SELECT 1 FROM cases c WHERE c.study_uid = s.uid AND"
-            " c.revision = s.revision) ORDER BY completed_at", float(older_than))
-        return [_order(r) for r in orders], [_study(r) for r in studies]
-
     async def proceed_study_only(self, uid: str) -> CaseRow | None:
         return await self._write(proceed_study_only_op, uid, needs_lock=True)
-
-    async def get_case(self, case_id: int) -> CaseRow | None:
-        rows = await self._fetch(f"{_CASE_SELECT} WHERE c.id = $1", case_id)
-        return _case(rows[0]) if rows else None
-
-    async def get_order(self, order_id: int) -> tuple[OrderRow, int | None] | None:
-        rows = await self._fetch(f"SELECT {_ORDER_COLS}, message_id FROM orders WHERE id = $1",
-                                 order_id)
-        return (_order(list(rows[0])[:-1]), rows[0][-1]) if rows else None
-
-    async def study_counts(self) -> dict[str, int]:
-        rows = await self._fetch("SELECT state, count(*) FROM studies GROUP BY state")
-        return {r[0]: r[1] for r in rows}
-
-    async def instance_paths(self, study_uid: str) -> list[str]:
-        return [r[0] for r in await self._fetch(
-            "SELECT path FROM instances WHERE study_uid = $1 ORDER BY series_uid, sop_uid",
-            study_uid)]
 
     async def prune_instances(self, before: float) -> list[str]:
         return await self._write(prune_op, before, needs_lock=True)

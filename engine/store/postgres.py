@@ -521,12 +521,6 @@ class PostgresStore(PgClinical, PgInference, PgResults, PgFhir, Store):
         return [delivery_row(r) for r in rows]
 
     # -- reads -----------------------------------------------------------------------------
-    async def recent_control_ids(self, channel: str, since: float) -> list[str]:
-        rows = await self._fetch("SELECT control_id FROM messages WHERE channel = $1 AND"
-                                 " received_at >= $2 AND control_id IS NOT NULL",
-                                 channel, float(since))
-        return [r[0] for r in rows]
-
     async def query_messages(self, query: MessageQuery) -> list[Message]:
         where: list[str] = ["true"]
         params: list[Any] = []
@@ -558,16 +552,6 @@ class PostgresStore(PgClinical, PgInference, PgResults, PgFhir, Store):
         drows = await self._fetch(f"SELECT {_DLV_COLS} FROM deliveries d WHERE"
                                   " d.message_id = $1 ORDER BY d.id", message_id)
         return msg, [delivery_row(r) for r in drows]
-
-    async def counts(self) -> dict[tuple[str, str], int]:
-        rows = await self._fetch("SELECT channel, status, count(*) FROM messages"
-                                 " GROUP BY channel, status")
-        return {(r[0], r[1]): r[2] for r in rows}
-
-    async def delivery_counts(self) -> dict[tuple[str, str], int]:
-        rows = await self._fetch("SELECT destination, status, count(*) FROM deliveries"
-                                 " GROUP BY destination, status")
-        return {(r[0], r[1]): r[2] for r in rows}
 
     async def oldest_queued(self, destinations: Sequence[str]) -> dict[str, float]:
         out = {}

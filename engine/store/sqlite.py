@@ -670,11 +670,6 @@ class SQLiteStore(SQLiteClinical, SQLiteInference, SQLiteResults, SQLiteFhir, St
                                 (destination, limit))
         return [_row_to_delivery(r) for r in rows]
 
-    async def recent_control_ids(self, channel: str, since: float) -> list[str]:
-        rows = await self._read("SELECT control_id FROM messages WHERE channel=? AND"
-                                " received_at>=? AND control_id IS NOT NULL", (channel, since))
-        return [r[0] for r in rows]
-
     async def query_messages(self, query: MessageQuery) -> list[Message]:
         where: list[str] = ["1"]
         params: list[Any] = []
@@ -714,16 +709,6 @@ class SQLiteStore(SQLiteClinical, SQLiteInference, SQLiteResults, SQLiteFhir, St
                                  " ON m.id=d.message_id WHERE d.message_id=? ORDER BY d.id",
                                  (message_id,))
         return msg, [_row_to_delivery(r) for r in drows]
-
-    async def counts(self) -> dict[tuple[str, str], int]:
-        rows = await self._read("SELECT channel, status, count(*) FROM messages"
-                                " GROUP BY channel, status")
-        return {(r[0], r[1]): r[2] for r in rows}
-
-    async def delivery_counts(self) -> dict[tuple[str, str], int]:
-        rows = await self._read("SELECT destination, status, count(*) FROM deliveries"
-                                " GROUP BY destination, status")
-        return {(r[0], r[1]): r[2] for r in rows}
 
     async def oldest_queued(self, destinations: Sequence[str]) -> dict[str, float]:
         out = {}
