@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -130,18 +130,23 @@ def search_sql(resource_type: str, resource_id: str | None, patient: str | None,
     return sql, [*params, limit]
 
 
-class SQLiteFhir(FhirStore):
-    """Mixed into ``SQLiteStore``: uses its writer (``_write``) and readers (``_read``)."""
+class FhirReads(FhirStore):
+    """FHIR searches, written once in portable SQL and run by each store's ``_rows``."""
 
-    _write: Callable[..., Any]
-    _read: Callable[..., Any]
-
-    async def save_fhir_resources(self, case_id: int, resources: Sequence[dict[str, Any]]
-                                  ) -> None:
-        await self._write(save_fhir_op, case_id, list(resources))
+    _rows: Callable[..., Awaitable[list[Any]]]
 
     async def search_fhir(self, resource_type: str, *, resource_id: str | None = None,
                           patient: str | None = None, identifier: str | None = None,
                           limit: int = 100) -> list[dict[str, Any]]:
         sql, params = search_sql(resource_type, resource_id, patient, identifier, limit)
-        return [json.loads(row[0]) for row in await self._read(sql, params)]
+        return [json.loads(row[0]) for row in await self._rows(sql, *params)]
+
+
+class SQLiteFhir(FhirReads):
+    """Mixed into ``SQLiteStore``: the shared search, and saves through its writer thread."""
+
+    _write: Callable[..., Any]
+
+    async def save_fhir_resources(self, case_id: int, resources: Sequence[dict[str, Any]]
+                                  ) -> None:
+        await self._write(save_fhir_op, case_id, list(resources))

@@ -13,7 +13,6 @@ from typing import Any
 import asyncpg
 
 from engine.store import fhir_sql as q
-from engine.store.fhir import FhirStore
 from engine.store.pg_schema import pg
 from radbridge_fhir.ids import storable
 
@@ -36,18 +35,11 @@ async def save_fhir_op(conn: asyncpg.Connection, case_id: int | None,
         await conn.executemany(_INDEX, rows)
 
 
-class PgFhir(FhirStore):
-    """Mixed into ``PostgresStore``: uses its writer (``_write``) and pool (``_fetch``)."""
+class PgFhir(q.FhirReads):
+    """Mixed into ``PostgresStore``: the shared search, and saves through its writer task."""
 
     _write: Any
-    _fetch: Any
 
     async def save_fhir_resources(self, case_id: int, resources: Sequence[dict[str, Any]]
                                   ) -> None:
         await self._write(save_fhir_op, case_id, list(resources))
-
-    async def search_fhir(self, resource_type: str, *, resource_id: str | None = None,
-                          patient: str | None = None, identifier: str | None = None,
-                          limit: int = 100) -> list[dict[str, Any]]:
-        sql, params = q.search_sql(resource_type, resource_id, patient, identifier, limit)
-        return [json.loads(row[0]) for row in await self._fetch(pg(sql), *params)]

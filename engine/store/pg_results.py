@@ -13,18 +13,12 @@ import asyncpg
 from engine.store import results_sql as q
 from engine.store.pg_schema import pg
 from engine.store.results import (
-    AgreementRow,
     FeedbackEntry,
     FinalReportEvent,
-    ReportContext,
-    ResultsStore,
-    WorklistRow,
     WorklistUpdate,
     priority_rank,
 )
 
-_CONTEXT = pg(q.CONTEXT_SQL)
-_INSTANCES = pg(q.INSTANCES_SQL)
 _UPSERT = pg(q.FEEDBACK_UPSERT)
 
 
@@ -106,40 +100,13 @@ async def apply_results_events(conn: asyncpg.Connection, event: Any) -> bool:
     return False
 
 
-class PgResults(ResultsStore):
-    """Mixed into ``PostgresStore``: uses its writer (``_write``) and pool (``_fetch``)."""
+class PgResults(q.ResultsReads):
+    """Mixed into ``PostgresStore``: the shared reads, and writes through its writer task."""
 
     _write: Any
-    _fetch: Any
-
-    async def report_context(self, case_id: int) -> ReportContext | None:
-        rows = await self._fetch(_CONTEXT, case_id)
-        if not rows:
-            return None
-        instances = await self._fetch(_INSTANCES, rows[0][1], rows[0][2])
-        return q.context_from_rows(tuple(rows[0]), [tuple(i) for i in instances])
-
-    async def list_worklist(self, limit: int = 100, include_read: bool = False
-                            ) -> list[WorklistRow]:
-        read = "" if include_read else "AND coalesce(w.state, 'unread') = 'unread'"
-        return [q.worklist_row(r) for r in await self._fetch(
-            pg(q.WORKLIST_SQL.format(read=read)), limit)]
 
     async def mark_read(self, case_id: int, read: bool = True) -> bool:
         return bool(await self._write(mark_read_op, case_id, read))
 
     async def record_feedback(self, entries: Sequence[FeedbackEntry]) -> None:
         await self._write(feedback_op, list(entries))
-
-    async def list_feedback(self, case_id: int | None = None, limit: int = 100
-                            ) -> list[FeedbackEntry]:
-        if case_id is not None:
-            rows = await self._fetch(f"SELECT {q.FEEDBACK_COLS} FROM feedback WHERE"
-                                     " case_id = $1 ORDER BY id DESC LIMIT $2", case_id, limit)
-        else:
-            rows = await self._fetch(f"SELECT {q.FEEDBACK_COLS} FROM feedback ORDER BY id DESC"
-                                     " LIMIT $1", limit)
-        return [FeedbackEntry(*r) for r in rows]
-
-    async def agreement(self) -> list[AgreementRow]:
-        return q.agreement_rows([tuple(r) for r in await self._fetch(q.AGREEMENT_SQL)])

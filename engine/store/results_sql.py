@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from engine.results_model import ReportOrder, ReportPatient, SourceInstance
@@ -216,37 +216,43 @@ def apply_results_events(conn: sqlite3.Connection, event: Any) -> bool:
     return False
 
 
-class SQLiteResults(ResultsStore):
-    """Mixed into ``SQLiteStore``: uses its writer (``_write``) and readers (``_read``)."""
+class ResultsReads(ResultsStore):
+    """The reads of ``ResultsStore``, written once in portable SQL; both stores run them
+    through their ``_rows`` (see ``engine.store.base.Store._rows``)."""
 
-    _write: Callable[..., Any]
-    _read: Callable[..., Any]
+    _rows: Callable[..., Awaitable[list[Any]]]
 
     async def report_context(self, case_id: int) -> ReportContext | None:
-        rows = await self._read(CONTEXT_SQL, (case_id,))
+        rows = await self._rows(CONTEXT_SQL, case_id)
         if not rows:
             return None
-        instances = await self._read(INSTANCES_SQL, (rows[0][1], rows[0][2]))
-        return context_from_rows(rows[0], instances)
+        instances = await self._rows(INSTANCES_SQL, rows[0][1], rows[0][2])
+        return context_from_rows(tuple(rows[0]), [tuple(i) for i in instances])
 
     async def list_worklist(self, limit: int = 100, include_read: bool = False
                             ) -> list[WorklistRow]:
         read = "" if include_read else "AND coalesce(w.state, 'unread') = 'unread'"
-        return [worklist_row(r) for r in await self._read(WORKLIST_SQL.format(read=read),
-                                                          (limit,))]
+        return [worklist_row(r) for r in await self._rows(WORKLIST_SQL.format(read=read),
+                                                          limit)]
+
+    async def list_feedback(self, case_id: int | None = None, limit: int = 100
+                            ) -> list[FeedbackEntry]:
+        where, params = ("WHERE case_id = ?", (case_id,)) if case_id is not None else ("", ())
+        return [FeedbackEntry(*r) for r in await self._rows(
+            f"SELECT {FEEDBACK_COLS} FROM feedback {where} ORDER BY id DESC LIMIT ?",
+            *params, limit)]
+
+    async def agreement(self) -> list[AgreementRow]:
+        return agreement_rows([tuple(r) for r in await self._rows(AGREEMENT_SQL)])
+
+
+class SQLiteResults(ResultsReads):
+    """Mixed into ``SQLiteStore``: the shared reads, and writes through its writer thread."""
+
+    _write: Callable[..., Any]
 
     async def mark_read(self, case_id: int, read: bool = True) -> bool:
         return bool(await self._write(mark_read_op, case_id, read))
 
     async def record_feedback(self, entries: Sequence[FeedbackEntry]) -> None:
         await self._write(feedback_op, list(entries))
-
-    async def list_feedback(self, case_id: int | None = None, limit: int = 100
-                            ) -> list[FeedbackEntry]:
-        where, params = ("WHERE case_id = ?", (case_id,)) if case_id is not None else ("", ())
-        return [FeedbackEntry(*r) for r in await self._read(
-            f"SELECT {FEEDBACK_COLS} FROM feedback {where} ORDER BY id DESC LIMIT ?",
-            (*params, limit))]
-
-    async def agreement(self) -> list[AgreementRow]:
-        return agreement_rows(await self._read(AGREEMENT_SQL))
