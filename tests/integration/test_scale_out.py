@@ -16,25 +16,11 @@ from engine.errors import DeliveryError
 from mappings.hl7v2.ack import read_ack
 from tests.conftest import EngineProcess, wait_for
 from tests.fixtures.peers import HL7Sink
+from tests.integration.test_forwarding import forwarding
 
 PATIENTS = 12
 PER_PATIENT = 25
 LEASE_SECS = 2
-
-
-def config(url: str, sink: HL7Sink) -> str:
-    return f"""
-[store]
-url = "{url}&lease_secs={LEASE_SECS}"
-[[channel]]
-name = "ris"
-source = {{ type = "mllp", listen = "127.0.0.1:0" }}
-forward_to = ["ehr"]
-[[channel]]
-name = "ehr"
-destination = {{ type = "mllp", endpoint = "{sink.endpoint}", retry_initial_secs = 0.05, \
-retry_max_secs = 0.2, ack_timeout_secs = 0.5 }}
-"""
 
 
 class Sender:
@@ -73,7 +59,7 @@ class Sender:
 async def test_a_killed_engine_loses_nothing_and_keeps_order_per_patient(
         tmp_path: Path, pg_url: str, sink: HL7Sink, engine_process: Any) -> None:
     cfg = tmp_path / "scale.toml"
-    cfg.write_text(config(pg_url, sink))
+    cfg.write_text(forwarding(f"{pg_url}&lease_secs={LEASE_SECS}", sink.endpoint))
     sink.answer = "silent"  # the EHR hangs: both engines hold deliveries they cannot finish
     engines = [engine_process(cfg), engine_process(cfg)]
     for e in engines:
