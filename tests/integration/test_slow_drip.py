@@ -25,6 +25,7 @@ from tests.conftest import wait_for
 from tests.e2e.support import Started, admin_engine, base_url, config_text
 from tests.fixtures.certs import make_pki
 from tests.fixtures.dicom import part10, synth_instance
+from tests.integration.test_dicomweb import stow_config as dicomweb_stow_config
 
 __all__ = ["admin_engine"]
 
@@ -177,16 +178,9 @@ RELATED = f'multipart/related; type="application/dicom"; boundary={BOUNDARY}'
 
 
 def stow_config(db_url: str, data_dir: Path, **limits: float) -> str:
-    extra = "".join(f", {k} = {v}" for k, v in limits.items())
-    return f"""
-[store]
-url = "{db_url}"
-[engine]
-data_dir = "{data_dir}"
-[[channel]]
-name = "web"
-source = {{ type = "dicomweb", listen = "127.0.0.1:0"{extra} }}
-"""
+    """test_dicomweb's STOW-RS channel with these HTTP limits on its source."""
+    return dicomweb_stow_config(db_url, data_dir, "".join(f", {k} = {v}"
+                                                          for k, v in limits.items()))
 
 
 def one_instance() -> bytes:
