@@ -40,6 +40,7 @@ import re
 import socket
 import ssl
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -63,6 +64,7 @@ HEADER_LENGTH = "Inference-Header-Content-Length"
 BUSY = frozenset({429, 503})  # the server says it cannot take it now
 GATEWAY = frozenset({502, 504})  # a gateway in front of it got no good answer
 CONNECT_SECS = 5.0  # a server that does not accept a connection this soon is unavailable
+PROBE_SECS = 2.0  # a down server is asked whether it is ready at most this often
 # numpy dtype of each v2 datatype we accept on the way in or out.
 DATATYPES = {"FP32": np.float32, "FP16": np.float16, "FP64": np.float64}
 
@@ -344,6 +346,7 @@ class RemoteModel(TensorModel):
         # Probes run beside the device thread, so they have their own connection.
         self._probe = KServeClient(config.remote, config.name, CONNECT_SECS)
         self._probe_lock = threading.Lock()
+        self._probed_at = -PROBE_SECS
 
     def close(self) -> None:
         """Stopping: no new connection is opened; what is open is closed."""
@@ -351,18 +354,21 @@ class RemoteModel(TensorModel):
             client.closed = True
             client.close()
 
-    def probe(self) -> bool:
+    def probe(self, fresh: bool = False) -> bool:
         """Is the model ready now? (a pool thread; one short GET, its own connection). A
-        server found ready again clears ``down``."""
+        server found ready again clears ``down``. Every job waiting for the server asks; one
+        GET per ``PROBE_SECS`` answers them all."""
         with self._probe_lock:
+            if not fresh and time.monotonic() - self._probed_at < PROBE_SECS:
+                return not self.down
             try:
                 ready = self._probe.ready()
             except (ServerUnavailable, InferenceTimeout):
                 ready = False
             finally:
                 self._probe.close()
-        if ready:
-            self.down = False
+            self._probed_at = time.monotonic()
+            self.down = not ready
         return ready
 
     def available(self) -> bool:
@@ -450,7 +456,7 @@ class RemoteModel(TensorModel):
             # A reset or a gateway error while the model answers ready: this batch broke
             # something (or timed out behind a gateway). It counts as a failed attempt, so
             # a batch that always does it cannot wait for ever.
-            if not exc.busy and self.probe():
+            if not exc.busy and self.probe(fresh=True):
                 raise ForwardError(f"{exc} (the model is ready: the request failed)") from exc
             self.down = True
             raise
