@@ -109,10 +109,10 @@ def _load_module(config: ModelConfig, labels: list[LabelSpec]) -> tuple[Any, str
                              f"{str(exc).splitlines()[0][:200]}") from exc
 
 
-def _dry_run(model: TensorModel, unavailable_ok: bool = False) -> None:
-    """One forward pass on zeros: input and output sizes must agree with the config.
-    ``unavailable_ok``: a remote server found busy, gone or silent is raised as it is rather
-    than refusing the model (the model itself may be fine)."""
+def _dry_run(model: TensorModel) -> None:
+    """One forward pass on zeros: input and output sizes must agree with the config. A
+    remote server found busy, gone or silent is raised as it is (the model may be fine:
+    ``load_remote`` defers it) rather than refusing the model."""
     import numpy as np
 
     from inference.models import Prepared
@@ -121,9 +121,7 @@ def _dry_run(model: TensorModel, unavailable_ok: bool = False) -> None:
     zeros = np.zeros((spec.channels, *spec.size), np.float32)
     try:
         (out,) = model.run_batch([Prepared("dry-run", zeros)])
-    except (ServerUnavailable, InferenceTimeout) as exc:
-        if not unavailable_ok:
-            raise ModelLoadError(f"dry run failed: {exc}") from exc
+    except (ServerUnavailable, InferenceTimeout):
         raise
     except Exception as exc:
         raise ModelLoadError(f"dry run failed: {type(exc).__name__}: "
@@ -147,19 +145,7 @@ def _load(config: ModelConfig) -> tuple[InferenceModel, str]:
     if config.format == "kserve":
         from inference.remote import load_remote
 
-        remote, status = load_remote(config)
-        if status == "loaded":
-            try:
-                _dry_run(remote, unavailable_ok=True)  # zeros through the real server
-            except (ServerUnavailable, InferenceTimeout) as exc:  # busy or gone meanwhile
-                event(log, "INF-302", "remote model not reachable; verified before its first "
-                      "batch", model=config.name, reason=type(exc).__name__,
-                      level=logging.WARNING)
-                return remote, "deferred"
-            except ModelLoadError:
-                remote.close()
-                raise
-        return remote, status
+        return load_remote(config, _dry_run)
     try:
         import torch  # noqa: F401
     except ImportError as exc:

@@ -41,6 +41,7 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -469,16 +470,19 @@ class RemoteModel(TensorModel):
         return [self._output(item, row) for item, row in zip(items, probs, strict=True)]
 
 
-def load_remote(config: ModelConfig) -> tuple[RemoteModel, str]:
-    """A remote model, verified now when the server answers; returns the model and its load
-    status: ``loaded``, or ``deferred`` (server unreachable; verified before the first
-    batch). A server that answers but cannot run this model is a ``ModelLoadError``."""
+def load_remote(config: ModelConfig, dry_run: Callable[[RemoteModel], None]
+                ) -> tuple[RemoteModel, str]:
+    """A remote model, verified and given one *dry_run* batch now when the server answers;
+    returns the model and its load status: ``loaded``, or ``deferred`` (the server is down,
+    busy or silent; verified before the first batch). A server that answers but cannot run
+    this model is a ``ModelLoadError``."""
     labels = list(config.output.labels)
     if not labels:
         raise ModelLoadError("output.labels is empty")
     model = RemoteModel(config, labels)
     try:
         model.verify()
+        dry_run(model)  # zeros through the real server: shapes and labels agree
     except ModelLoadError:
         model.close()
         raise
