@@ -1,6 +1,6 @@
 """One report of every robustness figure: crashes, fuzzing, hostile input, faults, security.
 
-    .venv/bin/python -m bench.prove            # the long run: 100 SIGKILLs, 100 000 fuzz runs
+    .venv/bin/python -m bench.prove            # the long run: 100 SIGKILLs, 10 000 000 fuzz runs
     .venv/bin/python -m bench.prove --quick    # a few minutes: 5 kills, 5 000 fuzz runs
 
 It runs the crash loop (bench.crashloop), the atheris fuzzer (bench.fuzz_mllp), the test
@@ -44,6 +44,13 @@ class Suite:
 
 def _in(stem: str, *names: str) -> Callable[[str, str], bool]:
     return lambda s, n: s == stem and (not names or n.split("[")[0] in names)
+
+
+def _hardening(label: str, *stems: str) -> Suite:
+    """A row of issue 12's findings: every case in the named test files (unit or integration)."""
+    files = tuple(str(p.relative_to(REPO)) for stem in stems
+                  for p in sorted(REPO.glob(f"tests/*/{stem}.py")))
+    return Suite(label, "all pass", files, lambda s, n: s in stems)
 
 
 def _named(*words: str) -> Callable[[str, str], bool]:
@@ -94,6 +101,27 @@ SUITES = [
               "test_each_role_gets_the_documented_answer")),
     Suite("PHI log scan (end-to-end run at DEBUG)", "all pass", (f"{IT}/test_logs_phi.py",),
           _in("test_logs_phi")),
+    *(_hardening(label, *stems) for label, *stems in (
+        ("hardening: traversal (DICOM UIDs, paths under their root)", "test_hardening_traversal"),
+        ("hardening: hostile DICOM input (pixel length, truncation, SOP classes)",
+         "test_hardening_dicom_input"),
+        ("hardening: poison message (deterministic failure, skip, stalled head)",
+         "test_hardening_poison"),
+        ("hardening: credentials (one policy, generated admin password, cookies)",
+         "test_hardening_credentials"),
+        ("hardening: login throttle and bounded names", "test_hardening_throttle"),
+        ("hardening: viewer masking (allow-list, every viewer endpoint)",
+         "test_hardening_viewer_phi"),
+        ("hardening: bad admin and CLI input gets a 4xx or one line",
+         "test_hardening_admin_input"),
+        ("hardening: exhaustion (per-peer limits, buffer budget, PDU limit)",
+         "test_hardening_exhaustion", "test_hardening_exhaustion_dimse"),
+        ("hardening: every stored frame gets an answer", "test_hardening_answer_total"),
+        ("hardening: secrets (never in channels.toml, never from the API)",
+         "test_hardening_secrets"),
+        ("hardening: file modes (0600 files, 0700 directories)", "test_hardening_file_modes"),
+        ("hardening: CLI changes reach the running engine", "test_hardening_cli_reaches_engine"),
+    )),
 ]
 
 
@@ -221,10 +249,10 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="5 kills, 5 000 fuzz runs")
     ap.add_argument("--kills", type=int, help="SIGKILLs in the crash loop (default 100, 5)")
-    ap.add_argument("--fuzz-runs", type=int, help="fuzz executions (default 100 000, 5 000)")
+    ap.add_argument("--fuzz-runs", type=int, help="fuzz executions (default 10 000 000, 5 000)")
     args = ap.parse_args()
     kills = args.kills or (5 if args.quick else 100)
-    runs = args.fuzz_runs or (5_000 if args.quick else 100_000)
+    runs = args.fuzz_runs or (5_000 if args.quick else 10_000_000)
     started = time.monotonic()
     rows: list[Row] = []
     for step in (lambda: run_crash(kills), lambda: run_fuzz(runs), run_suites,
