@@ -15,8 +15,9 @@ from engine.admin.app import build_app
 from engine.admin.audit import AuditLog
 from engine.admin.auth import Directory, check_credentials
 from engine.admin.http import AdminState
-from engine.admin.sessions import LoginThrottle, SessionStore
+from engine.admin.sessions import SessionStore
 from engine.admin.stats import Sampler
+from engine.admin.throttle import LoginThrottle
 from engine.admin.views import StoreViews
 from engine.configbase import parse_hostport
 from engine.httplimits import BodyTimeout, LimitedListener, read_within, runner_options
