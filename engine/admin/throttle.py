@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import itertools
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
@@ -66,13 +67,20 @@ class _Recent:
             times = self._table[key] = deque(maxlen=self.limit)
         times.append(now)
         self._table.move_to_end(key)
-        while len(self._table) > self.max_entries:
+        while len(self._table) > self.max_entries:  # the least recently used first
             self._table.popitem(last=False)
+        for old in list(itertools.islice(self._table, 8)):  # sweep a few expired ones
+            stale = self._table[old]
+            if stale and now - stale[-1] < self.window:
+                break
+            del self._table[old]
 
     def take_back(self, key: object, at: float) -> None:
         times = self._table.get(key)
         if times is not None and at in times:
             times.remove(at)
+            if not times:
+                del self._table[key]
 
     def clear(self, key: object) -> None:
         self._table.pop(key, None)
