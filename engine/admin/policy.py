@@ -43,26 +43,10 @@ _EDGES = string.digits + string.punctuation + string.whitespace
 _SUFFIXES = ("", "1", "12", "123", "1234", "!", "2024", "2025", "2026")
 # Tried against every scrypt password hash (each try costs tens of milliseconds).
 _HASH_PROBES = (
-    "admin",
-    "administrator",
-    "password",
-    "changeme",
-    "change-me",
-    "changeit",
-    "secret",
-    "default",
-    "radbridge",
-    "root",
-    "123456",
-    "12345678",
-    "qwerty",
-    "letmein",
-    "welcome",
-    "guest",
-    "test",
-    "admin123",
-    "password1",
-    "passw0rd",
+    *("admin", "administrator", "password", "changeme", "change-me", "changeit", "secret"),
+    *("default", "radbridge", "root", "123456", "12345678", "qwerty", "letmein", "welcome"),
+    *("guest", "test", "admin123", "password1", "passw0rd", "Password1", "Password123"),
+    *("Admin123", "Welcome1", "P@ssw0rd"),
 )
 
 

@@ -39,27 +39,29 @@ def count_hashes(engine: Any) -> list[str]:
     return checked
 
 
-async def post_login(http: aiohttp.ClientSession, url: str, name: str,
-                     password: str) -> tuple[int, str | None]:
-    async with http.post(f"{url}/api/login",
-                         json={"username": name, "password": password}) as resp:
+async def post_login(
+    http: aiohttp.ClientSession, url: str, name: str, password: str
+) -> tuple[int, str | None]:
+    async with http.post(f"{url}/api/login", json={"username": name, "password": password}) as resp:
         await resp.read()
         return resp.status, resp.headers.get("Retry-After")
 
 
 def client_from(address: str) -> aiohttp.ClientSession:
     """An HTTP client whose connections leave from *address* (another client on loopback)."""
-    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=(address, 0),
-                                                                limit=0))
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=(address, 0), limit=0))
 
 
 async def test_a_hundred_concurrent_wrong_guesses_are_hashed_five_times_the_rest_get_429(
-        admin_engine: Started) -> None:
+    admin_engine: Started,
+) -> None:
     engine, _ = await admin_engine()
     checked, url = count_hashes(engine), base_url(engine)
     async with client_from("127.0.0.1") as http:
-        answers = await asyncio.wait_for(asyncio.gather(
-            *(post_login(http, url, "admin", f"guess-{i}") for i in range(100))), HANG_GUARD)
+        answers = await asyncio.wait_for(
+            asyncio.gather(*(post_login(http, url, "admin", f"guess-{i}") for i in range(100))),
+            HANG_GUARD,
+        )
     statuses = sorted(status for status, _ in answers)
     assert len(checked) == 5, f"{len(checked)} guesses were hashed"
     assert statuses == [401] * 5 + [429] * 95
@@ -67,7 +69,8 @@ async def test_a_hundred_concurrent_wrong_guesses_are_hashed_five_times_the_rest
 
 
 async def test_the_admin_still_logs_in_from_another_address_while_a_guesser_is_locked_out(
-        admin_engine: Started) -> None:
+    admin_engine: Started,
+) -> None:
     engine, _ = await admin_engine()
     url = base_url(engine)
     async with client_from("127.0.0.1") as guesser, client_from("127.0.0.2") as admin:
@@ -79,12 +82,15 @@ async def test_the_admin_still_logs_in_from_another_address_while_a_guesser_is_l
 
 
 async def test_one_client_guessing_many_names_is_stopped_after_twenty_failures(
-        admin_engine: Started) -> None:
+    admin_engine: Started,
+) -> None:
     engine, _ = await admin_engine()
     checked, url = count_hashes(engine), base_url(engine)
     async with client_from("127.0.0.1") as http:
-        answers = await asyncio.wait_for(asyncio.gather(
-            *(post_login(http, url, f"user{i}", "wrong") for i in range(40))), HANG_GUARD)
+        answers = await asyncio.wait_for(
+            asyncio.gather(*(post_login(http, url, f"user{i}", "wrong") for i in range(40))),
+            HANG_GUARD,
+        )
         assert (await post_login(http, url, "viewer", PASSWORDS["viewer"]))[0] == 429
     assert len(checked) == 20
     assert sorted(status for status, _ in answers) == [401] * 20 + [429] * 20
@@ -92,8 +98,7 @@ async def test_one_client_guessing_many_names_is_stopped_after_twenty_failures(
         assert (await post_login(other, url, "viewer", PASSWORDS["viewer"]))[0] == 200
 
 
-def test_a_name_guessed_from_many_addresses_is_slowed_to_one_check_a_second_never_locked(
-        ) -> None:
+def test_a_name_guessed_from_many_addresses_is_slowed_to_one_check_a_second_never_locked() -> None:
     now = [1000.0]
     throttle = LoginThrottle(name_failures=10, name_interval_secs=1.0, clock=lambda: now[0])
     for i in range(10):  # ten addresses, one wrong guess each
@@ -143,31 +148,42 @@ async def raw_request(url: str, head: bytes, body: bytes) -> bytes:
 
 
 async def test_a_login_body_over_4_kib_is_refused_with_413_before_it_is_read(
-        admin_engine: Started) -> None:
+    admin_engine: Started,
+) -> None:
     engine, _ = await admin_engine()
     checked, url = count_hashes(engine), base_url(engine)
-    head = (b"POST /api/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            b"Content-Length: 8000000\r\n\r\n")
+    head = (
+        b"POST /api/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 8000000\r\n\r\n"
+    )
     answer = await raw_request(url, head, b'{"username": "' + b"a" * 1000)  # never finished
     assert answer.startswith(b"HTTP/1.1 413 "), answer[:80]
     assert b"larger than 4096 bytes" in answer
-    chunked = (b"POST /api/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-               b"Transfer-Encoding: chunked\r\n\r\n")
+    chunked = (
+        b"POST /api/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n"
+    )
     answer = await raw_request(url, chunked, b"1388\r\n" + b"a" * 5000 + b"\r\n")
     assert answer.startswith(b"HTTP/1.1 413 "), answer[:80]
     assert checked == [] and max(engine.admin.state.throttle.sizes().values()) == 0
 
 
 async def test_a_user_name_over_64_characters_is_refused_before_any_lookup(
-        admin_engine: Started) -> None:
+    admin_engine: Started,
+) -> None:
     engine, api = await admin_engine()
     checked = count_hashes(engine)
     for i in range(20):
-        status, body = await api.call("POST", "/api/login",
-                                      json={"username": f"{i}" + "n" * 4000, "password": "x"})
+        status, body = await api.call(
+            "POST", "/api/login", json={"username": f"{i}" + "n" * 4000, "password": "x"}
+        )
         assert status == 400 and "longer than 64 characters" in body["error"]
     status, _ = await api.call("POST", "/api/login", json={"username": "n" * 64, "password": "x"})
     assert status == 401
     assert checked == ["n" * 64]
-    assert engine.admin.state.throttle.sizes() == {"pairs": 1, "clients": 1, "names": 1,
-                                                   "name_slots": 0}
+    assert engine.admin.state.throttle.sizes() == {
+        "pairs": 1,
+        "clients": 1,
+        "names": 1,
+        "name_slots": 0,
+    }
