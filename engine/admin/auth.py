@@ -170,11 +170,12 @@ class Directory:
         return Principal(user.name, user.role, "session") \
             if verify_password(password, user.password_hash) else None
 
-    def weaknesses(self, thorough: bool = True) -> list[str]:
+    def weaknesses(self, thorough: bool = True, probed: set[str] | None = None) -> list[str]:
         """Every credential that breaks the policy (``engine.admin.policy``), naming its
         user or token, never the secret. Passwords held in clear and API tokens (SHA-256:
         cheap to probe) are always checked; *thorough* also tries ``policy.guesses``
-        against every scrypt password hash (blocking: tens of milliseconds a guess)."""
+        against every scrypt password hash (blocking: tens of milliseconds a guess), except
+        those whose ``probe_id`` is in *probed*; the ones found strong now are added to it."""
         found = [] if self.has_admin() else ["no admin user or token is configured"]
         for name, password in sorted(self._plain.items()):
             if (problem := password_problem(name, password)) is not None:
@@ -183,17 +184,49 @@ class Directory:
             if _token_guessed(name, digest):
                 found.append(f"the API token {name!r} is a common password or its name")
         if thorough:
-            hashed = [u for u in self.users.values() if u.name not in self._plain]
+            done = set() if probed is None else probed
+            hashed = [u for u in self.users.values()
+                      if u.name not in self._plain and probe_id(u) not in done]
             with ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1))) as pool:
                 guessed = list(pool.map(_password_guessed, hashed))
-            found += [f"the password of user {u.name!r} is empty, a common password or "
-                      "its name" for u, hit in zip(hashed, guessed, strict=True) if hit]
+            for user, hit in zip(hashed, guessed, strict=True):
+                if hit:
+                    found.append(f"the password of user {user.name!r} is empty, a common "
+                                 "password or its name")
+                else:
+                    done.add(probe_id(user))
         return found
 
 
 def admin_name(env: Mapping[str, str]) -> str:
     """The admin user named by ``RADBRIDGE_ADMIN_USER`` (default ``admin``)."""
     return env.get("RADBRIDGE_ADMIN_USER") or "admin"
+
+
+def probe_id(user: User) -> str:
+    """Names one probe of one hash: the same user, hash and guesses give the same id."""
+    text = "\0".join([user.name, user.password_hash, *guesses(user.name)])
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _read_probed(path: Path) -> set[str]:
+    try:
+        return set(path.read_text(encoding="ascii").split())
+    except (OSError, UnicodeDecodeError):
+        return set()  # probe again: it only costs time
+
+
+def _write_probed(path: Path, ids: set[str]) -> None:
+    """Keep the ids of hashes found strong (0600; nothing secret: hashes of hashes)."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w", encoding="ascii") as handle:
+            os.fchmod(handle.fileno(), 0o600)
+            handle.write("".join(f"{i}\n" for i in sorted(ids)))
+        os.replace(tmp, path)
+    except OSError:
+        pass  # the next start probes again
 
 
 def _token_guessed(name: str, digest: str) -> bool:
@@ -249,13 +282,19 @@ def _read_users_file(path: Path) -> tuple[list[User], dict[str, tuple[str, str]]
     return users, tokens
 
 
-def check_credentials(directory: Directory, host: str) -> list[str]:
+def check_credentials(directory: Directory, host: str,
+                      probed_file: Path | None = None) -> list[str]:
     """Refuse (raise) weak credentials off loopback; on loopback return them as warnings.
 
     One policy (``engine.admin.policy``) for every user and token; off loopback the scrypt
-    hashes of the users file are probed too (on loopback that cost is skipped)."""
+    hashes of the users file are probed too (on loopback that cost is skipped). A hash
+    found strong is remembered in *probed_file* and not probed again at the next start."""
     loopback = is_loopback(host)
-    problems = directory.weaknesses(thorough=not loopback)
+    probed = _read_probed(probed_file) if probed_file is not None and not loopback else set()
+    before = set(probed)
+    problems = directory.weaknesses(thorough=not loopback, probed=probed)
+    if probed_file is not None and probed != before:
+        _write_probed(probed_file, probed)
     if problems and not loopback:
         raise AdminCredentialsError(
             f"refusing to serve the admin API on {host}: " + "; ".join(problems)

@@ -46,7 +46,9 @@ class AdminServer:
         self.password_file: Path | None = None  # the first-run password, when one is used
         if is_loopback(self.host) and not self.directory.has_admin():
             self.password_file = self._first_run_password(Path(engine.config.engine.data_dir))
-        for problem in check_credentials(self.directory, self.host):
+        data_dir = Path(engine.config.engine.data_dir)
+        for problem in check_credentials(self.directory, self.host,
+                                         data_dir / "admin-probed" if data_dir.is_dir() else None):
             event(log, "ADM-601", "weak admin credentials (loopback only)", problem=problem,
                   level=logging.WARNING)
         audit_path = conf.audit_path or str(Path(engine.config.engine.data_dir) / "audit.db")

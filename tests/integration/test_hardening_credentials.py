@@ -24,6 +24,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from engine.admin import auth
 from engine.admin.__main__ import main as admin_cli
 from engine.admin.auth import AdminCredentialsError, Directory, check_credentials, hash_password
 from engine.admin.firstrun import first_run_password
@@ -114,6 +115,31 @@ def test_strong_credentials_for_everyone_start_off_loopback(tmp_path: Path) -> N
     )
     env = {"RADBRIDGE_USERS_FILE": str(path), "RADBRIDGE_ADMIN_PASSWORD": "Tr0ub4dor&3-long!"}
     assert check_credentials(Directory.from_env(env), "0.0.0.0") == []
+
+
+def test_a_hash_found_strong_is_not_probed_again_at_the_next_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    users = {
+        "root": ("admin", "a long and unguessable phrase"),
+        "ann": ("analyst", "correct horse battery staple"),
+    }
+    env = {"RADBRIDGE_USERS_FILE": str(_users_file(tmp_path, users, {}))}
+    probed, tries = tmp_path / "admin-probed", []
+    real = auth.verify_password
+    monkeypatch.setattr(auth, "verify_password", lambda p, h: tries.append(p) or real(p, h))
+    auth._guessed_hash.cache_clear()  # what a new process starts with
+    assert check_credentials(Directory.from_env(env), "0.0.0.0", probed) == []
+    assert len(tries) > 40 and stat.S_IMODE(probed.stat().st_mode) == 0o600
+    tries.clear()
+    auth._guessed_hash.cache_clear()
+    assert check_credentials(Directory.from_env(env), "0.0.0.0", probed) == []
+    assert tries == []  # both hashes were remembered
+    users["ann"] = ("analyst", "Ann123")  # a new hash is probed, and found weak
+    env["RADBRIDGE_USERS_FILE"] = str(_users_file(tmp_path, users, {}))
+    with pytest.raises(AdminCredentialsError, match="user 'ann'"):
+        check_credentials(Directory.from_env(env), "0.0.0.0", probed)
+    assert tries and "Ann123" in tries
 
 
 async def test_the_engine_refuses_to_start_off_loopback_when_any_user_is_weak(
