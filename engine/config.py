@@ -123,6 +123,9 @@ class AdminConfig(HTTPLimitsConfig):
     stats_interval_secs: float = Field(
         5, gt=0, description="How often statistics and queue depths are read from the store.")
     metrics_public: bool = Field(False, description="Serve /metrics without credentials.")
+    secure_cookies: bool | None = Field(
+        None, description="Mark the session cookie Secure (sent over HTTPS only). Default: on "
+        "when tls is set; set true behind a TLS-terminating proxy.")
 
     @model_validator(mode="before")
     @classmethod
@@ -136,6 +139,14 @@ class AdminConfig(HTTPLimitsConfig):
     @classmethod
     def _listen(cls, value: str) -> str:
         return check_hostport(value)
+
+    @field_validator("secure_cookies")
+    @classmethod
+    def _secure_cookies(cls, value: bool | None, info: Any) -> bool | None:
+        if value is False and info.data.get("tls") is not None:
+            raise ValueError("false with tls set: browsers would also send the session "
+                             "cookie over plain HTTP to this host")
+        return value
 
 
 class Config(Strict):

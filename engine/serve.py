@@ -48,6 +48,7 @@ async def _main(config_path: str) -> int:
     if engine.admin is not None and engine.admin.address is not None:
         host, port = engine.admin.address
         print(f"listening admin {host}:{port}", flush=True)
+        print(engine.admin.dashboard_line(), flush=True)
     print("READY", flush=True)
     try:
         await stop.wait()

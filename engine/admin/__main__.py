@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from engine.admin.auth import ROLES, hash_password, hash_token, new_token
+from engine.admin.policy import MIN_LENGTH, password_problem
 
 
 def _hash_password(args: argparse.Namespace) -> int:
@@ -24,8 +25,10 @@ def _hash_password(args: argparse.Namespace) -> int:
             return 1
     else:
         password = sys.stdin.readline().rstrip("\r\n")
-    if len(password) < 12:
-        print("use at least 12 characters", file=sys.stderr)
+    problem = password_problem(args.name, password)
+    if problem is not None:
+        print(f"refused: the password {problem} (at least {MIN_LENGTH} characters, not a "
+              "common password, not containing the user name)", file=sys.stderr)
         return 1
     print(f'[[user]]\nname = "{args.name}"\nrole = "{args.role}"\n'
           f'password = "{hash_password(password)}"')

@@ -22,6 +22,7 @@ from pathlib import Path
 from aiohttp import web
 
 from engine.admin.http import PRINCIPAL, SESSION, STATE, AdminState, ApiError, ok, state
+from engine.admin.policy import same_secret
 from engine.admin.routing import Operation, operations
 from engine.admin.sessions import COOKIE
 from engine.logs import event
@@ -35,13 +36,18 @@ _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 @web.middleware
 async def _errors(request: web.Request, handler: _Handler) -> web.StreamResponse:
-    """ApiError and HTTP errors under /api become JSON; a bug becomes a 500, never a trace."""
+    """ApiError and HTTP errors under /api become JSON; a bug becomes a 500, never a trace.
+    An error carrying ``retry_after_secs`` also says so in a ``Retry-After`` header."""
     try:
         return await handler(request)
     except ApiError as exc:
         resp = ok({"error": exc.detail, **exc.extra}, exc.status)
         if exc.status == 401:
             resp.headers["WWW-Authenticate"] = 'Bearer realm="radbridge"'
+        if exc.status == 413:  # the rest of the body was never read: do not wait for it
+            resp.force_close()
+        if "retry_after_secs" in exc.extra:
+            resp.headers["Retry-After"] = str(exc.extra["retry_after_secs"])
         return resp
     except web.HTTPException as exc:
         if exc.status < 400 or not request.path.startswith("/api/"):
@@ -83,7 +89,7 @@ def _guard(op: Operation) -> _Handler:
                                     f"{op.path}")
             session = request.get(SESSION)
             if (op.method != "GET" and session is not None
-                    and request.headers.get("X-CSRF-Token") != session.csrf):
+                    and not same_secret(request.headers.get("X-CSRF-Token"), session.csrf)):
                 raise ApiError(403, "missing or wrong X-CSRF-Token")
         return await op.handler(request)
 

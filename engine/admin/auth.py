@@ -17,6 +17,10 @@ Where credentials come from (never from channels.toml):
       role = "viewer"
       sha256 = "<hex>"                                # python -m engine.admin new-token
 
+Every user's password and every token must meet one policy (``engine.admin.policy``: at
+least 12 characters, not whitespace, not a common or default password, not containing the
+name); off loopback the engine refuses to start otherwise, naming the user or token.
+
 Roles: ``admin`` (everything), ``analyst`` (channels, messages with PHI, reprocess,
 reload), ``radiologist`` (clinical views with PHI, no message browser), ``viewer``
 (read-only, PHI masked), and ``ehr``: a system, not a person, that reads the ``/fhir``
@@ -26,6 +30,7 @@ API and nothing else (typically an API token for an EHR that pulls results).
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -33,18 +38,19 @@ import os
 import secrets
 import tomllib
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from engine.admin.policy import guesses, password_problem
 from engine.errors import RadbridgeError
 
 ROLES = ("admin", "analyst", "radiologist", "viewer", "ehr")
 ALL_ROLES = frozenset(ROLES)
 # The people who use the dashboard and the /api: every role but the EHR's system account.
 STAFF_ROLES = frozenset(ROLES) - {"ehr"}
-DEFAULT_PASSWORDS = frozenset({"", "admin", "administrator", "password", "changeme", "change-me",
-                               "radbridge", "secret", "default", "123456", "12345678", "root"})
 TOKEN_PREFIX = "rbt_"
+MAX_NAME = 64  # user names are at most this long (checked before any lookup)
 _SCRYPT = (2**14, 8, 1)  # n, r, p: ~16 MiB and some tens of ms per check
 
 
@@ -122,7 +128,9 @@ class Directory:
                  plain_admin: tuple[str, str] | None = None) -> None:
         self.users = {u.name: u for u in users or []}
         self.tokens = dict(tokens or {})  # sha256 hex -> (name, role)
-        self._plain_admin = plain_admin  # (user, password) from the environment, for checks
+        self._plain: dict[str, str] = {}  # user -> password we hold in clear, for checks
+        if plain_admin is not None:
+            self.set_admin_password(*plain_admin)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Directory:
@@ -131,15 +139,25 @@ class Directory:
         tokens: dict[str, tuple[str, str]] = {}
         if env.get("RADBRIDGE_USERS_FILE"):
             users, tokens = _read_users_file(Path(env["RADBRIDGE_USERS_FILE"]))
+        directory = cls(users, tokens)
         plain = _env_password(env)
         if plain is not None:
-            name = env.get("RADBRIDGE_ADMIN_USER") or "admin"
-            users = [u for u in users if u.name != name]
-            users.append(User(name, "admin", hash_password(plain)))
-            return cls(users, tokens, (name, plain))
-        return cls(users, tokens)
+            directory.set_admin_password(admin_name(env), plain)
+        return directory
+
+    def set_admin_password(self, name: str, password: str) -> None:
+        """Make *name* an admin with *password* (held in clear only to check the policy)."""
+        self.users[name] = User(name, "admin", hash_password(password))
+        self._plain[name] = password
+
+    def has_admin(self) -> bool:
+        """Whether any user or token has the admin role."""
+        return any(u.role == "admin" for u in self.users.values()) or any(
+            role == "admin" for _, role in self.tokens.values())
 
     def token(self, token: str) -> Principal | None:
+        """The token's principal. Looked up by its SHA-256, so the lookup's timing tells a
+        caller nothing about the tokens themselves."""
         found = self.tokens.get(hash_token(token))
         return Principal(found[0], found[1], "token") if found else None
 
@@ -152,23 +170,77 @@ class Directory:
         return Principal(user.name, user.role, "session") \
             if verify_password(password, user.password_hash) else None
 
-    def weaknesses(self, thorough: bool = True) -> list[str]:
-        """What makes the admin credentials unsafe off loopback. *thorough* also tries the
-        default passwords against every hashed admin password (blocking: scrypt)."""
-        admins = [u for u in self.users.values() if u.role == "admin"]
-        if not admins and not any(role == "admin" for _, role in self.tokens.values()):
-            return ["no admin user or token is configured"]
-        found = []
-        if self._plain_admin is not None:
-            name, password = self._plain_admin
-            if password.lower() in DEFAULT_PASSWORDS or password == name:
-                found.append(f"the password of admin user {name!r} is a default one")
-        for user in admins if thorough else []:
-            if (self._plain_admin is None or user.name != self._plain_admin[0]) and any(
-                    verify_password(p, user.password_hash) for p in {*DEFAULT_PASSWORDS,
-                                                                     user.name}):
-                found.append(f"the password of admin user {user.name!r} is empty or a default")
+    def weaknesses(self, thorough: bool = True, probed: set[str] | None = None) -> list[str]:
+        """Every credential that breaks the policy (``engine.admin.policy``), naming its
+        user or token, never the secret. Passwords held in clear and API tokens (SHA-256:
+        cheap to probe) are always checked; *thorough* also tries ``policy.guesses``
+        against every scrypt password hash (blocking: tens of milliseconds a guess), except
+        those whose ``probe_id`` is in *probed*; the ones found strong now are added to it."""
+        found = [] if self.has_admin() else ["no admin user or token is configured"]
+        for name, password in sorted(self._plain.items()):
+            if (problem := password_problem(name, password)) is not None:
+                found.append(f"the password of user {name!r} {problem}")
+        for digest, (name, _) in sorted(self.tokens.items(), key=lambda kv: kv[1]):
+            if _token_guessed(name, digest):
+                found.append(f"the API token {name!r} is a common password or its name")
+        if thorough:
+            done = set() if probed is None else probed
+            hashed = [u for u in self.users.values()
+                      if u.name not in self._plain and probe_id(u) not in done]
+            with ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1))) as pool:
+                guessed = list(pool.map(_password_guessed, hashed))
+            for user, hit in zip(hashed, guessed, strict=True):
+                if hit:
+                    found.append(f"the password of user {user.name!r} is empty, a common "
+                                 "password or its name")
+                else:
+                    done.add(probe_id(user))
         return found
+
+
+def admin_name(env: Mapping[str, str]) -> str:
+    """The admin user named by ``RADBRIDGE_ADMIN_USER`` (default ``admin``)."""
+    return env.get("RADBRIDGE_ADMIN_USER") or "admin"
+
+
+def probe_id(user: User) -> str:
+    """Names one probe of one hash: the same user, hash and guesses give the same id."""
+    text = "\0".join([user.name, user.password_hash, *guesses(user.name)])
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _read_probed(path: Path) -> set[str]:
+    try:
+        return set(path.read_text(encoding="ascii").split())
+    except (OSError, UnicodeDecodeError):
+        return set()  # probe again: it only costs time
+
+
+def _write_probed(path: Path, ids: set[str]) -> None:
+    """Keep the ids of hashes found strong (0600; nothing secret: hashes of hashes)."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w", encoding="ascii") as handle:
+            os.fchmod(handle.fileno(), 0o600)
+            handle.write("".join(f"{i}\n" for i in sorted(ids)))
+        os.replace(tmp, path)
+    except OSError:
+        pass  # the next start probes again
+
+
+def _token_guessed(name: str, digest: str) -> bool:
+    return any(hash_token(g) == digest for g in guesses(name, thorough=True))
+
+
+@functools.lru_cache(maxsize=256)
+def _guessed_hash(name: str, encoded: str) -> bool:
+    return any(verify_password(g, encoded) for g in guesses(name))
+
+
+def _password_guessed(user: User) -> bool:
+    """Whether an obvious guess opens *user*'s scrypt hash (cached: one probe per hash)."""
+    return _guessed_hash(user.name, user.password_hash)
 
 
 _DUMMY_HASH = hash_password("not a password", n=2**14)
@@ -195,8 +267,10 @@ def _read_users_file(path: Path) -> tuple[list[User], dict[str, tuple[str, str]]
     users, tokens = [], {}
     for i, entry in enumerate(doc.get("user", [])):
         name, role, pw = entry.get("name"), entry.get("role"), entry.get("password", "")
-        if not name or role not in ALL_ROLES or not str(pw).startswith("scrypt$"):
-            raise AdminCredentialsError(f"RADBRIDGE_USERS_FILE user[{i}]: needs a name, a role "
+        if not name or len(str(name)) > MAX_NAME or role not in ALL_ROLES \
+                or not str(pw).startswith("scrypt$"):
+            raise AdminCredentialsError(f"RADBRIDGE_USERS_FILE user[{i}]: needs a name (at most "
+                                        f"{MAX_NAME} characters), a role "
                                         f"({', '.join(ROLES)}) and a scrypt password hash")
         users.append(User(name, role, pw))
     for i, entry in enumerate(doc.get("token", [])):
@@ -208,10 +282,19 @@ def _read_users_file(path: Path) -> tuple[list[User], dict[str, tuple[str, str]]
     return users, tokens
 
 
-def check_credentials(directory: Directory, host: str) -> list[str]:
-    """Refuse (raise) weak credentials off loopback; on loopback return them as warnings."""
+def check_credentials(directory: Directory, host: str,
+                      probed_file: Path | None = None) -> list[str]:
+    """Refuse (raise) weak credentials off loopback; on loopback return them as warnings.
+
+    One policy (``engine.admin.policy``) for every user and token; off loopback the scrypt
+    hashes of the users file are probed too (on loopback that cost is skipped). A hash
+    found strong is remembered in *probed_file* and not probed again at the next start."""
     loopback = is_loopback(host)
-    problems = directory.weaknesses(thorough=not loopback)
+    probed = _read_probed(probed_file) if probed_file is not None and not loopback else set()
+    before = set(probed)
+    problems = directory.weaknesses(thorough=not loopback, probed=probed)
+    if probed_file is not None and probed != before:
+        _write_probed(probed_file, probed)
     if problems and not loopback:
         raise AdminCredentialsError(
             f"refusing to serve the admin API on {host}: " + "; ".join(problems)

@@ -13,8 +13,9 @@ from aiohttp import web
 
 from engine.admin.audit import AuditLog
 from engine.admin.auth import Directory, Principal
-from engine.admin.sessions import LoginThrottle, Session, SessionStore
+from engine.admin.sessions import Session, SessionStore
 from engine.admin.stats import Sampler
+from engine.admin.throttle import LoginThrottle
 from engine.admin.views import StoreViews
 from engine.logs import event
 
@@ -122,17 +123,34 @@ def time_param(request: web.Request, name: str) -> float | None:
     return parse_time(name, request.query.get(name))
 
 
-async def read_json(request: web.Request) -> dict[str, Any]:
-    """The JSON object body (an empty body reads as ``{}``)."""
+async def read_json(request: web.Request, max_bytes: int | None = None) -> dict[str, Any]:
+    """The JSON object body (an empty body reads as ``{}``). With *max_bytes*, a longer body
+    is refused (413) before more than that is read (the app-wide limit is 8 MiB)."""
     if not request.can_read_body:
         return {}
     try:
-        body = await request.json()
+        if max_bytes is None:
+            body = await request.json()
+        else:
+            body = json.loads(await _read_at_most(request, max_bytes))
     except (json.JSONDecodeError, UnicodeDecodeError):
         fail(400, "the body is not valid JSON")
     if not isinstance(body, dict):
         fail(400, "the body must be a JSON object")
     return body
+
+
+async def _read_at_most(request: web.Request, limit: int) -> bytes:
+    too_big = f"the body is larger than {limit} bytes"
+    if request.content_length is not None and request.content_length > limit:
+        fail(413, too_big)
+    data = bytearray()
+    while len(data) <= limit:
+        chunk = await request.content.read(limit + 1 - len(data))
+        if not chunk:
+            return bytes(data)
+        data += chunk
+    fail(413, too_big)
 
 
 async def audit(request: web.Request, action: str, target: str | None = None,

@@ -12,7 +12,7 @@ from typing import Any
 from aiohttp import web
 
 from engine import metrics
-from engine.admin.auth import STAFF_ROLES, Principal
+from engine.admin.auth import MAX_NAME, STAFF_ROLES, Principal
 from engine.admin.http import (
     PRINCIPAL,
     SESSION,
@@ -28,14 +28,17 @@ from engine.admin.http import (
 from engine.admin.openapi import build_document
 from engine.admin.routing import Panel, Param, Router, panels_for, register_panel
 from engine.admin.sessions import COOKIE
+from engine.admin.throttle import Ticket, client_key
 from engine.logs import event
 
 log = logging.getLogger("radbridge.admin")
 router = Router("system")
 register_panel(Panel("audit", "Audit log", "panels/audit.js", frozenset({"admin"}), order=90))
 _STARTED = time.time()
+LOGIN_BODY_MAX = 4096  # bytes: a login is a name and a password, nothing more
 _LOGIN_BODY = {"type": "object", "required": ["username", "password"],
-               "properties": {"username": {"type": "string"}, "password": {"type": "string"}}}
+               "properties": {"username": {"type": "string", "maxLength": MAX_NAME},
+                              "password": {"type": "string"}}}
 
 
 @router.get("/health", roles=(), summary="Liveness: the process answers",
@@ -94,28 +97,28 @@ def _hash(name: str) -> str:
 
 @router.post("/api/login", roles=(), summary="Log in to the dashboard (sets a session cookie)",
              body=_LOGIN_BODY,
-             responses={200: "logged in", 401: "wrong user name or password",
+             responses={200: "logged in", 400: "no user name or password, or a name over "
+                        f"{MAX_NAME} characters", 401: "wrong user name or password",
                         403: "a role without dashboard sessions (ehr)",
-                        429: "too many failures"})
+                        413: f"a body over {LOGIN_BODY_MAX} bytes",
+                        415: "not Content-Type: application/json",
+                        429: "too many failures (Retry-After says when to try again)"})
 async def login(request: web.Request) -> web.Response:
     st = state(request)
-    body = await read_json(request)
-    name, password = str(body.get("username") or ""), str(body.get("password") or "")
-    if not name or not password:
-        fail(400, "username and password are required")
-    wait = st.throttle.retry_after(name)
-    if wait:
-        event(log, "ADM-203", "login throttled", user_hash=_hash(name), level=logging.WARNING)
-        fail(429, "too many failed logins; try again later", retry_after_secs=math.ceil(wait))
+    name, password = await _credentials(request)
+    ticket = st.throttle.reserve(name, client_key(request.remote))
+    if not isinstance(ticket, Ticket):
+        event(log, "ADM-203", "login throttled", user_hash=_hash(name), peer=request.remote,
+              level=logging.WARNING)
+        fail(429, "too many failed logins; try again later", retry_after_secs=math.ceil(ticket))
     principal = await asyncio.to_thread(st.directory.login, name, password)
     if principal is None:
-        st.throttle.failed(name)
         known = name if name in st.directory.users else "(unknown)"
         request[PRINCIPAL] = Principal(known, "-", "login")
         await audit(request, "login.failed")
         event(log, "ADM-202", "login refused", user_hash=_hash(name), level=logging.WARNING)
         fail(401, "wrong user name or password")
-    st.throttle.succeeded(name)
+    st.throttle.succeeded(ticket)
     if principal.role not in STAFF_ROLES:  # ehr: a system account, API tokens only
         request[PRINCIPAL] = principal
         await audit(request, "login.refused")
@@ -128,6 +131,21 @@ async def login(request: web.Request) -> web.Response:
     resp.set_cookie(COOKIE, token, httponly=True, samesite="Strict", path="/",
                     secure=st.secure_cookies)
     return resp
+
+
+async def _credentials(request: web.Request) -> tuple[str, str]:
+    """The user name and password of a login, bounded before anything is looked up: a JSON
+    body (a form or text/plain could be posted cross-site: login CSRF) of at most
+    ``LOGIN_BODY_MAX`` bytes, a name of at most ``MAX_NAME`` characters."""
+    if request.content_type != "application/json":
+        fail(415, "log in with a JSON body (Content-Type: application/json)")
+    body = await read_json(request, max_bytes=LOGIN_BODY_MAX)
+    name, password = body.get("username"), body.get("password")
+    if not (isinstance(name, str) and isinstance(password, str) and name and password):
+        fail(400, "username and password are required")
+    if len(name) > MAX_NAME:
+        fail(400, f"username is longer than {MAX_NAME} characters")
+    return name, password
 
 
 @router.post("/api/logout", roles=STAFF_ROLES, summary="End the dashboard session")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +14,12 @@ from aiohttp import web
 
 from engine.admin.app import build_app
 from engine.admin.audit import AuditLog
-from engine.admin.auth import Directory, check_credentials
+from engine.admin.auth import Directory, admin_name, check_credentials, is_loopback
+from engine.admin.firstrun import first_run_password
 from engine.admin.http import AdminState
-from engine.admin.sessions import LoginThrottle, SessionStore
+from engine.admin.sessions import SessionStore
 from engine.admin.stats import Sampler
+from engine.admin.throttle import LoginThrottle
 from engine.admin.views import StoreViews
 from engine.configbase import parse_hostport
 from engine.httplimits import BodyTimeout, LimitedListener, read_within, runner_options
@@ -31,14 +34,21 @@ class AdminServer:
     def __init__(self, engine: Any, conf: Any, directory: Directory | None = None) -> None:
         """Load credentials (from the environment unless given) and check them.
 
-        Raises ``AdminCredentialsError`` when the listener is not on loopback and the
-        admin credentials are missing, empty or a default.
+        On loopback with no admin user or token, the admin's password is the first-run
+        file ``<data_dir>/admin-password`` (created once). Raises ``AdminCredentialsError``
+        when the listener is not on loopback and any user's or token's credential breaks
+        the policy (``engine.admin.policy``), or no admin is configured.
         """
         self.engine = engine
         self.conf = conf
         self.host, self.port = parse_hostport(conf.listen, "127.0.0.1")
         self.directory = directory if directory is not None else Directory.from_env()
-        for problem in check_credentials(self.directory, self.host):
+        self.password_file: Path | None = None  # the first-run password, when one is used
+        if is_loopback(self.host) and not self.directory.has_admin():
+            self.password_file = self._first_run_password(Path(engine.config.engine.data_dir))
+        data_dir = Path(engine.config.engine.data_dir)
+        for problem in check_credentials(self.directory, self.host,
+                                         data_dir / "admin-probed" if data_dir.is_dir() else None):
             event(log, "ADM-601", "weak admin credentials (loopback only)", problem=problem,
                   level=logging.WARNING)
         audit_path = conf.audit_path or str(Path(engine.config.engine.data_dir) / "audit.db")
@@ -48,11 +58,41 @@ class AdminServer:
             sessions=SessionStore(conf.session_idle_secs, conf.session_max_secs),
             throttle=LoginThrottle(), audit=AuditLog(audit_path),
             sampler=Sampler(engine, views, conf.stats_interval_secs), views=views,
-            secure_cookies=conf.tls is not None)
+            secure_cookies=conf.tls is not None if conf.secure_cookies is None
+            else conf.secure_cookies)
         self._runner: web.AppRunner | None = None
         self._listener: LimitedListener | None = None
         self._sampler_task: asyncio.Task[None] | None = None
         self.address: tuple[str, int] | None = None
+
+    @property
+    def admin_user(self) -> str:
+        """The user the first-run password belongs to."""
+        return admin_name(os.environ)
+
+    def _first_run_password(self, data_dir: Path) -> Path | None:
+        """Loopback, no admin configured: use (or create) ``<data_dir>/admin-password``."""
+        name = self.admin_user
+        if name in self.directory.users:  # that name is taken by a non-admin user
+            event(log, "ADM-602", "no admin password generated: the name is taken", user=name,
+                  level=logging.WARNING)
+            return None
+        path, password, created = first_run_password(data_dir, name)
+        self.directory.set_admin_password(name, password)
+        event(log, "ADM-602", "admin password file", user=name, path=str(path.resolve()),
+              created=created)
+        return path.resolve()
+
+    def dashboard_line(self) -> str:
+        """What ``radbridge run`` prints at READY: the dashboard's address and, when the
+        first-run password is in use, which user it is for and where it is (never itself)."""
+        assert self.address is not None, "the admin listener has not started"
+        host, port = self.address
+        scheme = "https" if self.conf.tls is not None else "http"
+        url = f"{scheme}://{f'[{host}]' if ':' in host else host}:{port}/"
+        if self.password_file is None:
+            return f"dashboard {url}"
+        return f"dashboard {url} (user {self.admin_user}, password in {self.password_file})"
 
     async def start(self) -> None:
         await self.state.audit.open()

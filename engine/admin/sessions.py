@@ -1,9 +1,10 @@
-"""Dashboard sessions (cookie) and a brake on password guessing.
+"""Dashboard sessions (cookie); the brake on password guessing is ``engine.admin.throttle``.
 
 A session is a random token in an HttpOnly, SameSite=Strict cookie; the server
 keeps only its SHA-256. Requests that change something with a session cookie
 must also carry the session's CSRF token in ``X-CSRF-Token`` (API tokens do not:
-they are never sent by a browser on its own).
+they are never sent by a browser on its own), compared in constant time. Sessions are
+looked up by the SHA-256 of the cookie, so lookup timing says nothing about live cookies.
 """
 
 from __future__ import annotations
@@ -68,31 +69,3 @@ class SessionStore:
                 if now - s.seen > self.idle_secs or now - s.created > self.max_secs]
         for key in dead:
             del self._sessions[key]
-
-
-class LoginThrottle:
-    """After ``max_failures`` wrong passwords for one name within ``window_secs``, refuse
-    further attempts for that name until the window has passed."""
-
-    def __init__(self, max_failures: int = 5, window_secs: float = 300.0) -> None:
-        self.max_failures = max_failures
-        self.window_secs = window_secs
-        self._failures: dict[str, list[float]] = {}
-
-    def retry_after(self, name: str) -> float:
-        """Seconds to wait before *name* may try again (0: go ahead)."""
-        now = time.monotonic()
-        recent = [t for t in self._failures.get(name, []) if now - t < self.window_secs]
-        self._failures[name] = recent
-        if len(recent) < self.max_failures:
-            return 0.0
-        return max(0.0, self.window_secs - (now - recent[0]))
-
-    def failed(self, name: str) -> None:
-        self._failures.setdefault(name, []).append(time.monotonic())
-        if len(self._failures) > 10_000:  # bounded: forget the oldest names
-            for key in list(self._failures)[:1000]:
-                del self._failures[key]
-
-    def succeeded(self, name: str) -> None:
-        self._failures.pop(name, None)

@@ -254,7 +254,7 @@ async def test_admin_headers_and_bodies_dripped_are_cut_while_health_answers(
         tmp_path, f"header_timeout_secs = {TIMEOUT}\nbody_timeout_secs = {TIMEOUT}\n"))
     addr, url = _admin_addr(engine), base_url(engine)
     login = (b"POST /api/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-             b"Content-Length: 5000\r\n\r\n{\"username\": \"")
+             b"Content-Length: 4000\r\n\r\n{\"username\": \"")
     async with aiohttp.ClientSession() as http:
         (slow_head, head_answer), (slow_body, body_answer), statuses = await asyncio.gather(
             drip(addr, b"GET /api/session HTTP/1.1\r\nHost: x\r\nCookie: ", b"c"),

@@ -20,7 +20,8 @@ from engine.admin.auth import (
     new_token,
     verify_password,
 )
-from engine.admin.sessions import LoginThrottle, SessionStore
+from engine.admin.sessions import SessionStore
+from engine.admin.throttle import LoginThrottle, Ticket
 
 FAST = {"n": 2**10}  # cheap hashes where the cost is not what is tested
 
@@ -128,15 +129,16 @@ def test_a_session_expires_when_idle_and_when_too_old(monkeypatch: pytest.Monkey
     assert store.get(token) is None
 
 
-def test_the_login_brake_holds_one_name_after_five_failures() -> None:
-    throttle = LoginThrottle(max_failures=5, window_secs=300)
+def test_the_login_brake_holds_one_name_from_one_client_after_five_failures() -> None:
+    throttle = LoginThrottle(pair_failures=5, window_secs=300)
     for _ in range(5):
-        assert throttle.retry_after("eve") == 0
-        throttle.failed("eve")
-    assert 0 < throttle.retry_after("eve") <= 300
-    assert throttle.retry_after("ann") == 0
-    throttle.succeeded("eve")
-    assert throttle.retry_after("eve") == 0
+        assert isinstance(throttle.reserve("eve", "10.0.0.9"), Ticket)  # each one a failure
+    assert 0 < throttle.reserve("eve", "10.0.0.9") <= 300  # type: ignore[operator]
+    assert isinstance(throttle.reserve("ann", "10.0.0.9"), Ticket)
+    ticket = throttle.reserve("eve", "10.0.0.1")  # the same name from elsewhere
+    assert isinstance(ticket, Ticket)
+    throttle.succeeded(ticket)
+    assert isinstance(throttle.reserve("eve", "10.0.0.1"), Ticket)
 
 
 def test_scrypt_costs_enough_to_slow_guessing() -> None:
