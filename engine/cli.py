@@ -18,6 +18,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from engine.cli_args import Parser
 from engine.errors import ConfigErrors
 
 
@@ -96,8 +97,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     from engine import cli_clinical, cli_inference, cli_messages, cli_send
 
-    parser = argparse.ArgumentParser(prog="radbridge", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(prog="radbridge", description=__doc__,
+                    formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_run(sub)
     _add_worker(sub)
