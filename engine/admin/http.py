@@ -13,8 +13,10 @@ from aiohttp import web
 
 from engine.admin.audit import AuditLog
 from engine.admin.auth import Directory, Principal
+from engine.admin.routing import Operation
 from engine.admin.sessions import LoginThrottle, Session, SessionStore
 from engine.admin.stats import Sampler
+from engine.admin.validate import BodyError, check
 from engine.admin.views import StoreViews
 from engine.logs import event
 
@@ -32,11 +34,15 @@ class AdminState:
     sampler: Sampler
     views: StoreViews
     secure_cookies: bool
+    # Where clients reach us: [admin] public_url, else the bound listener (set at start).
+    # Every absolute URL we return starts with it; request headers (Host) never shape one.
+    public_base: str = ""
 
 
 STATE = web.AppKey("radbridge_admin_state", AdminState)
 PRINCIPAL = web.RequestKey("radbridge_principal", Principal)  # absent: anonymous
 SESSION = web.RequestKey("radbridge_session", Session)  # present for cookie sessions
+OPERATION = web.RequestKey("radbridge_operation", Operation)  # the route being served
 
 
 class ApiError(Exception):
@@ -94,6 +100,21 @@ def int_param(request: web.Request, name: str, default: int | None = None, lo: i
     return value
 
 
+def float_param(request: web.Request, name: str, default: float, lo: float = 0.0,
+                hi: float = 1e12) -> float:
+    """A finite number between *lo* and *hi* (400 otherwise), *default* when absent."""
+    raw = request.query.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        fail(400, f"{name} must be a number")
+    if not (math.isfinite(value) and lo <= value <= hi):
+        fail(400, f"{name} must be a number between {lo:g} and {hi:g}")
+    return value
+
+
 def path_int(request: web.Request, name: str) -> int:
     try:
         return int(request.match_info[name])
@@ -106,9 +127,9 @@ def parse_time(name: str, raw: Any) -> float | None:
     if raw in (None, ""):
         return None
     if isinstance(raw, int | float) and not isinstance(raw, bool):
-        return float(raw)
+        return _finite(name, float(raw))
     try:
-        return float(str(raw))
+        return _finite(name, float(str(raw)))
     except ValueError:
         pass
     try:
@@ -118,20 +139,33 @@ def parse_time(name: str, raw: Any) -> float | None:
     return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp()
 
 
+def _finite(name: str, value: float) -> float:
+    if not math.isfinite(value):
+        fail(400, f"{name} must be an ISO date/datetime or epoch seconds")
+    return value
+
+
 def time_param(request: web.Request, name: str) -> float | None:
     return parse_time(name, request.query.get(name))
 
 
 async def read_json(request: web.Request) -> dict[str, Any]:
-    """The JSON object body (an empty body reads as ``{}``)."""
+    """The JSON object body (an empty body reads as ``{}``), checked against the schema its
+    operation declares (``engine.admin.validate``): 400 with the key that is wrong."""
     if not request.can_read_body:
         return {}
     try:
         body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
         fail(400, "the body is not valid JSON")
     if not isinstance(body, dict):
         fail(400, "the body must be a JSON object")
+    op = request.get(OPERATION)
+    if op is not None and op.body is not None:
+        try:
+            check(body, op.body)
+        except BodyError as exc:
+            fail(400, str(exc))
     return body
 
 
