@@ -94,7 +94,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> Parser:
+    """Every subcommand and its options (their value types: ``engine.cli_args``)."""
     from engine import cli_clinical, cli_inference, cli_messages, cli_send
 
     parser = Parser(prog="radbridge", description=__doc__,
@@ -108,7 +109,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     cli_messages.add_parser(sub)
     cli_clinical.add_parsers(sub)
     cli_inference.add_parsers(sub)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     return int(args.func(args))
 
 

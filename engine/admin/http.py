@@ -115,11 +115,18 @@ def float_param(request: web.Request, name: str, default: float, lo: float = 0.0
     return value
 
 
+MAX_ID = 2**63 - 1  # the stores' row ids are 64-bit
+
+
 def path_int(request: web.Request, name: str) -> int:
+    """A row id from the path: 400 unless it is an integer a store can hold."""
     try:
-        return int(request.match_info[name])
+        value = int(request.match_info[name])
     except ValueError:
         fail(400, f"{name} must be an integer")
+    if not 0 <= value <= MAX_ID:
+        fail(400, f"{name} must be between 0 and {MAX_ID}")
+    return value
 
 
 def parse_time(name: str, raw: Any) -> float | None:

@@ -122,7 +122,8 @@ _REPROCESS_BODY = {
         "ids": {"type": "array", "maxItems": 10_000,
                 "items": {"type": "integer", "minimum": 1, "maximum": 2**63 - 1}},
         "filter": {"type": "object", "additionalProperties": False, "properties": {
-            **{p.name: {"type": _FILTER_TYPES.get(p.name, p.type)} for p in _FILTERS},
+            **{p.name: {"type": _FILTER_TYPES.get(p.name, p.type), "maxLength": 256}
+               for p in _FILTERS},
             "status": {"type": "string", "enum": ["", *STATUSES]},
             "limit": {"type": "integer", "minimum": 1, "maximum": 10_000}}}}}
 
