@@ -18,6 +18,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from engine.cli_args import Parser
 from engine.errors import ConfigErrors
 
 
@@ -93,11 +94,12 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> Parser:
+    """Every subcommand and its options (their value types: ``engine.cli_args``)."""
     from engine import cli_clinical, cli_inference, cli_messages, cli_send
 
-    parser = argparse.ArgumentParser(prog="radbridge", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(prog="radbridge", description=__doc__,
+                    formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_run(sub)
     _add_worker(sub)
@@ -107,7 +109,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     cli_messages.add_parser(sub)
     cli_clinical.add_parsers(sub)
     cli_inference.add_parsers(sub)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     return int(args.func(args))
 
 

@@ -8,6 +8,7 @@ import time
 from datetime import datetime
 from typing import Any
 
+from engine.cli_args import integer, number
 from engine.config import load_config
 from engine.store.base import Store, open_store
 from engine.store.clinical import CaseRow, OrderRow, StudyRow
@@ -34,7 +35,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
 
     unmatched = sub.add_parser("unmatched", help="orders and studies still waiting for a match")
     _common(unmatched)
-    unmatched.add_argument("--older-than-secs", type=float,
+    unmatched.add_argument("--older-than-secs", type=number(),
                            help="default: engine.unmatched_after_secs")
     unmatched.set_defaults(func=lambda a: _run(a, _unmatched))
 
@@ -51,7 +52,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default="channels.toml")
-    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--limit", type=integer(), default=50)
 
 
 def _run(args: argparse.Namespace, fn: Any) -> int:

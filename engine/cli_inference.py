@@ -16,6 +16,7 @@ import json
 from datetime import datetime
 from typing import Any
 
+from engine.cli_args import integer
 from engine.cli_clinical import _run
 from engine.store.base import Store
 from engine.store.inference import AuditEntry, JobRow, StoredFinding
@@ -24,19 +25,19 @@ from engine.store.inference import AuditEntry, JobRow, StoredFinding
 def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     audit = sub.add_parser("audit", help="inference audit: what ran, where, how long, outputs")
     _common(audit)
-    audit.add_argument("--case", type=int)
+    audit.add_argument("--case", type=integer())
     audit.add_argument("--model")
     audit.add_argument("--outputs", action="store_true", help="also print each row's outputs")
     audit.set_defaults(func=lambda a: _run(a, _audit))
 
     findings = sub.add_parser("findings", help="findings of inference, per case")
     _common(findings)
-    findings.add_argument("--case", type=int)
+    findings.add_argument("--case", type=integer())
     findings.set_defaults(func=lambda a: _run(a, _findings))
 
     jobs = sub.add_parser("jobs", help="inference jobs (the durable queue)")
     _common(jobs)
-    jobs.add_argument("--case", type=int)
+    jobs.add_argument("--case", type=integer())
     jobs.add_argument("--state", choices=["queued", "running", "done", "error", "no_model"])
     jobs.set_defaults(func=lambda a: _run(a, _jobs))
 
@@ -47,7 +48,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default="channels.toml")
-    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--limit", type=integer(), default=50)
 
 
 def _when(ts: float) -> str:

@@ -16,6 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from engine.cli_args import MAX_ID, integer, iso_time, number
 from engine.config import load_config
 from engine.store.archive import ArchiveError
 from engine.store.base import MessageQuery, Store, open_store
@@ -30,15 +31,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     _filters(ls)
     ls.set_defaults(func=cmd_list)
     show = msub.add_parser("show", help="one message with all its content layers")
-    show.add_argument("id", type=int)
+    show.add_argument("id", type=integer())
     show.set_defaults(func=cmd_show)
     rp = msub.add_parser("reprocess", help="re-run messages through their channel")
-    rp.add_argument("ids", type=int, nargs="*")
+    rp.add_argument("ids", type=integer(), nargs="*")
     _filters(rp)
     rp.set_defaults(func=cmd_reprocess)
     pr = msub.add_parser("prune", help="delete final messages older than N days (unfinished "
                                        "ones stay), archiving them first if asked")
-    pr.add_argument("--older-than-days", type=float, required=True, metavar="N")
+    pr.add_argument("--older-than-days", type=number(above=True), required=True, metavar="N")
     pr.add_argument("--archive", metavar="DIR", help="write them to a gzip JSON-lines file here "
                     "first (default: [engine] message_archive_dir)")
     pr.add_argument("--no-archive", action="store_true",
@@ -54,26 +55,15 @@ def _filters(p: argparse.ArgumentParser) -> None:
     p.add_argument("--status")
     p.add_argument("--type", dest="message_type", help="e.g. ORM^O01")
     p.add_argument("--control-id")
-    p.add_argument("--since", help="ISO date or datetime (UTC)")
-    p.add_argument("--until", help="ISO date or datetime (UTC)")
-    p.add_argument("--limit", type=int, default=50)
-
-
-def _ts(value: str | None) -> float | None:
-    if value is None:
-        return None
-    dt = datetime.fromisoformat(value)
-    if dt.tzinfo is None:
-        from datetime import UTC
-
-        dt = dt.replace(tzinfo=UTC)
-    return dt.timestamp()
+    p.add_argument("--since", type=iso_time, help="ISO date or datetime (UTC), or epoch secs")
+    p.add_argument("--until", type=iso_time, help="ISO date or datetime (UTC), or epoch secs")
+    p.add_argument("--limit", type=integer(1, MAX_ID), default=50)
 
 
 def _query(args: argparse.Namespace) -> MessageQuery:
     return MessageQuery(channel=args.channel, status=args.status,
                         message_type=args.message_type, control_id=args.control_id,
-                        since=_ts(args.since), until=_ts(args.until), limit=args.limit)
+                        since=args.since, until=args.until, limit=args.limit)
 
 
 async def _with_store(args: argparse.Namespace, fn: Any) -> int:
@@ -149,9 +139,6 @@ def cmd_reprocess(args: argparse.Namespace) -> int:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    if args.older_than_days <= 0:
-        print("radbridge messages prune: --older-than-days must be > 0", file=sys.stderr)
-        return 2
     config = load_config(args.config)
     folder = args.archive or config.engine.message_archive_dir
     archive = None if args.no_archive or not folder else Path(folder)

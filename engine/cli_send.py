@@ -13,6 +13,7 @@ from urllib.parse import urlparse
 from tqdm import tqdm
 
 from channels.mllp.client import MLLPClient
+from engine.cli_args import number
 from engine.errors import TransientDeliveryError
 from mappings.hl7v2.ack import read_ack
 from mappings.hl7v2.logfile import split_messages
@@ -24,8 +25,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p = sub.add_parser("send", help="replay message logs to an MLLP endpoint")
     p.add_argument("files", nargs="+", type=Path)
     p.add_argument("--to", required=True, help="mllp://host:port (mllps:// for TLS)")
-    p.add_argument("--rate", type=float, default=0, help="messages per second (0: unlimited)")
-    p.add_argument("--timeout", type=float, default=30, help="seconds to wait for each ACK")
+    p.add_argument("--rate", type=number(), default=0, help="messages per second (0: unlimited)")
+    p.add_argument("--timeout", type=number(above=True), default=30,
+                   help="seconds to wait for each ACK")
     p.add_argument("--ca", help="CA bundle for mllps://")
     p.add_argument("--cert", help="client certificate for mutual TLS")
     p.add_argument("--key", help="client key for mutual TLS")

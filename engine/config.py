@@ -11,6 +11,7 @@ import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
@@ -107,6 +108,20 @@ _SECRET_KEYS = frozenset({"password", "passwords", "users", "user", "token", "to
                           "api_key", "api_keys", "credentials"})
 
 
+def check_public_url(value: str) -> str:
+    """An absolute http(s) URL with a host and nothing after the path; no trailing slash."""
+    url = urlsplit(value)
+    if url.scheme not in ("http", "https") or not url.hostname:
+        raise ValueError("must be an absolute http:// or https:// URL with a host")
+    if url.query or url.fragment or url.username or url.password:
+        raise ValueError("must not carry a query, a fragment or credentials")
+    try:
+        url.port  # noqa: B018  (raises on a bad port)
+    except ValueError as exc:
+        raise ValueError(f"has a bad port: {exc}") from None
+    return value.rstrip("/")
+
+
 class AdminConfig(HTTPLimitsConfig):
     """The admin API, dashboard and /metrics. Users and tokens never live here: they come
     from RADBRIDGE_ADMIN_PASSWORD(_FILE) and RADBRIDGE_USERS_FILE (see the README)."""
@@ -126,6 +141,16 @@ class AdminConfig(HTTPLimitsConfig):
     secure_cookies: bool | None = Field(
         None, description="Mark the session cookie Secure (sent over HTTPS only). Default: on "
         "when tls is set; set true behind a TLS-terminating proxy.")
+    public_url: str | None = Field(
+        None, description="The address clients reach the admin API at, e.g. "
+        "https://radbridge.example.org (behind a proxy, or when listening on 0.0.0.0): the "
+        "base of every absolute URL we return (FHIR fullUrl, links). Default: the listener's "
+        "own address. Never taken from request headers.")
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str | None) -> str | None:
+        return None if value is None else check_public_url(value)
 
     @model_validator(mode="before")
     @classmethod

@@ -5,7 +5,13 @@ and is wrapped by ``_guard``, which answers:
 
 * 401 no or unknown credentials (Bearer token or session cookie)
 * 403 the caller's role may not use the operation, or a cookie-authenticated
-  change without the session's ``X-CSRF-Token``
+  change without the session's ``X-CSRF-Token``, or a viewer's query parameter that the
+  operation does not allow viewers (``Param(viewer=True)``: they could find a patient)
+
+and, for a masked caller (the viewer role), passes every answer of a non-public
+operation through the operation's allow-list (``engine.admin.phi.ViewerView``): values
+of keys it does not list become ``***``. Error answers (4xx) are the server's own
+sentence about the caller's request and pass unchanged.
 
 The dashboard itself is static (``static/``): plain HTML, CSS and ES modules,
 served as files with a strict Content-Security-Policy; ``/`` sends callers
@@ -15,13 +21,23 @@ without a session to ``/login``.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from aiohttp import web
 
-from engine.admin.http import PRINCIPAL, SESSION, STATE, AdminState, ApiError, ok, state
+from engine.admin.http import (
+    OPERATION,
+    PRINCIPAL,
+    SESSION,
+    STATE,
+    AdminState,
+    ApiError,
+    ok,
+    state,
+)
 from engine.admin.policy import same_secret
 from engine.admin.routing import Operation, operations
 from engine.admin.sessions import COOKIE
@@ -91,10 +107,41 @@ def _guard(op: Operation) -> _Handler:
             if (op.method != "GET" and session is not None
                     and not same_secret(request.headers.get("X-CSRF-Token"), session.csrf)):
                 raise ApiError(403, "missing or wrong X-CSRF-Token")
-        return await op.handler(request)
+            if principal.masked:
+                _viewer_query(op, request)
+        request[OPERATION] = op
+        response = await op.handler(request)
+        principal = request.get(PRINCIPAL)
+        if op.roles and principal is not None and principal.masked:
+            return _viewer_answer(op, response)
+        return response
 
     guarded.__name__ = op.operation_id
     return guarded
+
+
+def _viewer_query(op: Operation, request: web.Request) -> None:
+    """A viewer may use only the query parameters the operation allows viewers."""
+    allowed = {p.name for p in op.params if p.where == "query" and p.viewer}
+    for name in request.query:
+        if name in allowed:
+            continue
+        if any(p.name == name for p in op.params):
+            raise ApiError(403, f"the viewer role may not search by {name}: it can identify a "
+                                "patient")
+        raise ApiError(403, f"the viewer role may not use the query parameter {name[:40]!r} "
+                            f"on {op.method} {op.path}")
+
+
+def _viewer_answer(op: Operation, response: web.StreamResponse) -> web.StreamResponse:
+    """The answer as a viewer may see it: JSON through the operation's allow-list."""
+    if isinstance(response, web.Response) and response.content_type == "application/json":
+        if response.status < 400 and response.text is not None:
+            response.text = json.dumps(op.viewer.apply(json.loads(response.text)))
+        return response
+    if op.viewer.raw:
+        return response
+    raise ApiError(403, f"{op.method} {op.path} has no view for the viewer role")
 
 
 async def _headers(request: web.Request, response: web.StreamResponse) -> None:

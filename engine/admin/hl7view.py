@@ -2,9 +2,10 @@
 
 Lenient like the rest of the engine: any segment terminator, any field separator
 (read from MSH-1), unknown and Z-segments listed with unnamed fields. Values are
-shown as sent (components joined by ``^``, escapes untouched). For viewers, PHI
-fields (``engine.admin.phi``) are replaced before anything leaves the server,
-in the table and in the text alike; non-HL7 content is withheld whole.
+shown as sent (components joined by ``^``, escapes untouched). For viewers, every field
+not on the allow-list (``engine.admin.phi.HL7_CLEAR``) and the id of any line that is not
+a well-formed segment are replaced before anything leaves the server, in the table and in
+the text alike; non-HL7 content is withheld whole.
 """
 
 from __future__ import annotations
@@ -51,13 +52,20 @@ def _fields(seg_id: str, parts: list[str], sep: str) -> list[tuple[int, str]]:
     return [(i, v) for i, v in enumerate(parts[1:], start=1)]
 
 
+def _segment_id(first: str, masked: bool) -> str:
+    """The id shown for a line: a bad one (a name, a stray value) is masked for viewers."""
+    if masked:
+        return first if _SEGMENT_ID.fullmatch(first) else MASK
+    return first[:3] if _SEGMENT_ID.match(first[:3]) else first[:16]
+
+
 def parse_segments(text: str, masked: bool = False) -> list[dict[str, Any]]:
     """Every segment with its non-empty fields: ``{"id", "fields": [{"n", "name", "value"}]}``."""
     sep = text[3] if looks_like_hl7(text) else "|"
     out = []
     for line in _lines(text):
         parts = line.split(sep)
-        seg_id = parts[0][:3] if _SEGMENT_ID.match(parts[0][:3]) else parts[0][:16]
+        seg_id = _segment_id(parts[0], masked)
         fields = []
         for n, value in _fields(seg_id, parts, sep):
             if value == "":
@@ -70,12 +78,12 @@ def parse_segments(text: str, masked: bool = False) -> list[dict[str, Any]]:
 
 
 def mask_text(text: str) -> str:
-    """The HL7 text with every PHI field replaced (structure and field positions kept)."""
+    """The HL7 text with every field not allowed replaced (structure and positions kept)."""
     sep = text[3]
     lines = []
     for line in _lines(text):
         parts = line.split(sep)
-        seg_id = parts[0][:3]
+        seg_id = parts[0] = _segment_id(parts[0], masked=True)
         offset = 1 if seg_id in _HEADERS else 0  # MSH-2 sits at parts[1]
         for i in range(1, len(parts)):
             n = i + offset

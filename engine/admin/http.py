@@ -13,9 +13,11 @@ from aiohttp import web
 
 from engine.admin.audit import AuditLog
 from engine.admin.auth import Directory, Principal
+from engine.admin.routing import Operation
 from engine.admin.sessions import Session, SessionStore
 from engine.admin.stats import Sampler
 from engine.admin.throttle import LoginThrottle
+from engine.admin.validate import BodyError, check
 from engine.admin.views import StoreViews
 from engine.logs import event
 
@@ -33,11 +35,15 @@ class AdminState:
     sampler: Sampler
     views: StoreViews
     secure_cookies: bool
+    # Where clients reach us: [admin] public_url, else the bound listener (set at start).
+    # Every absolute URL we return starts with it; request headers (Host) never shape one.
+    public_base: str = ""
 
 
 STATE = web.AppKey("radbridge_admin_state", AdminState)
 PRINCIPAL = web.RequestKey("radbridge_principal", Principal)  # absent: anonymous
 SESSION = web.RequestKey("radbridge_session", Session)  # present for cookie sessions
+OPERATION = web.RequestKey("radbridge_operation", Operation)  # the route being served
 
 
 class ApiError(Exception):
@@ -95,11 +101,33 @@ def int_param(request: web.Request, name: str, default: int | None = None, lo: i
     return value
 
 
-def path_int(request: web.Request, name: str) -> int:
+def float_param(request: web.Request, name: str, default: float, lo: float = 0.0,
+                hi: float = 1e12) -> float:
+    """A finite number between *lo* and *hi* (400 otherwise), *default* when absent."""
+    raw = request.query.get(name)
+    if raw in (None, ""):
+        return default
     try:
-        return int(request.match_info[name])
+        value = float(raw)
+    except ValueError:
+        fail(400, f"{name} must be a number")
+    if not (math.isfinite(value) and lo <= value <= hi):
+        fail(400, f"{name} must be a number between {lo:g} and {hi:g}")
+    return value
+
+
+MAX_ID = 2**63 - 1  # the stores' row ids are 64-bit
+
+
+def path_int(request: web.Request, name: str) -> int:
+    """A row id from the path: 400 unless it is an integer a store can hold."""
+    try:
+        value = int(request.match_info[name])
     except ValueError:
         fail(400, f"{name} must be an integer")
+    if not 0 <= value <= MAX_ID:
+        fail(400, f"{name} must be between 0 and {MAX_ID}")
+    return value
 
 
 def parse_time(name: str, raw: Any) -> float | None:
@@ -107,9 +135,9 @@ def parse_time(name: str, raw: Any) -> float | None:
     if raw in (None, ""):
         return None
     if isinstance(raw, int | float) and not isinstance(raw, bool):
-        return float(raw)
+        return _finite(name, float(raw))
     try:
-        return float(str(raw))
+        return _finite(name, float(str(raw)))
     except ValueError:
         pass
     try:
@@ -119,13 +147,21 @@ def parse_time(name: str, raw: Any) -> float | None:
     return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp()
 
 
+def _finite(name: str, value: float) -> float:
+    if not math.isfinite(value):
+        fail(400, f"{name} must be an ISO date/datetime or epoch seconds")
+    return value
+
+
 def time_param(request: web.Request, name: str) -> float | None:
     return parse_time(name, request.query.get(name))
 
 
 async def read_json(request: web.Request, max_bytes: int | None = None) -> dict[str, Any]:
-    """The JSON object body (an empty body reads as ``{}``). With *max_bytes*, a longer body
-    is refused (413) before more than that is read (the app-wide limit is 8 MiB)."""
+    """The JSON object body (an empty body reads as ``{}``), checked against the schema its
+    operation declares (``engine.admin.validate``): 400 with the key that is wrong. With
+    *max_bytes*, a longer body is refused (413) before more than that is read (the app-wide
+    limit is 8 MiB)."""
     if not request.can_read_body:
         return {}
     try:
@@ -133,10 +169,16 @@ async def read_json(request: web.Request, max_bytes: int | None = None) -> dict[
             body = await request.json()
         else:
             body = json.loads(await _read_at_most(request, max_bytes))
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
         fail(400, "the body is not valid JSON")
     if not isinstance(body, dict):
         fail(400, "the body must be a JSON object")
+    op = request.get(OPERATION)
+    if op is not None and op.body is not None:
+        try:
+            check(body, op.body)
+        except BodyError as exc:
+            fail(400, str(exc))
     return body
 
 

@@ -1,7 +1,9 @@
 """The OpenAPI 3.1 document, built from the router registry.
 
 Each operation lists its roles in ``x-roles`` (empty: public) and whether its
-calls are audited in ``x-audited``; the authorization tests read both.
+calls are audited in ``x-audited``; the authorization tests read both. An operation
+a viewer may call lists the keys a viewer sees in clear in ``x-viewer-clear`` (every
+other value is ``***``), and a parameter a viewer may use carries ``x-viewer: true``.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ def _param(p: Param) -> dict[str, Any]:
                            p.where == "path", "schema": schema}
     if p.description:
         out["description"] = p.description
+    if p.where == "query":
+        out["x-viewer"] = p.viewer
     return out
 
 
@@ -46,6 +50,8 @@ def _operation(op: Operation) -> dict[str, Any]:
         "responses": _responses(op),
     }
     doc["description"] = (op.handler.__doc__ or op.summary).strip()
+    if "viewer" in op.roles:
+        doc["x-viewer-clear"] = sorted(op.viewer.clear | op.viewer.maps)
     if op.params:
         doc["parameters"] = [_param(p) for p in op.params]
     if op.body is not None:

@@ -1,70 +1,134 @@
-"""What counts as PHI in what the admin API shows, and how it is masked for viewers.
+"""What a viewer may see, as allow-lists: everything not listed is masked.
 
-HL7 segments are masked field by field. A segment not listed is masked whole
-(default deny: Z-segments and anything unexpected may carry identifiers); the
-listed ones name the fields that hold identifiers, names, dates, addresses or
-free text. Rows of the clinical tables mask their identifier columns. UIDs stay
-visible: they are the keys the dashboard navigates by.
+Two allow-lists, one per kind of content:
+
+* **JSON answers.** Every answer of a non-public operation to a masked caller (the
+  ``viewer`` role) passes through that operation's ``ViewerView`` (declared on its route,
+  ``engine.admin.routing``) in ``engine.admin.app``: a key it lists is shown in clear (a
+  container under it is filtered the same way, key by key), any other key has its value
+  replaced by ``***``. A new field, or a new endpoint, is masked until someone allows it
+  here. The key groups below are the vocabulary routes compose their views from.
+* **HL7 content.** ``HL7_CLEAR`` names, per segment, the fields shown in clear in the
+  message viewer (``engine.admin.hl7view``); every other field, every field of a segment
+  not listed (Z-segments, anything unexpected) and the id of a line that is not a segment
+  is masked.
+
+What stays in clear: ids of our own rows, UIDs (the keys the dashboard navigates by),
+states, counts, times, channel and model names, procedure codes and modality. What never
+does: patient identifiers and names, birth dates, accession, placer and filler numbers,
+order keys, message control ids, free text (comments, clinical information) and error
+strings (they may quote message bytes).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 MASK = "***"
-_EVERY = None  # every field (but a leading Set ID, see _SET_ID_FIRST)
-_SET_ID_FIRST = frozenset({"PID", "NK1"})  # their field 1 is a Set ID (MRG-1, PD1-1 are not)
 
-#: segment -> PHI fields (1-based); None: every field.
-HL7_PHI: dict[str, frozenset[int] | None] = {
-    "MSH": frozenset(),
-    "FHS": frozenset(),
-    "BHS": frozenset(),
-    "FTS": frozenset(),
-    "BTS": frozenset(),
-    "MSA": frozenset(),
-    "ERR": frozenset(),
-    "EVN": frozenset({6}),
-    "PID": _EVERY,
-    "PD1": _EVERY,
-    "MRG": _EVERY,
-    "NK1": _EVERY,
-    "PV1": frozenset({19, 44, 45, 50}),
-    "ORC": frozenset({2, 3, 4, 7, 9, 15}),
-    "OBR": frozenset({2, 3, 6, 7, 8, 13, 14, 18, 19, 20, 21, 22, 26, 27, 31, 36}),
-    "TQ1": frozenset({7, 8}),
-    "IPC": frozenset({1, 2, 3, 4}),
-    "OBX": frozenset({5, 14, 19}),
-    "NTE": frozenset({3}),
+#: segment -> fields (1-based) shown in clear; every other field is masked.
+HL7_CLEAR: dict[str, frozenset[int]] = {
+    # MSH-10 (control id) is left out: some senders use the accession or order number there.
+    "MSH": frozenset({1, 2, 3, 4, 5, 6, 7, 9, 11, 12, 15, 16, 17, 18, 19, 20}),
+    "FHS": frozenset({1, 2, 3, 4, 5, 6, 7}),
+    "BHS": frozenset({1, 2, 3, 4, 5, 6, 7}),
+    "FTS": frozenset({1}),
+    "BTS": frozenset({1}),
+    "EVN": frozenset({1, 2, 3, 4, 7}),
+    "PID": frozenset({1}),
+    "NK1": frozenset({1}),
+    "PV1": frozenset({1, 2, 4, 10, 18}),
+    "ORC": frozenset({1, 5, 6, 25, 29}),
+    "OBR": frozenset({1, 4, 5, 11, 24, 25, 30, 44, 45}),
+    "TQ1": frozenset({1, 2, 3, 9, 12}),
+    "IPC": frozenset({3, 5, 6, 7, 9}),
+    "OBX": frozenset({1, 2, 3, 4, 6, 7, 8, 9, 11, 17, 18}),
+    "NTE": frozenset({1, 2, 4}),
+    "MSA": frozenset({1, 4, 5}),
+    "ERR": frozenset({1, 2, 3, 4, 5}),
 }
-
-STUDY_PHI = ("accession", "patient_id", "issuer")
-ORDER_PHI = ("patient_id", "issuer", "placer", "filler", "accession", "requested_procedure_id",
-             "location")
-CASE_PHI = ("accession", "patient_id")
-MESSAGE_PHI = ("key",)
 
 
 def hl7_field_is_phi(segment: str, index: int) -> bool:
-    """Whether field *index* of *segment* is masked for viewers."""
-    if segment not in HL7_PHI:
-        return True  # default deny
-    fields = HL7_PHI[segment]
-    if fields is None:
-        return not (index == 1 and segment in _SET_ID_FIRST)
-    return index in fields
+    """Whether field *index* of *segment* is masked for viewers (not on the allow-list)."""
+    return index not in HL7_CLEAR.get(segment, frozenset())
 
 
 def mask_value(value: Any) -> Any:
     """Empty stays empty (its absence is not PHI); anything else becomes ``***``."""
-    return MASK if value not in (None, "") else value
+    return MASK if value not in (None, "", [], {}) else value
 
 
-def mask_row(row: dict[str, Any], columns: Iterable[str]) -> dict[str, Any]:
-    """A copy of *row* with *columns* masked."""
-    out = dict(row)
-    for col in columns:
-        if col in out:
-            out[col] = mask_value(out[col])
-    return out
+# -- key groups routes compose their viewer views from --------------------------------------
+
+PAGING = frozenset({"limit", "window", "older_than_secs", "sampled_at"})
+CHANNEL = frozenset({
+    "name", "description", "enabled", "state", "paused", "source", "destination", "address",
+    "forward_to", "accept", "totals", "received", "filtered", "queued", "sent", "errored",
+    "processed", "rates", "queue", "depth", "oldest_age_secs", "sampled_at", "errors",
+    "retries", "backoff_secs"})
+CHANNEL_MAPS = frozenset({"acks", "messages", "deliveries"})  # keyed by ACK code or status
+MESSAGE = frozenset({"id", "channel", "received_at", "status", "message_type", "duplicate",
+                     "size", "masked"})
+DELIVERY = frozenset({"id", "destination", "status", "attempts"})
+#: the message viewer's layers; ``text`` and ``value`` were masked by HL7_CLEAR already
+LAYERS = frozenset({"layers", "name", "size", "masked", "format", "segments", "id", "fields",
+                    "n", "value", "text"})
+STUDY = frozenset({"uid", "modality", "body_part", "state", "revision", "series_count",
+                   "instance_count", "expected_count", "quiet_secs", "channel", "first_at",
+                   "last_at", "completed_at"})
+ORDER = frozenset({"id", "study_uid", "modality", "procedure_code", "procedure_text",
+                   "priority", "status", "control", "patient_class", "cancelled", "created_at",
+                   "updated_at"})
+CASE = frozenset({"id", "order_id", "study_uid", "revision", "state", "created_at", "modality",
+                  "body_part", "procedure_code", "priority", "patient_class"})
+TIMELINE = frozenset({"timeline", "step", "at", "detail", "since_previous_secs",
+                      "since_start_secs", "message_id", "procedure", "priority", "control",
+                      "status", "modality", "series", "instances", "revision", "state",
+                      "device", "total_ms", "forward_ms", "batch_size", "model", "probability",
+                      "critical"})
+FINDING_FLAGS = frozenset({"code", "system", "display", "probability", "criticality", "model",
+                           "version", "demo"})
+WORKLIST = frozenset({"case_id", "study_uid", "modality", "body_part", "procedure", "priority",
+                      "order_priority", "reason", "ai_flags", "created_at", "raised_at",
+                      "state"})
+FEEDBACK = frozenset({"case_id", "model", "version", "code", "verdict", "source",
+                      "corrected_code", "reader", "created_at"})
+AGREEMENT = frozenset({"model", "version", "accepted", "rejected", "modified", "missed",
+                       "agreement", "judged"})
+
+
+@dataclass(frozen=True, slots=True)
+class ViewerView:
+    """What one operation shows a viewer: the keys in clear, the keys whose object is keyed
+    by data (a status, an ACK code, a channel name: every entry shown, its value filtered),
+    and whether a body that is not JSON was reviewed to hold no PHI (``/metrics``)."""
+
+    clear: frozenset[str] = frozenset()
+    maps: frozenset[str] = frozenset()
+    raw: bool = False
+
+    def apply(self, data: Any) -> Any:
+        """*data* with every value under a key not allowed replaced by ``***``."""
+        if isinstance(data, dict):
+            return {k: self._entry(k, v) for k, v in data.items()}
+        if isinstance(data, list):
+            return [self.apply(v) for v in data]
+        return data
+
+    def _entry(self, key: str, value: Any) -> Any:
+        if key in self.maps and isinstance(value, dict):
+            return {k: self.apply(v) for k, v in value.items()}
+        if key in self.clear or key in self.maps:
+            return self.apply(value)
+        return mask_value(value)
+
+
+def view(*groups: Iterable[str], maps: Iterable[str] = (), raw: bool = False) -> ViewerView:
+    """A ``ViewerView`` showing the union of *groups* (key names) in clear."""
+    return ViewerView(frozenset().union(*groups), frozenset(maps), raw)
+
+
+MASKED_WHOLE = ViewerView()  # an operation that declares nothing shows a viewer nothing

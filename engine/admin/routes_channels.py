@@ -10,6 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
+from engine.admin import phi
 from engine.admin.auth import STAFF_ROLES
 from engine.admin.http import AdminState, audit, fail, ok, read_json, state
 from engine.admin.routing import Panel, Router, register_panel
@@ -19,6 +20,7 @@ from engine.runtime import plan_reload
 router = Router("channels")
 OPERATORS = ("admin", "analyst")
 _NOT_FOUND = {404: "no such channel"}
+_CHANNELS = phi.view(phi.CHANNEL, {"channels"}, maps=phi.CHANNEL_MAPS)
 
 register_panel(Panel("channels", "Channels", "panels/channels.js", STAFF_ROLES, order=10))
 register_panel(Panel("queues", "Queues", "panels/queues.js", STAFF_ROLES, order=30))
@@ -50,7 +52,8 @@ def _find(st: AdminState, name: str) -> Any:
     fail(404, f"no channel named {name!r}")
 
 
-@router.get("/api/channels", roles=STAFF_ROLES, summary="Every channel with state and statistics")
+@router.get("/api/channels", roles=STAFF_ROLES, summary="Every channel with state and statistics",
+            viewer=_CHANNELS)
 async def list_channels(request: web.Request) -> web.Response:
     st = state(request)
     rates = st.sampler.rates()
@@ -59,7 +62,7 @@ async def list_channels(request: web.Request) -> web.Response:
 
 
 @router.get("/api/channels/{name}", roles=STAFF_ROLES, summary="One channel",
-            responses={200: "OK", **_NOT_FOUND})
+            responses={200: "OK", **_NOT_FOUND}, viewer=_CHANNELS)
 async def get_channel(request: web.Request) -> web.Response:
     st = state(request)
     return ok(channel_view(st, _find(st, request.match_info["name"]), st.sampler.rates()))
@@ -105,7 +108,8 @@ async def redeploy_channel(request: web.Request) -> web.Response:
 
 
 @router.get("/api/stats", roles=STAFF_ROLES,
-            summary="Per channel: received, filtered, queued, sent, errored, and rates")
+            summary="Per channel: received, filtered, queued, sent, errored, and rates",
+            viewer=phi.view(phi.CHANNEL, maps={"channels", *phi.CHANNEL_MAPS}))
 async def get_stats(request: web.Request) -> web.Response:
     st = state(request)
     rates = st.sampler.rates()
@@ -126,7 +130,8 @@ def queue_view(st: AdminState, name: str) -> dict[str, Any]:
 
 
 @router.get("/api/queues", roles=STAFF_ROLES,
-            summary="Destination queues: depth, oldest waiting, paused, retries")
+            summary="Destination queues: depth, oldest waiting, paused, retries",
+            viewer=phi.view(phi.CHANNEL, {"queues"}, maps=phi.CHANNEL_MAPS))
 async def list_queues(request: web.Request) -> web.Response:
     st = state(request)
     return ok({"queues": [queue_view(st, ch.name) for ch in st.engine.config.channel

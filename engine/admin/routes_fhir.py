@@ -15,7 +15,12 @@ Outcomes (all ``application/fhir+json``)::
                                        or id) | 400 OperationOutcome (malformed id)
     GET /fhir/{type}?patient=|subject=|identifier=|_id=|_count=
                                        200 searchset Bundle | 400 OperationOutcome (an
-                                       unsupported parameter) | 404 (unknown type)
+                                       unsupported parameter; or no criterion at all:
+                                       code "required") | 404 (unknown type)
+
+Absolute URLs (``fullUrl``, the Bundle's self link, the CapabilityStatement's
+``implementation.url``) start with ``[admin] public_url``, else the listener's own
+address; never with the request's Host header.
     401 / 403                          the admin API's JSON error (no or wrong credentials)
 """
 
@@ -84,7 +89,9 @@ def capability_statement(base: str) -> dict[str, Any]:
 
 
 def _base(request: web.Request) -> str:
-    return f"{request.url.origin()}/fhir"
+    """``[admin] public_url`` (else the listener's address) + ``/fhir``; never the Host
+    header, which any client can set."""
+    return f"{state(request).public_base}/fhir"
 
 
 @router.get("/fhir/metadata", roles=FHIR_READERS, summary="FHIR CapabilityStatement (R4)",
@@ -111,7 +118,20 @@ async def fhir_read(request: web.Request) -> web.Response:
 
 
 class _BadSearch(Exception):
-    pass
+    """A search we refuse (400); ``code`` is the OperationOutcome issue type."""
+
+    def __init__(self, text: str, code: str = "not-supported") -> None:
+        super().__init__(text)
+        self.code = code
+
+
+def _required(rtype: str, criteria: dict[str, Any]) -> None:
+    """A search names what it looks for: a bare ``GET /fhir/{type}`` would list every
+    patient's results (as EHR-facing servers do, e.g. Epic's, it is refused, not paged)."""
+    if not any(criteria[k] for k in ("resource_id", "patient", "identifier")):
+        names = ", ".join(("_id", "identifier", *TYPES[rtype]))
+        raise _BadSearch(f"a search on {rtype} needs at least one criterion: {names}",
+                         "required")
 
 
 def _criteria(rtype: str, query: Any) -> dict[str, Any]:
@@ -135,8 +155,15 @@ def _criteria(rtype: str, query: Any) -> dict[str, Any]:
     rid = query.get("_id")
     if rid is not None and not _ID.fullmatch(rid):
         raise _BadSearch("_id is not a FHIR id")
-    return {"resource_id": rid, "patient": patient or subject or None,
-            "identifier": query.get("identifier") or None, "limit": int(raw_count)}
+    criteria = {"resource_id": rid, "patient": patient or subject or None,
+                "identifier": query.get("identifier") or None, "limit": int(raw_count)}
+    _required(rtype, criteria)
+    return criteria
+
+
+def _self_link(base: str, rtype: str, request: web.Request) -> str:
+    query = request.rel_url.raw_query_string
+    return f"{base}/{rtype}" + (f"?{query}" if query else "")
 
 
 @router.get("/fhir/{type}", roles=FHIR_READERS, audited=True,
@@ -146,7 +173,8 @@ def _criteria(rtype: str, query: Any) -> dict[str, Any]:
                     Param("identifier", description="system|value or value"),
                     Param("_id"), Param("_count", "integer", "1..1000, default 100"),
                     Param("_format", enum=("json", FHIR_JSON, "application/json"))),
-            responses={200: "searchset Bundle", 400: "unsupported parameter (OperationOutcome)",
+            responses={200: "searchset Bundle",
+                       400: "unsupported parameter, or no criterion (OperationOutcome)",
                        404: "unknown type (OperationOutcome)"})
 async def fhir_search(request: web.Request) -> web.Response:
     rtype = request.match_info["type"]
@@ -155,7 +183,7 @@ async def fhir_search(request: web.Request) -> web.Response:
     try:
         criteria = _criteria(rtype, request.query)
     except _BadSearch as exc:
-        return operation_outcome(400, "not-supported", str(exc))
+        return operation_outcome(400, exc.code, str(exc))
     await audit(request, "fhir.search", rtype, params=",".join(sorted(request.query)) or None)
     found = await state(request).engine.store.search_fhir(rtype, **criteria)
     base = _base(request)
@@ -163,7 +191,7 @@ async def fhir_search(request: web.Request) -> web.Response:
         "resourceType": "Bundle", "type": "searchset",
         # total only when it is the whole answer (fewer than _count came back)
         **({"total": len(found)} if len(found) < criteria["limit"] else {}),
-        "link": [{"relation": "self", "url": str(request.url)}],
+        "link": [{"relation": "self", "url": _self_link(base, rtype, request)}],
         "entry": [{"fullUrl": f"{base}/{r['resourceType']}/{r['id']}", "resource": r,
                    "search": {"mode": "match"}} for r in found],
     })

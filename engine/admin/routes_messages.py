@@ -1,8 +1,10 @@
 """The message browser: search, one message with every content layer, reprocess.
 
 Viewing content is audited (who, which message, when, masked or not) before the
-answer leaves. Viewers get PHI masked in every layer; radiologists do not use
-the message browser.
+answer leaves. Viewers get PHI masked in every layer (``engine.admin.hl7view``) and
+in every field not on the routes' ``viewer=`` allow-lists (control id, key, error); they
+may not search by control id or accession (403): a search would tell them whether a
+message with a given identifier exists. Radiologists do not use the message browser.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
+from engine.admin import phi
 from engine.admin.hl7view import render_layer
 from engine.admin.http import (
     audit,
@@ -38,12 +41,16 @@ STATUSES = tuple(s.value for s in Status)
 register_panel(Panel("messages", "Messages", "panels/messages.js", frozenset(READERS), order=20))
 
 _FILTERS = (
-    Param("channel"), Param("status", enum=STATUSES), Param("type", description="e.g. ORM^O01"),
-    Param("control_id", description="MSH-10"),
+    Param("channel", viewer=True), Param("status", enum=STATUSES, viewer=True),
+    Param("type", description="e.g. ORM^O01", viewer=True),
+    Param("control_id", description="MSH-10 (not for viewers: it can identify a patient)"),
     Param("accession", description="OBR-18 / IPC-1 (also OBR-20, ORC-2, ORC-3); reads the "
-                                   f"newest {ACCESSION_SCAN} matches of the other filters"),
-    Param("since", description="ISO date/datetime (UTC) or epoch seconds"), Param("until"),
-    Param("limit", "integer", "1..1000, default 100"))
+                                   f"newest {ACCESSION_SCAN} matches of the other filters "
+                                   "(not for viewers)"),
+    Param("since", description="ISO date/datetime (UTC) or epoch seconds", viewer=True),
+    Param("until", viewer=True), Param("limit", "integer", "1..1000, default 100", viewer=True))
+_LIST_VIEW = phi.view({"messages"}, phi.MESSAGE)
+_MESSAGE_VIEW = phi.view(phi.MESSAGE, {"deliveries"}, phi.DELIVERY, phi.LAYERS)
 
 
 def _query(filters: dict[str, Any], limit: int) -> MessageQuery:
@@ -70,13 +77,12 @@ async def _search(request: web.Request, filters: dict[str, Any], limit: int) -> 
     return await asyncio.to_thread(match)
 
 
-@router.get("/api/messages", roles=READERS, params=_FILTERS,
+@router.get("/api/messages", roles=READERS, params=_FILTERS, viewer=_LIST_VIEW,
             summary="Search messages, newest first (metadata only; no content)")
 async def list_messages(request: web.Request) -> web.Response:
-    masked = who(request).masked
     limit = int_param(request, "limit", 100, 1, 1000) or 100
     found = await _search(request, dict(request.query), limit)
-    return ok({"messages": [message_summary(m, masked) for m in found]})
+    return ok({"messages": [message_summary(m) for m in found]})
 
 
 def _layers(msg: Message, deliveries: list[Any], masked: bool) -> list[dict[str, Any]]:
@@ -92,7 +98,7 @@ def _layers(msg: Message, deliveries: list[Any], masked: bool) -> list[dict[str,
 @router.get("/api/messages/{id}", roles=READERS, audited=True,
             params=(Param("id", "integer", where="path", required=True),),
             summary="One message with every content layer, HL7 shown segment by segment",
-            responses={200: "OK", 404: "no such message"})
+            responses={200: "OK", 404: "no such message"}, viewer=_MESSAGE_VIEW)
 async def get_message(request: web.Request) -> web.Response:
     masked = who(request).masked
     message_id = path_int(request, "id")
@@ -100,7 +106,7 @@ async def get_message(request: web.Request) -> web.Response:
     if found is None:
         fail(404, f"no message {message_id}")
     msg, deliveries = found
-    body = message_summary(msg, masked)
+    body = message_summary(msg)
     body["masked"] = masked
     body["deliveries"] = [delivery_summary(d) for d in deliveries]
     body["layers"] = await asyncio.to_thread(_layers, msg, deliveries, masked)
@@ -108,11 +114,18 @@ async def get_message(request: web.Request) -> web.Response:
     return ok(body)
 
 
-_REPROCESS_BODY = {"type": "object", "description": "ids, or a filter (at least one key)",
-                   "properties": {
-                       "ids": {"type": "array", "items": {"type": "integer"}},
-                       "filter": {"type": "object", "properties": {
-                           p.name: {"type": p.type} for p in _FILTERS}}}}
+_FILTER_TYPES: dict[str, Any] = {"since": ["string", "number"], "until": ["string", "number"]}
+_REPROCESS_BODY = {
+    "type": "object", "description": "ids, or a filter (at least one key)",
+    "additionalProperties": False,
+    "properties": {
+        "ids": {"type": "array", "maxItems": 10_000,
+                "items": {"type": "integer", "minimum": 1, "maximum": 2**63 - 1}},
+        "filter": {"type": "object", "additionalProperties": False, "properties": {
+            **{p.name: {"type": _FILTER_TYPES.get(p.name, p.type), "maxLength": 256}
+               for p in _FILTERS},
+            "status": {"type": "string", "enum": ["", *STATUSES]},
+            "limit": {"type": "integer", "minimum": 1, "maximum": 10_000}}}}}
 
 
 @router.post("/api/messages/reprocess", roles=OPERATORS, audited=True, body=_REPROCESS_BODY,
@@ -126,8 +139,7 @@ async def reprocess_messages(request: web.Request) -> web.Response:
         if not isinstance(ids, list) or not all(isinstance(i, int) for i in ids) or not ids:
             fail(400, "ids must be a non-empty list of integers")
     elif isinstance(filters, dict) and any(filters.values()):
-        limit = int(filters.get("limit") or 1000)
-        ids = [m.id for m in await _search(request, filters, max(1, min(limit, 10_000)))]
+        ids = [m.id for m in await _search(request, filters, filters.get("limit") or 1000)]
     else:
         fail(400, "give ids or a filter with at least one value")
     if len(ids) > 10_000:

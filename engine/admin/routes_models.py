@@ -2,9 +2,11 @@
 
 Reads the inference side of the store (``list_model_loads``, ``list_jobs``,
 ``list_audit``, ``list_findings``). Counts and latencies are taken over the most
-recent jobs and audit entries (``window``), not the whole history. Agreement
-statistics need the radiologists' reads, which the engine does not store yet:
-``agreement`` stays null until it does.
+recent jobs and audit entries (``window``), not the whole history. ``agreement`` is
+that of the model's current version with its readers, over every stored verdict
+(radiologists' accept / reject / modify and final reports' confirmed / refuted /
+missed, ``engine.store.results``): accepted over ``judged``; null while nothing was
+judged. ``/api/agreement`` gives it for every version.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
+from engine.admin import phi
 from engine.admin.auth import STAFF_ROLES
 from engine.admin.http import fail, int_param, ok, state
 from engine.admin.routing import Panel, Param, Router, register_panel, register_timeline
@@ -50,8 +53,16 @@ def _latency(entries: list[Any]) -> dict[str, Any]:
     return out
 
 
+def _agreement(rows: dict[tuple[str, str], Any], name: str, version: str | None
+               ) -> dict[str, Any]:
+    row = rows.get((name, version or ""))
+    judged = row.accepted + row.rejected + row.modified + row.missed if row else 0
+    return {"agreement": row.agreement if row else None, "judged": judged}
+
+
 def _model_rows(config_models: list[Any], loads: list[Any], jobs: list[Any],
-                audit: list[Any]) -> list[dict[str, Any]]:
+                audit: list[Any], agreement: dict[tuple[str, str], Any]
+                ) -> list[dict[str, Any]]:
     names = [m.name for m in config_models]
     for name in [x.name for x in loads] + [j.model for j in jobs if j.model] + \
             [a.model for a in audit]:
@@ -66,23 +77,30 @@ def _model_rows(config_models: list[Any], loads: list[Any], jobs: list[Any],
     for name in names:
         conf = configured.get(name)
         load = next((x for x in loads if x.name == name), None)
+        version = conf.version if conf else (load.version if load else None)
         rows.append({
-            "name": name, "configured": conf is not None,
-            "version": conf.version if conf else (load.version if load else None),
+            "name": name, "configured": conf is not None, "version": version,
             "mode": conf.mode if conf else None,
             "loaded": {"version": load.version, "checksum": load.checksum, "device": load.device,
                        "status": load.status, "error": load.error, "at": load.at}
             if load else None,
             "jobs": dict(jobs_by.get(name, {})),
             "latency": _latency([a for a in audit if a.model == name]),
-            "agreement": None,
+            **_agreement(agreement, name, version),
         })
     return rows
 
 
 @router.get("/api/models", roles=STAFF_ROLES,
-            summary="Models: versions, loads, job counts and latencies over recent work",
-            params=(Param("window", "integer", "recent jobs and attempts read (default 1000)"),))
+            summary="Models: versions, loads, job counts and latencies over recent work, and "
+                    "the current version's agreement with its readers",
+            params=(Param("window", "integer", "recent jobs and attempts read (default 1000)",
+                          viewer=True),),
+            viewer=phi.view({"window", "no_model_jobs", "models", "name", "configured", "version",
+                             "mode", "loaded", "checksum", "device", "status", "error", "at",
+                             "latency", "attempts", "devices", "total_ms", "forward_ms",
+                             "preprocess_ms", "queue_ms", "p50", "p95", "agreement", "judged"},
+                            maps={"jobs", "by_status"}))
 async def list_models(request: web.Request) -> web.Response:
     store = _store(request)
     window = int_param(request, "window", 1000, 1, 100_000) or 1000
@@ -90,9 +108,11 @@ async def list_models(request: web.Request) -> web.Response:
     jobs = await store.list_jobs(limit=window)
     audit = await store.list_audit(limit=window)
     no_model = sum(1 for j in jobs if j.model is None)
+    verdicts = await store.agreement() if hasattr(store, "agreement") else []
+    agreement = {(r.model, r.version): r for r in verdicts}
     return ok({"window": window, "no_model_jobs": no_model,
                "models": _model_rows(list(state(request).engine.config.model), loads, jobs,
-                                     audit)})
+                                     audit, agreement)})
 
 
 async def inference_steps(request: web.Request, case: dict[str, Any]) -> list[dict[str, Any]]:

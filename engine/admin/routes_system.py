@@ -12,6 +12,7 @@ from typing import Any
 from aiohttp import web
 
 from engine import metrics
+from engine.admin import phi
 from engine.admin.auth import MAX_NAME, STAFF_ROLES, Principal
 from engine.admin.http import (
     PRINCIPAL,
@@ -77,7 +78,8 @@ async def ready(request: web.Request) -> web.Response:
 
 
 @router.get("/metrics", roles=STAFF_ROLES, summary="Prometheus metrics (text exposition)",
-            responses={200: "Prometheus text format 0.0.4"})
+            responses={200: "Prometheus text format 0.0.4"},
+            viewer=phi.view(raw=True))  # counts by channel and status: no PHI (see tests)
 async def get_metrics(request: web.Request) -> web.Response:
     st = state(request)
     body = metrics.render(st.engine, st.sampler.snapshot)
@@ -148,7 +150,8 @@ async def _credentials(request: web.Request) -> tuple[str, str]:
     return name, password
 
 
-@router.post("/api/logout", roles=STAFF_ROLES, summary="End the dashboard session")
+@router.post("/api/logout", roles=STAFF_ROLES, summary="End the dashboard session",
+             viewer=phi.view({"status"}))
 async def logout(request: web.Request) -> web.Response:
     principal = who(request)
     if COOKIE in request.cookies:
@@ -161,7 +164,9 @@ async def logout(request: web.Request) -> web.Response:
 
 
 @router.get("/api/session", roles=STAFF_ROLES,
-            summary="Who is calling: role, CSRF token, dashboard panels, allowed operations")
+            summary="Who is calling: role, CSRF token, dashboard panels, allowed operations",
+            viewer=phi.view({"user", "role", "via", "masked", "csrf", "panels", "id", "title",
+                             "module", "operations"}))
 async def session(request: web.Request) -> web.Response:
     from engine.admin.app import effective_operations
 

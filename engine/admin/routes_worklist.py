@@ -5,7 +5,8 @@ have raised a case, and the reason and the AI flags say why. AI findings are
 a second read: a radiologist accepts, rejects or modifies each one here (or
 their final report does it, see ``engine.results.FinalReportsProcessor``), and
 ``/api/agreement`` sums those verdicts per model version — the drift signal.
-Viewers see identifiers masked.
+Viewers see identifiers, and the free-text comments of feedback, masked (each route's
+``viewer=`` allow-list, ``engine.admin.phi``).
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ from typing import Any
 
 from aiohttp import web
 
+from engine.admin import phi
 from engine.admin.auth import STAFF_ROLES
 from engine.admin.http import audit, fail, int_param, ok, path_int, read_json, state, who
-from engine.admin.phi import CASE_PHI, mask_row
 from engine.admin.routing import Panel, Param, Router, register_panel
 from engine.store.results import FeedbackEntry
 
@@ -26,25 +27,31 @@ router = Router("worklist")
 register_panel(Panel("worklist", "Worklist", "panels/worklist.js", STAFF_ROLES, order=35))
 READERS = ("admin", "radiologist")
 VERDICTS = ("accept", "reject", "modify")
+_READ_BODY = {"type": "object", "additionalProperties": False,
+              "properties": {"read": {"type": "boolean"}}}
+_TEXT = {"type": "string", "maxLength": 200}
+_FEEDBACK_BODY = {
+    "type": "object", "required": ["model", "version", "code", "verdict"],
+    "additionalProperties": False,
+    "properties": {"model": _TEXT, "version": _TEXT, "code": _TEXT,
+                   "verdict": {"type": "string", "enum": list(VERDICTS)},
+                   "corrected_code": {"type": ["string", "null"], "maxLength": 200},
+                   "comment": {"type": ["string", "null"], "maxLength": 2000}}}
 
 
 @router.get("/api/worklist", roles=STAFF_ROLES,
             summary="Open cases by priority (STAT first), then age; AI reasons and flags",
-            params=(Param("limit", "integer", "1..1000, default 100"),
-                    Param("include_read", "boolean", "also cases already read")))
+            params=(Param("limit", "integer", "1..1000, default 100", viewer=True),
+                    Param("include_read", "boolean", "also cases already read", viewer=True)),
+            viewer=phi.view({"worklist"}, phi.WORKLIST, phi.FINDING_FLAGS))
 async def list_worklist(request: web.Request) -> web.Response:
     limit = int_param(request, "limit", 100, 1, 1000) or 100
     include_read = request.query.get("include_read", "").lower() in ("1", "true", "yes")
     rows = await state(request).engine.store.list_worklist(limit, include_read)
-    masked = who(request).masked
-    items = []
-    for r in rows:
-        item = dataclasses.asdict(r)
-        items.append(mask_row(item, CASE_PHI) if masked else item)
-    return ok({"worklist": items})
+    return ok({"worklist": [dataclasses.asdict(r) for r in rows]})
 
 
-@router.post("/api/worklist/{case_id}/read", roles=READERS, audited=True,
+@router.post("/api/worklist/{case_id}/read", roles=READERS, audited=True, body=_READ_BODY,
              summary="Mark a case read (off the list), or unread with {\"read\": false}",
              responses={200: "OK", 404: "no such case"})
 async def mark_read(request: web.Request) -> web.Response:
@@ -80,7 +87,7 @@ def _entry(case_id: int, body: dict[str, Any], reader: str) -> FeedbackEntry:
                          time.time())
 
 
-@router.post("/api/cases/{case_id}/feedback", roles=READERS, audited=True,
+@router.post("/api/cases/{case_id}/feedback", roles=READERS, audited=True, body=_FEEDBACK_BODY,
              summary="Accept, reject or modify an AI finding of a case",
              responses={200: "recorded", 400: "bad verdict", 404: "no such case or finding"})
 async def post_feedback(request: web.Request) -> web.Response:
@@ -101,7 +108,8 @@ async def post_feedback(request: web.Request) -> web.Response:
 
 
 @router.get("/api/cases/{case_id}/feedback", roles=STAFF_ROLES,
-            summary="Verdicts on the AI findings of a case (radiologists, final report)")
+            summary="Verdicts on the AI findings of a case (radiologists, final report)",
+            viewer=phi.view({"feedback"}, phi.FEEDBACK))
 async def get_feedback(request: web.Request) -> web.Response:
     case_id = path_int(request, "case_id")
     rows = await state(request).engine.store.list_feedback(case_id, limit=1000)
@@ -109,7 +117,8 @@ async def get_feedback(request: web.Request) -> web.Response:
 
 
 @router.get("/api/agreement", roles=STAFF_ROLES,
-            summary="Agreement of each model version with its readers (the drift signal)")
+            summary="Agreement of each model version with its readers (the drift signal)",
+            viewer=phi.view({"agreement"}, phi.AGREEMENT))
 async def get_agreement(request: web.Request) -> web.Response:
     rows = await state(request).engine.store.agreement()
     return ok({"agreement": [dict(dataclasses.asdict(r), agreement=r.agreement) for r in rows]})

@@ -7,7 +7,12 @@ A route module defines ``router = Router("tag")`` and decorates its handlers::
     @router.get("/api/models", roles=STAFF_ROLES, summary="Models and their versions")
     async def list_models(request: web.Request) -> web.Response: ...
 
-and is listed in ``ROUTE_MODULES`` (or added with ``register_module``). Modules in
+``viewer=`` names what a viewer sees in clear (``engine.admin.phi.view``); an operation
+that names nothing shows a viewer every value masked. A query parameter a viewer may
+use says so (``Param(..., viewer=True)``); the others, like any undeclared one, are
+refused to viewers with 403: they could find a patient by a key shown masked.
+
+It is listed in ``ROUTE_MODULES`` (or added with ``register_module``). Modules in
 ``OPTIONAL_MODULES`` are loaded when they exist, so the worklist panel appears by
 adding ``engine/admin/routes_worklist.py`` with a ``router`` and, for the dashboard,
 a ``register_panel`` call and a JS module under ``static/panels/``. Every
@@ -23,6 +28,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+
+from engine.admin.phi import MASKED_WHOLE, ViewerView
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # A timeline step source: (request, case as a dict) -> extra steps for the case timeline.
@@ -49,6 +56,7 @@ class Param:
     where: str = "query"
     required: bool = False
     enum: tuple[str, ...] | None = None
+    viewer: bool = False  # a viewer may use it: it cannot find a patient by identifier
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +71,7 @@ class Operation:
     body: dict[str, Any] | None = None  # JSON schema of the request body
     responses: dict[int, str] = field(default_factory=dict)
     audited: bool = False  # each call is written to the audit log
+    viewer: ViewerView = MASKED_WHOLE  # what a masked caller sees in clear
 
     @property
     def operation_id(self) -> str:
@@ -82,15 +91,16 @@ class Router:
 
     def route(self, method: str, path: str, *, roles: Iterable[str], summary: str,
               params: Iterable[Param] = (), body: dict[str, Any] | None = None,
-              responses: dict[int, str] | None = None, audited: bool = False
-              ) -> Callable[[Handler], Handler]:
+              responses: dict[int, str] | None = None, audited: bool = False,
+              viewer: ViewerView = MASKED_WHOLE) -> Callable[[Handler], Handler]:
         def wrap(handler: Handler) -> Handler:
             path_params = tuple(Param(p.strip("{}"), where="path", required=True)
                                 for p in path.split("/") if p.startswith("{")
                                 and not any(q.name == p.strip("{}") for q in params))
             self.operations.append(Operation(
                 method.upper(), path, handler, frozenset(roles), summary, self.tag,
-                path_params + tuple(params), body, dict(responses or {200: "OK"}), audited))
+                path_params + tuple(params), body, dict(responses or {200: "OK"}), audited,
+                viewer))
             return handler
 
         return wrap

@@ -28,6 +28,12 @@ from engine.logs import event
 log = logging.getLogger("radbridge.admin")
 
 
+def listener_url(host: str, port: int, tls: bool) -> str:
+    """``http(s)://host:port`` of a bound listener (IPv6 hosts in brackets)."""
+    shown = f"[{host}]" if ":" in host else host
+    return f"{'https' if tls else 'http'}://{shown}:{port}"
+
+
 class AdminServer:
     """Admin API, dashboard, /metrics, /health and /ready on one HTTP(S) listener."""
 
@@ -113,6 +119,8 @@ class AdminServer:
         assert self._listener.address is not None
         host, port = self._listener.address
         self.address = (host, port)
+        self.state.public_base = self.conf.public_url or listener_url(
+            host, port, self.conf.tls is not None)
         event(log, "ADM-101", "admin listening", address=f"{host}:{port}",
               tls=self.conf.tls is not None)
 

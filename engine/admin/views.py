@@ -1,4 +1,8 @@
-"""The admin's store reads, and rows turned into JSON (PHI masked for viewers)."""
+"""The admin's store reads, and rows turned into JSON.
+
+Rows are turned into JSON whole; what a viewer sees of them is decided once, for every
+answer, by the operation's allow-list (``engine.admin.phi``, applied in ``engine.admin.app``).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,6 @@ import dataclasses
 import re
 from typing import Any
 
-from engine.admin.phi import CASE_PHI, MESSAGE_PHI, ORDER_PHI, STUDY_PHI, mask_row
 from engine.model import Message
 from engine.store.base import Delivery, Store
 from engine.store.clinical import CaseRow, OrderRow, StudyRow
@@ -36,12 +39,11 @@ class StoreViews:
 
 # -- rows -> JSON ---------------------------------------------------------------------------
 
-def message_summary(m: Message, masked: bool) -> dict[str, Any]:
-    row = {"id": m.id, "channel": m.channel, "received_at": m.received_at,
-           "status": str(m.status), "control_id": m.control_id,
-           "message_type": m.message_type, "key": m.key, "duplicate": m.duplicate,
-           "error": m.error, "size": len(m.raw)}
-    return mask_row(row, MESSAGE_PHI) if masked else row
+def message_summary(m: Message) -> dict[str, Any]:
+    return {"id": m.id, "channel": m.channel, "received_at": m.received_at,
+            "status": str(m.status), "control_id": m.control_id,
+            "message_type": m.message_type, "key": m.key, "duplicate": m.duplicate,
+            "error": m.error, "size": len(m.raw)}
 
 
 def delivery_summary(d: Delivery) -> dict[str, Any]:
@@ -49,19 +51,16 @@ def delivery_summary(d: Delivery) -> dict[str, Any]:
             "attempts": d.attempts, "error": d.error}
 
 
-def study_dict(s: StudyRow, masked: bool) -> dict[str, Any]:
-    row = dataclasses.asdict(s)
-    return mask_row(row, STUDY_PHI) if masked else row
+def study_dict(s: StudyRow) -> dict[str, Any]:
+    return dataclasses.asdict(s)
 
 
-def order_dict(o: OrderRow, masked: bool) -> dict[str, Any]:
-    row = dataclasses.asdict(o)
-    return mask_row(row, ORDER_PHI) if masked else row
+def order_dict(o: OrderRow) -> dict[str, Any]:
+    return dataclasses.asdict(o)
 
 
-def case_dict(c: CaseRow, masked: bool) -> dict[str, Any]:
-    row = dataclasses.asdict(c)
-    return mask_row(row, CASE_PHI) if masked else row
+def case_dict(c: CaseRow) -> dict[str, Any]:
+    return dataclasses.asdict(c)
 
 
 # -- accession search ----------------------------------------------------------------------

@@ -85,7 +85,7 @@ async def test_a_viewer_sees_phi_masked_in_every_layer_and_list(admin_engine: St
     engine, api = await admin_engine()
     await send_hl7(engine, orm_o01("V1", patient_id="MRN4242", accession="ACC4242"))
     await _settled(engine, 1)
-    (mid,) = await _ids(api, "control_id=V1", role="viewer")
+    (mid,) = await _ids(api, "channel=ris", role="viewer")  # not by control id: see below
     status, body = await api.call("GET", f"/api/messages/{mid}", "viewer")
     assert status == 200 and body["masked"] is True and body["key"] == "***"
     for layer in body["layers"]:

@@ -79,10 +79,10 @@ def test_the_masked_text_keeps_every_field_position() -> None:
 
 
 @pytest.mark.parametrize("segment,field,phi", [
-    ("MSH", 10, False), ("PID", 1, False), ("PID", 5, True), ("PID", 3, True),
-    ("OBR", 4, False), ("OBR", 18, True), ("ORC", 1, False), ("ORC", 2, True),
+    ("MSH", 9, False), ("MSH", 10, True), ("PID", 1, False), ("PID", 5, True), ("PID", 3, True),
+    ("OBR", 4, False), ("OBR", 12, True), ("OBR", 18, True), ("ORC", 1, False), ("ORC", 2, True),
     ("IPC", 1, True), ("OBX", 5, True), ("NTE", 3, True), ("MRG", 1, True),
-    ("ZDS", 1, True), ("XYZ", 1, True), ("MSA", 2, False), ("PD1", 1, True), ("NK1", 1, False),
+    ("ZDS", 1, True), ("XYZ", 1, True), ("MSA", 2, True), ("PD1", 1, True), ("NK1", 1, False),
 ])
 def test_phi_fields_are_known_and_unknown_segments_are_masked_whole(segment: str, field: int,
                                                                      phi: bool) -> None:

@@ -29,6 +29,7 @@ export async function render(root, ctx) {
         value: (m) => `${ms(m.latency.total_ms.p50)} / ${ms(m.latency.total_ms.p95)}` },
       { title: "Forward p50", num: true, value: (m) => ms(m.latency.forward_ms.p50) },
       { title: "Devices", value: (m) => m.latency.devices.join(", ") || "–" },
-      { title: "Agreement", value: (m) => (m.agreement === null ? h("span", { class: "muted" }, "no reads yet") : String(m.agreement)) },
+      { title: "Agreement", value: (m) => (m.agreement === null ? h("span", { class: "muted" }, "no reads yet")
+        : `${Math.round(m.agreement * 100)}% of ${m.judged}`) },
     ], data.models, { testid: "model-list", empty: "no models configured or seen" })));
 }
