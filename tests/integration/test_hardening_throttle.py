@@ -177,7 +177,7 @@ async def test_a_user_name_over_64_characters_is_refused_before_any_lookup(
         status, body = await api.call(
             "POST", "/api/login", json={"username": f"{i}" + "n" * 4000, "password": "x"}
         )
-        assert status == 400 and "longer than 64 characters" in body["error"]
+        assert status == 400 and "64 characters" in body["error"]
     status, _ = await api.call("POST", "/api/login", json={"username": "n" * 64, "password": "x"})
     assert status == 401
     assert checked == ["n" * 64]
