@@ -117,5 +117,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     return int(args.func(args))
 
 
+def entry() -> int:
+    """The ``radbridge`` command: *main* in a process whose files are private by default
+    (umask 0o077, a belt: every writer of patient data sets 0600 / 0700 itself)."""
+    from engine.fsmode import private_umask
+
+    private_umask()
+    return main()
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entry())

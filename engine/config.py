@@ -19,6 +19,7 @@ from engine import registry
 from engine.config_inference import ModelConfig, RouteConfig
 from engine.config_results import EscalationRule
 from engine.configbase import Strict, TLSConfig, check_hostport, parse_hostport
+from engine.configsecrets import RESOLVE, clear_secret_problems
 from engine.errors import ConfigErrors, ConfigProblem
 from engine.httplimits import HTTPLimitsConfig
 from engine.tomlindex import index_lines, line_for
@@ -104,8 +105,9 @@ def _channel_model() -> type[BaseModel]:
 
 ChannelConfig = _channel_model()
 
-_SECRET_KEYS = frozenset({"password", "passwords", "users", "user", "token", "tokens", "secret",
-                          "api_key", "api_keys", "credentials"})
+# Secret-looking keys (password, token ...) are refused in every section by
+# engine.configsecrets; these name admin credentials without looking like secrets.
+_CREDENTIAL_KEYS = frozenset({"users", "user"})
 
 
 def check_public_url(value: str) -> str:
@@ -155,7 +157,7 @@ class AdminConfig(HTTPLimitsConfig):
     @model_validator(mode="before")
     @classmethod
     def _no_secrets(cls, data: Any) -> Any:
-        if isinstance(data, dict) and _SECRET_KEYS & set(data):
+        if isinstance(data, dict) and _CREDENTIAL_KEYS & set(data):
             raise ValueError("secrets do not belong in channels.toml: set "
                              "RADBRIDGE_ADMIN_PASSWORD (or _FILE) or RADBRIDGE_USERS_FILE")
         return data
@@ -206,7 +208,9 @@ def _loc_key(loc: tuple[str | int, ...], found: tuple[str | int, ...]) -> str:
 
 
 def _validation_problems(file: str, exc: ValidationError, index: dict[Any, int],
-                         doc: dict[str, Any]) -> list[ConfigProblem]:
+                         doc: dict[str, Any], reported: set[str]) -> list[ConfigProblem]:
+    """Pydantic's errors as problems; an unknown key already *reported* (a secret given
+    in clear) is not reported twice."""
     from engine.topology import unknown_types
 
     channels = doc.get("channel", [])
@@ -218,15 +222,22 @@ def _validation_problems(file: str, exc: ValidationError, index: dict[Any, int],
                 and loc[2] in unknown_types(channels[loc[1]])):
             continue  # already reported once as an unknown type
         line, found = line_for(index, loc)
-        msg = err["msg"]
+        key, msg = _loc_key(loc, found), err["msg"]
         if err["type"] == "extra_forbidden":
+            if key in reported:
+                continue
             msg = "unknown key"
-        problems.append(ConfigProblem(file, line, _loc_key(loc, found), msg))
+        problems.append(ConfigProblem(file, line, key, msg))
     return problems
 
 
-def lint_text(text: str, file: str = "channels.toml") -> tuple[Config | None, list[ConfigProblem]]:
-    """Parse and check *text*; return the config (if valid) and every problem found."""
+def lint_text(text: str, file: str = "channels.toml", resolve_secrets: bool = True
+              ) -> tuple[Config | None, list[ConfigProblem]]:
+    """Parse and check *text*; return the config (if valid) and every problem found.
+
+    Secrets given in clear are refused in every section; with *resolve_secrets* the
+    environment variables and files that hold them must also be there (loading to run,
+    ``radbridge lint`` on the engine's host). Without it only the shape is checked."""
     from engine.topology import check_topology
 
     try:
@@ -235,12 +246,13 @@ def lint_text(text: str, file: str = "channels.toml") -> tuple[Config | None, li
         m = re.search(r"line (\d+)", str(exc))
         return None, [ConfigProblem(file, int(m.group(1)) if m else 1, "(syntax)", str(exc))]
     index = index_lines(text)
-    problems = check_topology(doc, index, file) + _check_admin(doc, index, file)
+    secrets = clear_secret_problems(doc, lambda path: line_for(index, path)[0], file)
+    problems = check_topology(doc, index, file) + _check_admin(doc, index, file) + secrets
     config = None
     try:
-        config = Config.model_validate(doc)
+        config = Config.model_validate(doc, context=RESOLVE if resolve_secrets else None)
     except ValidationError as exc:
-        problems.extend(_validation_problems(file, exc, index, doc))
+        problems.extend(_validation_problems(file, exc, index, doc, {p.key for p in secrets}))
     return (config if not problems else None), sorted(problems, key=lambda p: (p.line, p.key))
 
 

@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from engine.configbase import Strict
+from engine.configsecrets import SecretEnv, SecretFile, one_secret, secret_env, secret_file
 
 BUILTIN_MODELS = ("demo-cxr", "dicom-qa")
 ARCHITECTURES = ("demo_cnn", "resnet18", "resnet34")
@@ -115,10 +116,14 @@ class RemoteSpec(Strict):
     binary: bool = Field(True, description="Send and receive tensors as raw bytes (the binary "
                                            "tensor extension of Triton); false: JSON lists, for "
                                            "servers without the extension.")
-    token_env: str | None = Field(
-        None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
-        description="Environment variable holding a bearer token (never in channels.toml).")
+    token_env: SecretEnv | None = secret_env("a bearer token for the server")
+    token_file: SecretFile | None = secret_file("the bearer token")
     ca_file: str | None = Field(None, description="https: CA bundle to trust (default: system).")
+
+    @model_validator(mode="after")
+    def _one_token(self) -> RemoteSpec:
+        one_secret(self, "token", required=False)
+        return self
 
 
 class ModelConfig(Strict):

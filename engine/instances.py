@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import RadbridgeError, StoreUnavailable
+from engine.fsmode import open_private_file, private_dir
 from engine.logs import event
 from engine.store.clinical import InstanceAdded, InstanceMeta
 
@@ -88,11 +89,12 @@ def _text(ds: Any, keyword: str) -> str | None:
 
 
 def write_durably(path: Path, data: bytes) -> None:
-    """Write *data* to *path* atomically and durably (temp file, fsync, rename, fsync dir)."""
+    """Write *data* to *path* atomically and durably (temp file, fsync, rename, fsync dir);
+    the file is 0600 and the directories made for it 0700 (it holds patient data)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as fh:
+        private_dir(path.parent)
+        with open_private_file(tmp) as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())

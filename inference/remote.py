@@ -35,7 +35,6 @@ import http.client
 import itertools
 import json
 import logging
-import os
 import re
 import socket
 import ssl
@@ -49,6 +48,7 @@ from urllib.parse import quote, urlsplit
 import numpy as np
 
 from engine.config_inference import LabelSpec, ModelConfig, RemoteSpec
+from engine.configsecrets import SecretUnavailable, read_secret
 from engine.logs import event
 from inference.errors import (
     UNAVAILABLE,
@@ -158,10 +158,11 @@ class KServeClient:
         self._conn: http.client.HTTPConnection | None = None
         self._ids = itertools.count(1)
         self._headers: dict[str, str] = {}
-        if spec.token_env:
-            token = os.environ.get(spec.token_env)
-            if not token:
-                raise ModelLoadError(f"remote.token_env: ${spec.token_env} is not set")
+        if spec.token_env or spec.token_file:
+            try:
+                token = read_secret(spec.token_env, spec.token_file, "remote token")
+            except SecretUnavailable as exc:
+                raise ModelLoadError(str(exc)) from exc
             self._headers["Authorization"] = f"Bearer {token}"
 
     def _connection(self) -> tuple[http.client.HTTPConnection, bool]:

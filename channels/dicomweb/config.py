@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from engine.configbase import Strict, TLSConfig, check_hostport
+from engine.configsecrets import SecretEnv, SecretFile, one_secret, secret_env, secret_file
 from engine.httplimits import HTTPLimitsConfig
 
 
@@ -50,8 +51,16 @@ class PollSourceConfig(Strict):
     lookback_days: int = Field(
         1, ge=0, le=365, description="qido: studies dated today and this many days back.")
     username: str | None = Field(None, description="HTTP basic authentication user.")
-    password: str | None = Field(None, description="HTTP basic authentication password.")
+    password_env: SecretEnv | None = secret_env("the HTTP basic authentication password")
+    password_file: SecretFile | None = secret_file("the HTTP basic authentication password")
     request_timeout_secs: float = Field(60, gt=0, description="One HTTP request, end to end.")
     backoff_max_secs: float = Field(
         60, gt=0, description="After errors the pause doubles from poll_interval_secs up to "
                               "this.")
+
+    @model_validator(mode="after")
+    def _auth(self) -> PollSourceConfig:
+        one_secret(self, "password", required=False)
+        if (self.password_env or self.password_file) and not self.username:
+            raise ValueError("password_env / password_file need a username")
+        return self

@@ -25,16 +25,22 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import os
 import ssl
 import uuid
-from pathlib import Path
 from typing import Literal
 
 import aiohttp
 from pydantic import Field, field_validator, model_validator
 
 from engine.configbase import Strict
+from engine.configsecrets import (
+    SecretEnv,
+    SecretFile,
+    destination_secret,
+    one_secret,
+    secret_env,
+    secret_file,
+)
 from engine.errors import PeerRejected, PeerTimeout, PeerUnavailable
 from engine.logs import event
 from engine.registry import register
@@ -54,12 +60,10 @@ class StowDestinationConfig(Strict):
     auth: Literal["none", "basic", "bearer"] = Field(
         "none", description="none, basic (username + password) or bearer (a token).")
     username: str | None = Field(None, description="basic: the user name.")
-    password_env: str | None = Field(None, description="basic: environment variable holding "
-                                                       "the password.")
-    password_file: str | None = Field(None, description="basic: ...or a file holding it.")
-    token_env: str | None = Field(None, description="bearer: environment variable holding the "
-                                                    "token.")
-    token_file: str | None = Field(None, description="bearer: ...or a file holding it.")
+    password_env: SecretEnv | None = secret_env("the password (auth = basic)")
+    password_file: SecretFile | None = secret_file("the password (auth = basic)")
+    token_env: SecretEnv | None = secret_env("the bearer token (auth = bearer)")
+    token_file: SecretFile | None = secret_file("the bearer token (auth = bearer)")
     ca_file: str | None = Field(None, description="https: verify the PACS against this CA "
                                                   "bundle (default: the system's).")
     timeout_secs: float = Field(60, gt=0, description="One store request, end to end.")
@@ -75,26 +79,11 @@ class StowDestinationConfig(Strict):
 
     @model_validator(mode="after")
     def _auth_complete(self) -> StowDestinationConfig:
-        if self.auth == "basic" and not (self.username and (self.password_env
-                                                            or self.password_file)):
-            raise ValueError("auth = basic needs username and password_env or password_file")
-        if self.auth == "bearer" and not (self.token_env or self.token_file):
-            raise ValueError("auth = bearer needs token_env or token_file")
+        if self.auth == "basic" and not self.username:
+            raise ValueError("auth = basic needs username")
+        one_secret(self, "password", required=self.auth == "basic")
+        one_secret(self, "token", required=self.auth == "bearer")
         return self
-
-
-def read_secret(env: str | None, file: str | None, what: str) -> str:
-    """A secret from ``$env`` or a file; ``PeerRejected`` (config) when it is missing."""
-    if env:
-        value = os.environ.get(env, "")
-        if not value:
-            raise PeerRejected("config", f"{what}: ${env} is not set")
-        return value
-    assert file is not None
-    try:
-        return Path(file).read_text().strip()
-    except OSError as exc:
-        raise PeerRejected("config", f"{what}: cannot read {file}: {exc.strerror}") from exc
 
 
 def multipart_body(payload: bytes) -> tuple[bytes, str]:
@@ -144,11 +133,11 @@ class StowDestination:
         headers = {"Content-Type": content_type, "Accept": "application/dicom+json"}
         cfg = self.config
         if cfg.auth == "bearer":
-            token = read_secret(cfg.token_env, cfg.token_file, "STOW bearer token")
+            token = destination_secret(cfg.token_env, cfg.token_file, "STOW bearer token")
             headers["Authorization"] = f"Bearer {token}"
         elif cfg.auth == "basic":
             assert cfg.username is not None
-            password = read_secret(cfg.password_env, cfg.password_file, "STOW password")
+            password = destination_secret(cfg.password_env, cfg.password_file, "STOW password")
             pair = base64.b64encode(f"{cfg.username}:{password}".encode()).decode()
             headers["Authorization"] = f"Basic {pair}"  # aiohttp.BasicAuth is deprecated
         return headers

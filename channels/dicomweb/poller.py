@@ -20,6 +20,7 @@ flavour and URL it belongs to: pointing a channel at another PACS starts afresh.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import logging
@@ -30,6 +31,7 @@ import aiohttp
 
 from channels.dicomweb.config import PollSourceConfig
 from channels.dicomweb.feeds import FEEDS, Feed, InstanceGone
+from engine.configsecrets import SecretUnavailable, read_secret
 from engine.errors import PeerUnavailable, StoreUnavailable
 from engine.instances import InstanceIngest, InvalidInstance, read_meta, write_durably
 from engine.logs import event
@@ -70,17 +72,35 @@ class Http:
 
     def __init__(self, base: str, config: PollSourceConfig) -> None:
         self.base = base.rstrip("/")
-        auth = (aiohttp.BasicAuth(config.username, config.password or "")
-                if config.username else None)
+        self.config = config
         self.session = aiohttp.ClientSession(
-            auth=auth, timeout=aiohttp.ClientTimeout(total=config.request_timeout_secs))
+            timeout=aiohttp.ClientTimeout(total=config.request_timeout_secs))
+
+    def _headers(self, accept: str) -> dict[str, str]:
+        """Accept, and basic credentials with the password read at each request (rotation
+        is picked up); a password that cannot be read now is ``PeerUnavailable``: polling
+        backs off and says why."""
+        headers = {"Accept": accept}
+        cfg = self.config
+        if not cfg.username:
+            return headers
+        password = ""
+        if cfg.password_env or cfg.password_file:
+            try:
+                password = read_secret(cfg.password_env, cfg.password_file, "PACS password")
+            except SecretUnavailable as exc:
+                raise PeerUnavailable(str(exc)) from exc
+        pair = base64.b64encode(f"{cfg.username}:{password}".encode()).decode()
+        headers["Authorization"] = f"Basic {pair}"  # aiohttp.BasicAuth is deprecated
+        return headers
 
     async def get(self, path: str, params: dict[str, str] | None = None,
                   accept: str = "application/json") -> tuple[bytes, Any]:
         """(body, headers) of a GET; 404 raises ``InstanceGone``, other errors PeerUnavailable."""
         url = f"{self.base}{path}"
         try:
-            async with self.session.get(url, params=params, headers={"Accept": accept}) as r:
+            async with self.session.get(url, params=params,
+                                        headers=self._headers(accept)) as r:
                 body = await r.read()
                 if r.status == 404:
                     raise InstanceGone(path)

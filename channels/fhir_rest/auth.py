@@ -12,34 +12,17 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import os
 import time
-from pathlib import Path
 from urllib.parse import quote
 
 import aiohttp
 
 from channels.fhir_rest.config import Auth, BearerAuth, OAuth2Auth
+from engine.configsecrets import destination_secret
 from engine.errors import PeerRejected, PeerTimeout, PeerUnavailable
 
 TRANSIENT = frozenset({408, 429, 500, 502, 503, 504})
 EXPIRY_MARGIN_SECS = 30.0  # refresh a little early: a token must not expire in flight
-
-
-def read_secret(env: str | None, file: str | None, what: str) -> str:
-    if env:
-        value = os.environ.get(env, "")
-        if not value.strip():
-            raise PeerRejected("config", f"{what}: ${env} is not set")
-        return value.strip()
-    assert file is not None
-    try:
-        value = Path(file).read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise PeerRejected("config", f"{what}: cannot read {file}: {exc.strerror}") from exc
-    if not value:
-        raise PeerRejected("config", f"{what}: {file} is empty")
-    return value
 
 
 class Credentials:
@@ -61,8 +44,8 @@ class Credentials:
     async def header(self, session: aiohttp.ClientSession) -> dict[str, str]:
         cfg = self.config
         if isinstance(cfg, BearerAuth):
-            return {"Authorization": "Bearer " + read_secret(cfg.token_env, cfg.token_file,
-                                                             "bearer token")}
+            return {"Authorization": "Bearer " + destination_secret(cfg.token_env, cfg.token_file,
+                                                                    "bearer token")}
         if isinstance(cfg, OAuth2Auth):
             async with self._lock:
                 if self._token is None or time.monotonic() >= self._expires:
@@ -72,7 +55,7 @@ class Credentials:
         return {}
 
     async def _fetch(self, session: aiohttp.ClientSession, cfg: OAuth2Auth) -> None:
-        secret = read_secret(cfg.client_secret_env, cfg.client_secret_file, "client secret")
+        secret = destination_secret(cfg.client_secret_env, cfg.client_secret_file, "client secret")
         form = {"grant_type": "client_credentials"}
         if cfg.scope:
             form["scope"] = cfg.scope

@@ -11,11 +11,7 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 
 from engine.configbase import Strict
-
-
-def _one_secret(env: str | None, file: str | None, what: str) -> None:
-    if bool(env) == bool(file):
-        raise ValueError(f"set exactly one of {what}_env and {what}_file")
+from engine.configsecrets import SecretEnv, SecretFile, one_secret, secret_env, secret_file
 
 
 class NoAuth(Strict):
@@ -26,13 +22,12 @@ class BearerAuth(Strict):
     """A fixed bearer token (a long-lived API key issued by the FHIR server)."""
 
     type: Literal["bearer"]
-    token_env: str | None = Field(None, description="Environment variable holding the token.")
-    token_file: str | None = Field(None, description="...or a file holding it (read at each "
-                                                     "send, so a rotated token is picked up).")
+    token_env: SecretEnv | None = secret_env("the token")
+    token_file: SecretFile | None = secret_file("the token")
 
     @model_validator(mode="after")
     def _one(self) -> BearerAuth:
-        _one_secret(self.token_env, self.token_file, "token")
+        one_secret(self, "token")
         return self
 
 
@@ -43,9 +38,8 @@ class OAuth2Auth(Strict):
     type: Literal["oauth2"]
     token_url: str = Field(description="The authorization server's token endpoint.")
     client_id: str
-    client_secret_env: str | None = Field(None, description="Environment variable holding "
-                                                            "the client secret.")
-    client_secret_file: str | None = Field(None, description="...or a file holding it.")
+    client_secret_env: SecretEnv | None = secret_env("the client secret")
+    client_secret_file: SecretFile | None = secret_file("the client secret")
     scope: str | None = Field(None, description='e.g. "system/DiagnosticReport.write '
                                                 'system/Observation.write"')
     client_auth: Literal["basic", "post"] = Field(
@@ -55,7 +49,7 @@ class OAuth2Auth(Strict):
 
     @model_validator(mode="after")
     def _one(self) -> OAuth2Auth:
-        _one_secret(self.client_secret_env, self.client_secret_file, "client_secret")
+        one_secret(self, "client_secret")
         return self
 
 

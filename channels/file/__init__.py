@@ -11,6 +11,7 @@ from pydantic import Field
 
 from engine.configbase import Strict
 from engine.errors import PeerUnavailable
+from engine.fsmode import open_private_file, private_dir
 from engine.registry import register
 from mappings.hl7v2.header import HeaderError, parse_header
 
@@ -40,7 +41,7 @@ class FileDestination:
         self._seq = 0
 
     async def connect(self) -> None:
-        await asyncio.to_thread(self.dir.mkdir, parents=True, exist_ok=True)
+        await asyncio.to_thread(private_dir, self.dir)
 
     async def send(self, payload: bytes) -> bytes:
         self._seq += 1
@@ -56,10 +57,10 @@ class FileDestination:
         return f"written {path.name}".encode()
 
     def _write(self, stem: str, payload: bytes) -> Path:
-        self.dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.dir)
         final = self.dir / f"{stem}{self.config.suffix}"
         tmp = final.with_suffix(final.suffix + ".tmp")
-        with open(tmp, "wb") as fh:
+        with open_private_file(tmp) as fh:  # 0600: messages hold patient data
             fh.write(payload)
             if self.config.fsync:
                 fh.flush()

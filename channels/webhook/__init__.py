@@ -11,14 +11,20 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
-from pathlib import Path
 from typing import Literal
 
 import aiohttp
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from engine.configbase import Strict
+from engine.configsecrets import (
+    SecretEnv,
+    SecretFile,
+    destination_secret,
+    one_secret,
+    secret_env,
+    secret_file,
+)
 from engine.errors import PeerRejected, PeerTimeout, PeerUnavailable
 from engine.registry import register
 
@@ -28,9 +34,8 @@ RETRYABLE = frozenset({408, 429, 500, 502, 503, 504})
 class WebhookDestinationConfig(Strict):
     type: Literal["webhook"]
     url: str = Field(description="http(s) URL the JSON is POSTed to.")
-    secret_env: str | None = Field(None, description="Environment variable holding the HMAC "
-                                                     "secret that signs each body.")
-    secret_file: str | None = Field(None, description="...or a file holding it.")
+    secret_env: SecretEnv | None = secret_env("the HMAC secret that signs each body")
+    secret_file: SecretFile | None = secret_file("the HMAC secret")
     timeout_secs: float = Field(10, gt=0)
     retry_initial_secs: float = Field(0.5, gt=0)
     retry_max_secs: float = Field(60, gt=0)
@@ -41,6 +46,11 @@ class WebhookDestinationConfig(Strict):
         if not value.startswith(("http://", "https://")):
             raise ValueError("must be an http:// or https:// URL")
         return value
+
+    @model_validator(mode="after")
+    def _one(self) -> WebhookDestinationConfig:
+        one_secret(self, "secret", required=False)
+        return self
 
 
 class RetryLater(PeerUnavailable):
@@ -60,15 +70,10 @@ class WebhookDestination:
         self._session: aiohttp.ClientSession | None = None
 
     def _secret(self) -> bytes | None:
-        if self.config.secret_env:
-            value = os.environ.get(self.config.secret_env)
-            if not value:
-                raise PeerRejected("config",
-                                   f"webhook secret: ${self.config.secret_env} is not set")
-            return value.encode()
-        if self.config.secret_file:
-            return Path(self.config.secret_file).read_bytes().strip()
-        return None
+        cfg = self.config
+        if not (cfg.secret_env or cfg.secret_file):
+            return None
+        return destination_secret(cfg.secret_env, cfg.secret_file, "webhook secret").encode()
 
     async def send(self, payload: bytes) -> bytes:
         headers = {"Content-Type": "application/json"}

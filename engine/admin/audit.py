@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.admin.auth import Principal
+from engine.fsmode import private_database
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS audit (
@@ -64,8 +65,7 @@ class AuditLog:
         await self._run(self._open)
 
     def _open(self) -> None:
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        private_database(self.path)  # 0600, like the message store
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")

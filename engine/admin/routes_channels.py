@@ -15,6 +15,7 @@ from engine.admin.auth import STAFF_ROLES
 from engine.admin.http import AdminState, audit, fail, ok, read_json, state
 from engine.admin.routing import Panel, Router, register_panel
 from engine.config import lint_text
+from engine.configsecrets import redact
 from engine.runtime import plan_reload
 
 router = Router("channels")
@@ -152,10 +153,12 @@ async def resume_queue(request: web.Request) -> web.Response:
     return ok(queue_view(state(request), request.match_info["name"]))
 
 
-@router.get("/api/config", roles=OPERATORS, summary="The running configuration")
+@router.get("/api/config", roles=OPERATORS, summary="The running configuration (secrets "
+            "appear as their references, password_env = \"NAME\", never as values)")
 async def get_config(request: web.Request) -> web.Response:
     engine = state(request).engine
-    return ok({"path": engine.config_path, "config": engine.config.model_dump(mode="json")})
+    return ok({"path": engine.config_path,
+               "config": redact(engine.config.model_dump(mode="json"))})
 
 
 _RELOAD_BODY = {"type": "object", "properties": {"dry_run": {

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import IO
 
 from engine.errors import RadbridgeError
+from engine.fsmode import open_private, private_dir
 from engine.model import DeliveryStatus, Message, Status
 from engine.store.base import Delivery
 
@@ -124,13 +125,13 @@ class _Writer:
     """The file of one run: exclusive create, mode 0600, synced before it is reported."""
 
     def __init__(self, directory: Path, before: float) -> None:
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        private_dir(directory)
         self.directory = directory
         name = archive_name(before)
         for n in range(1, 1000):
             self.path = directory / name
             try:
-                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                fd = open_private(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
                 break
             except FileExistsError:  # a second run with the same cutoff
                 name = archive_name(before).replace(".jsonl.gz", f"-{n}.jsonl.gz")

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from engine.errors import StoreError, StoreUnavailable
+from engine.fsmode import private_database
 from engine.logs import event
 from engine.model import DeliveryStatus, Message, Status
 from engine.store.archive import Item, write_archive
@@ -457,8 +458,8 @@ class SQLiteStore(SQLiteClinical, SQLiteInference, SQLiteResults, SQLiteFhir, St
         return cls(path or "radbridge.db")
 
     async def open(self) -> None:
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        # 0600 database (and so -wal, -shm) in a 0700 directory: it holds patient data
+        await asyncio.to_thread(private_database, self.path)
         await asyncio.to_thread(self._create_schema)
         self._writer = _Writer(self.path, asyncio.get_running_loop(), self.wal_restart_bytes)
         self._writer.start()

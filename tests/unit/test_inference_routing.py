@@ -152,7 +152,9 @@ def test_lint_names_what_a_remote_model_entry_lacks_or_gets_wrong() -> None:
         '{ url = "http://host:8000" }',
         "channels.toml:12: model[1].remote: Value error, remote is only for format = kserve,"
         " not builtin",
-        "channels.toml:18: model[2].remote.token: unknown key",
+        "channels.toml:18: model[2].remote.token: a secret does not belong in "
+        "channels.toml: use token_env (an environment variable) or token_file (a file) "
+        "instead",
         "channels.toml:18: model[2].remote.url: String should match pattern"
         " '^https?://[^\\s/]+(/[^\\s]*)?$'",
     ]
