@@ -37,6 +37,7 @@ from pydantic import Field, field_validator, model_validator
 from engine.configbase import Strict
 from engine.errors import PeerRejected, PeerTimeout, PeerUnavailable
 from engine.logs import event
+from engine.model import DeliveryRef
 from engine.registry import register
 
 log = logging.getLogger("radbridge.dicomweb.stow_out")
@@ -163,7 +164,7 @@ class StowDestination:
                 connector=aiohttp.TCPConnector(ssl=ssl_ctx))
         return self._session
 
-    async def send(self, payload: bytes) -> bytes:
+    async def send(self, payload: bytes, ref: DeliveryRef | None = None) -> bytes:
         body, content_type = multipart_body(payload)
         headers = self._headers(content_type)
         try:

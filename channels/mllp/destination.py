@@ -6,6 +6,7 @@ from channels.mllp.client import MLLPClient
 from channels.mllp.config import MLLPDestinationConfig
 from engine.configbase import parse_hostport
 from engine.errors import PeerRejected, PeerUnavailable
+from engine.model import DeliveryRef
 from engine.registry import register
 from mappings.hl7v2.ack import read_ack
 from mappings.hl7v2.header import HeaderError, parse_header
@@ -41,7 +42,7 @@ class MLLPDestination:
     async def connect(self) -> None:
         await self.client.connect()
 
-    async def send(self, payload: bytes) -> bytes:
+    async def send(self, payload: bytes, ref: DeliveryRef | None = None) -> bytes:
         try:
             control_id = parse_header(payload).control_id
         except HeaderError as exc:

@@ -20,6 +20,7 @@ from pydantic import Field, field_validator
 
 from engine.configbase import Strict
 from engine.errors import PeerRejected, PeerTimeout, PeerUnavailable
+from engine.model import DeliveryRef
 from engine.registry import register
 
 RETRYABLE = frozenset({408, 429, 500, 502, 503, 504})
@@ -70,7 +71,7 @@ class WebhookDestination:
             return Path(self.config.secret_file).read_bytes().strip()
         return None
 
-    async def send(self, payload: bytes) -> bytes:
+    async def send(self, payload: bytes, ref: DeliveryRef | None = None) -> bytes:
         headers = {"Content-Type": "application/json"}
         secret = self._secret()
         if secret is not None:
