@@ -7,6 +7,7 @@
     radbridge list                         connector types and their config keys
     radbridge send FILE... --to mllp://host:port [--rate N]
     radbridge messages list|show|reprocess [...]
+    radbridge deliveries list DEST | skip|cancel|retry ID --reason WHY
     radbridge cases | orders | unmatched
     radbridge studies [list | complete UID | proceed UID]
     radbridge audit [--case N] [--model NAME] | findings [--case N] | jobs | models
@@ -94,7 +95,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from engine import cli_clinical, cli_inference, cli_messages, cli_send
+    from engine import cli_clinical, cli_deliveries, cli_inference, cli_messages, cli_send
 
     parser = argparse.ArgumentParser(prog="radbridge", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -105,6 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _add_list(sub)
     cli_send.add_parser(sub)
     cli_messages.add_parser(sub)
+    cli_deliveries.add_parser(sub)
     cli_clinical.add_parsers(sub)
     cli_inference.add_parsers(sub)
     args = parser.parse_args(argv)

@@ -38,6 +38,7 @@ from engine.errors import PermanentDeliveryError, TransientDeliveryError
 from engine.logs import event
 from engine.model import DeliveryRef, DeliveryStatus
 from engine.store.base import Delivery, Store
+from engine.store.deliveries import CANCELLED, MAX_NOTE, SKIPPED, DeliveryInfo, operator_note
 
 log = logging.getLogger("radbridge.delivery")
 BATCH = 256
@@ -200,3 +201,47 @@ class DeliveryWorker:
 
     async def close(self) -> None:
         await self.destination.close()
+
+
+# -- operator actions (the admin API and ``radbridge deliveries``) -----------------------------
+
+ACTIONS = {"skip": SKIPPED, "cancel": CANCELLED, "retry": "RETRY ASKED"}
+_DONE = {"skip": "skipped", "cancel": "cancelled", "retry": "retried"}
+
+
+def clean_reason(reason: Any) -> str:
+    """The operator's reason on one line; ``ValueError`` when there is none."""
+    text = " ".join(str(reason or "").split())
+    if not text:
+        raise ValueError("say why: a reason is required (it is kept with the delivery and "
+                         "in the audit log)")
+    return text[:MAX_NOTE]
+
+
+async def operate(store: Store, delivery_id: int, action: str, user: str,
+                  reason: str) -> DeliveryInfo:
+    """Skip or cancel a QUEUED delivery (ERROR, "SKIPPED by *user*: *reason*": its queue
+    moves on), or retry an ERROR one (QUEUED again, sent next); the delivery after it.
+
+    Raises ``LookupError`` (no such delivery) or ``ValueError`` (not possible in its
+    status), each with a sentence for the operator. The running engine notices within
+    ``CHECK_SECS`` (at once when the caller pokes its worker).
+    """
+    info = await store.get_delivery(delivery_id)
+    if info is None:
+        raise LookupError(f"no delivery {delivery_id}")
+    note = operator_note(ACTIONS[action], user, reason)
+    if action == "retry":
+        changed = await store.requeue_delivery(delivery_id, note)
+        wanted = DeliveryStatus.ERROR
+    else:
+        changed = await store.end_delivery(delivery_id, note)
+        wanted = DeliveryStatus.QUEUED
+    after = await store.get_delivery(delivery_id)
+    if not changed or after is None:
+        now = after.status if after is not None else info.status
+        raise ValueError(f"delivery {delivery_id} is {now}: only a {wanted} delivery can be "
+                         f"{_DONE[action]}")
+    event(log, "DLV-440", "operator changed a delivery", destination=info.destination,
+          delivery_id=delivery_id, message_id=info.message_id, action=action, user=user)
+    return after
