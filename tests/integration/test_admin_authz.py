@@ -87,7 +87,8 @@ async def _parked_delivery(env: Env) -> int:
     from engine.store.base import NewMessage, Outcome
 
     store = env.engine.store
-    mid = await store.insert_message(NewMessage("ris", 0.0, b"MSH|^~\\&|X"))
+    mid = await store.insert_message(NewMessage("ris", 0.0, b"MSH|^~\\&|X",
+                                                status=Status.TRANSFORMED))
     await store.apply_outcomes([Outcome(mid, Status.TRANSFORMED,
                                         deliveries=[("parked", b"payload")])])
     (delivery,) = (await store.get_message(mid))[1]
