@@ -25,7 +25,8 @@ def _short(text: str) -> str:
 class MLLPDestination:
     """Sends one message at a time and accepts only a matching positive ACK.
 
-    ``send`` raises ``PeerRejected`` for AE/AR/CE/CR (the peer's reason kept),
+    ``send`` raises ``PeerRejected`` for AE/AR/CE/CR (the peer's reason kept;
+    ``PeerUnavailable`` for the codes listed in ``retry_on``),
     ``PeerUnavailable`` for a connection failure or an unreadable / mismatched
     ACK (the connection is dropped: a stray ACK must not be paired with the
     next message), ``PeerTimeout`` when no ACK arrives in time. Each retry of
@@ -74,6 +75,8 @@ class MLLPDestination:
             await self._mismatch(control_id, f"ACK for {_short(acked_id)!r}, expected "
                                              f"{_short(control_id)!r}")
         self._strikes = ("", 0)
+        if code in self.config.retry_on:
+            raise PeerUnavailable(f"{code}: {reason} (retry_on)")
         if code not in ("AA", "CA"):
             raise PeerRejected(code, reason, response)
         return response

@@ -257,6 +257,24 @@ async def test_an_mllp_peer_that_cuts_msa2_fails_that_message_for_good_and_the_q
         await sink.stop()
 
 
+async def test_an_mllp_answer_listed_in_retry_on_keeps_the_message_queued_until_the_peer_takes_it(
+        engine_factory: Any, tmp_path: Path) -> None:
+    sink = HL7Sink(answer="AE")
+    await sink.start()
+    try:
+        engine = await engine_factory(forwarding(
+            f"sqlite:///{tmp_path / 'rb.db'}", mllp_out(sink.endpoint) + ', retry_on = ["AE"]'))
+        await send_all(engine.address("ris"), ["R1", "R2"])
+        await wait_for(lambda: engine.workers["out"].retries >= 2)
+        assert [s[1] for s in await delivery_states(engine.store, 2)] == ["QUEUED"] * 2
+        sink.answer = "AA"
+        await wait_for(lambda: all_final(engine.store, 2))
+        assert [s[1] for s in await delivery_states(engine.store, 2)] == ["SENT"] * 2
+        assert sink.control_ids[-2:] == ["R1", "R2"]
+    finally:
+        await sink.stop()
+
+
 async def test_an_mllp_payload_holding_block_bytes_fails_at_once(engine_factory: Any,
                                                                  tmp_path: Path,
                                                                  sink: HL7Sink) -> None:
