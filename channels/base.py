@@ -5,16 +5,25 @@ a ``RawSink``; the engine answers through the ``Reply`` callback once the
 message is durable. A **destination** has ``connect``/``send``/``close``; what
 ``send`` raises decides what the engine does (see ``engine.errors``):
 
-* ``TransientDeliveryError`` (``PeerUnavailable``, ``PeerTimeout``): retry later
-  with backoff, in order; the destination reconnects on the next ``send``.
-* ``PeerRejected``: the peer refused this message; record ERROR, move on.
+* ``TransientDeliveryError`` (``PeerUnavailable``, ``PeerTimeout``): the place is
+  down (no connection, disk full, 5xx): retry later with backoff, in order; the
+  destination reconnects on the next ``send``. Raise it only for what can pass.
+* ``PermanentDeliveryError``: this delivery will fail the same way every time (a
+  file name the file system refuses, a payload that cannot be framed);
+  ``PeerRejected``, its subclass: the peer refused this message (AR, 4xx). Record
+  ERROR with the reason, move on: one message never stops a queue.
 * anything else is a bug and is recorded as ERROR for that message.
+
+A queue head that keeps failing transiently is shown as stalled (``/ready``,
+``/metrics``) and an operator may skip it (``radbridge deliveries skip``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Protocol
+
+from engine.model import DeliveryRef
 
 Reply = Callable[[bytes | None], None]
 
@@ -41,8 +50,13 @@ class Source(Protocol):
 class Destination(Protocol):
     async def connect(self) -> None: ...
 
-    async def send(self, payload: bytes) -> bytes:
-        """Deliver one message and return the peer's response (its ACK)."""
+    async def send(self, payload: bytes, ref: DeliveryRef | None = None) -> bytes:
+        """Deliver one message and return the peer's response (its ACK).
+
+        *ref* names the delivery by our own ids (the worker always passes it; None when a
+        caller outside the queue sends, e.g. a test): what a destination that names
+        things (files) names them by, never a field of the message.
+        """
         ...
 
     async def close(self) -> None: ...

@@ -7,6 +7,7 @@
     radbridge list                         connector types and their config keys
     radbridge send FILE... --to mllp://host:port [--rate N]
     radbridge messages list|show|reprocess [...]
+    radbridge deliveries list DEST | skip|cancel|retry ID --reason WHY
     radbridge cases | orders | unmatched
     radbridge studies [list | complete UID | proceed UID]
     radbridge audit [--case N] [--model NAME] | findings [--case N] | jobs | models
@@ -96,7 +97,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 def build_parser() -> Parser:
     """Every subcommand and its options (their value types: ``engine.cli_args``)."""
-    from engine import cli_clinical, cli_inference, cli_messages, cli_send
+    from engine import cli_clinical, cli_deliveries, cli_inference, cli_messages, cli_send
 
     parser = Parser(prog="radbridge", description=__doc__,
                     formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -107,6 +108,7 @@ def build_parser() -> Parser:
     _add_list(sub)
     cli_send.add_parser(sub)
     cli_messages.add_parser(sub)
+    cli_deliveries.add_parser(sub)
     cli_clinical.add_parsers(sub)
     cli_inference.add_parsers(sub)
     return parser

@@ -46,6 +46,11 @@ class EngineSection(Strict):
         None, description="Before deleting, write those messages to one gzip JSON-lines file "
                           "per run in this directory (relative to the working directory, like "
                           "data_dir). It holds patient data: mode 0600.")
+    stalled_queue_secs: float = Field(
+        300, gt=0, description="A destination queue whose head has not moved for this long "
+                               "is stalled: /ready answers 503 naming it and /metrics sets "
+                               "radbridge_queue_stalled; an operator can skip the head "
+                               "(radbridge deliveries skip).")
     inference: Literal["local", "workers"] = Field(
         "local", description="local: this process runs the models; workers: it only routes "
                              "cases into the job queue, and `radbridge worker` processes (on "

@@ -1,109 +1,247 @@
 """Destination workers: send queued deliveries in order, retry transient failures.
 
 One worker per destination channel sends its QUEUED deliveries strictly in
-queue order (so order per key holds). A transient failure
-(``TransientDeliveryError``) blocks the head and is retried with exponential
-backoff, forever: nothing is dropped. A rejection (``PeerRejected``) records
-ERROR with the peer's answer and moves on.
+queue order (so order per key holds). What ``send`` raises decides, by type
+(``engine.errors``, ``channels.base``):
+
+* ``TransientDeliveryError``: the head stays and is retried with exponential
+  backoff (or the peer's ``retry_after``), for ever: nothing is dropped;
+* ``PermanentDeliveryError`` (``PeerRejected`` among them): ERROR with the
+  reason (and the peer's answer), and the queue moves on;
+* anything else is a connector bug: ERROR for that message, the queue moves on.
+
+An operator may end a delivery (skip or cancel: ERROR with who and why) or put
+an ERROR one back (retry) in the store, from the API, the dashboard or the CLI
+of another process. Between retries the worker looks at its head's row again
+(at least every ``CHECK_SECS``, at once when ``poke``\\ d), so a head an
+operator ended is left at once; and after any wait it reads the queue afresh
+rather than sending the rest of a batch read before the wait. A send already
+under way finishes; if it reaches the peer, SENT is recorded (the truth wins
+over the skip), otherwise the operator's ERROR stands.
+
+``head`` and ``head_age()`` say which delivery the worker is on and for how
+long (its injected ``clock``): ``/ready`` and ``/metrics`` call a queue whose
+head has not moved for ``[engine] stalled_queue_secs`` stalled.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-from engine.errors import PeerRejected, TransientDeliveryError
+from engine.errors import PermanentDeliveryError, TransientDeliveryError
 from engine.logs import event
-from engine.model import DeliveryStatus
+from engine.model import DeliveryRef, DeliveryStatus
 from engine.store.base import Delivery, Store
+from engine.store.deliveries import CANCELLED, MAX_NOTE, SKIPPED, DeliveryInfo, operator_note
 
 log = logging.getLogger("radbridge.delivery")
 BATCH = 256
 RESCAN_SECS = 5.0
+CHECK_SECS = 1.0  # between retries, look at the head's row at least this often
+
+
+@dataclass(slots=True)
+class _Result:
+    status: DeliveryStatus
+    response: bytes | None
+    error: str | None
+    waited: bool  # a retry wait happened: the rest of the batch may be stale
 
 
 class DeliveryWorker:
-    def __init__(self, name: str, destination: Any, store: Store) -> None:
+    def __init__(self, name: str, destination: Any, store: Store,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.name = name
         self.destination = destination
         self.store = store
+        self.clock = clock
         self._wake = asyncio.Event()
+        self._poke = asyncio.Event()
         self.sent = 0
         self.errors = 0
         self.retries = 0
         self.backoff = 0.0
+        self.head: Delivery | None = None  # the delivery being sent now
+        self.head_since = 0.0  # clock() when it became the head
+        self.last_error: str | None = None  # the head's last transient failure
 
     def wake(self) -> None:
         self._wake.set()
 
+    def poke(self) -> None:
+        """A delivery of this queue changed in the store (an operator): look again now."""
+        self._poke.set()
+        self._wake.set()
+
+    def head_age(self) -> float:
+        """Seconds the current head has been the head (0 with nothing to send)."""
+        return max(0.0, self.clock() - self.head_since) if self.head is not None else 0.0
+
     async def run(self) -> None:
-        while True:
+        try:
+            while True:
+                await self._run_once()
+        finally:  # paused or stopped: nothing is being worked on
+            self._set_head(None)
+
+    async def _run_once(self) -> None:
+        try:
+            batch = await self.store.next_deliveries(self.name, BATCH)
+        except Exception as exc:
+            event(log, "DLV-401", "cannot read queue", destination=self.name,
+                  reason=type(exc).__name__, level=logging.ERROR)
+            batch = []
+        if batch:
             try:
-                batch = await self.store.next_deliveries(self.name, BATCH)
-            except Exception as exc:
-                event(log, "DLV-401", "cannot read queue", destination=self.name,
+                await self._send_batch(batch)
+            except Exception as exc:  # never let a bug stop the queue for good
+                event(log, "DLV-498", "batch failed, will retry", destination=self.name,
                       reason=type(exc).__name__, level=logging.ERROR)
-                batch = []
-            if batch:
-                try:
-                    await self._send_batch(batch)
-                except Exception as exc:  # never let a bug stop the queue for good
-                    event(log, "DLV-498", "batch failed, will retry", destination=self.name,
-                          reason=type(exc).__name__, level=logging.ERROR)
-                    await asyncio.sleep(1.0)
-                continue
-            self._wake.clear()
-            try:
-                await asyncio.wait_for(self._wake.wait(), RESCAN_SECS)
-            except TimeoutError:
-                pass
+                await asyncio.sleep(1.0)
+            return
+        self._set_head(None)
+        self._wake.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), RESCAN_SECS)
+
+    def _set_head(self, delivery: Delivery | None) -> None:
+        if delivery is None or self.head is None or self.head.id != delivery.id:
+            self.head_since = self.clock()
+            self.last_error = None
+        self.head = delivery
 
     async def _send_batch(self, batch: list[Delivery]) -> None:
         pending: list[asyncio.Future[None]] = []
         try:
             for delivery in batch:
-                status, response, error = await self._send_one(delivery)
+                self._set_head(delivery)
+                result = await self._send_one(delivery)
+                if result is None:  # an operator ended it: read the queue again
+                    return
                 # Recording is group-committed; the next send need not wait for it.
-                pending.append(asyncio.ensure_future(
-                    self.store.finish_delivery(delivery, status, response, error)))
+                pending.append(asyncio.ensure_future(self.store.finish_delivery(
+                    delivery, result.status, result.response, result.error)))
+                if result.waited:
+                    return
         finally:
             if pending:
                 await asyncio.gather(*pending)
 
-    async def _send_one(self, d: Delivery) -> tuple[DeliveryStatus, bytes | None, str | None]:
+    async def _send_one(self, d: Delivery) -> _Result | None:
+        """Send *d* until it is sent or fails for good; None when an operator ended it."""
         initial = float(getattr(self.destination, "retry_initial_secs", 0.5))
         ceiling = float(getattr(self.destination, "retry_max_secs", 60.0))
-        delay = initial
+        delay, waited = initial, False
+        ref = DeliveryRef(d.message_id, d.id)
         while True:
             try:
-                response = await self.destination.send(d.payload)
-                self.sent += 1
-                self.backoff = 0.0
-                return DeliveryStatus.SENT, response, None
-            except PeerRejected as exc:
-                self.errors += 1
-                event(log, "DLV-410", "peer rejected message", destination=self.name,
-                      message_id=d.message_id, code=exc.code)
-                return DeliveryStatus.ERROR, exc.response, str(exc)
+                response = await self.destination.send(d.payload, ref)
             except TransientDeliveryError as exc:
-                self.retries += 1
-                # A peer's Retry-After (exc.retry_after, seconds) wins over the backoff,
-                # capped at the destination's ceiling.
-                after = getattr(exc, "retry_after", None)
+                # A peer's Retry-After wins over the backoff, capped at the ceiling.
+                after = exc.retry_after
                 wait = delay if after is None else min(max(float(after), 0.0), ceiling)
-                self.backoff = wait
-                event(log, "DLV-420", "delivery failed, will retry", destination=self.name,
-                      message_id=d.message_id, reason=type(exc).__name__, retry_in=f"{wait:.1f}s",
-                      level=logging.WARNING)
+                self._retrying(d, exc, wait)
                 await self.store.record_attempt(d, str(exc))
-                await asyncio.sleep(wait)
-                delay = min(delay * 2, ceiling)
+                if not await self._still_queued(d, wait):
+                    return None
+                delay, waited = min(delay * 2, ceiling), True
+                continue
+            except PermanentDeliveryError as exc:
+                self.errors += 1
+                event(log, "DLV-410", "delivery failed for good, queue moves on",
+                      destination=self.name, message_id=d.message_id,
+                      reason=type(exc).__name__, code=getattr(exc, "code", None))
+                return _Result(DeliveryStatus.ERROR, exc.response, str(exc), waited)
             except Exception as exc:  # a connector bug: fail this message, keep the queue moving
                 self.errors += 1
                 event(log, "DLV-499", "destination raised unexpectedly", destination=self.name,
                       message_id=d.message_id, reason=type(exc).__name__, level=logging.ERROR)
-                return DeliveryStatus.ERROR, None, f"{type(exc).__name__}: {exc}"
+                return _Result(DeliveryStatus.ERROR, None, f"{type(exc).__name__}: {exc}",
+                               waited)
+            self.sent += 1
+            self.backoff = 0.0
+            return _Result(DeliveryStatus.SENT, response, None, waited)
+
+    def _retrying(self, d: Delivery, exc: Exception, wait: float) -> None:
+        self.retries += 1
+        self.backoff = wait
+        self.last_error = str(exc)
+        event(log, "DLV-420", "delivery failed, will retry", destination=self.name,
+              message_id=d.message_id, reason=type(exc).__name__, retry_in=f"{wait:.1f}s",
+              level=logging.WARNING)
+
+    async def _still_queued(self, d: Delivery, wait: float) -> bool:
+        """Wait *wait* seconds before the next try, looking at *d*'s row at least every
+        ``CHECK_SECS`` (at once when poked); False as soon as it is no longer QUEUED."""
+        deadline = asyncio.get_running_loop().time() + wait
+        while True:
+            self._poke.clear()
+            try:
+                status = await self.store.delivery_status(d.id)
+            except Exception as exc:  # store trouble: keep retrying the head
+                event(log, "DLV-401", "cannot read queue", destination=self.name,
+                      reason=type(exc).__name__, level=logging.ERROR)
+                status = DeliveryStatus.QUEUED
+            if status != DeliveryStatus.QUEUED:
+                self.backoff = 0.0
+                event(log, "DLV-430", "delivery ended by an operator, queue moves on",
+                      destination=self.name, message_id=d.message_id, delivery_id=d.id)
+                return False
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                return True
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._poke.wait(), min(left, CHECK_SECS))
 
     async def close(self) -> None:
         await self.destination.close()
+
+
+# -- operator actions (the admin API and ``radbridge deliveries``) -----------------------------
+
+ACTIONS = {"skip": SKIPPED, "cancel": CANCELLED, "retry": "RETRY ASKED"}
+_DONE = {"skip": "skipped", "cancel": "cancelled", "retry": "retried"}
+
+
+def clean_reason(reason: Any) -> str:
+    """The operator's reason on one line; ``ValueError`` when there is none."""
+    text = " ".join(str(reason or "").split())
+    if not text:
+        raise ValueError("say why: a reason is required (it is kept with the delivery and "
+                         "in the audit log)")
+    return text[:MAX_NOTE]
+
+
+async def operate(store: Store, delivery_id: int, action: str, user: str,
+                  reason: str) -> DeliveryInfo:
+    """Skip or cancel a QUEUED delivery (ERROR, "SKIPPED by *user*: *reason*": its queue
+    moves on), or retry an ERROR one (QUEUED again, sent next); the delivery after it.
+
+    Raises ``LookupError`` (no such delivery) or ``ValueError`` (not possible in its
+    status), each with a sentence for the operator. The running engine notices within
+    ``CHECK_SECS`` (at once when the caller pokes its worker).
+    """
+    info = await store.get_delivery(delivery_id)
+    if info is None:
+        raise LookupError(f"no delivery {delivery_id}")
+    note = operator_note(ACTIONS[action], user, reason)
+    if action == "retry":
+        changed = await store.requeue_delivery(delivery_id, note)
+        wanted = DeliveryStatus.ERROR
+    else:
+        changed = await store.end_delivery(delivery_id, note)
+        wanted = DeliveryStatus.QUEUED
+    after = await store.get_delivery(delivery_id)
+    if not changed or after is None:
+        now = after.status if after is not None else info.status
+        raise ValueError(f"delivery {delivery_id} is {now}: only a {wanted} delivery can be "
+                         f"{_DONE[action]}")
+    event(log, "DLV-440", "operator changed a delivery", destination=info.destination,
+          delivery_id=delivery_id, message_id=info.message_id, action=action, user=user)
+    return after

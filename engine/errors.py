@@ -8,10 +8,18 @@
     ├── StoreError               the store could not commit
     │   └── StoreUnavailable     disk full, read-only, locked: refuse new input (NAK AR / 0xA700)
     └── DeliveryError            a destination could not deliver
-        ├── TransientDeliveryError   retry with backoff, in order (connection refused, timeout)
-        │   ├── PeerUnavailable      could not connect
+        ├── TransientDeliveryError   retry with backoff, in order (connection refused, timeout,
+        │   │                        disk full): the place is down, not the message
+        │   ├── PeerUnavailable      could not connect (or write: ENOSPC, EIO...)
         │   └── PeerTimeout          connected, no answer in time
-        └── PeerRejected         the peer answered AE/AR (or 4xx): record ERROR, do not retry
+        └── PermanentDeliveryError   this delivery fails the same way however often it is
+            │                        tried (a file name the file system refuses, a payload
+            │                        that cannot be framed): record ERROR, move on
+            └── PeerRejected         the peer answered AE/AR (or 4xx): record ERROR, do not retry
+
+A destination's ``send`` raises one of these (``channels.base``); the delivery worker
+decides by type alone. OS errors of destinations that write files are classified once,
+in ``engine.outfiles.os_delivery_error``.
 """
 
 from __future__ import annotations
@@ -62,7 +70,10 @@ class DeliveryError(RadbridgeError):
 
 
 class TransientDeliveryError(DeliveryError):
-    """Retry later with backoff; order is kept, nothing is dropped."""
+    """Retry later with backoff; order is kept, nothing is dropped. ``retry_after``: the
+    peer's own wish in seconds (an HTTP Retry-After), used instead of the backoff."""
+
+    retry_after: float | None = None
 
 
 class PeerUnavailable(TransientDeliveryError):
@@ -73,7 +84,15 @@ class PeerTimeout(TransientDeliveryError):
     """The peer did not answer within the configured timeout."""
 
 
-class PeerRejected(DeliveryError):
+class PermanentDeliveryError(DeliveryError):
+    """Retrying cannot help: this delivery ends as ERROR with the reason and the queue moves
+    on (an operator may retry it once the cause is fixed). ``response`` is what the peer
+    answered, if anything."""
+
+    response: bytes | None = None
+
+
+class PeerRejected(PermanentDeliveryError):
     """The peer answered with a negative acknowledgement; do not retry."""
 
     def __init__(self, code: str, reason: str, response: bytes | None = None) -> None:

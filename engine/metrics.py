@@ -137,13 +137,21 @@ class EngineCollector(Collector):
                          "Current retry delay of the queue head (0: healthy).", ["channel"])
         paused = _gauge("radbridge_queue_paused", "1 when an operator paused the queue.",
                         ["channel"])
+        head_age = _gauge("radbridge_queue_head_age_seconds",
+                          "How long the queue head has been the head (0: nothing to send).",
+                          ["channel"])
+        stalled = _gauge("radbridge_queue_stalled", "1 when the queue head has not moved for "
+                         "[engine] stalled_queue_secs.", ["channel"])
+        stuck = set(self.engine.stalled_queues())
         for name, worker in self.engine.workers.items():
             sent.add_metric([name], float(worker.sent))
             errors.add_metric([name], float(worker.errors))
             retries.add_metric([name], float(worker.retries))
             backoff.add_metric([name], float(worker.backoff))
             paused.add_metric([name], 1.0 if name in self.engine.paused else 0.0)
-        yield from (sent, errors, retries, backoff, paused)
+            head_age.add_metric([name], worker.head_age())
+            stalled.add_metric([name], 1.0 if name in stuck else 0.0)
+        yield from (sent, errors, retries, backoff, paused, head_age, stalled)
 
     def _stored(self, snap: Snapshot) -> Iterator[Metric]:
         messages = _gauge("radbridge_messages", "Stored messages by channel and status.",

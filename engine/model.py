@@ -38,6 +38,15 @@ class DeliveryStatus(enum.StrEnum):
     ERROR = "ERROR"
 
 
+@dataclass(frozen=True, slots=True)
+class DeliveryRef:
+    """Which delivery a destination is sending: our own ids (file names, logs), never
+    anything taken from the message."""
+
+    message_id: int
+    delivery_id: int
+
+
 @dataclass(slots=True)
 class Message:
     """A stored message with its content layers (raw -> mapped -> sent -> response)."""

@@ -70,8 +70,10 @@ def plan_reload(old: Config, new: Config) -> ReloadPlan:
 
 class Engine:
     def __init__(self, config: Config, store: Store | None = None,
-                 config_path: str | None = None) -> None:
+                 config_path: str | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
+        self.clock = clock  # how long queue heads wait (tests inject one: no sleeping)
         self.config_path = config_path  # where reload() reads channels.toml from
         self.store = store or open_store(config.store.url)
         self.sources: dict[str, Any] = {}
@@ -140,7 +142,8 @@ class Engine:
 
     def _start_destination(self, ch: Any) -> None:
         spec = registry.get("destination", ch.destination.type)
-        worker = DeliveryWorker(ch.name, spec.factory(ch.name, ch.destination), self.store)
+        worker = DeliveryWorker(ch.name, spec.factory(ch.name, ch.destination), self.store,
+                                self.clock)
         self.workers[ch.name] = worker
         if ch.name not in self.paused:
             self._spawn(worker.run(), f"deliver:{ch.name}", ch.name)
@@ -262,6 +265,12 @@ class Engine:
             event(log, "ENG-509", "failure while stopping", reason=repr(exc),
                   level=logging.WARNING)
         event(log, "ENG-503", "engine stopped")
+
+    def stalled_queues(self) -> list[str]:
+        """Destinations whose queue head has not moved for ``[engine] stalled_queue_secs``."""
+        limit = self.config.engine.stalled_queue_secs
+        return sorted(name for name, worker in self.workers.items()
+                      if worker.head is not None and worker.head_age() >= limit)
 
     # -- one channel at a time -------------------------------------------------------------
     def channel_state(self, name: str) -> str:

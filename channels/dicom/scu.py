@@ -48,6 +48,7 @@ from channels.dicom.status import error_comment
 from engine.configbase import Strict, check_hostport, parse_hostport
 from engine.errors import PeerRejected, PeerTimeout, PeerUnavailable
 from engine.logs import event
+from engine.model import DeliveryRef
 from engine.registry import register
 
 log = logging.getLogger("radbridge.dicom.scu")
@@ -105,7 +106,7 @@ class StoreSCUDestination:
     async def connect(self) -> None:
         return None  # associations open on demand: a PACS down at start-up is fine
 
-    async def send(self, payload: bytes) -> bytes:
+    async def send(self, payload: bytes, ref: DeliveryRef | None = None) -> bytes:
         if self._pool is None:  # one thread: the association is never used concurrently
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"scu-{self.name}")
         return await asyncio.get_running_loop().run_in_executor(self._pool, self._store, payload)

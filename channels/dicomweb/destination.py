@@ -43,6 +43,7 @@ from engine.configsecrets import (
 )
 from engine.errors import PeerRejected, PeerTimeout, PeerUnavailable
 from engine.logs import event
+from engine.model import DeliveryRef
 from engine.registry import register
 
 log = logging.getLogger("radbridge.dicomweb.stow_out")
@@ -152,7 +153,7 @@ class StowDestination:
                 connector=aiohttp.TCPConnector(ssl=ssl_ctx))
         return self._session
 
-    async def send(self, payload: bytes) -> bytes:
+    async def send(self, payload: bytes, ref: DeliveryRef | None = None) -> bytes:
         body, content_type = multipart_body(payload)
         headers = self._headers(content_type)
         try:

@@ -31,6 +31,7 @@ from channels.fhir_rest.auth import Credentials
 from channels.fhir_rest.config import FhirRestConfig
 from engine.errors import PeerRejected, PeerTimeout, PeerUnavailable
 from engine.logs import event
+from engine.model import DeliveryRef
 from engine.registry import register
 
 log = logging.getLogger("radbridge.fhir_rest")
@@ -104,7 +105,7 @@ class FhirRestDestination:
                 connector=aiohttp.TCPConnector(ssl=self._ssl()),
                 timeout=aiohttp.ClientTimeout(total=self.config.timeout_secs))
 
-    async def send(self, payload: bytes) -> bytes:
+    async def send(self, payload: bytes, ref: DeliveryRef | None = None) -> bytes:
         await self.connect()
         assert self._session is not None
         status, body, headers = await self._post(payload)

@@ -3,32 +3,45 @@
 from __future__ import annotations
 
 import asyncio
-import os
+import uuid
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
 
 from engine.configbase import Strict
-from engine.errors import PeerUnavailable
-from engine.fsmode import open_private_file, private_dir
+from engine.fsmode import private_dir
+from engine.model import DeliveryRef
+from engine.outfiles import os_delivery_error, write_new
 from engine.registry import register
-from mappings.hl7v2.header import HeaderError, parse_header
 
 
 class FileDestinationConfig(Strict):
     type: Literal["file"]
-    directory: str = Field(description="Created if missing; one file per message.")
-    suffix: str = ".hl7"
+    directory: str = Field(description="Created if missing; one file per message, named "
+                                       "<message id>-<delivery id><suffix> (our ids, never "
+                                       "MSH-10); an existing file is never overwritten.")
+    suffix: str = Field(".hl7", max_length=32, pattern=r"^[A-Za-z0-9._-]*$",
+                        description="Appended to each file name.")
     fsync: bool = Field(True, description="fsync each file before reporting it sent.")
+
+
+def file_stem(ref: DeliveryRef | None) -> str:
+    """``<message id>-<delivery id>``, zero-padded so names sort in arrival order; a random
+    name when sent outside the queue (no ids)."""
+    if ref is None:
+        return f"direct-{uuid.uuid4().hex}"
+    return f"{ref.message_id:012d}-{ref.delivery_id:012d}"
 
 
 @register("destination", "file", FileDestinationConfig, "one file per message in a directory")
 class FileDestination:
-    """Writes ``<control id or sequence><suffix>`` atomically (temp file + rename).
+    """Writes ``<message id>-<delivery id><suffix>`` atomically (``engine.outfiles``).
 
-    Raises ``PeerUnavailable`` on any OS error (disk full, permissions): the
-    message stays queued and is retried.
+    What ``send`` raises is decided by ``engine.outfiles.os_delivery_error``: a disk
+    full or an unwritable directory (``PeerUnavailable``) is retried in order; a file
+    that can never be written (``PermanentDeliveryError``) ends that delivery as ERROR
+    and the queue moves on.
     """
 
     retry_initial_secs = 1.0
@@ -38,35 +51,17 @@ class FileDestination:
         self.name = name
         self.config = config
         self.dir = Path(config.directory)
-        self._seq = 0
 
     async def connect(self) -> None:
         await asyncio.to_thread(private_dir, self.dir)
 
-    async def send(self, payload: bytes) -> bytes:
-        self._seq += 1
+    async def send(self, payload: bytes, ref: DeliveryRef | None = None) -> bytes:
         try:
-            stem = parse_header(payload).control_id
-        except HeaderError:
-            stem = f"message-{self._seq}"
-        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in stem)
-        try:
-            path = await asyncio.to_thread(self._write, safe, payload)
+            path = await asyncio.to_thread(write_new, self.dir, file_stem(ref),
+                                           self.config.suffix, payload, self.config.fsync)
         except OSError as exc:
-            raise PeerUnavailable(f"cannot write to {self.dir}: {exc.strerror}") from exc
+            raise os_delivery_error(exc, self.dir) from exc
         return f"written {path.name}".encode()
-
-    def _write(self, stem: str, payload: bytes) -> Path:
-        private_dir(self.dir)
-        final = self.dir / f"{stem}{self.config.suffix}"
-        tmp = final.with_suffix(final.suffix + ".tmp")
-        with open_private_file(tmp) as fh:  # 0600: messages hold patient data
-            fh.write(payload)
-            if self.config.fsync:
-                fh.flush()
-                os.fsync(fh.fileno())
-        os.replace(tmp, final)
-        return final
 
     async def close(self) -> None:
         return None

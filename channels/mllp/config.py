@@ -37,5 +37,13 @@ class MLLPDestinationConfig(Strict):
     retry_initial_secs: float = Field(0.5, gt=0)
     retry_max_secs: float = Field(60, gt=0)
     max_message_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+    retry_on: list[Literal["AE", "AR", "CE", "CR"]] = Field(
+        default_factory=list, description="ACK codes that mean 'later' from this peer: the "
+        "message stays at the head and is retried in order (e.g. [\"CR\"] for a peer that "
+        "answers CR while its disk is full, as radbridge does). Others end it as ERROR.")
+    max_ack_mismatches: int = Field(
+        3, ge=1, description="An ACK that names another message (or cannot be read) is "
+                             "retried on a fresh connection; after this many in a row for "
+                             "one message it fails for good (ERROR) and the queue moves on.")
 
     _check_endpoint = field_validator("endpoint")(classmethod(lambda cls, v: check_hostport(v)))

@@ -3,8 +3,8 @@
 Used for critical-finding alerts (a paging system, a chat bridge). The body can
 be signed with HMAC-SHA256 (``X-Radbridge-Signature: sha256=<hex>``) with a
 secret read from the environment or a file, never from channels.toml.
-2xx is sent; 408, 429 and 5xx are retried in order (``Retry-After`` honoured);
-any other status is a rejection recorded with the peer's answer.
+2xx is sent; 408, 429 and every 5xx are retried in order (``Retry-After``
+honoured); any other status is a rejection recorded with the peer's answer.
 """
 
 from __future__ import annotations
@@ -26,9 +26,10 @@ from engine.configsecrets import (
     secret_file,
 )
 from engine.errors import PeerRejected, PeerTimeout, PeerUnavailable
+from engine.model import DeliveryRef
 from engine.registry import register
 
-RETRYABLE = frozenset({408, 429, 500, 502, 503, 504})
+RETRYABLE = frozenset({408, 429})  # and every 5xx
 
 
 class WebhookDestinationConfig(Strict):
@@ -75,7 +76,7 @@ class WebhookDestination:
             return None
         return destination_secret(cfg.secret_env, cfg.secret_file, "webhook secret").encode()
 
-    async def send(self, payload: bytes) -> bytes:
+    async def send(self, payload: bytes, ref: DeliveryRef | None = None) -> bytes:
         headers = {"Content-Type": "application/json"}
         secret = self._secret()
         if secret is not None:
@@ -91,7 +92,7 @@ class WebhookDestination:
                 if 200 <= resp.status < 300:
                     return body or f"HTTP {resp.status}".encode()
                 text = body[:200].decode("utf-8", "replace")
-                if resp.status in RETRYABLE:
+                if resp.status in RETRYABLE or resp.status >= 500:
                     after = resp.headers.get("Retry-After")
                     raise RetryLater(f"HTTP {resp.status}: {text}",
                                      float(after) if after and after.isdigit() else None)

@@ -12,7 +12,7 @@ from aiohttp import web
 
 from engine.admin import phi
 from engine.admin.auth import STAFF_ROLES
-from engine.admin.http import AdminState, audit, fail, ok, read_json, state
+from engine.admin.http import AdminState, audit, fail, ok, read_json, state, who
 from engine.admin.routing import Panel, Router, register_panel
 from engine.config import lint_text
 from engine.configsecrets import redact
@@ -119,7 +119,7 @@ async def get_stats(request: web.Request) -> web.Response:
                             for ch in st.engine.config.channel}})
 
 
-def queue_view(st: AdminState, name: str) -> dict[str, Any]:
+def queue_view(st: AdminState, name: str, masked: bool = False) -> dict[str, Any]:
     worker = st.engine.workers.get(name)
     stats = st.sampler.channel_stats(name, {})
     return {"name": name, "state": st.engine.channel_state(name),
@@ -127,15 +127,28 @@ def queue_view(st: AdminState, name: str) -> dict[str, Any]:
             "deliveries": stats["deliveries"],
             "sent": worker.sent if worker else None, "errors": worker.errors if worker else None,
             "retries": worker.retries if worker else None,
-            "backoff_secs": worker.backoff if worker else None}
+            "backoff_secs": worker.backoff if worker else None,
+            "head": _head(worker, masked), "stalled": name in st.engine.stalled_queues()}
+
+
+def _head(worker: Any, masked: bool) -> dict[str, Any] | None:
+    """The delivery the worker is on, and since when (its last failure: not for viewers)."""
+    head = worker.head if worker is not None else None
+    if head is None:
+        return None
+    return {"delivery": head.id, "message": head.message_id,
+            "age_secs": round(worker.head_age(), 1),
+            "last_error": None if masked else worker.last_error}
 
 
 @router.get("/api/queues", roles=STAFF_ROLES,
-            summary="Destination queues: depth, oldest waiting, paused, retries",
+            summary="Destination queues: depth, oldest waiting, paused, retries, the head "
+                    "and whether it is stalled",
             viewer=phi.view(phi.CHANNEL, {"queues"}, maps=phi.CHANNEL_MAPS))
 async def list_queues(request: web.Request) -> web.Response:
     st = state(request)
-    return ok({"queues": [queue_view(st, ch.name) for ch in st.engine.config.channel
+    masked = who(request).masked
+    return ok({"queues": [queue_view(st, ch.name, masked) for ch in st.engine.config.channel
                           if ch.destination is not None]})
 
 

@@ -62,19 +62,39 @@ async def _down_parts(engine: Any) -> tuple[list[str], list[str]]:
         state_ = engine.channel_state(ch.name)
         if state_ == "failed" or (state_ == "stopped" and ch.name not in engine.stopped):
             down.append(f"channel:{ch.name}")
+    stalled = set(engine.stalled_queues())
     for name, worker in engine.workers.items():
-        if worker.backoff > 0:
+        if name in stalled:
+            down.append(f"destination:{name}")
+        elif worker.backoff > 0:
             degraded.append(f"destination:{name}")
     return down, degraded
 
 
+def _stalled(engine: Any) -> list[dict[str, Any]]:
+    """Each stalled queue: its head (our ids) and how long it has not moved."""
+    out = []
+    for name in engine.stalled_queues():
+        worker = engine.workers[name]
+        head = worker.head
+        out.append({"destination": name, "head_age_secs": round(worker.head_age(), 1),
+                    "delivery": head.id if head else None,
+                    "message": head.message_id if head else None})
+    return out
+
+
 @router.get("/ready", roles=(), summary="Readiness: 503 naming the parts that are down",
-            responses={200: "ready", 503: "not ready; `down` names the parts"})
+            responses={200: "ready", 503: "not ready; `down` names the parts (a destination "
+                                          "whose queue head has not moved for "
+                                          "stalled_queue_secs among them, in `stalled`)"})
 async def ready(request: web.Request) -> web.Response:
-    down, degraded = await _down_parts(state(request).engine)
+    engine = state(request).engine
+    down, degraded = await _down_parts(engine)
+    stalled = _stalled(engine)
     if down:
-        return ok({"status": "unavailable", "down": down, "degraded": degraded}, 503)
-    return ok({"status": "ready", "down": [], "degraded": degraded})
+        return ok({"status": "unavailable", "down": down, "degraded": degraded,
+                   "stalled": stalled}, 503)
+    return ok({"status": "ready", "down": [], "degraded": degraded, "stalled": []})
 
 
 @router.get("/metrics", roles=STAFF_ROLES, summary="Prometheus metrics (text exposition)",

@@ -38,6 +38,7 @@ TimelineSource = Callable[[web.Request, dict[str, Any]], Awaitable[list[dict[str
 ROUTE_MODULES: list[str] = [
     "engine.admin.routes_system",
     "engine.admin.routes_channels",
+    "engine.admin.routes_deliveries",
     "engine.admin.routes_messages",
     "engine.admin.routes_clinical",
     "engine.admin.routes_models",

@@ -15,6 +15,7 @@ from typing import Any
 
 from engine.model import DeliveryStatus, Message, Status
 from engine.store.clinical import CaseRow, ClinicalStore
+from engine.store.deliveries import DeliveryStore
 from engine.store.fhir import FhirStore
 from engine.store.inference import InferenceStore
 from engine.store.results import ResultsStore
@@ -99,7 +100,7 @@ class PruneResult:
     skipped: bool = False  # PostgreSQL: another process was pruning; this run did nothing
 
 
-class Store(ClinicalStore, InferenceStore, ResultsStore, FhirStore):
+class Store(ClinicalStore, InferenceStore, ResultsStore, FhirStore, DeliveryStore):
     """Durable messages, content layers and delivery queues; the clinical tables (see
     ``engine.store.clinical``)."""
 
@@ -150,11 +151,13 @@ class Store(ClinicalStore, InferenceStore, ResultsStore, FhirStore):
     @abc.abstractmethod
     async def finish_delivery(self, delivery: Delivery, status: DeliveryStatus,
                               response: bytes | None, error: str | None) -> None:
-        """Record a final delivery result and roll the message status up when all are final."""
+        """Record a final delivery result and roll the message status up when all are final.
+        SENT always stands; ERROR does not replace an operator's decision (see
+        ``engine.store.deliveries``)."""
 
     @abc.abstractmethod
     async def record_attempt(self, delivery: Delivery, error: str) -> None:
-        """Record a failed (transient) attempt; the delivery stays QUEUED."""
+        """Record a failed (transient) attempt on a delivery still QUEUED."""
 
     @abc.abstractmethod
     async def _rows(self, sql: str, *params: Any) -> list[Any]:

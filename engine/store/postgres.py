@@ -35,7 +35,7 @@ import asyncpg
 from engine.errors import StoreUnavailable
 from engine.logs import event
 from engine.model import DeliveryStatus, Message, Status
-from engine.store import pg_claims, pg_schema
+from engine.store import pg_claims, pg_deliveries, pg_schema
 from engine.store.archive import Item as Archive
 from engine.store.archive import write_archive
 from engine.store.base import (
@@ -52,6 +52,7 @@ from engine.store.base import (
 )
 from engine.store.clinical import CaseRow
 from engine.store.pg_clinical import PgClinical, apply_domain_events
+from engine.store.pg_deliveries import PgDeliveries
 from engine.store.pg_fhir import PgFhir
 from engine.store.pg_inference import PgInference
 from engine.store.pg_results import PgResults
@@ -115,29 +116,6 @@ async def _outcomes_op(conn: asyncpg.Connection, outcomes: Sequence[Outcome]) ->
         [str(Status.QUEUED if o.deliveries else o.status) for o in ordered],
         [o.error for o in ordered], now)
     return await apply_domain_events(conn, ordered)
-
-
-async def _finish_op(conn: asyncpg.Connection, delivery_id: int, message_id: int, status: str,
-                     response: bytes | None, error: str | None) -> None:
-    now = time.time()
-    # The message row first: two processes finishing its last two deliveries take turns, so
-    # the second always sees the first and rolls the message up.
-    await conn.execute("SELECT 1 FROM messages WHERE id = $1 FOR UPDATE", message_id)
-    await conn.execute("UPDATE deliveries SET status = $1, response = $2, error = $3,"
-                       " attempts = attempts + 1, updated_at = $4, claimed_by = NULL,"
-                       " lease_until = NULL WHERE id = $5",
-                       status, response, error, now, delivery_id)
-    await conn.execute(
-        "UPDATE messages SET updated_at = $1, status = CASE WHEN EXISTS (SELECT 1 FROM"
-        " deliveries WHERE message_id = $2 AND status = 'ERROR') THEN 'ERROR' ELSE 'SENT' END,"
-        " error = (SELECT error FROM deliveries WHERE message_id = $2 AND status = 'ERROR'"
-        " LIMIT 1) WHERE id = $2 AND NOT EXISTS (SELECT 1 FROM deliveries WHERE"
-        " message_id = $2 AND status = 'QUEUED')", now, message_id)
-
-
-async def _attempt_op(conn: asyncpg.Connection, delivery_id: int, error: str) -> None:
-    await conn.execute("UPDATE deliveries SET attempts = attempts + 1, error = $1,"
-                       " updated_at = $2 WHERE id = $3", error, time.time(), delivery_id)
 
 
 async def _reprocess_op(conn: asyncpg.Connection, ids: Sequence[int]) -> int:
@@ -211,7 +189,7 @@ def _split_url(url: str) -> tuple[str, dict[str, str]]:
     return urlunsplit((scheme, parts.netloc, parts.path, urlencode(query), "")), ours
 
 
-class PostgresStore(PgClinical, PgInference, PgResults, PgFhir, Store):
+class PostgresStore(PgClinical, PgInference, PgResults, PgFhir, PgDeliveries, Store):
     """The scale-out store: several engine processes and inference workers on one database."""
 
     def __init__(self, dsn: str, lease_secs: float = LEASE_SECS, pool_size: int = 8) -> None:
@@ -310,11 +288,11 @@ class PostgresStore(PgClinical, PgInference, PgResults, PgFhir, Store):
 
     async def finish_delivery(self, delivery: Delivery, status: DeliveryStatus,
                               response: bytes | None, error: str | None) -> None:
-        await self._write(_finish_op, delivery.id, delivery.message_id, str(status), response,
-                          error)
+        await self._write(pg_deliveries.finish_op, delivery.id, delivery.message_id,
+                          str(status), response, error)
 
     async def record_attempt(self, delivery: Delivery, error: str) -> None:
-        await self._write(_attempt_op, delivery.id, error)
+        await self._write(pg_deliveries.attempt_op, delivery.id, error)
 
     async def reprocess(self, message_ids: Sequence[int]) -> int:
         return int(await self._write(_reprocess_op, list(message_ids)))

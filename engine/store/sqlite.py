@@ -38,6 +38,7 @@ from engine.store.base import (
 )
 from engine.store.clinical import CaseRow
 from engine.store.clinical_sql import CLINICAL_SCHEMA, SQLiteClinical, apply_domain_events
+from engine.store.deliveries import SQLiteDeliveries, attempt_op, finish_op
 from engine.store.fhir_sql import FHIR_SCHEMA, SQLiteFhir
 from engine.store.inference_sql import INFERENCE_SCHEMA, SQLiteInference
 from engine.store.results_sql import RESULTS_SCHEMA, SQLiteResults
@@ -327,24 +328,6 @@ def _set_statuses(conn: sqlite3.Connection, ordered: Sequence[Outcome], now: flo
                          f" ({','.join(['?'] * len(chunk))})", (status, error, now, *chunk))
 
 
-def _finish_op(conn: sqlite3.Connection, delivery_id: int, message_id: int, status: str,
-               response: bytes | None, error: str | None) -> None:
-    now = time.time()
-    conn.execute("UPDATE deliveries SET status=?, response=?, error=?, attempts=attempts+1,"
-                 " updated_at=? WHERE id=?", (status, response, error, now, delivery_id))
-    conn.execute(
-        "UPDATE messages SET updated_at=?, status=CASE WHEN EXISTS (SELECT 1 FROM deliveries"
-        " WHERE message_id=? AND status='ERROR') THEN 'ERROR' ELSE 'SENT' END,"
-        " error=(SELECT error FROM deliveries WHERE message_id=? AND status='ERROR' LIMIT 1)"
-        " WHERE id=? AND NOT EXISTS (SELECT 1 FROM deliveries WHERE message_id=?"
-        " AND status='QUEUED')", (now, message_id, message_id, message_id, message_id))
-
-
-def _attempt_op(conn: sqlite3.Connection, delivery_id: int, error: str) -> None:
-    conn.execute("UPDATE deliveries SET attempts=attempts+1, error=?, updated_at=? WHERE id=?",
-                 (error, time.time(), delivery_id))
-
-
 def _reprocess_op(conn: sqlite3.Connection, ids: Sequence[int]) -> int:
     n = 0
     for mid in ids:
@@ -436,7 +419,8 @@ def _row_to_delivery(row: tuple[Any, ...]) -> Delivery:
                     key=row[8])
 
 
-class SQLiteStore(SQLiteClinical, SQLiteInference, SQLiteResults, SQLiteFhir, Store):
+class SQLiteStore(SQLiteClinical, SQLiteInference, SQLiteResults, SQLiteFhir, SQLiteDeliveries,
+                  Store):
     """The embedded default store."""
 
     wal_restart_bytes = _WAL_LIMIT  # a WAL larger than this is started over (_Checkpointer)
@@ -528,11 +512,11 @@ class SQLiteStore(SQLiteClinical, SQLiteInference, SQLiteResults, SQLiteFhir, St
 
     async def finish_delivery(self, delivery: Delivery, status: DeliveryStatus,
                               response: bytes | None, error: str | None) -> None:
-        await self._write(_finish_op, delivery.id, delivery.message_id, str(status), response,
+        await self._write(finish_op, delivery.id, delivery.message_id, str(status), response,
                           error)
 
     async def record_attempt(self, delivery: Delivery, error: str) -> None:
-        await self._write(_attempt_op, delivery.id, error)
+        await self._write(attempt_op, delivery.id, error)
 
     async def reprocess(self, message_ids: Sequence[int]) -> int:
         return await self._write(_reprocess_op, list(message_ids))

@@ -81,6 +81,30 @@ async def feedback(env: Env) -> tuple[str, Any]:
     return f"/api/cases/{env.case_id}/feedback", body
 
 
+async def _parked_delivery(env: Env) -> int:
+    """A QUEUED delivery to a destination nothing sends to (so it stays queued)."""
+    from engine.model import Status
+    from engine.store.base import NewMessage, Outcome
+
+    store = env.engine.store
+    mid = await store.insert_message(NewMessage("ris", 0.0, b"MSH|^~\\&|X",
+                                                status=Status.TRANSFORMED))
+    await store.apply_outcomes([Outcome(mid, Status.TRANSFORMED,
+                                        deliveries=[("parked", b"payload")])])
+    (delivery,) = (await store.get_message(mid))[1]
+    return delivery.id
+
+
+def delivery_action(action: str) -> Example:
+    async def example(env: Env) -> tuple[str, Any]:
+        delivery_id = await _parked_delivery(env)
+        if action == "retry":
+            await env.engine.store.end_delivery(delivery_id, "SKIPPED by test: setup")
+        return f"/api/deliveries/{delivery_id}/{action}", {"reason": "authz matrix"}
+
+    return example
+
+
 async def fhir_resource(env: Env) -> tuple[str, Any]:
     """A stored FHIR resource to read (the read-only /fhir API)."""
     from radbridge_fhir.ids import resource_id
@@ -109,6 +133,9 @@ EXAMPLES: dict[str, Example] = {
     "list_queues": fixed("/api/queues"),
     "pause_queue": fixed("/api/queues/archive/pause"),
     "resume_queue": fixed("/api/queues/archive/resume"),
+    "skip_delivery": delivery_action("skip"),
+    "cancel_delivery": delivery_action("cancel"),
+    "retry_delivery": delivery_action("retry"),
     "get_config": fixed("/api/config"),
     "reload_config": fixed("/api/config/reload", {"dry_run": True}),
     "list_messages": fixed("/api/messages?channel=ris&limit=5"),
@@ -209,7 +236,8 @@ def test_the_documented_roles_match_the_intended_policy() -> None:
     for op in ("get_message", "list_messages"):
         assert roles[op] == {"admin", "analyst", "viewer"}
     for op in ("stop_channel", "start_channel", "redeploy_channel", "pause_queue",
-               "resume_queue", "reload_config", "reprocess_messages", "get_config"):
+               "resume_queue", "reload_config", "reprocess_messages", "get_config",
+               "skip_delivery", "cancel_delivery", "retry_delivery"):
         assert roles[op] == {"admin", "analyst"}
     for op in ("complete_study", "proceed_study"):
         assert roles[op] == {"admin", "analyst", "radiologist"}

@@ -210,6 +210,9 @@ class _Store:
     async def record_attempt(self, delivery: Any, error: str) -> None:
         self.attempts.append(error)
 
+    async def delivery_status(self, delivery_id: int) -> DeliveryStatus:
+        return DeliveryStatus.QUEUED
+
 
 async def test_the_delivery_worker_waits_what_retry_after_says(tmp_path: Path) -> None:
     from engine.store.base import Delivery
@@ -223,9 +226,10 @@ async def test_the_delivery_worker_waits_what_retry_after_says(tmp_path: Path) -
         delivery = Delivery(1, 1, "ehr-fhir", DeliveryStatus.QUEUED, 0, _payload(tmp_path))
         started = asyncio.get_running_loop().time()
         try:
-            status, _, _ = await worker._send_one(delivery)
+            result = await worker._send_one(delivery)
         finally:
             await dest.close()
         waited = asyncio.get_running_loop().time() - started
-        assert status == DeliveryStatus.SENT and worker.retries == 1
+        assert result is not None and result.status == DeliveryStatus.SENT
+        assert worker.retries == 1
         assert waited >= 1.0 and len(store.attempts) == 1

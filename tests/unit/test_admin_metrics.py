@@ -22,12 +22,16 @@ class FakeEngine:
         self.ingests: dict[str, Any] = {"ris": ingest}
         self.pipelines: dict[str, Any] = {"ris": SimpleNamespace(processed=8)}
         self.workers: dict[str, Any] = {"out": SimpleNamespace(sent=7, errors=1, retries=3,
-                                                               backoff=0.0)}
+                                                               backoff=0.0,
+                                                               head_age=lambda: 0.0)}
         self.paused = {"out"}
         self.store = None
 
     def channel_state(self, name: str) -> str:
         return "running" if name == "ris" else "stopped"
+
+    def stalled_queues(self) -> list[str]:
+        return []
 
 
 def _families(text: bytes) -> dict[str, Any]:

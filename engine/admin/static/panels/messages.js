@@ -3,6 +3,7 @@
 import { query } from "../js/api.js";
 import { clear, h, pill, table, when } from "../js/dom.js";
 import { renderLayer } from "../js/hl7.js";
+import { deliveryAction } from "./queues.js";
 
 const STATUSES = ["", "RECEIVED", "FILTERED", "TRANSFORMED", "QUEUED", "SENT", "ERROR"];
 const FILTERS = ["channel", "status", "type", "control_id", "accession", "since", "until"];
@@ -93,12 +94,22 @@ async function messageView(root, ctx, id) {
   };
   m.layers.forEach((layer, i) => tabs.append(h("button", { onclick: () => pick(i) },
     `${layer.name} (${layer.size} B)`)));
+  const act = (d, verb) => async () => {
+    try {
+      const after = await deliveryAction(ctx, d.id, verb);
+      if (after) await messageView(clear(root), ctx, id);
+    } catch (err) { note.textContent = `${verb} failed: ${err.message}`; }
+  };
+  // Skip or cancel a queued delivery, retry a failed one (operators; each asks why).
+  const verbs = (d) => (d.status === "QUEUED" ? ["skip", "cancel"] : d.status === "ERROR" ? ["retry"] : []);
   const deliveries = table([
     { title: "Destination", value: (d) => d.destination },
     { title: "Status", value: (d) => pill(d.status) },
     { title: "Attempts", num: true, value: (d) => String(d.attempts) },
     { title: "Error", value: (d) => d.error || "" },
-  ], m.deliveries, { empty: "no deliveries" });
+    { title: "", value: (d) => verbs(d).filter((v) => ctx.can(`${v}_delivery`)).map((v) => h("button",
+      { onclick: act(d, v), "data-action": v }, v[0].toUpperCase() + v.slice(1))) },
+  ], m.deliveries, { empty: "no deliveries", testid: "delivery-list" });
   root.append(head, h("div", { class: "card" }, summary(m)),
     h("h3", {}, "Deliveries"), deliveries, h("h3", {}, "Content"), tabs, layerBox);
   if (m.layers.length) pick(0);
