@@ -21,6 +21,7 @@ from typing import Any
 
 from engine.admin.audit import AuditLog
 from engine.admin.auth import Principal
+from engine.cli_args import integer
 from engine.config import Config, load_config
 from engine.delivery import clean_reason, operate
 from engine.model import DeliveryStatus
@@ -38,7 +39,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     ls = dsub.add_parser("list", help="a destination's deliveries (QUEUED: the head first)")
     ls.add_argument("destination")
     ls.add_argument("--status", choices=[str(s) for s in DeliveryStatus], default="QUEUED")
-    ls.add_argument("--limit", type=int, default=20)
+    ls.add_argument("--limit", type=integer(1, 10_000), default=20)
     ls.set_defaults(func=cmd_list)
     for action, text in (("skip", "a queued delivery ends as ERROR (SKIPPED, who and why); "
                                   "its queue moves on"),
@@ -46,7 +47,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
                                     "and why)"),
                          ("retry", "a failed (ERROR) delivery is queued again, sent next")):
         a = dsub.add_parser(action, help=text)
-        a.add_argument("id", type=int, help="the delivery id (see `list`)")
+        a.add_argument("id", type=integer(), help="the delivery id (see `list`)")
         a.add_argument("--reason", required=True, help="why: kept with the delivery and "
                                                        "in the audit log")
         a.add_argument("--user", default=None, help="who (default: your login name)")
