@@ -44,6 +44,10 @@ class EngineSection(Strict):
         None, description="Before deleting, write those messages to one gzip JSON-lines file "
                           "per run in this directory (relative to the working directory, like "
                           "data_dir). It holds patient data: mode 0600.")
+    signal_poll_secs: float = Field(
+        1.0, gt=0, description="How often the engine looks for changes other processes made "
+                               "(`radbridge studies complete`, `messages reprocess`); on "
+                               "PostgreSQL a NOTIFY also wakes it at once.")
     inference: Literal["local", "workers"] = Field(
         "local", description="local: this process runs the models; workers: it only routes "
                              "cases into the job queue, and `radbridge worker` processes (on "
