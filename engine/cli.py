@@ -10,6 +10,7 @@
     radbridge cases | orders | unmatched
     radbridge studies [list | complete UID | proceed UID]
     radbridge audit [--case N] [--model NAME] | findings [--case N] | jobs | models
+    radbridge demo [channels.toml]          a DEMO order and study through the running engine
 """
 
 from __future__ import annotations
@@ -94,7 +95,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from engine import cli_clinical, cli_inference, cli_messages, cli_send
+    from engine import cli_clinical, cli_demo, cli_inference, cli_messages, cli_send
 
     parser = argparse.ArgumentParser(prog="radbridge", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -107,6 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cli_messages.add_parser(sub)
     cli_clinical.add_parsers(sub)
     cli_inference.add_parsers(sub)
+    cli_demo.add_parser(sub)
     args = parser.parse_args(argv)
     return int(args.func(args))
 
