@@ -251,3 +251,35 @@ async def test_a_signal_whose_handler_fails_is_handled_again_and_old_ones_are_no
         await watcher.close()
         await writer.close()
         await reader.close()
+
+
+async def test_old_signals_are_forgotten_and_a_new_one_never_reuses_an_id(db_url: str) -> None:
+    from engine.store.base import NewMessage, open_store
+    from engine.store.signals import KEEP_SECS
+
+    store = open_store(db_url)
+    await store.open()
+    try:
+        mid = await store.insert_message(NewMessage("ris", time.time(), b"MSH|^~\\&|"))
+        assert await store.reprocess([mid], announce=True) == 1
+        (old,) = await store.signals_after(0)
+        await _age_signals(store, KEEP_SECS + 60)
+        assert await store.reprocess([mid], announce=True) == 1
+        (new,) = await store.signals_after(0)  # the old one went with this write
+        assert new.id > old.id and new.topic == "messages" and new.subjects == [str(mid)]
+    finally:
+        await store.close()
+
+
+async def _age_signals(store: Any, secs: float) -> None:
+    """Move every signal *secs* into the past (as if the engine had been down that long)."""
+
+    def sqlite_op(conn: Any) -> None:
+        conn.execute("UPDATE signals SET created_at = created_at - ?", (secs,))
+
+    async def pg_op(conn: Any) -> None:
+        await conn.execute("UPDATE signals SET created_at = created_at - $1", secs)
+
+    from engine.store.sqlite import SQLiteStore
+
+    await store._write(sqlite_op if isinstance(store, SQLiteStore) else pg_op)
