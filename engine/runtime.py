@@ -1,6 +1,8 @@
 """The one lifecycle owner.
 
-Start order: store -> recovery -> destinations -> pipelines -> sources -> admin.
+Start order: store -> signals cursor -> recovery -> destinations -> pipelines -> sources ->
+admin. From then on the engine also acts on changes other processes announce in the store
+(``engine.signals``: the CLI completing a study, reprocessing messages).
 Stop order is the reverse; failures while stopping are collected, not raised
 one by one. Bound addresses are exposed so tests can listen on port 0.
 

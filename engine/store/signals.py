@@ -18,8 +18,8 @@ sends ``NOTIFY radbridge_signals`` (delivered at commit), which the engine
 LISTENs for to poll at once instead of at the next tick; the poll alone is
 correct, the notification only makes it prompt.
 
-Ordering: a poller that has seen row *n* must never later find a row below *n*
-commit. SQLite serialises writers, and ``AUTOINCREMENT`` never hands an id out
+Ordering: once a poller has seen row *n*, no row below *n* may commit after it.
+SQLite serialises writers, and ``AUTOINCREMENT`` never hands an id out
 twice, even after pruning. On PostgreSQL identities are handed out before
 commit, so signal writers take a transaction lock (``pg_schema.lock``) first:
 ids then commit in order. Only out-of-process writers signal; the engine never
