@@ -11,6 +11,7 @@
     radbridge cases | orders | unmatched
     radbridge studies [list | complete UID | proceed UID]
     radbridge audit [--case N] [--model NAME] | findings [--case N] | jobs | models
+    radbridge demo [channels.toml]          a DEMO order and study through the running engine
 """
 
 from __future__ import annotations
@@ -97,7 +98,14 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 def build_parser() -> Parser:
     """Every subcommand and its options (their value types: ``engine.cli_args``)."""
-    from engine import cli_clinical, cli_deliveries, cli_inference, cli_messages, cli_send
+    from engine import (
+        cli_clinical,
+        cli_deliveries,
+        cli_demo,
+        cli_inference,
+        cli_messages,
+        cli_send,
+    )
 
     parser = Parser(prog="radbridge", description=__doc__,
                     formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -111,6 +119,7 @@ def build_parser() -> Parser:
     cli_deliveries.add_parser(sub)
     cli_clinical.add_parsers(sub)
     cli_inference.add_parsers(sub)
+    cli_demo.add_parser(sub)
     return parser
 
 

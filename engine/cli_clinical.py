@@ -117,7 +117,7 @@ async def _studies(store: Store, args: argparse.Namespace, config: Any) -> int:
         print(f"radbridge studies {args.action}: give a Study Instance UID")
         return 2
     if args.action == "complete":
-        cases = await store.complete_study(args.uid)
+        cases = await store.complete_study(args.uid, announce=True)  # a running engine acts
         study = await store.get_study(args.uid)
         if study is None:
             print(f"no study {args.uid}")
@@ -125,7 +125,7 @@ async def _studies(store: Store, args: argparse.Namespace, config: Any) -> int:
         print(f"study {args.uid} is {study.state}; {len(cases)} new case(s)")
         print_cases(cases)
         return 0
-    case = await store.proceed_study_only(args.uid)
+    case = await store.proceed_study_only(args.uid, announce=True)
     if case is None:
         print(f"study {args.uid} is not complete, unknown, or already has a case")
         return 1

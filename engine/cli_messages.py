@@ -1,7 +1,8 @@
 """``radbridge messages``: list, search, show, reprocess and prune stored messages.
 
 Works on the store named in channels.toml, beside a running engine or not
-(a running engine picks reprocessed messages up within seconds). ``vacuum``
+(a running engine hears of reprocessed messages through ``engine.store.signals``
+within ``[engine] signal_poll_secs``). ``vacuum``
 rebuilds a SQLite file so that pruning can shrink it: run that one with the
 engine stopped.
 """
@@ -131,7 +132,7 @@ def cmd_reprocess(args: argparse.Namespace) -> int:
                       file=sys.stderr)
                 return 2
             ids = [m.id for m in await store.query_messages(_query(args))]
-        n = await store.reprocess(ids)
+        n = await store.reprocess(ids, announce=True)  # a running engine picks them up
         print(f"reprocessing {n} message(s)")
         return 0 if n == len(ids) else 1
 

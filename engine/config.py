@@ -51,6 +51,10 @@ class EngineSection(Strict):
                                "is stalled: /ready answers 503 naming it and /metrics sets "
                                "radbridge_queue_stalled; an operator can skip the head "
                                "(radbridge deliveries skip).")
+    signal_poll_secs: float = Field(
+        1.0, gt=0, description="How often the engine looks for changes other processes made "
+                               "(`radbridge studies complete`, `messages reprocess`); on "
+                               "PostgreSQL a NOTIFY also wakes it at once.")
     inference: Literal["local", "workers"] = Field(
         "local", description="local: this process runs the models; workers: it only routes "
                              "cases into the job queue, and `radbridge worker` processes (on "

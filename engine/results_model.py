@@ -27,6 +27,11 @@ from engine.model import Finding
 REPORT_MESSAGE_TYPE = "AI^RESULT"
 
 
+def report_id_for(case_id: int, revision: int) -> str:
+    """The id of a case revision's AI report (its message's control id on ``ai_results``)."""
+    return f"RB{case_id}R{revision}"
+
+
 @dataclass(slots=True)
 class ReportPatient:
     patient_id: str
@@ -92,7 +97,7 @@ class AIReport:
     @property
     def report_id(self) -> str:
         """Stable for one case revision: the HL7 control id stem and FHIR identifier value."""
-        return f"RB{self.case_id}R{self.revision}"
+        return report_id_for(self.case_id, self.revision)
 
     @property
     def demo(self) -> bool:

@@ -1,6 +1,8 @@
 """The one lifecycle owner.
 
-Start order: store -> recovery -> destinations -> pipelines -> sources -> admin.
+Start order: store -> signals cursor -> recovery -> destinations -> pipelines -> sources ->
+admin. From then on the engine also acts on changes other processes announce in the store
+(``engine.signals``: the CLI completing a study, reprocessing messages).
 Stop order is the reverse; failures while stopping are collected, not raised
 one by one. Bound addresses are exposed so tests can listen on port 0.
 
@@ -31,8 +33,10 @@ from engine.logs import event
 from engine.pipeline import Pipeline
 from engine.processors import processor_for
 from engine.retention import Retention
+from engine.signals import SignalWatcher
 from engine.store.base import Store, open_store
 from engine.store.clinical import CaseRow
+from engine.store.signals import Signal, Topic
 
 log = logging.getLogger("radbridge.engine")
 # Sections that a running engine cannot swap: a change is reported, applied at the next start.
@@ -92,6 +96,9 @@ class Engine:
         self.result_listeners: list[Callable[[Any], Any]] = []  # see engine.inference_runtime
         self.inference: Any = None  # InferenceService when models or routes are configured
         self.results_ingests: dict[str, Any] = {}  # ai_results channels (engine.results)
+        self.signals = SignalWatcher(self.store, {Topic.CASES: self._signalled_cases,
+                                                  Topic.MESSAGES: self._signalled_messages},
+                                     config.engine.signal_poll_secs)
 
     def _on_cases(self, cases: Sequence[CaseRow]) -> None:
         """New cases (order joined with a complete study): hand them to whoever listens."""
@@ -100,6 +107,18 @@ class Engine:
                   revision=case.revision, state=case.state)
         for listener in self.case_listeners:
             listener(cases)
+
+    async def _signalled_cases(self, signals: list[Signal]) -> None:
+        """Cases made by another process (``radbridge studies complete``): as if made here."""
+        ids = sorted({int(i) for s in signals for i in s.subjects})
+        cases = [c for c in [await self.store.get_case(i) for i in ids] if c is not None]
+        if cases:
+            self._on_cases(cases)
+
+    async def _signalled_messages(self, signals: list[Signal]) -> None:
+        """Messages put back to RECEIVED by another process: every pipeline looks now."""
+        for pipeline in list(self.pipelines.values()):
+            pipeline.wake()
 
     def address(self, channel: str) -> tuple[str, int]:
         addr = self.sources[channel].address
@@ -111,11 +130,13 @@ class Engine:
         self._prepare_admin()  # refuses weak admin credentials before anything opens
         await self.store.open()
         try:
+            await self.signals.open()  # before recovery: later changes arrive as signals
             self._start_destinations()
             self._start_pipelines()
             self._spawn(self.assembler.run(), "assembly")
             self._prepare_results()  # listening before inference can report anything
             self.inference = await start_inference(self)
+            self._spawn(self.signals.run(), "signals")  # every case listener is in place
             self._start_retention()
             await self._start_sources()
             if self.admin is not None:
@@ -251,6 +272,7 @@ class Engine:
             except Exception as exc:
                 failures.append(exc)
         try:
+            await self.signals.close()
             if self.inference is not None:
                 await self.inference.stop()
                 self.inference = None

@@ -130,9 +130,11 @@ async def inference_steps(request: web.Request, case: dict[str, Any]) -> list[di
                           "device": a.device, "total_ms": a.total_ms,
                           "forward_ms": a.forward_ms, "batch_size": a.batch_size or None}})
     for f in await store.list_findings(case_id=case["id"], limit=100):
-        steps.append({"step": f"finding: {f.finding.display}", "at": f.created_at, "detail": {
-            "model": f.finding.model_name, "probability": f.finding.probability,
-            "critical": f.finding.critical or None}})
+        detail = {"model": f.finding.model_name, "probability": f.finding.probability,
+                  "critical": f.finding.critical or None,
+                  "mode": "shadow (never sent)" if f.finding.mode == "shadow" else None}
+        steps.append({"step": f"finding: {f.finding.display}", "at": f.created_at,
+                      "detail": {k: v for k, v in detail.items() if v is not None}})
     return steps
 
 

@@ -20,7 +20,9 @@ from aiohttp import web
 from engine.admin import phi
 from engine.admin.auth import STAFF_ROLES
 from engine.admin.http import audit, fail, int_param, ok, path_int, read_json, state, who
-from engine.admin.routing import Panel, Param, Router, register_panel
+from engine.admin.routing import Panel, Param, Router, register_panel, register_timeline
+from engine.results_model import report_id_for
+from engine.store.base import MessageQuery
 from engine.store.results import FeedbackEntry
 
 router = Router("worklist")
@@ -122,3 +124,25 @@ async def get_feedback(request: web.Request) -> web.Response:
 async def get_agreement(request: web.Request) -> web.Response:
     rows = await state(request).engine.store.agreement()
     return ok({"agreement": [dict(dataclasses.asdict(r), agreement=r.agreement) for r in rows]})
+
+
+async def result_steps(request: web.Request, case: dict[str, Any]) -> list[dict[str, Any]]:
+    """Timeline steps of a case: its AI report on each ``ai_results`` channel and where each
+    result went (destination and delivery status; no patient data)."""
+    engine = state(request).engine
+    store, report_id = engine.store, report_id_for(case["id"], case["revision"])
+    steps: list[dict[str, Any]] = []
+    for ch in engine.config.channel:
+        if ch.source is None or ch.source.type != "ai_results":
+            continue
+        query = MessageQuery(channel=ch.name, control_id=report_id, limit=1)
+        for m in await store.query_messages(query):
+            found = await store.get_message(m.id)
+            sent = ", ".join(f"{d.destination} {d.status}" for d in (found[1] if found else []))
+            steps.append({"step": f"AI report: {ch.name}", "at": m.received_at, "detail": {
+                "message_id": m.id, "status": str(m.status), "results": sent or None}})
+    return [{**s, "detail": {k: v for k, v in s["detail"].items() if v is not None}}
+            for s in steps]
+
+
+register_timeline(result_steps)

@@ -19,6 +19,7 @@ from engine.store.deliveries import DeliveryStore
 from engine.store.fhir import FhirStore
 from engine.store.inference import InferenceStore
 from engine.store.results import ResultsStore
+from engine.store.signals import SignalReads
 
 
 @dataclass(slots=True)
@@ -100,7 +101,7 @@ class PruneResult:
     skipped: bool = False  # PostgreSQL: another process was pruning; this run did nothing
 
 
-class Store(ClinicalStore, InferenceStore, ResultsStore, FhirStore, DeliveryStore):
+class Store(ClinicalStore, InferenceStore, ResultsStore, FhirStore, DeliveryStore, SignalReads):
     """Durable messages, content layers and delivery queues; the clinical tables (see
     ``engine.store.clinical``)."""
 
@@ -177,8 +178,11 @@ class Store(ClinicalStore, InferenceStore, ResultsStore, FhirStore, DeliveryStor
     async def get_message(self, message_id: int) -> tuple[Message, list[Delivery]] | None: ...
 
     @abc.abstractmethod
-    async def reprocess(self, message_ids: Sequence[int]) -> int:
-        """Put messages back to RECEIVED (their deliveries are re-created by the pipeline)."""
+    async def reprocess(self, message_ids: Sequence[int], *, announce: bool = False) -> int:
+        """Put messages back to RECEIVED (their deliveries are re-created by the pipeline).
+
+        *announce*: also signal running engines in the same transaction (a change made
+        outside the engine, e.g. the CLI: see ``engine.store.signals``)."""
 
     async def delivery_counts(self) -> dict[tuple[str, str], int]:
         """Deliveries by (destination, status)."""

@@ -117,8 +117,11 @@ class ClinicalStore(abc.ABC):
         """Receiving studies whose quiet period has passed or that reached their expected count."""
 
     @abc.abstractmethod
-    async def complete_study(self, uid: str) -> list[CaseRow]:
-        """Mark a study complete (explicit trigger or timer) and correlate; returns new cases."""
+    async def complete_study(self, uid: str, *, announce: bool = False) -> list[CaseRow]:
+        """Mark a study complete (explicit trigger or timer) and correlate; returns new cases.
+
+        *announce*: signal running engines of the new cases in the same transaction (a
+        change made outside the engine: see ``engine.store.signals``)."""
 
     @abc.abstractmethod
     async def apply_patient(self, event: str, patient: Patient) -> list[CaseRow]:
@@ -146,8 +149,9 @@ class ClinicalStore(abc.ABC):
         """Orders without a study and complete studies without an order, older than a time."""
 
     @abc.abstractmethod
-    async def proceed_study_only(self, uid: str) -> CaseRow | None:
-        """Let an unmatched complete study go on without its order."""
+    async def proceed_study_only(self, uid: str, *, announce: bool = False) -> CaseRow | None:
+        """Let an unmatched complete study go on without its order (*announce*: as for
+        ``complete_study``)."""
 
     @abc.abstractmethod
     async def get_case(self, case_id: int) -> CaseRow | None: ...

@@ -23,6 +23,7 @@ from engine.store.clinical import (
     OrderRow,
     StudyRow,
 )
+from engine.store.signals import Topic, announcing_sqlite, case_ids
 
 CLINICAL_SCHEMA = """
 CREATE TABLE IF NOT EXISTS patients (
@@ -378,8 +379,10 @@ class SQLiteClinical(ClinicalReads):
         return await self._write(add_instance_op, channel, meta, path, size, quiet_secs,
                                  expected)
 
-    async def complete_study(self, uid: str) -> list[CaseRow]:
-        return await self._write(complete_study_op, uid)
+    async def complete_study(self, uid: str, *, announce: bool = False) -> list[CaseRow]:
+        op = announcing_sqlite(complete_study_op, Topic.CASES, case_ids) if announce else \
+            complete_study_op
+        return await self._write(op, uid)
 
     async def apply_patient(self, event: str, patient: Patient) -> list[CaseRow]:
         return await self._write(apply_patient_op, event, patient)
@@ -388,8 +391,10 @@ class SQLiteClinical(ClinicalReads):
                            ) -> list[CaseRow]:
         return await self._write(apply_orders_op, list(orders), message_id)
 
-    async def proceed_study_only(self, uid: str) -> CaseRow | None:
-        return await self._write(proceed_study_only_op, uid)
+    async def proceed_study_only(self, uid: str, *, announce: bool = False) -> CaseRow | None:
+        op = announcing_sqlite(proceed_study_only_op, Topic.CASES, case_ids) if announce else \
+            proceed_study_only_op
+        return await self._write(op, uid)
 
     async def prune_instances(self, before: float) -> list[str]:
         return await self._write(prune_op, before)

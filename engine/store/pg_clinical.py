@@ -30,6 +30,7 @@ from engine.store.clinical_sql import (
     _case,
     order_key,
 )
+from engine.store.signals import Topic, announcing_pg, case_ids
 
 # A study or an order matches by Study UID, else by accession + patient id (+ issuer if both).
 _MATCH = ("(study_uid = $1 OR ($2::text IS NOT NULL AND accession = $2 AND patient_id = $3 AND"
@@ -268,8 +269,10 @@ class PgClinical(ClinicalReads):
         return await self._write(add_instance_op, channel, meta, path, size, quiet_secs,
                                  expected, needs_lock=True)
 
-    async def complete_study(self, uid: str) -> list[CaseRow]:
-        return await self._write(complete_study_op, uid, needs_lock=True)
+    async def complete_study(self, uid: str, *, announce: bool = False) -> list[CaseRow]:
+        op = announcing_pg(complete_study_op, Topic.CASES, case_ids) if announce else \
+            complete_study_op
+        return await self._write(op, uid, needs_lock=True)
 
     async def apply_patient(self, event: str, patient: Patient) -> list[CaseRow]:
         return await self._write(apply_patient_op, event, patient, needs_lock=True)
@@ -278,8 +281,10 @@ class PgClinical(ClinicalReads):
                            ) -> list[CaseRow]:
         return await self._write(apply_orders_op, list(orders), message_id, needs_lock=True)
 
-    async def proceed_study_only(self, uid: str) -> CaseRow | None:
-        return await self._write(proceed_study_only_op, uid, needs_lock=True)
+    async def proceed_study_only(self, uid: str, *, announce: bool = False) -> CaseRow | None:
+        op = announcing_pg(proceed_study_only_op, Topic.CASES, case_ids) if announce else \
+            proceed_study_only_op
+        return await self._write(op, uid, needs_lock=True)
 
     async def prune_instances(self, before: float) -> list[str]:
         return await self._write(prune_op, before, needs_lock=True)

@@ -26,6 +26,8 @@ from typing import Any
 
 import asyncpg
 
+from engine.store.signals import PG_SIGNALS_SCHEMA
+
 SCHEMA_VERSION = 1
 DAY = 86400
 PARTITIONED = ("messages", "message_raw", "content", "deliveries")
@@ -184,7 +186,7 @@ async def create_schema(conn: asyncpg.Connection) -> None:
     async with conn.transaction():
         await lock(conn, "schema")
         for ddl in (MESSAGES_SCHEMA, CLINICAL_SCHEMA, INFERENCE_SCHEMA, RESULTS_SCHEMA,
-                    FHIR_SCHEMA):
+                    FHIR_SCHEMA, PG_SIGNALS_SCHEMA):
             await conn.execute(ddl)
         await conn.execute("INSERT INTO schema_version VALUES ($1, $2) ON CONFLICT DO NOTHING",
                            SCHEMA_VERSION, time.time())

@@ -24,7 +24,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,6 +57,7 @@ from engine.store.pg_fhir import PgFhir
 from engine.store.pg_inference import PgInference
 from engine.store.pg_results import PgResults
 from engine.store.pg_writer import DB_ERRORS, Item, Writer, to_store_error
+from engine.store.signals import NOTIFY_CHANNEL, Topic, announcing_pg, reprocessed_ids
 
 log = logging.getLogger("radbridge.store")
 LEASE_SECS = 30.0
@@ -242,6 +243,30 @@ class PostgresStore(PgClinical, PgInference, PgResults, PgFhir, PgDeliveries, St
                 async with self._acquire() as conn:
                     await pg_claims.renew(conn, self.owner, self.lease_secs)
 
+    async def listen_signals(self, wake: Callable[[], None]) -> Callable[[], Awaitable[None]]:
+        """LISTEN on a connection of its own; *wake* on every NOTIFY from this schema's
+        signal writers. Without it (the connection failed or dropped) polling still finds
+        every signal, a tick later."""
+        try:
+            conn = await asyncpg.connect(self.dsn)
+            schema = await conn.fetchval("SELECT current_schema()")
+
+            def heard(_conn: Any, _pid: int, _channel: str, payload: str) -> None:
+                if payload == schema:
+                    wake()
+
+            await conn.add_listener(NOTIFY_CHANNEL, heard)
+        except DB_ERRORS as exc:
+            event(log, "STORE-231", "cannot listen for signals; polling only",
+                  reason=type(exc).__name__, level=logging.WARNING)
+            return await super().listen_signals(wake)
+
+        async def stop() -> None:
+            with contextlib.suppress(*DB_ERRORS):
+                await conn.close()
+
+        return stop
+
     # -- plumbing used by the mixins ---------------------------------------------------------
     def _acquire(self) -> Any:
         if self._pool is None:
@@ -294,8 +319,10 @@ class PostgresStore(PgClinical, PgInference, PgResults, PgFhir, PgDeliveries, St
     async def record_attempt(self, delivery: Delivery, error: str) -> None:
         await self._write(pg_deliveries.attempt_op, delivery.id, error)
 
-    async def reprocess(self, message_ids: Sequence[int]) -> int:
-        return int(await self._write(_reprocess_op, list(message_ids)))
+    async def reprocess(self, message_ids: Sequence[int], *, announce: bool = False) -> int:
+        op = announcing_pg(_reprocess_op, Topic.MESSAGES, reprocessed_ids) if announce else \
+            _reprocess_op
+        return int(await self._write(op, list(message_ids)))
 
     async def drop_message_days(self, before: float) -> list[int]:
         """Drop every day of messages, raw bytes, layers and deliveries that ended at or

@@ -43,6 +43,7 @@ from engine.store.fhir_sql import FHIR_SCHEMA, SQLiteFhir
 from engine.store.inference_sql import INFERENCE_SCHEMA, SQLiteInference
 from engine.store.results_sql import RESULTS_SCHEMA, SQLiteResults
 from engine.store.schema import SQLITE_SCHEMA, migrate_sqlite
+from engine.store.signals import SQLITE_SIGNALS_SCHEMA, Topic, announcing_sqlite, reprocessed_ids
 
 T = TypeVar("T")
 log = logging.getLogger("radbridge.store")
@@ -462,7 +463,7 @@ class SQLiteStore(SQLiteClinical, SQLiteInference, SQLiteResults, SQLiteFhir, SQ
                 conn.execute("VACUUM")
             migrate_sqlite(conn)
             conn.executescript(SQLITE_SCHEMA + CLINICAL_SCHEMA + INFERENCE_SCHEMA + RESULTS_SCHEMA
-                               + FHIR_SCHEMA)
+                               + FHIR_SCHEMA + SQLITE_SIGNALS_SCHEMA)
         finally:
             conn.close()
 
@@ -518,8 +519,10 @@ class SQLiteStore(SQLiteClinical, SQLiteInference, SQLiteResults, SQLiteFhir, SQ
     async def record_attempt(self, delivery: Delivery, error: str) -> None:
         await self._write(attempt_op, delivery.id, error)
 
-    async def reprocess(self, message_ids: Sequence[int]) -> int:
-        return await self._write(_reprocess_op, list(message_ids))
+    async def reprocess(self, message_ids: Sequence[int], *, announce: bool = False) -> int:
+        op = announcing_sqlite(_reprocess_op, Topic.MESSAGES, reprocessed_ids) if announce else \
+            _reprocess_op
+        return await self._write(op, list(message_ids))
 
     # -- retention -------------------------------------------------------------
     async def prune_messages(self, before: float, archive: Path | None = None) -> PruneResult:
