@@ -9,7 +9,8 @@ Outcomes (MSA-1 in original mode; CA/CE/CR in enhanced mode per MSH-15):
 
 * AA  stored as RECEIVED (duplicates flagged when the window is on)
 * AR  MSH unreadable (100/101/102), type not in ``accept`` (200), duplicate
-      rejected (205), frame over the size limit (100), store refused (207)
+      rejected (205), frame over the size limit (100), store refused (207), frame
+      shed by the listener's buffer budget (207)
 * AE  MSH readable but a later segment is not (100)
 
 Every frame gets an answer: a failure while deciding (MLLP-199) or storing (STORE-201) is
@@ -130,17 +131,28 @@ class Ingest:
         """AR the frame over ``max_message_bytes`` (its head is stored as ERROR)."""
         self._guarded(reply, lambda: self._oversized(head, size, reply))
 
+    def over_budget(self, head: bytes, size: int, reply: Reply, peer: str) -> None:
+        """AR 207 a frame the listener shed to keep its buffer budget (its head is stored)."""
+        limit = self.channel.source.max_buffer_bytes
+        reason = (f"receiver busy: its {limit}-byte buffer for unfinished messages was full; "
+                  "resend later")
+        spec = AckSpec("AR", reason, APPLICATION_INTERNAL_ERROR, "MSH^1")
+        self._guarded(reply, lambda: self._refuse_head(head, spec, reply))
+
     def _oversized(self, head: bytes, size: int, reply: Reply) -> None:
+        limit = self.channel.source.max_message_bytes
+        reason = f"message of {size} bytes exceeds the {limit}-byte limit"
+        self._refuse_head(head, AckSpec("AR", reason, SEGMENT_SEQUENCE_ERROR, "MSH^1"), reply)
+
+    def _refuse_head(self, head: bytes, spec: AckSpec, reply: Reply) -> None:
+        """Store the kept head of a discarded frame as ERROR and answer *spec*."""
         now = time.time()
         self.stats["received"] += 1
         try:
             header: Header | None = parse_header(head.split(b"\r", 1)[0])
         except HeaderError:
             header = None
-        limit = self.channel.source.max_message_bytes
-        reason = f"message of {size} bytes exceeds the {limit}-byte limit"
-        self._reject(head, now, header, AckSpec("AR", reason, SEGMENT_SEQUENCE_ERROR, "MSH^1"),
-                     reply)
+        self._reject(head, now, header, spec, reply)
 
     # -- internals -----------------------------------------------------------
     def _answer(self, header: Header | None, spec: AckSpec, reply: Reply) -> None:

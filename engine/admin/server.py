@@ -54,6 +54,11 @@ class AdminServer:
         self._sampler_task: asyncio.Task[None] | None = None
         self.address: tuple[str, int] | None = None
 
+    @property
+    def listener(self) -> LimitedListener | None:
+        """The HTTP listener once started (its ``gate`` counts connections per address)."""
+        return self._listener
+
     async def start(self) -> None:
         await self.state.audit.open()
         try:
