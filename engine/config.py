@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 from engine import registry
 from engine.config_inference import ModelConfig, RouteConfig
 from engine.config_results import EscalationRule
-from engine.configbase import Strict, TLSConfig, check_hostport, parse_hostport
+from engine.configbase import CHECK_FILES, Strict, TLSConfig, check_hostport, parse_hostport
 from engine.errors import ConfigErrors, ConfigProblem
 from engine.httplimits import HTTPLimitsConfig
 from engine.tomlindex import index_lines, line_for
@@ -189,8 +189,13 @@ def _validation_problems(file: str, exc: ValidationError, index: dict[Any, int],
     return problems
 
 
-def lint_text(text: str, file: str = "channels.toml") -> tuple[Config | None, list[ConfigProblem]]:
-    """Parse and check *text*; return the config (if valid) and every problem found."""
+def lint_text(text: str, file: str = "channels.toml", *, check_files: bool = True
+              ) -> tuple[Config | None, list[ConfigProblem]]:
+    """Parse and check *text*; return the config (if valid) and every problem found.
+
+    Files the config names (TLS certificates, keys, CA bundles) must exist and be readable,
+    relative to the working directory; ``check_files=False`` skips that (documentation).
+    """
     from engine.topology import check_topology
 
     try:
@@ -202,7 +207,7 @@ def lint_text(text: str, file: str = "channels.toml") -> tuple[Config | None, li
     problems = check_topology(doc, index, file) + _check_admin(doc, index, file)
     config = None
     try:
-        config = Config.model_validate(doc)
+        config = Config.model_validate(doc, context={CHECK_FILES: check_files})
     except ValidationError as exc:
         problems.extend(_validation_problems(file, exc, index, doc))
     return (config if not problems else None), sorted(problems, key=lambda p: (p.line, p.key))
@@ -233,14 +238,14 @@ def _check_admin(doc: dict[str, Any], index: dict[Any, int], file: str) -> list[
     return problems
 
 
-def load_config(path: str | Path) -> Config:
+def load_config(path: str | Path, *, check_files: bool = True) -> Config:
     """Load and lint *path*; raise ``ConfigErrors`` listing every problem."""
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigErrors([ConfigProblem(str(p), 0, "(file)", exc.strerror or str(exc))]) from exc
-    config, problems = lint_text(text, str(p))
+    config, problems = lint_text(text, str(p), check_files=check_files)
     if problems or config is None:
         raise ConfigErrors(problems)
     return config

@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from engine.configbase import Strict
+from engine.configbase import ReadableFile, Strict
 
 BUILTIN_MODELS = ("demo-cxr", "dicom-qa")
 ARCHITECTURES = ("demo_cnn", "resnet18", "resnet34")
@@ -118,7 +118,8 @@ class RemoteSpec(Strict):
     token_env: str | None = Field(
         None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
         description="Environment variable holding a bearer token (never in channels.toml).")
-    ca_file: str | None = Field(None, description="https: CA bundle to trust (default: system).")
+    ca_file: ReadableFile | None = Field(
+        None, description="https: CA bundle to trust (default: system).")
 
 
 class ModelConfig(Strict):

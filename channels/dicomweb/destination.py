@@ -34,7 +34,7 @@ from typing import Literal
 import aiohttp
 from pydantic import Field, field_validator, model_validator
 
-from engine.configbase import Strict
+from engine.configbase import ReadableFile, Strict
 from engine.errors import PeerRejected, PeerTimeout, PeerUnavailable
 from engine.logs import event
 from engine.registry import register
@@ -60,8 +60,9 @@ class StowDestinationConfig(Strict):
     token_env: str | None = Field(None, description="bearer: environment variable holding the "
                                                     "token.")
     token_file: str | None = Field(None, description="bearer: ...or a file holding it.")
-    ca_file: str | None = Field(None, description="https: verify the PACS against this CA "
-                                                  "bundle (default: the system's).")
+    ca_file: ReadableFile | None = Field(
+        None, description="https: verify the PACS against this CA bundle (default: the "
+                          "system's).")
     timeout_secs: float = Field(60, gt=0, description="One store request, end to end.")
     retry_initial_secs: float = Field(1, gt=0)
     retry_max_secs: float = Field(300, gt=0)

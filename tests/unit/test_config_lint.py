@@ -121,7 +121,8 @@ def test_the_readme_has_config_examples() -> None:
 
 @pytest.mark.parametrize("block", _readme_toml_blocks())
 def test_every_readme_config_example_lints_clean(block: str) -> None:
-    assert lint(block) == []
+    # The examples name certificate files that exist only where they are deployed.
+    assert lint_text(block, "channels.toml", check_files=False)[1] == []
 
 
 def test_radbridge_lint_exits_nonzero_and_prints_every_problem(tmp_path: Path) -> None:
