@@ -197,9 +197,9 @@ class MLLPFramer:
 
     def _start_discarding(self) -> None:
         """Keep the unfinished frame's head, drop what has been scanned (not a lone FS)."""
+        keep = self._scan_from  # scanned: payload for sure (a lone FS after it may end it)
         self._discarding = True
-        self._head = bytes(self._buf[:HEAD_KEEP])
-        keep = self._scan_from
+        self._head = bytes(self._buf[:min(HEAD_KEEP, keep)])
         self._dropped_size = keep
         del self._buf[:keep]
         self._scan_from = 0

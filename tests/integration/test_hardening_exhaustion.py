@@ -211,6 +211,16 @@ def test_a_shed_frame_keeps_its_head_and_is_reported_once_its_end_arrives() -> N
     assert framer.held == 0 and not framer.shed()  # nothing unfinished to shed
 
 
+def test_a_frame_shed_just_before_its_end_keeps_only_its_own_bytes_as_head() -> None:
+    # Found by bench.fuzz_mllp: a lone FS at the end of the buffer may be the frame's end;
+    # it must not be kept in the head of the shed frame.
+    framer = MLLPFramer(max_size=100_000)
+    framer.feed(START + b"MSH|abc\x1c")
+    assert framer.shed()
+    (event,) = framer.feed(b"\r")
+    assert isinstance(event, Oversized) and (event.head, event.size) == (b"MSH|abc", 7)
+
+
 def test_the_peer_gate_counts_each_address_and_frees_a_slot_on_release() -> None:
     gate = PeerGate(3, PeerLimitsConfig(max_connections_per_peer=2, allow=["127.0.0.0/8"]))
     one, two = peer_ip(("127.0.0.1", 5)), peer_ip(("::ffff:127.0.0.2", 6, 0, 0))
