@@ -33,7 +33,13 @@ class RawSink(Protocol):
 
     def receive(self, payload: bytes, reply: Reply, peer: str) -> None: ...
 
-    def oversized(self, head: bytes, size: int, reply: Reply, peer: str) -> None: ...
+    def oversized(self, head: bytes, size: int, reply: Reply, peer: str) -> None:
+        """A frame over the size limit: *head* is its start, *size* its full length."""
+        ...
+
+    def over_budget(self, head: bytes, size: int, reply: Reply, peer: str) -> None:
+        """A frame shed to keep the listener's buffer budget (answer: resend later)."""
+        ...
 
 
 class Source(Protocol):

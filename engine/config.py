@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 from engine import registry
 from engine.config_inference import ModelConfig, RouteConfig
 from engine.config_results import EscalationRule
-from engine.configbase import Strict, TLSConfig, check_hostport, parse_hostport
+from engine.configbase import CHECK_FILES, Strict, TLSConfig, check_hostport, parse_hostport
 from engine.configsecrets import RESOLVE, clear_secret_problems
 from engine.errors import ConfigErrors, ConfigProblem
 from engine.httplimits import HTTPLimitsConfig
@@ -240,13 +240,16 @@ def _validation_problems(file: str, exc: ValidationError, index: dict[Any, int],
     return problems
 
 
-def lint_text(text: str, file: str = "channels.toml", resolve_secrets: bool = True
-              ) -> tuple[Config | None, list[ConfigProblem]]:
+def lint_text(text: str, file: str = "channels.toml", resolve_secrets: bool = True, *,
+              check_files: bool = True) -> tuple[Config | None, list[ConfigProblem]]:
     """Parse and check *text*; return the config (if valid) and every problem found.
 
     Secrets given in clear are refused in every section; with *resolve_secrets* the
     environment variables and files that hold them must also be there (loading to run,
-    ``radbridge lint`` on the engine's host). Without it only the shape is checked."""
+    ``radbridge lint`` on the engine's host). Without it only the shape is checked.
+    Files the config names (TLS certificates, keys, CA bundles) must exist and be readable,
+    relative to the working directory; ``check_files=False`` skips that (documentation).
+    """
     from engine.topology import check_topology
 
     try:
@@ -259,7 +262,8 @@ def lint_text(text: str, file: str = "channels.toml", resolve_secrets: bool = Tr
     problems = check_topology(doc, index, file) + _check_admin(doc, index, file) + secrets
     config = None
     try:
-        config = Config.model_validate(doc, context=RESOLVE if resolve_secrets else None)
+        context = {CHECK_FILES: check_files, **(RESOLVE if resolve_secrets else {})}
+        config = Config.model_validate(doc, context=context)
     except ValidationError as exc:
         problems.extend(_validation_problems(file, exc, index, doc, {p.key for p in secrets}))
     return (config if not problems else None), sorted(problems, key=lambda p: (p.line, p.key))
@@ -290,14 +294,17 @@ def _check_admin(doc: dict[str, Any], index: dict[Any, int], file: str) -> list[
     return problems
 
 
-def load_config(path: str | Path) -> Config:
-    """Load and lint *path*; raise ``ConfigErrors`` listing every problem."""
+def load_config(path: str | Path, *, check_files: bool = True) -> Config:
+    """Load and lint *path*; raise ``ConfigErrors`` listing every problem. Without
+    *check_files*, what exists only on the engine's host (the files a config names, the
+    environment variables and files holding its secrets) is not looked for."""
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigErrors([ConfigProblem(str(p), 0, "(file)", exc.strerror or str(exc))]) from exc
-    config, problems = lint_text(text, str(p))
+    config, problems = lint_text(text, str(p), resolve_secrets=check_files,
+                                 check_files=check_files)
     if problems or config is None:
         raise ConfigErrors(problems)
     return config

@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from engine.configbase import Strict
+from engine.configbase import ReadableFile, Strict
 from engine.configsecrets import SecretEnv, SecretFile, one_secret, secret_env, secret_file
 
 BUILTIN_MODELS = ("demo-cxr", "dicom-qa")
@@ -118,7 +118,8 @@ class RemoteSpec(Strict):
                                            "servers without the extension.")
     token_env: SecretEnv | None = secret_env("a bearer token for the server")
     token_file: SecretFile | None = secret_file("the bearer token")
-    ca_file: str | None = Field(None, description="https: CA bundle to trust (default: system).")
+    ca_file: ReadableFile | None = Field(
+        None, description="https: CA bundle to trust (default: system).")
 
     @model_validator(mode="after")
     def _one_token(self) -> RemoteSpec:

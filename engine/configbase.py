@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import ssl
+from pathlib import Path
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo
 
 
 class Strict(BaseModel):
@@ -26,14 +28,53 @@ def check_hostport(value: str) -> str:
     return value
 
 
-class TLSConfig(Strict):
-    """TLS for a listener or a client. Paths may be relative to the working directory."""
+# Validation context key: ``{CHECK_FILES: False}`` skips the file checks (documentation
+# examples name files that exist only on the machine that runs them).
+CHECK_FILES = "check_files"
 
-    cert: str = Field(description="PEM certificate chain presented by this side.")
-    key: str = Field(description="PEM private key (keep it out of the repository).")
-    client_ca: str | None = Field(
+
+def check_readable_file(value: str) -> str:
+    """*value* if it names a regular file this process can open for reading, else ValueError.
+
+    Relative paths are relative to the working directory, as when the file is used. The
+    message names the path and what is wrong (missing, a directory, permission denied).
+    """
+    path = Path(value)
+    try:
+        with path.open("rb"):
+            pass
+    except FileNotFoundError:
+        raise ValueError(f"file not found: {value}") from None
+    except IsADirectoryError:
+        raise ValueError(f"not a file: {value}") from None
+    except OSError as exc:
+        raise ValueError(f"cannot read {value}: {exc.strerror or exc}") from None
+    if not path.is_file():
+        raise ValueError(f"not a regular file: {value}")
+    return value
+
+
+def _readable_file(value: str, info: ValidationInfo) -> str:
+    if isinstance(info.context, dict) and info.context.get(CHECK_FILES) is False:
+        return value
+    return check_readable_file(value)
+
+
+ReadableFile = Annotated[str, AfterValidator(_readable_file)]
+"""A config key naming a file read at start-up (TLS certificates, keys, CA bundles, secrets):
+lint reports a missing or unreadable file as ``file:line: key: message``."""
+
+
+class TLSConfig(Strict):
+    """TLS for a listener or a client. Paths may be relative to the working directory; lint
+    checks that each file exists and is readable."""
+
+    cert: ReadableFile = Field(description="PEM certificate chain presented by this side.")
+    key: ReadableFile = Field(description="PEM private key (keep it out of the repository).")
+    client_ca: ReadableFile | None = Field(
         None, description="Listener: require client certificates signed by this CA (mutual TLS).")
-    ca: str | None = Field(None, description="Client: verify the server against this CA bundle.")
+    ca: ReadableFile | None = Field(
+        None, description="Client: verify the server against this CA bundle.")
 
     def server_context(self) -> ssl.SSLContext:
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)

@@ -33,6 +33,7 @@ from urllib.parse import parse_qsl, urlsplit
 from pydantic import AfterValidator, BaseModel, Field, ValidationInfo
 from pydantic_core import PydanticCustomError
 
+from engine.configbase import check_readable_file
 from engine.errors import ConfigProblem, PeerRejected, RadbridgeError
 
 RESOLVE = {"resolve_secrets": True}
@@ -85,12 +86,13 @@ def _env_is_set(value: str, info: ValidationInfo) -> str:
 
 def check_readable_secret_file(path: str) -> str | None:
     """Why the secret file *path* cannot be used, or None when it is a readable, non-empty
-    regular file."""
-    p = Path(path)
-    if p.exists() and not p.is_file():
-        return f"{path} is not a regular file"
+    regular file (readability is ``engine.configbase.check_readable_file``'s rule, the one
+    every file a config names follows)."""
     try:
-        data = p.read_bytes()
+        check_readable_file(path)
+        data = Path(path).read_bytes()
+    except ValueError as exc:
+        return str(exc)
     except OSError as exc:
         return f"cannot read {path}: {exc.strerror or exc}"
     if not data.strip():

@@ -13,8 +13,10 @@ them for ever. Three limits close that:
   ``body_min_bytes_per_sec`` bytes received (Apache ``mod_reqtimeout``'s MinRate): a large
   upload at a sane rate is never cut, a drip is. ``read_within`` enforces it; the caller
   answers 408 and the connection closes after a short drain (``runner_options``).
-* **Connections** beyond ``max_connections`` are answered ``503`` with ``Connection: close``
-  at once; the ones already open are untouched (``LimitedListener``).
+* **Connections** beyond ``max_connections``, or beyond ``max_connections_per_peer`` from
+  one address, are answered ``503`` with ``Connection: close`` at once; the ones already open
+  are untouched. A connection from an address outside ``allow`` is closed at once, unanswered
+  (``LimitedListener``, ``engine.peers``).
 """
 
 from __future__ import annotations
@@ -29,8 +31,8 @@ from typing import Any, TypeVar
 from aiohttp import StreamReader, web
 from pydantic import Field
 
-from engine.configbase import Strict
 from engine.logs import event
+from engine.peers import LIMIT, NOT_ALLOWED, IPAddress, PeerGate, PeerLimitsConfig, peer_ip
 
 log = logging.getLogger("radbridge.http")
 T = TypeVar("T")
@@ -39,7 +41,7 @@ _BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nRetry-After:
          b"Content-Type: text/plain\r\nContent-Length: 29\r\n\r\ntoo many connections, retry.\n")
 
 
-class HTTPLimitsConfig(Strict):
+class HTTPLimitsConfig(PeerLimitsConfig):
     """Limits of an HTTP listener against slow or greedy clients (see engine.httplimits)."""
 
     header_timeout_secs: float = Field(
@@ -94,28 +96,73 @@ async def read_within(work: Awaitable[T], content: StreamReader, limits: HTTPLim
     return await task
 
 
-class _Busy(asyncio.Protocol):
-    """The protocol of a connection over the limit: a 503, then close."""
+class _Gated(asyncio.Protocol):
+    """One accepted connection: refused by the listener's ``PeerGate``, or served by aiohttp.
+
+    The gate needs the peer's address, which a protocol factory does not see, so each
+    connection starts here: ``connection_made`` asks the gate, then either refuses (503 and
+    close, or close at once for an address outside ``allow``) or hands the transport to an
+    aiohttp protocol and forwards every later event to it. Only ``write``, ``close``,
+    ``abort`` and ``get_extra_info`` are used on the transport: any event loop's transport
+    (asyncio's, uvloop's, TLS) serves.
+    """
+
+    __slots__ = ("listener", "inner", "ip")
+
+    def __init__(self, listener: LimitedListener) -> None:
+        self.listener = listener
+        self.inner: asyncio.Protocol | None = None
+        self.ip: IPAddress | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.WriteTransport)
-        transport.write(_BUSY)
-        transport.close()
+        peername = transport.get_extra_info("peername")
+        self.ip = peer_ip(peername)
+        refused = self.listener.gate.admit(self.ip)
+        if refused is not None:
+            self.listener.refuse(transport, peername, refused)
+            return
+        server = self.listener.runner.server
+        if server is None:  # the runner was cleaned up while this connection was accepted
+            self.listener.gate.release(self.ip)
+            transport.close()
+            return
+        self.inner = server()
+        self.inner.connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
-        pass
+        if self.inner is not None:
+            self.inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self.inner.eof_received() if self.inner is not None else None
+
+    def pause_writing(self) -> None:
+        if self.inner is not None:
+            self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self.inner is not None:
+            self.inner.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        inner, self.inner = self.inner, None
+        if inner is not None:
+            self.listener.gate.release(self.ip)
+            inner.connection_lost(exc)
 
 
 class LimitedListener:
-    """Serve an aiohttp runner on one socket, answering 503 beyond ``max_connections``.
+    """Serve an aiohttp runner on one socket with a ``PeerGate`` in front (see ``_Gated``).
 
-    The runner's ``web.Server`` is the protocol factory (aiohttp's low-level server API); this
-    asks it for a protocol only while fewer than ``max_connections`` are open. Connections in
-    a TLS handshake are not yet counted (the handshake has its own timeout).
+    The runner's ``web.Server`` is the protocol factory (aiohttp's low-level server API) of
+    the connections the gate admits. Connections in a TLS handshake are not yet counted (the
+    handshake has its own timeout). Refusals are logged as HTTP-104 (``max_connections``),
+    HTTP-105 (address not in ``allow``) and HTTP-106 (``max_connections_per_peer``).
     """
 
     def __init__(self, runner: web.BaseRunner, limits: HTTPLimitsConfig, name: str) -> None:
         self.runner, self.limits, self.name = runner, limits, name
+        self.gate = PeerGate(limits.max_connections, limits)
         self.refused = 0
         self._server: asyncio.Server | None = None
 
@@ -128,23 +175,48 @@ class LimitedListener:
 
     async def start(self, host: str, port: int, ssl_context: ssl.SSLContext | None) -> None:
         """Bind and listen; raises ``OSError`` if the address cannot be bound."""
+        assert self.runner.server is not None, "runner.setup() first"
         handshake = self.limits.header_timeout_secs if ssl_context is not None else None
         self._server = await asyncio.get_running_loop().create_server(
-            self._protocol, host, port, ssl=ssl_context, reuse_address=True, backlog=1024,
-            ssl_handshake_timeout=handshake)
+            lambda: _Gated(self), host, port, ssl=ssl_context, reuse_address=True,
+            backlog=1024, ssl_handshake_timeout=handshake)
 
-    def _protocol(self) -> asyncio.BaseProtocol:
-        server = self.runner.server
-        assert server is not None, "runner.setup() first"
-        if len(server.connections) >= self.limits.max_connections:
-            self.refused += 1
+    def refuse(self, transport: asyncio.BaseTransport, peername: Any, reason: str) -> None:
+        """Answer a refused connection: 503 for a limit, nothing for an address not allowed."""
+        self.refused += 1
+        peer = f"{peername[0]}:{peername[1]}" if isinstance(peername, tuple) else "?"
+        if reason == NOT_ALLOWED:
+            event(log, "HTTP-105", "connection refused: address not allowed", listener=self.name,
+                  peer=peer, level=logging.WARNING)
+            _abort(transport)
+            return
+        if reason == LIMIT:
             event(log, "HTTP-104", "connection refused: limit reached", listener=self.name,
-                  limit=self.limits.max_connections, level=logging.WARNING)
-            return _Busy()
-        return server()
+                  peer=peer, limit=self.limits.max_connections, level=logging.WARNING)
+        else:
+            event(log, "HTTP-106", "connection refused: per-peer limit reached",
+                  listener=self.name, peer=peer, limit=self.limits.max_connections_per_peer,
+                  level=logging.WARNING)
+        _busy(transport)
 
     async def stop(self) -> None:
         """Stop accepting; the runner's cleanup then closes the open connections."""
         server, self._server = self._server, None
         if server is not None:
             server.close()
+
+
+def _busy(transport: asyncio.BaseTransport) -> None:
+    """Write the 503 and close: duck-typed, uvloop's transports are no asyncio subclasses."""
+    write = getattr(transport, "write", None)
+    if write is not None:
+        write(_BUSY)
+    transport.close()
+
+
+def _abort(transport: asyncio.BaseTransport) -> None:
+    abort = getattr(transport, "abort", None)
+    if abort is not None:
+        abort()
+    else:
+        transport.close()

@@ -9,8 +9,13 @@ Outcomes (MSA-1 in original mode; CA/CE/CR in enhanced mode per MSH-15):
 
 * AA  stored as RECEIVED (duplicates flagged when the window is on)
 * AR  MSH unreadable (100/101/102), type not in ``accept`` (200), duplicate
-      rejected (205), frame over the size limit (100), store refused (207)
+      rejected (205), frame over the size limit (100), store refused (207), frame
+      shed by the listener's buffer budget (207)
 * AE  MSH readable but a later segment is not (100)
+
+Every frame gets an answer: a failure while deciding (MLLP-199) or storing (STORE-201) is
+answered AR 207, and one while building the ACK (MLLP-198) still sends a generic ACK with the
+same MSA-1 and MSA-2 (``_answer``), so a sender never waits for an ACK that will not come.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from engine.errors import StoreUnavailable
 from engine.logs import event
 from engine.model import Status
 from engine.store.base import NewMessage, Store
-from mappings.hl7v2.ack import AckSpec, build_ack
+from mappings.hl7v2.ack import AckSpec, build_ack, fallback_ack
 from mappings.hl7v2.header import (
     APPLICATION_INTERNAL_ERROR,
     DUPLICATE_KEY,
@@ -86,8 +91,12 @@ class Ingest:
     # -- RawSink -------------------------------------------------------------
     def receive(self, payload: bytes, reply: Reply, peer: str) -> None:
         """Decide and store; a bug in deciding becomes an AR 207, never a dropped connection."""
+        self._guarded(reply, lambda: self._receive(payload, reply))
+
+    def _guarded(self, reply: Reply, step: Callable[[], None]) -> None:
+        """Run *step*; if it raises, log MLLP-199 and answer AR 207 (the sender resends)."""
         try:
-            self._receive(payload, reply)
+            step()
         except Exception as exc:
             event(log, "MLLP-199", "ingest failed unexpectedly", channel=self.name,
                   reason=type(exc).__name__, level=logging.ERROR)
@@ -119,20 +128,47 @@ class Ingest:
         self.store.submit_insert(msg, self._on_commit(header, reply))
 
     def oversized(self, head: bytes, size: int, reply: Reply, peer: str) -> None:
+        """AR the frame over ``max_message_bytes`` (its head is stored as ERROR)."""
+        self._guarded(reply, lambda: self._oversized(head, size, reply))
+
+    def over_budget(self, head: bytes, size: int, reply: Reply, peer: str) -> None:
+        """AR 207 a frame the listener shed to keep its buffer budget (its head is stored)."""
+        limit = self.channel.source.max_buffer_bytes
+        reason = (f"receiver busy: its {limit}-byte buffer for unfinished messages was full; "
+                  "resend later")
+        spec = AckSpec("AR", reason, APPLICATION_INTERNAL_ERROR, "MSH^1")
+        self._guarded(reply, lambda: self._refuse_head(head, spec, reply))
+
+    def _oversized(self, head: bytes, size: int, reply: Reply) -> None:
+        limit = self.channel.source.max_message_bytes
+        reason = f"message of {size} bytes exceeds the {limit}-byte limit"
+        self._refuse_head(head, AckSpec("AR", reason, SEGMENT_SEQUENCE_ERROR, "MSH^1"), reply)
+
+    def _refuse_head(self, head: bytes, spec: AckSpec, reply: Reply) -> None:
+        """Store the kept head of a discarded frame as ERROR and answer *spec*."""
         now = time.time()
         self.stats["received"] += 1
         try:
             header: Header | None = parse_header(head.split(b"\r", 1)[0])
         except HeaderError:
             header = None
-        limit = self.channel.source.max_message_bytes
-        reason = f"message of {size} bytes exceeds the {limit}-byte limit"
-        self._reject(head, now, header, AckSpec("AR", reason, SEGMENT_SEQUENCE_ERROR, "MSH^1"),
-                     reply)
+        self._reject(head, now, header, spec, reply)
 
     # -- internals -----------------------------------------------------------
-    def _ack(self, header: Header | None, spec: AckSpec) -> bytes | None:
-        return build_ack(header, spec, app=self.app, facility=self.facility)
+    def _answer(self, header: Header | None, spec: AckSpec, reply: Reply) -> None:
+        """Answer one frame with *spec*; total: if the ACK cannot be built, a generic one goes.
+
+        The fallback keeps MSA-1 (AA stays AA: the message is stored; AE/AR keep their code)
+        and MSA-2, with a generic reason; the failure is logged as MLLP-198 without PHI.
+        """
+        try:
+            ack = build_ack(header, spec, app=self.app, facility=self.facility)
+        except Exception as exc:
+            event(log, "MLLP-198", "ACK could not be built, generic answer sent",
+                  channel=self.name, ack=spec.code, reason=type(exc).__name__,
+                  level=logging.ERROR)
+            ack = fallback_ack(header, spec.code, app=self.app)
+        reply(ack)
 
     def _on_commit(self, header: Header, reply: Reply) -> Callable[[int | None, Any], None]:
         t0 = time.perf_counter()
@@ -142,7 +178,7 @@ class Ingest:
                 self._store_failed(header, err, reply)
                 return
             self.stats["AA"] += 1
-            reply(build_ack(header, _ACCEPTED, app=self.app, facility=self.facility))
+            self._answer(header, _ACCEPTED, reply)
             self._ack_latency.observe(time.perf_counter() - t0)  # accept -> ACK written
             self.on_stored()
 
@@ -153,8 +189,8 @@ class Ingest:
         kind = "store unavailable" if isinstance(err, StoreUnavailable) else "store error"
         event(log, "STORE-201", "message not stored, refused", channel=self.name,
               reason=type(err).__name__, level=logging.ERROR)
-        reply(self._ack(header, AckSpec("AR", f"message not stored ({kind}); resend later",
-                                        APPLICATION_INTERNAL_ERROR)))
+        self._answer(header, AckSpec("AR", f"message not stored ({kind}); resend later",
+                                     APPLICATION_INTERNAL_ERROR), reply)
 
     def _reject(self, raw: bytes, now: float, header: Header | None, spec: AckSpec, reply: Reply,
                 duplicate: bool = False) -> None:
@@ -170,6 +206,6 @@ class Ingest:
             if err is not None:
                 self._store_failed(header, err, reply)
             else:
-                reply(self._ack(header, spec))
+                self._answer(header, spec, reply)
 
         self.store.submit_insert(msg, done)

@@ -32,7 +32,7 @@ from typing import Literal
 import aiohttp
 from pydantic import Field, field_validator, model_validator
 
-from engine.configbase import Strict
+from engine.configbase import ReadableFile, Strict
 from engine.configsecrets import (
     SecretEnv,
     SecretFile,
@@ -65,8 +65,9 @@ class StowDestinationConfig(Strict):
     password_file: SecretFile | None = secret_file("the password (auth = basic)")
     token_env: SecretEnv | None = secret_env("the bearer token (auth = bearer)")
     token_file: SecretFile | None = secret_file("the bearer token (auth = bearer)")
-    ca_file: str | None = Field(None, description="https: verify the PACS against this CA "
-                                                  "bundle (default: the system's).")
+    ca_file: ReadableFile | None = Field(
+        None, description="https: verify the PACS against this CA bundle (default: the "
+                          "system's).")
     timeout_secs: float = Field(60, gt=0, description="One store request, end to end.")
     retry_initial_secs: float = Field(1, gt=0)
     retry_max_secs: float = Field(300, gt=0)

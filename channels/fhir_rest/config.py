@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from engine.configbase import Strict
+from engine.configbase import ReadableFile, Strict
 from engine.configsecrets import SecretEnv, SecretFile, one_secret, secret_env, secret_file
 
 
@@ -69,8 +69,9 @@ class FhirRestConfig(Strict):
     auth: Auth = Field(NoAuth(type="none"), description='{ type = "none" | "bearer" | '
                                                          '"oauth2", ... }')
     timeout_secs: float = Field(30, gt=0, description="No answer in time: retry (in order).")
-    ca_file: str | None = Field(None, description="Verify the server (and the token endpoint) "
-                                                  "against this CA bundle (PEM).")
+    ca_file: ReadableFile | None = Field(
+        None, description="Verify the server (and the token endpoint) against this CA bundle "
+                          "(PEM).")
     tls_verify: bool = Field(True, description="false skips certificate checks: tests only.")
     retry_initial_secs: float = Field(0.5, gt=0)
     retry_max_secs: float = Field(60, gt=0, description="Backoff ceiling; a Retry-After "

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from engine.configbase import Strict, TLSConfig, check_hostport
+from engine.peers import PeerLimitsConfig
 
 
-class MLLPSourceConfig(Strict):
+class MLLPSourceConfig(PeerLimitsConfig):
     type: Literal["mllp"]
     listen: str = Field(description='Address to listen on, "host:port" (port 0 picks one).')
     tls: TLSConfig | None = Field(None, description="TLS, or mutual TLS with client_ca.")
@@ -24,8 +25,21 @@ class MLLPSourceConfig(Strict):
                               "partial frame dropped (the sender resends).")
     max_connections: int = Field(1024, ge=1, description="Further connections are closed at "
                                                          "once; the open ones are untouched.")
+    max_buffer_bytes: int = Field(
+        256 * 1024 * 1024, ge=1024,
+        description="Unfinished frames of all connections together hold at most this many "
+                    "bytes; a frame whose bytes go over it is discarded as it arrives and "
+                    "answered AR (resend later). At least max_message_bytes.")
 
     _check_listen = field_validator("listen")(classmethod(lambda cls, v: check_hostport(v)))
+
+    @model_validator(mode="after")
+    def _budget_fits_a_message(self) -> MLLPSourceConfig:
+        if self.max_buffer_bytes < self.max_message_bytes:
+            raise ValueError(f"max_buffer_bytes ({self.max_buffer_bytes}) is smaller than "
+                             f"max_message_bytes ({self.max_message_bytes}): a largest message "
+                             "could never be received")
+        return self
 
 
 class MLLPDestinationConfig(Strict):

@@ -4,7 +4,9 @@ A frame is ``<VT> payload <FS><CR>``. The framer is fed whatever a socket
 read returned and yields complete frames. It copes with frames split across
 reads, several frames in one read, bytes outside a frame (dropped and
 counted) and frames larger than ``max_size`` (the payload is discarded as it
-arrives, only its head is kept so the sender can still be NAK'd by MSH-10).
+arrives, only its head is kept so the sender can still be NAK'd by MSH-10). The listener
+may also ``shed`` an unfinished frame to keep its total buffer budget: it is then discarded
+the same way and reported with ``shed=True``.
 """
 
 from __future__ import annotations
@@ -32,10 +34,14 @@ class Frame:
 
 @dataclass(slots=True, frozen=True)
 class Oversized:
-    """A frame over the size limit: its first ``HEAD_KEEP`` bytes and its full size."""
+    """A discarded frame: its first ``HEAD_KEEP`` bytes and its full size.
+
+    Over the size limit, or ``shed`` (dropped by the listener to keep its buffer budget).
+    """
 
     head: bytes
     size: int
+    shed: bool = False
 
 
 class MLLPFramer:
@@ -46,7 +52,7 @@ class MLLPFramer:
     """
 
     __slots__ = ("max_size", "_buf", "_in_frame", "_discarding", "_head", "_dropped_size",
-                 "_scan_from", "garbage_bytes", "garbage_runs", "oversized")
+                 "_scan_from", "_shed", "garbage_bytes", "garbage_runs", "oversized")
 
     def __init__(self, max_size: int = 16 * 1024 * 1024) -> None:
         self.max_size = max_size
@@ -56,6 +62,7 @@ class MLLPFramer:
         self._head = b""
         self._dropped_size = 0
         self._scan_from = 0
+        self._shed = False
         self.garbage_bytes = 0
         self.garbage_runs = 0
         self.oversized = 0
@@ -63,6 +70,24 @@ class MLLPFramer:
     @property
     def buffered(self) -> int:
         return len(self._buf)
+
+    @property
+    def held(self) -> int:
+        """Bytes held for the unfinished frame: its buffer, or its head while discarding."""
+        return len(self._buf) + len(self._head)
+
+    def shed(self) -> bool:
+        """Give up the unfinished frame to save memory; False if there is none to give up.
+
+        Its head (``HEAD_KEEP`` bytes) is kept and the rest is discarded as it arrives; its
+        end then yields ``Oversized(head, size, shed=True)`` so the sender can be answered.
+        Does nothing outside a frame or for a frame already being discarded.
+        """
+        if not self._in_frame or self._discarding:
+            return False
+        self._shed = True
+        self._start_discarding()
+        return True
 
     @property
     def in_frame(self) -> bool:
@@ -134,10 +159,11 @@ class MLLPFramer:
         self._in_frame = False
         if self._discarding:
             size = self._dropped_size + len(payload)
-            head = self._head
-            self._discarding, self._head, self._dropped_size = False, b"", 0
-            self.oversized += 1
-            return Oversized(head, size)
+            head, shed = self._head, self._shed
+            self._discarding, self._head, self._dropped_size, self._shed = False, b"", 0, False
+            if not shed:
+                self.oversized += 1
+            return Oversized(head, size, shed)
         if len(payload) > self.max_size:
             self.oversized += 1
             return Oversized(payload[:HEAD_KEEP], len(payload))
@@ -167,9 +193,13 @@ class MLLPFramer:
             del self._buf[:keep]
             self._scan_from = 0
         elif len(self._buf) > self.max_size:
-            self._discarding = True
-            self._head = bytes(self._buf[:HEAD_KEEP])
-            keep = self._scan_from
-            self._dropped_size = keep
-            del self._buf[:keep]
-            self._scan_from = 0
+            self._start_discarding()
+
+    def _start_discarding(self) -> None:
+        """Keep the unfinished frame's head, drop what has been scanned (not a lone FS)."""
+        keep = self._scan_from  # scanned: payload for sure (a lone FS after it may end it)
+        self._discarding = True
+        self._head = bytes(self._buf[:min(HEAD_KEEP, keep)])
+        self._dropped_size = keep
+        del self._buf[:keep]
+        self._scan_from = 0

@@ -8,7 +8,15 @@ stops reading until it catches up, so memory stays bounded.
 Slow or greedy peers are bounded too: a frame (or TLS handshake) must complete within
 ``frame_timeout_secs`` of its start byte, a connection with no frame started or answered for
 ``idle_timeout_secs`` is closed (bytes outside frames do not keep it open), and connections
-beyond ``max_connections`` are closed at once while the others carry on.
+beyond ``max_connections``, beyond ``max_connections_per_peer`` from one address, or from an
+address outside ``allow`` are closed at once while the others carry on (``engine.peers``).
+
+Memory: each connection holds at most one unfinished frame (``max_message_bytes``), and all
+of a listener's unfinished frames together at most ``max_buffer_bytes`` (plus one read and a
+4 KiB head per connection). The connection whose read takes the total over the budget has
+its unfinished frame shed: its head is kept, the rest discarded as it arrives, and once its
+end arrives it is stored as ERROR and answered AR 207 ("resend later"), like an oversized
+frame. Complete frames are never shed; they are answered as usual.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from channels.mllp.config import MLLPSourceConfig
 from channels.mllp.framing import Frame, MLLPFramer, frame
 from engine.configbase import parse_hostport
 from engine.logs import event
+from engine.peers import LIMIT, NOT_ALLOWED, IPAddress, PeerGate, peer_ip
 from engine.registry import register
 
 log = logging.getLogger("radbridge.mllp")
@@ -38,6 +47,8 @@ class _Connection(asyncio.Protocol):
         self.replies: deque[list[object]] = deque()
         self.paused = False
         self.peer = "?"
+        self.ip: IPAddress | None = None
+        self.admitted = False
         self.last_active = 0.0
         self.frame_started: float | None = None  # loop time of the unfinished frame's start
 
@@ -46,10 +57,13 @@ class _Connection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
         self.last_active = self.server.loop.time()
-        if len(self.server.connections) >= self.server.config.max_connections:
-            event(log, "MLLP-104", "connection refused: limit reached", peer=self.peer)
+        self.ip = peer_ip(peer)
+        refused = self.server.gate.admit(self.ip)
+        if refused is not None:
+            self.server.refuse(self.peer, refused)
             self.transport.abort()
             return
+        self.admitted = True
         self.server.connections.add(self)
         event(log, "MLLP-101", "connection opened", channel=self.server.channel, peer=self.peer,
               level=logging.DEBUG)
@@ -57,22 +71,43 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.connections.discard(self)
         self.server.garbage_bytes += self.framer.garbage_bytes
+        self.server.buffered -= self.framer.held
+        if self.admitted:
+            self.admitted = False
+            self.server.gate.release(self.ip)
         self.transport = None
 
     def data_received(self, data: bytes) -> None:
+        held = self.framer.held
         events = self.framer.feed(data)
         self._time_frames(bool(events))
+        self._keep_budget(held)
         for ev in events:
             slot: list[object] = [_PENDING]
             self.replies.append(slot)
             reply = self._replier(slot)
             if isinstance(ev, Frame):
                 self.server.sink.receive(ev.payload, reply, self.peer)
+            elif ev.shed:
+                self.server.sink.over_budget(ev.head, ev.size, reply, self.peer)
             else:
                 self.server.sink.oversized(ev.head, ev.size, reply, self.peer)
         if len(self.replies) > _MAX_PENDING and not self.paused and self.transport:
             self.paused = True
             self.transport.pause_reading()
+
+    def _keep_budget(self, held_before: int) -> None:
+        """Account this read's change to the listener's buffered bytes; shed if over budget."""
+        server = self.server
+        server.buffered += self.framer.held - held_before
+        if server.buffered > server.config.max_buffer_bytes and self.framer.in_frame:
+            held = self.framer.held
+            if self.framer.shed():
+                server.buffered += self.framer.held - held
+                server.shed += 1
+                event(log, "MLLP-106", "buffer budget exceeded, frame shed (answered AR)",
+                      channel=server.channel, peer=self.peer,
+                      budget=server.config.max_buffer_bytes, level=logging.WARNING)
 
     def _time_frames(self, completed: bool) -> None:
         """Note when the unfinished frame began; frames, not stray bytes, count as activity."""
@@ -114,10 +149,26 @@ class MLLPServer:
         self.config = config
         self.sink = sink
         self.connections: set[_Connection] = set()
+        self.gate = PeerGate(config.max_connections, config)
         self.garbage_bytes = 0
+        self.buffered = 0  # bytes of unfinished frames held by all connections
+        self.shed = 0
         self._server: asyncio.Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self.loop = asyncio.get_event_loop()
+
+    def refuse(self, peer: str, reason: str) -> None:
+        """Log a connection refused by the gate (its address only: nothing was read)."""
+        if reason == NOT_ALLOWED:
+            event(log, "MLLP-107", "connection refused: address not allowed",
+                  channel=self.channel, peer=peer, level=logging.WARNING)
+        elif reason == LIMIT:
+            event(log, "MLLP-104", "connection refused: limit reached", channel=self.channel,
+                  peer=peer, limit=self.config.max_connections, level=logging.WARNING)
+        else:
+            event(log, "MLLP-108", "connection refused: per-peer limit reached",
+                  channel=self.channel, peer=peer,
+                  limit=self.config.max_connections_per_peer, level=logging.WARNING)
 
     @property
     def address(self) -> tuple[str, int] | None:

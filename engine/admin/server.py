@@ -93,12 +93,15 @@ class AdminServer:
         """What ``radbridge run`` prints at READY: the dashboard's address and, when the
         first-run password is in use, which user it is for and where it is (never itself)."""
         assert self.address is not None, "the admin listener has not started"
-        host, port = self.address
-        scheme = "https" if self.conf.tls is not None else "http"
-        url = f"{scheme}://{f'[{host}]' if ':' in host else host}:{port}/"
+        url = listener_url(*self.address, self.conf.tls is not None) + "/"
         if self.password_file is None:
             return f"dashboard {url}"
         return f"dashboard {url} (user {self.admin_user}, password in {self.password_file})"
+
+    @property
+    def listener(self) -> LimitedListener | None:
+        """The HTTP listener once started (its ``gate`` counts connections per address)."""
+        return self._listener
 
     async def start(self) -> None:
         await self.state.audit.open()

@@ -100,6 +100,27 @@ def build_ack(
     return ("\r".join(segments) + "\r").encode("latin-1", "replace")
 
 
+FALLBACK_REASON = "the answer could not be built; resend later or contact the receiver"
+
+
+def fallback_ack(header: Header | None, code: str, *, app: str = "RADBRIDGE") -> bytes:
+    """A minimal ACK that cannot fail, for when ``build_ack`` raised.
+
+    Default delimiters, our own MSH, MSA-1 *code* (AA/AE/AR, original mode) and MSA-2 the
+    sender's control id (escaped); a NAK adds a generic MSA-3 and an ERR 207. Nothing of the
+    sender's header but its control id is echoed.
+    """
+    their_id = escape(header.control_id, None) if header is not None else ""
+    app_id = escape(app, None)
+    msh = "|".join(["MSH", "^~\\&", app_id, "", "", "", _timestamp(None), "", "ACK",
+                    next_control_id(), "P", "2.5.1"])
+    if code == "AA":  # stored and accepted: a plain AA (a NAK would bring a duplicate resend)
+        return ("\r".join([msh, f"MSA|AA|{their_id}"]) + "\r").encode("latin-1", "replace")
+    segments = [msh, "|".join(["MSA", code, their_id, FALLBACK_REASON])]
+    segments.append(f"ERR||MSH^1|207^{ERROR_TEXT[207]}^HL70357|E||||{FALLBACK_REASON}")
+    return ("\r".join(segments) + "\r").encode("latin-1", "replace")
+
+
 # The ACK's MSH split around its two varying fields (MSH-7 time, MSH-10 control id), per sender
 # and message shape: most ACKs are then a few string joins.
 _MSH_CACHE: dict[tuple[str, ...], tuple[str, str, str]] = {}
@@ -160,10 +181,17 @@ def _err_segment(header: Header | None, spec: AckSpec, fs: str, enc: str, versio
     return fs.join(["ERR", eld])
 
 
+_ASCII_DIGITS = re.compile(r"[0-9]+")
+
+
 def _version_tuple(version: str) -> tuple[int, ...]:
+    """``"2.5.1"`` -> (2, 5, 1); stops at the first part that is not ASCII digits.
+
+    ``str.isdigit()`` is not the test: it accepts ``"¹"`` and other digits ``int()`` refuses.
+    """
     parts = []
     for p in version.split("."):
-        if not p.isdigit():
+        if not _ASCII_DIGITS.fullmatch(p):
             break
         parts.append(int(p))
     return tuple(parts) or (2, 5)

@@ -124,7 +124,8 @@ def test_every_readme_config_example_lints_clean(block: str,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     for name in re.findall(r'\w+_env\s*=\s*"(\w+)"', block):  # the secrets it refers to
         monkeypatch.setenv(name, "a-secret-the-example-refers-to")
-    assert lint(block) == []
+    # The examples name certificate files that exist only where they are deployed.
+    assert lint_text(block, "channels.toml", check_files=False)[1] == []
 
 
 def test_radbridge_lint_exits_nonzero_and_prints_every_problem(tmp_path: Path) -> None:
