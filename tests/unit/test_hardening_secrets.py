@@ -109,9 +109,9 @@ def test_a_secret_env_that_is_not_set_is_a_problem_naming_the_variable(
 
 
 @pytest.mark.parametrize(("content", "message"), [
-    (None, "cannot read {path}: No such file or directory"),
+    (None, "file not found: {path}"),
     ("  \n", "{path} is empty"),
-    ("dir", "{path} is not a regular file"),
+    ("dir", "not a file: {path}"),
 ])
 def test_a_secret_file_must_exist_be_readable_and_hold_something(
         tmp_path: Path, content: str | None, message: str) -> None:
