@@ -20,6 +20,7 @@ from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, VerificationPresentationContex
 from pynetdicom.transport import ThreadedAssociationServer
 
 from channels.dicom.config import DicomSourceConfig
+from channels.dicom.pdu_guard import PduGuard, start_guarded
 from channels.dicom.sop_classes import register_storage_classes, storage_sop_classes
 from channels.dicom.status import MISMATCH, SUCCESS, classify, error_comment
 from engine.configbase import parse_hostport
@@ -39,7 +40,8 @@ class DicomSource:
     ``start`` raises ``OSError`` when the address cannot be bound. Association
     checks (called AE, calling AE allow list, association limit) are done by
     pynetdicom during negotiation and answered A-ASSOCIATE-RJ. Every storage SOP
-    class is offered (``channels.dicom.sop_classes``).
+    class is offered (``channels.dicom.sop_classes``), and a PDU declaring more
+    than ``max_pdu`` is aborted unread (``channels.dicom.pdu_guard``).
     """
 
     def __init__(self, name: str, config: DicomSourceConfig, sink: InstanceIngest) -> None:
@@ -50,6 +52,7 @@ class DicomSource:
         self.stored = 0
         self.failed = 0
         self.rejected = 0
+        self.pdu_guard = PduGuard(config.max_pdu, name)
         self._lock = threading.Lock()
 
     @property
@@ -68,10 +71,8 @@ class DicomSource:
         handlers: list[Any] = [
             (evt.EVT_C_STORE, self._on_store), (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_REJECTED, self._on_rejected), (evt.EVT_ESTABLISHED, self._on_established)]
-        server = await asyncio.to_thread(
-            ae.start_server, (host, port), block=False, ssl_context=ssl_context,
-            evt_handlers=handlers)
-        assert server is not None  # block=False always returns the server
+        server = await asyncio.to_thread(start_guarded, ae, (host, port), self.pdu_guard,
+                                         ssl_context, handlers)
         self.server = server
         event(log, "DCM-200", "C-STORE SCP listening", channel=self.name,
               ae=self.config.ae_title, port=server.server_address[1])
