@@ -47,7 +47,7 @@ def uid_problem(uid: str) -> str | None:
     if any(not c for c in components):
         return "empty component"
     if any(len(c) > 1 and c[0] == "0" for c in components):
-        return "leading zero in a component"
+        return "leading zero"
     return None
 
 

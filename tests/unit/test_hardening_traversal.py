@@ -31,8 +31,8 @@ INVALID = {
     "1.2.3 ": "not digits and dots",
     "1.2\\3.4": "not digits and dots",
     "1.2.٣": "not digits and dots",  # an Arabic-Indic digit: str.isdigit() says yes
-    "1.02.3": "leading zero in a component",
-    "01.2": "leading zero in a component",
+    "1.02.3": "leading zero",
+    "01.2": "leading zero",
     "9" * 65: "over 64 characters",
 }
 
