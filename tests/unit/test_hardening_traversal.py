@@ -70,3 +70,9 @@ def test_a_symlink_out_of_the_root_is_not_under_it(tmp_path: Path) -> None:
     root.mkdir()
     (root / "link").symlink_to(tmp_path)
     assert not is_under(root / "link" / "x.dcm", root)
+
+
+@pytest.mark.parametrize("uid", sorted(INVALID))
+def test_every_uid_refusal_fits_a_c_store_error_comment(uid: str) -> None:
+    longest = "TransferSyntaxUID"  # of the UIDs meta_from_dataset checks, the longest name
+    assert len(f"{longest} is not a valid UID ({uid_problem(uid)})") <= 64  # LO
