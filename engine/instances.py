@@ -7,6 +7,10 @@ pixel data. Errors are typed so each edge maps them to its own protocol:
 
 * ``InvalidInstance``  the bytes are not a usable DICOM instance
   (C-STORE 0xC000 "cannot understand", STOW 409/400 per instance)
+* ``InvalidUID``       a UID breaks the DICOM UID grammar (C-STORE 0xA900, STOW
+  FailureReason 0xA900): UIDs name folders of the instance store, so nothing
+  else may reach a path. ``InstanceIngest.path_for`` also checks that every
+  path it builds stays under its root (defence in depth).
 * ``StoreUnavailable`` disk full or store down (C-STORE 0xA700, STOW 503)
 """
 
@@ -20,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from engine.dicom_rules import uid_problem
 from engine.errors import RadbridgeError, StoreUnavailable
 from engine.fsmode import open_private_file, private_dir
 from engine.logs import event
@@ -30,7 +35,6 @@ log = logging.getLogger("radbridge.instances")
 # SR and segmentation storage classes: our own outputs come back as these.
 _OUTPUT_CLASS_PREFIXES = ("1.2.840.10008.5.1.4.1.1.88.", "1.2.840.10008.5.1.4.1.1.66.")
 _REQUIRED = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
-_SAFE = frozenset("0123456789.")
 
 
 class InvalidInstance(RadbridgeError):
@@ -39,6 +43,14 @@ class InvalidInstance(RadbridgeError):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class InvalidUID(InvalidInstance):
+    """A UID of the instance breaks the DICOM UID grammar (``engine.dicom_rules``)."""
+
+
+class OutsideStore(InvalidInstance):
+    """A path built from an instance would leave the instance store."""
 
 
 @dataclass(slots=True)
@@ -64,13 +76,14 @@ def meta_from_dataset(ds: Any, file_meta: Any, own_manufacturer: str = "RADBRIDG
     missing = [k for k in _REQUIRED if not str(ds.get(k, "") or "").strip()]
     if missing:
         raise InvalidInstance(f"missing {', '.join(missing)}")
-    uids = [str(ds.get(k)).strip() for k in _REQUIRED]
-    for name, uid in zip(_REQUIRED, uids, strict=True):
-        if len(uid) > 64 or not set(uid) <= _SAFE:
-            raise InvalidInstance(f"{name} is not a valid UID")
-    tsyntax = str(getattr(file_meta, "TransferSyntaxUID", "") or "")
+    uids = [str(ds.get(k)).strip("\0 ") for k in _REQUIRED]
+    tsyntax = str(getattr(file_meta, "TransferSyntaxUID", "") or "").strip("\0 ")
     if not tsyntax:
         raise InvalidInstance("no transfer syntax in the file meta information")
+    for name, uid in [*zip(_REQUIRED, uids, strict=True), ("TransferSyntaxUID", tsyntax)]:
+        problem = uid_problem(uid)
+        if problem is not None:
+            raise InvalidUID(f"{name} is not a valid UID ({problem})")
     sop_class = uids[3]
     own = (str(ds.get("Manufacturer", "") or "").upper() == own_manufacturer.upper()
            and sop_class.startswith(_OUTPUT_CLASS_PREFIXES))
@@ -86,6 +99,17 @@ def _text(ds: Any, keyword: str) -> str | None:
     value = ds.get(keyword)
     text = str(value).strip() if value is not None else ""
     return text or None
+
+
+def instances_root(data_dir: Path | str) -> Path:
+    """The folder under the data directory that holds every instance file."""
+    return Path(data_dir) / "instances"
+
+
+def is_under(path: Path, root: Path) -> bool:
+    """True when *path* resolves (symlinks and ``..`` followed) strictly inside *root*."""
+    resolved, base = path.resolve(), root.resolve()
+    return resolved != base and resolved.is_relative_to(base)
 
 
 def write_durably(path: Path, data: bytes) -> None:
@@ -117,7 +141,7 @@ class InstanceIngest:
                  own_manufacturer: str = "RADBRIDGE") -> None:
         self.channel = channel
         self.store = store
-        self.root = Path(data_dir) / "instances"
+        self.root = instances_root(data_dir)
         self.quiet_secs = quiet_secs
         self.on_added = on_added
         self.own_manufacturer = own_manufacturer
@@ -125,19 +149,32 @@ class InstanceIngest:
         self.stored = 0
 
     def path_for(self, meta: InstanceMeta) -> Path:
-        return self.root / meta.study_uid / meta.series_uid / f"{meta.sop_uid}.dcm"
+        """Where *meta*'s file lives; ``OutsideStore`` if that would leave ``root``."""
+        path = self.root / meta.study_uid / meta.series_uid / f"{meta.sop_uid}.dcm"
+        if not is_under(path, self.root):
+            raise OutsideStore("instance path would leave the instance store")
+        return path
 
-    async def ingest(self, part10: bytes, meta: InstanceMeta | None = None) -> IngestResult:
-        """Make one instance durable and indexed; raise InvalidInstance / StoreUnavailable."""
+    async def ingest(self, part10: bytes, meta: InstanceMeta | None = None,
+                     expected: int | None = None) -> IngestResult:
+        """Make one instance durable and indexed; raise InvalidInstance / StoreUnavailable.
+
+        *expected*: the number of instances the source says the study has (a poller's QIDO
+        NumberOfStudyRelatedInstances); the study completes once that many have arrived."""
         if meta is None:
             meta = await asyncio.to_thread(read_meta, part10, self.own_manufacturer)
-        path = self.path_for(meta)
-        await asyncio.to_thread(write_durably, path, part10)
-        return await self._index(meta, path, len(part10))
+        path = await asyncio.to_thread(self._write, meta, part10)
+        return await self._index(meta, path, len(part10), expected)
 
-    async def _index(self, meta: InstanceMeta, path: Path, size: int) -> IngestResult:
+    def _write(self, meta: InstanceMeta, part10: bytes) -> Path:
+        path = self.path_for(meta)
+        write_durably(path, part10)
+        return path
+
+    async def _index(self, meta: InstanceMeta, path: Path, size: int,
+                     expected: int | None = None) -> IngestResult:
         added = await self.store.add_instance(self.channel, meta, str(path), size,
-                                              self.quiet_secs)
+                                              self.quiet_secs, expected)
         self.stored += 1
         result = IngestResult(meta, added, str(path))
         event(log, "DCM-201", "instance stored", channel=self.channel, study=meta.study_uid,
@@ -154,8 +191,7 @@ class InstanceIngest:
         assert self.loop is not None, "bind() the ingest to the running loop first"
         if meta is None:
             meta = read_meta(part10, self.own_manufacturer)
-        path = self.path_for(meta)
-        write_durably(path, part10)
+        path = self._write(meta, part10)
         fut = asyncio.run_coroutine_threadsafe(self._index(meta, path, len(part10)), self.loop)
         return fut.result(timeout)
 

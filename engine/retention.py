@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -10,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from engine.instances import is_under
 from engine.logs import event
 from engine.store.archive import ArchiveError
 from engine.store.base import PruneResult, Store
@@ -19,12 +21,19 @@ DAY = 86400
 AGAIN_SECS = 60.0  # a message run stopped at the store's cap goes on this soon, not hourly
 
 
-def delete_files(paths: list[str]) -> int:
-    """Delete files and the study/series folders they leave empty; return bytes freed."""
+def delete_files(paths: list[str], root: Path | None = None) -> int:
+    """Delete files and the study/series folders they leave empty; return bytes freed.
+
+    With *root* (the instance store), a path that does not resolve inside it is left alone
+    and logged (RET-403): a row can never make retention delete anything else."""
     freed = 0
     parents: set[Path] = set()
     for p in paths:
         path = Path(p)
+        if root is not None and not is_under(path, root):
+            event(log, "RET-403", "instance path outside the instance store, not deleted",
+                  level=logging.ERROR)
+            continue
         try:
             freed += path.stat().st_size
             path.unlink()
@@ -32,10 +41,10 @@ def delete_files(paths: list[str]) -> int:
             continue
         parents.add(path.parent)
     for folder in sorted(parents | {p.parent for p in parents}, key=lambda p: -len(p.parts)):
-        try:
+        if root is not None and not is_under(folder, root):
+            continue
+        with contextlib.suppress(OSError):
             os.rmdir(folder)  # only if empty
-        except OSError:
-            pass
     return freed
 
 
@@ -55,12 +64,14 @@ def log_pruned(result: PruneResult) -> None:
 class Retention:
     """The periodic task: instance files older than *days*, final messages older than
     *message_days* (archived first under *archive_dir* when given). None: keep them. A
-    message run that stopped at the store's cap (a backlog) is followed after *again_secs*."""
+    message run that stopped at the store's cap (a backlog) is followed after *again_secs*.
+    *instances_root*: only files under it are ever deleted (the engine always passes it)."""
 
     def __init__(self, store: Store, days: float | None, every_secs: float = 3600, *,
                  message_days: float | None = None, archive_dir: Path | None = None,
-                 again_secs: float = AGAIN_SECS) -> None:
+                 again_secs: float = AGAIN_SECS, instances_root: Path | None = None) -> None:
         self.store = store
+        self.instances_root = instances_root
         self.days = days
         self.every_secs = every_secs
         self.again_secs = again_secs
@@ -74,7 +85,7 @@ class Retention:
             return 0, 0
         cutoff = (now if now is not None else time.time()) - self.days * DAY
         paths = await self.store.prune_instances(cutoff)
-        freed = await asyncio.to_thread(delete_files, paths)
+        freed = await asyncio.to_thread(delete_files, paths, self.instances_root)
         if paths:
             event(log, "RET-201", "instances pruned", files=len(paths), bytes=freed)
         return len(paths), freed

@@ -28,7 +28,7 @@ from engine.config import Config, load_config
 from engine.delivery import DeliveryWorker
 from engine.inference_runtime import start_inference
 from engine.ingest import Ingest
-from engine.instances import InstanceIngest
+from engine.instances import InstanceIngest, instances_root
 from engine.logs import event
 from engine.pipeline import Pipeline
 from engine.processors import processor_for
@@ -154,7 +154,9 @@ class Engine:
         archive = Path(conf.message_archive_dir) if conf.message_archive_dir else None
         self._spawn(Retention(self.store, conf.instance_retention_days,
                               message_days=conf.message_retention_days,
-                              archive_dir=archive).run(), "retention")
+                              archive_dir=archive,
+                              instances_root=instances_root(conf.data_dir)).run(),
+                    "retention")
 
     def _start_destinations(self) -> None:
         for ch in self.config.channel:

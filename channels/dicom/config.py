@@ -28,8 +28,9 @@ class DicomSourceConfig(Strict):
         description="Calling AE titles that may associate; empty: any calling AE.")
     max_pdu: int = Field(
         262_144, ge=0,
-        description="Largest P-DATA PDU we accept, in bytes (0: no limit). Larger PDUs mean "
-                    "fewer round trips for big images.")
+        description="Largest P-DATA PDU we accept, in bytes; a peer's PDU declaring more is "
+                    "aborted after its 6-byte header (0: no limit advertised, still aborted "
+                    "above 64 MiB). Larger PDUs mean fewer round trips for big images.")
     max_associations: int = Field(
         32, ge=1, description="Further associations are rejected (transient, local limit).")
     store_timeout_secs: float = Field(

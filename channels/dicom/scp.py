@@ -16,16 +16,12 @@ import time
 from typing import Any
 
 from pydicom.dataset import Dataset
-from pynetdicom import (
-    AE,
-    ALL_TRANSFER_SYNTAXES,
-    AllStoragePresentationContexts,
-    VerificationPresentationContexts,
-    evt,
-)
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, VerificationPresentationContexts, evt
 from pynetdicom.transport import ThreadedAssociationServer
 
 from channels.dicom.config import DicomSourceConfig
+from channels.dicom.pdu_guard import PduGuard, start_guarded
+from channels.dicom.sop_classes import register_storage_classes, storage_sop_classes
 from channels.dicom.status import MISMATCH, SUCCESS, classify, error_comment
 from engine.configbase import parse_hostport
 from engine.instances import InstanceIngest, InvalidInstance, read_meta
@@ -43,7 +39,9 @@ class DicomSource:
 
     ``start`` raises ``OSError`` when the address cannot be bound. Association
     checks (called AE, calling AE allow list, association limit) are done by
-    pynetdicom during negotiation and answered A-ASSOCIATE-RJ.
+    pynetdicom during negotiation and answered A-ASSOCIATE-RJ. Every storage SOP
+    class is offered (``channels.dicom.sop_classes``), and a PDU declaring more
+    than ``max_pdu`` is aborted unread (``channels.dicom.pdu_guard``).
     """
 
     def __init__(self, name: str, config: DicomSourceConfig, sink: InstanceIngest) -> None:
@@ -54,6 +52,7 @@ class DicomSource:
         self.stored = 0
         self.failed = 0
         self.rejected = 0
+        self.pdu_guard = PduGuard(config.max_pdu, name)
         self._lock = threading.Lock()
 
     @property
@@ -72,10 +71,8 @@ class DicomSource:
         handlers: list[Any] = [
             (evt.EVT_C_STORE, self._on_store), (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_REJECTED, self._on_rejected), (evt.EVT_ESTABLISHED, self._on_established)]
-        server = await asyncio.to_thread(
-            ae.start_server, (host, port), block=False, ssl_context=ssl_context,
-            evt_handlers=handlers)
-        assert server is not None  # block=False always returns the server
+        server = await asyncio.to_thread(start_guarded, ae, (host, port), self.pdu_guard,
+                                         ssl_context, handlers)
         self.server = server
         event(log, "DCM-200", "C-STORE SCP listening", channel=self.name,
               ae=self.config.ae_title, port=server.server_address[1])
@@ -83,7 +80,10 @@ class DicomSource:
     def _make_ae(self) -> AE:
         cfg = self.config
         ae = AE(ae_title=cfg.ae_title)
-        for cx in [*AllStoragePresentationContexts, *VerificationPresentationContexts]:
+        register_storage_classes()
+        for uid in storage_sop_classes():
+            ae.add_supported_context(uid, ALL_TRANSFER_SYNTAXES)
+        for cx in VerificationPresentationContexts:
             assert cx.abstract_syntax is not None
             ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
         ae.require_called_aet = True
@@ -123,8 +123,11 @@ class DicomSource:
         * 0x0000 success: the file is fsynced and its row committed.
         * 0xA700 refused, out of resources: the store or disk is unavailable (retry later).
         * 0xA701 refused, out of resources: not indexed within ``store_timeout_secs``.
-        * 0xA900 error: the dataset's SOP Class/Instance UID differs from the request's.
-        * 0xC000 error, cannot understand: not a usable DICOM instance (with ErrorComment).
+        * 0xA900 error: the dataset's SOP Class/Instance UID differs from the request's, or
+          one of its UIDs breaks the DICOM UID grammar (ErrorComment names which).
+        * 0xC000 error, cannot understand: not a usable DICOM instance: truncated, encoded
+          otherwise than its transfer syntax says, pixel data missing or short (with
+          ErrorComment naming what is wrong).
         * 0xC211 error, unable to process: an unexpected error of ours (logged as a bug).
         """
         try:

@@ -11,6 +11,7 @@ code     meaning                                             raised by
 0xA700   refused, out of resources: the store is down        ``StoreUnavailable``, OSError
 0xA701   refused, out of resources: not indexed in time      ``TimeoutError``
 0xA900   error: data set does not match the request's UIDs  C-STORE request check
+0xA900   error: a UID breaks the DICOM UID grammar           ``InvalidUID``
 0xC000   error, cannot understand: not a usable instance     ``InvalidInstance``
 0xC211   error, unable to process (C-STORE): a bug of ours   anything else
 0x0110   processing failure (STOW FailureReason): a bug      anything else
@@ -26,12 +27,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from engine.errors import StoreUnavailable
-from engine.instances import InvalidInstance
+from engine.instances import InvalidInstance, InvalidUID
 
 SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
 STORE_TIMEOUT = 0xA701
-MISMATCH = 0xA900
+MISMATCH = 0xA900  # PS3.4 B.2.3 "data set does not match SOP class"; also an invalid UID
 CANNOT_UNDERSTAND = 0xC000
 UNABLE_TO_PROCESS = 0xC211
 PROCESSING_FAILURE = 0x0110
@@ -49,6 +50,8 @@ class Failure:
 
 def classify(exc: BaseException, dimse: bool = True) -> Failure:
     """The status answering *exc*; ``dimse=False`` gives STOW's FailureReason codes."""
+    if isinstance(exc, InvalidUID):
+        return Failure(MISMATCH, exc.reason, False)
     if isinstance(exc, InvalidInstance):
         return Failure(CANNOT_UNDERSTAND, exc.reason, False)
     if isinstance(exc, TimeoutError):  # before OSError: TimeoutError is one

@@ -11,6 +11,10 @@ the whole round is durable).
   a study whose count changed is listed with ``/studies/{uid}/instances`` and
   unseen instances are retrieved with WADO-RS (``transfer-syntax=*``). The
   cursor keeps the seen SOP Instance UIDs of the studies still in the window.
+  The study's count is handed to ingest as its expected count, so the study
+  completes when that many instances have arrived (a count read while the
+  PACS was still receiving completes it early; later instances reopen it as
+  a new revision, as any late instance does).
   Studies without a StudyDate are not found by this flavour.
 """
 
@@ -45,11 +49,18 @@ class Batch:
 
 
 class Feed(Protocol):
-    async def changes(self) -> Batch: ...
+    async def changes(self) -> Batch:
+        """What is new since the cursor (nothing is recorded until ``Batch.commit``)."""
 
-    async def fetch(self, ref: Any) -> bytes: ...
+    async def fetch(self, ref: Any) -> bytes:
+        """One instance as the PACS stored it (Part 10 bytes)."""
 
-    def done(self, ref: Any, sop_uid: str | None) -> None: ...
+    def done(self, ref: Any, sop_uid: str | None) -> None:
+        """*ref* was ingested (or skipped: *sop_uid* None)."""
+
+    def expected_count(self, ref: Any) -> int | None:
+        """How many instances the PACS says *ref*'s study has, if it says (study assembly
+        completes the study once that many arrived, without waiting for the quiet period)."""
 
 
 class OrthancFeed:
@@ -87,10 +98,23 @@ class OrthancFeed:
     def done(self, ref: Any, sop_uid: str | None) -> None:
         return None
 
+    def expected_count(self, ref: Any) -> int | None:
+        """The change feed does not say how many instances a study has."""
+        return None
+
 
 def _first(item: dict[str, Any], tag: str) -> Any:
     values = item.get(tag, {}).get("Value") or [None]
     return values[0]
+
+
+def _count(value: Any) -> int | None:
+    """A positive instance count from a QIDO value (a JSON number, or a string), else None."""
+    try:
+        count = int(value)
+    except (TypeError, ValueError):
+        return None
+    return count if count > 0 else None
 
 
 class QidoFeed:
@@ -98,6 +122,7 @@ class QidoFeed:
 
     def __init__(self, http: Any, config: PollSourceConfig, cursor: Cursor) -> None:
         self.http, self.config, self.cursor = http, config, cursor
+        self.counts: dict[str, int | None] = {}  # NumberOfStudyRelatedInstances, last round
 
     async def _search(self, path: str, params: dict[str, str]) -> list[dict[str, Any]]:
         """Every QIDO-RS result, page by page (limit/offset)."""
@@ -136,6 +161,7 @@ class QidoFeed:
             for study_uid, _, sop in refs:
                 self.done((study_uid, "", sop), sop)
             refs = []
+        self.counts = {uid: _count(count) for uid, count in counts.items()}
         return Batch(refs, False, lambda: self._commit(counts))
 
     async def _unseen(self, study: str, seen: set[str]) -> list[tuple[str, str, str]]:
@@ -166,6 +192,10 @@ class QidoFeed:
     def done(self, ref: Any, sop_uid: str | None) -> None:
         study, _, sop = ref
         self.cursor.studies.setdefault(study, {"seen": [], "count": None})["seen"].append(sop)
+
+    def expected_count(self, ref: Any) -> int | None:
+        """The study's NumberOfStudyRelatedInstances (0020,1208) as QIDO-RS last gave it."""
+        return self.counts.get(ref[0])
 
 
 def first_part(body: bytes, content_type: str) -> bytes:

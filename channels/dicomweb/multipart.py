@@ -37,8 +37,10 @@ class RelatedReader:
     def __init__(self, stream: ByteStream, boundary: str, max_bytes: int) -> None:
         if not boundary or len(boundary) > MAX_BOUNDARY:
             raise MalformedMultipart(f"boundary must have 1 to {MAX_BOUNDARY} characters")
+        if not all(" " <= c <= "~" for c in boundary):  # RFC 2046 bchars are ASCII
+            raise MalformedMultipart("boundary must be printable ASCII")
         self.stream = stream
-        self.dash = b"--" + boundary.encode("latin-1")
+        self.dash = b"--" + boundary.encode("ascii")
         self.max_bytes = max_bytes
         self.received = 0
         self.buf = bytearray()

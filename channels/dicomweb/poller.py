@@ -202,7 +202,7 @@ class PollSource:
             try:
                 data = await self.feed.fetch(ref)
                 meta = await asyncio.to_thread(read_meta, data, self.sink.own_manufacturer)
-                result = await self.sink.ingest(data, meta)
+                result = await self.sink.ingest(data, meta, self.feed.expected_count(ref))
             except (InstanceGone, InvalidInstance) as exc:
                 self.skipped += 1
                 event(log, "WEB-353", "instance skipped", channel=self.name,

@@ -12,6 +12,7 @@ import asyncio
 import logging
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.multipart import parse_mimetype
 
 from channels.dicom.status import STUDY_MISMATCH, Failure, classify
@@ -80,7 +81,8 @@ class StowSource:
         * 200 every instance stored (ReferencedSOPSequence lists them).
         * 202 some stored, some failed (FailedSOPSequence gives each FailureReason).
         * 409 every instance failed.
-        * 400 the multipart body is malformed or holds no part.
+        * 400 the multipart body is malformed (boundary not printable ASCII, no closing
+          boundary, ...) or holds no part, or the body ended early (the client left).
         * 408 the body arrived too slowly (``body_timeout_secs``); parts already read are kept.
         * 413 the body is larger than ``max_body_bytes``.
         * 415 not ``multipart/related; type="application/dicom"``.
@@ -109,6 +111,11 @@ class StowSource:
         except MalformedMultipart as exc:
             return self._refuse(web.HTTPBadRequest, request,
                                 f"malformed multipart/related body: {exc}")
+        except (HttpProcessingError, ConnectionResetError) as exc:
+            # bad body framing, or the client left mid-body: nobody may hear this answer, but
+            # it is an answer, not a traceback (parts already stored stay stored)
+            return self._refuse(web.HTTPBadRequest, request,
+                                f"request body incomplete or malformed ({type(exc).__name__})")
         return self._answer(outcomes)
 
     def _refuse(self, kind: type[web.HTTPException], request: web.Request,

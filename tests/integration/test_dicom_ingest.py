@@ -168,14 +168,15 @@ async def test_a_truncated_file_is_answered_0xc000_and_not_stored(
     assert not list((tmp_path / "data").rglob("*.dcm"))
 
 
-async def test_an_instance_with_a_malformed_study_uid_is_answered_0xc000_with_the_reason(
+async def test_an_instance_with_a_malformed_study_uid_is_answered_0xa900_with_the_reason(
         engine_factory: Any, db_url: str, tmp_path: Path) -> None:
     engine = await start(engine_factory, db_url, tmp_path)
     with pydicom.config.disable_value_validation():
         ds = synth_instance("not-a-uid", generate_uid(), 1)
     path = write(ds, tmp_path / "bad-uid.dcm")
     status = await asyncio.to_thread(scu_store, engine.address("pacs"), path)
-    assert (status.Status, status.ErrorComment) == (0xC000, "StudyInstanceUID is not a valid UID")
+    assert (status.Status, status.ErrorComment) == (
+        0xA900, "StudyInstanceUID is not a valid UID (not digits and dots)")
 
 
 async def test_a_store_that_cannot_commit_is_answered_0xa700(
