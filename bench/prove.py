@@ -104,7 +104,7 @@ SUITES = [
           _in("test_logs_phi")),
     *(_hardening(label, *stems) for label, *stems in (
         ("hardening: traversal (DICOM UIDs, paths under their root)", "test_hardening_traversal"),
-        ("hardening: hostile DICOM input (pixel length, truncation, SOP classes)",
+        ("hardening: hostile DICOM input (pixel length, truncation, SOP classes, STOW-RS)",
          "test_hardening_dicom_input"),
         ("hardening: poison message (deterministic failure, skip, stalled head)",
          "test_hardening_poison", "test_hardening_skip"),
