@@ -51,13 +51,14 @@ from engine.store.base import (
     Store,
 )
 from engine.store.clinical import CaseRow
-from engine.store.pg_clinical import PgClinical, apply_domain_events
+from engine.store.clinical_sql import ClinicalWrites, apply_domain_events
+from engine.store.fhir_sql import FhirWrites
 from engine.store.pg_deliveries import PgDeliveries
-from engine.store.pg_fhir import PgFhir
 from engine.store.pg_inference import PgInference
-from engine.store.pg_results import PgResults
 from engine.store.pg_writer import DB_ERRORS, Item, Writer, to_store_error
+from engine.store.results_sql import ResultsWrites
 from engine.store.signals import NOTIFY_CHANNEL, Topic, announcing_pg, reprocessed_ids
+from engine.store.tx import Op, PgTx, on_pg
 
 log = logging.getLogger("radbridge.store")
 LEASE_SECS = 30.0
@@ -116,7 +117,7 @@ async def _outcomes_op(conn: asyncpg.Connection, outcomes: Sequence[Outcome]) ->
         [o.message_id for o in ordered],
         [str(Status.QUEUED if o.deliveries else o.status) for o in ordered],
         [o.error for o in ordered], now)
-    return await apply_domain_events(conn, ordered)
+    return await apply_domain_events(PgTx(conn), ordered)
 
 
 async def _reprocess_op(conn: asyncpg.Connection, ids: Sequence[int]) -> int:
@@ -190,7 +191,7 @@ def _split_url(url: str) -> tuple[str, dict[str, str]]:
     return urlunsplit((scheme, parts.netloc, parts.path, urlencode(query), "")), ours
 
 
-class PostgresStore(PgClinical, PgInference, PgResults, PgFhir, PgDeliveries, Store):
+class PostgresStore(ClinicalWrites, PgInference, ResultsWrites, FhirWrites, PgDeliveries, Store):
     """The scale-out store: several engine processes and inference workers on one database."""
 
     def __init__(self, dsn: str, lease_secs: float = LEASE_SECS, pool_size: int = 8) -> None:
@@ -289,6 +290,11 @@ class PostgresStore(PgClinical, PgInference, PgResults, PgFhir, PgDeliveries, St
 
         self._submit(op, args, done, needs_lock)
         return await fut
+
+    async def _transact(self, op: Op, *args: Any, lock: bool = False) -> Any:
+        """Run an operation written once (``engine.store.tx``) in the writer's transaction;
+        *lock*: under the store-wide clinical advisory lock (correlation)."""
+        return await self._write(on_pg(op), *args, needs_lock=lock)
 
     async def _rows(self, sql: str, *params: Any) -> list[asyncpg.Record]:
         """A read in portable SQL (``?`` placeholders): what the shared mixins call."""

@@ -37,13 +37,14 @@ from engine.store.base import (
     Store,
 )
 from engine.store.clinical import CaseRow
-from engine.store.clinical_sql import CLINICAL_SCHEMA, SQLiteClinical, apply_domain_events
+from engine.store.clinical_sql import CLINICAL_SCHEMA, ClinicalWrites, apply_domain_events
 from engine.store.deliveries import SQLiteDeliveries, attempt_op, finish_op
-from engine.store.fhir_sql import FHIR_SCHEMA, SQLiteFhir
+from engine.store.fhir_sql import FHIR_SCHEMA, FhirWrites
 from engine.store.inference_sql import INFERENCE_SCHEMA, SQLiteInference
-from engine.store.results_sql import RESULTS_SCHEMA, SQLiteResults
+from engine.store.results_sql import RESULTS_SCHEMA, ResultsWrites
 from engine.store.schema import SQLITE_SCHEMA, migrate_sqlite
 from engine.store.signals import SQLITE_SIGNALS_SCHEMA, Topic, announcing_sqlite, reprocessed_ids
+from engine.store.tx import Op, SQLiteTx, on_sqlite, run_sync
 
 T = TypeVar("T")
 log = logging.getLogger("radbridge.store")
@@ -313,7 +314,9 @@ def _outcomes_op(conn: sqlite3.Connection, outcomes: Sequence[Outcome]) -> list[
                          [(o.message_id, dest, payload, now) for o in forwarded
                           for dest, payload in o.deliveries])
     _set_statuses(conn, ordered, now)
-    return apply_domain_events(conn, ordered)
+    if not any(o.domain is not None for o in ordered):
+        return []
+    return run_sync(apply_domain_events(SQLiteTx(conn), ordered))
 
 
 def _set_statuses(conn: sqlite3.Connection, ordered: Sequence[Outcome], now: float) -> None:
@@ -420,7 +423,7 @@ def _row_to_delivery(row: tuple[Any, ...]) -> Delivery:
                     key=row[8])
 
 
-class SQLiteStore(SQLiteClinical, SQLiteInference, SQLiteResults, SQLiteFhir, SQLiteDeliveries,
+class SQLiteStore(ClinicalWrites, SQLiteInference, ResultsWrites, FhirWrites, SQLiteDeliveries,
                   Store):
     """The embedded default store."""
 
@@ -502,6 +505,11 @@ class SQLiteStore(SQLiteClinical, SQLiteInference, SQLiteResults, SQLiteFhir, SQ
 
         self._submit(op, args, done)
         return await fut
+
+    async def _transact(self, op: Op, *args: Any, lock: bool = False) -> Any:
+        """Run an operation written once (``engine.store.tx``) in the writer thread's group
+        transaction (one writer: *lock* needs nothing more)."""
+        return await self._write(on_sqlite(op), *args)
 
     def submit_insert(self, msg: NewMessage, callback: InsertCallback) -> None:
         self._submit(_insert_op, (msg,), callback)
