@@ -40,10 +40,11 @@ from engine.store.clinical import CaseRow
 from engine.store.clinical_sql import CLINICAL_SCHEMA, ClinicalWrites, apply_domain_events
 from engine.store.deliveries import SQLiteDeliveries, attempt_op, finish_op
 from engine.store.fhir_sql import FHIR_SCHEMA, FhirWrites
-from engine.store.inference_sql import INFERENCE_SCHEMA, SQLiteInference
+from engine.store.inference_sql import INFERENCE_SCHEMA
 from engine.store.results_sql import RESULTS_SCHEMA, ResultsWrites
 from engine.store.schema import SQLITE_SCHEMA, migrate_sqlite
 from engine.store.signals import SQLITE_SIGNALS_SCHEMA, Topic, announcing_sqlite, reprocessed_ids
+from engine.store.sqlite_claims import SQLiteInference
 from engine.store.tx import Op, SQLiteTx, on_sqlite, run_sync
 
 T = TypeVar("T")

@@ -40,6 +40,7 @@ class Tx(Protocol):
     """The open write transaction an operation runs in (see the module docstring)."""
 
     for_update: str  # appended to a SELECT whose rows the transaction goes on to change
+    unclaim: str  # appended to an UPDATE's SET: hands a row's claim back (``pg_claims``)
 
     async def execute(self, sql: str, *params: Any) -> int:
         """Run one statement; the number of rows it changed."""
@@ -63,6 +64,10 @@ class Tx(Protocol):
         """Hold a named lock until the transaction ends (across processes where that can
         matter)."""
 
+    async def lock_rows(self, sql: str, *params: Any) -> None:
+        """Lock the rows a SELECT names until the transaction ends, where other processes
+        could change them meanwhile (nothing on SQLite)."""
+
     async def signal(self, topic: Topic, subjects: list[str]) -> None:
         """Tell running engines of a change, at commit (``engine.store.signals``)."""
 
@@ -71,6 +76,7 @@ class SQLiteTx:
     """``Tx`` on the SQLite writer thread's connection (its methods never suspend)."""
 
     for_update = ""  # one writer: nothing to lock against
+    unclaim = ""  # one process: rows carry no claims
     __slots__ = ("conn",)
 
     def __init__(self, conn: sqlite3.Connection) -> None:
@@ -102,6 +108,9 @@ class SQLiteTx:
     async def lock(self, name: str) -> None:
         return None  # the writer thread is the only writer
 
+    async def lock_rows(self, sql: str, *params: Any) -> None:
+        return None
+
     async def signal(self, topic: Topic, subjects: list[str]) -> None:
         signals.sqlite_signal(self.conn, topic, subjects)
 
@@ -121,6 +130,7 @@ class PgTx:
     """``Tx`` on the PostgreSQL writer's connection, inside its transaction."""
 
     for_update = " FOR UPDATE"
+    unclaim = ", claimed_by = NULL, lease_until = NULL"
     __slots__ = ("conn",)
 
     def __init__(self, conn: asyncpg.Connection) -> None:
@@ -148,6 +158,9 @@ class PgTx:
 
     async def lock(self, name: str) -> None:
         await pg_schema.lock(self.conn, name)
+
+    async def lock_rows(self, sql: str, *params: Any) -> None:
+        await self.conn.execute(pg_sql(sql + " FOR UPDATE"), *params)
 
     async def signal(self, topic: Topic, subjects: list[str]) -> None:
         await signals.pg_signal(self.conn, topic, subjects)
