@@ -18,6 +18,7 @@ from engine.store.clinical import CaseRow, ClinicalStore
 from engine.store.deliveries import DeliveryStore
 from engine.store.fhir import FhirStore
 from engine.store.inference import InferenceStore
+from engine.store.messages import MessageWrites
 from engine.store.results import ResultsStore
 from engine.store.signals import SignalReads
 
@@ -101,7 +102,8 @@ class PruneResult:
     skipped: bool = False  # PostgreSQL: another process was pruning; this run did nothing
 
 
-class Store(ClinicalStore, InferenceStore, ResultsStore, FhirStore, DeliveryStore, SignalReads):
+class Store(ClinicalStore, InferenceStore, ResultsStore, FhirStore, DeliveryStore, MessageWrites,
+            SignalReads):
     """Durable messages, content layers and delivery queues; the clinical tables (see
     ``engine.store.clinical``)."""
 
@@ -150,17 +152,6 @@ class Store(ClinicalStore, InferenceStore, ResultsStore, FhirStore, DeliveryStor
         """Oldest QUEUED deliveries for *destination*, in order."""
 
     @abc.abstractmethod
-    async def finish_delivery(self, delivery: Delivery, status: DeliveryStatus,
-                              response: bytes | None, error: str | None) -> None:
-        """Record a final delivery result and roll the message status up when all are final.
-        SENT always stands; ERROR does not replace an operator's decision (see
-        ``engine.store.deliveries``)."""
-
-    @abc.abstractmethod
-    async def record_attempt(self, delivery: Delivery, error: str) -> None:
-        """Record a failed (transient) attempt on a delivery still QUEUED."""
-
-    @abc.abstractmethod
     async def _rows(self, sql: str, *params: Any) -> list[Any]:
         """Run one read written in portable SQL (``?`` placeholders): the primitive the reads
         shared by both stores are written on (here and in ``inference_sql.InferenceReads``)."""
@@ -176,13 +167,6 @@ class Store(ClinicalStore, InferenceStore, ResultsStore, FhirStore, DeliveryStor
 
     @abc.abstractmethod
     async def get_message(self, message_id: int) -> tuple[Message, list[Delivery]] | None: ...
-
-    @abc.abstractmethod
-    async def reprocess(self, message_ids: Sequence[int], *, announce: bool = False) -> int:
-        """Put messages back to RECEIVED (their deliveries are re-created by the pipeline).
-
-        *announce*: also signal running engines in the same transaction (a change made
-        outside the engine, e.g. the CLI: see ``engine.store.signals``)."""
 
     async def delivery_counts(self) -> dict[tuple[str, str], int]:
         """Deliveries by (destination, status)."""

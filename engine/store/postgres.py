@@ -35,7 +35,7 @@ import asyncpg
 from engine.errors import StoreUnavailable
 from engine.logs import event
 from engine.model import DeliveryStatus, Message, Status
-from engine.store import pg_claims, pg_deliveries, pg_schema
+from engine.store import pg_claims, pg_schema
 from engine.store.archive import Item as Archive
 from engine.store.archive import write_archive
 from engine.store.base import (
@@ -53,11 +53,10 @@ from engine.store.base import (
 from engine.store.clinical import CaseRow
 from engine.store.clinical_sql import ClinicalWrites, apply_domain_events
 from engine.store.fhir_sql import FhirWrites
-from engine.store.pg_deliveries import PgDeliveries
 from engine.store.pg_inference import PgInference
 from engine.store.pg_writer import DB_ERRORS, Item, Writer, to_store_error
 from engine.store.results_sql import ResultsWrites
-from engine.store.signals import NOTIFY_CHANNEL, Topic, announcing_pg, reprocessed_ids
+from engine.store.signals import NOTIFY_CHANNEL
 from engine.store.tx import Op, PgTx, on_pg
 
 log = logging.getLogger("radbridge.store")
@@ -118,16 +117,6 @@ async def _outcomes_op(conn: asyncpg.Connection, outcomes: Sequence[Outcome]) ->
         [str(Status.QUEUED if o.deliveries else o.status) for o in ordered],
         [o.error for o in ordered], now)
     return await apply_domain_events(PgTx(conn), ordered)
-
-
-async def _reprocess_op(conn: asyncpg.Connection, ids: Sequence[int]) -> int:
-    if not ids:
-        return 0
-    result = await conn.execute(
-        "UPDATE messages SET status = 'RECEIVED', error = NULL, updated_at = $1,"
-        " claimed_by = NULL, lease_until = NULL WHERE id = ANY($2::bigint[])",
-        time.time(), list(ids))
-    return int(result.split()[-1])
 
 
 # A message retention may delete ($1: final statuses): nothing of it waits any more.
@@ -191,7 +180,8 @@ def _split_url(url: str) -> tuple[str, dict[str, str]]:
     return urlunsplit((scheme, parts.netloc, parts.path, urlencode(query), "")), ours
 
 
-class PostgresStore(ClinicalWrites, PgInference, ResultsWrites, FhirWrites, PgDeliveries, Store):
+class PostgresStore(ClinicalWrites, PgInference, ResultsWrites, FhirWrites,
+                    Store):
     """The scale-out store: several engine processes and inference workers on one database."""
 
     def __init__(self, dsn: str, lease_secs: float = LEASE_SECS, pool_size: int = 8) -> None:
@@ -316,19 +306,6 @@ class PostgresStore(ClinicalWrites, PgInference, ResultsWrites, FhirWrites, PgDe
             return []
         return await self._write(_outcomes_op, list(outcomes),
                                  needs_lock=any(o.domain is not None for o in outcomes))
-
-    async def finish_delivery(self, delivery: Delivery, status: DeliveryStatus,
-                              response: bytes | None, error: str | None) -> None:
-        await self._write(pg_deliveries.finish_op, delivery.id, delivery.message_id,
-                          str(status), response, error)
-
-    async def record_attempt(self, delivery: Delivery, error: str) -> None:
-        await self._write(pg_deliveries.attempt_op, delivery.id, error)
-
-    async def reprocess(self, message_ids: Sequence[int], *, announce: bool = False) -> int:
-        op = announcing_pg(_reprocess_op, Topic.MESSAGES, reprocessed_ids) if announce else \
-            _reprocess_op
-        return int(await self._write(op, list(message_ids)))
 
     async def drop_message_days(self, before: float) -> list[int]:
         """Drop every day of messages, raw bytes, layers and deliveries that ended at or

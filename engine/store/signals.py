@@ -154,36 +154,6 @@ async def pg_signal(conn: asyncpg.Connection, topic: Topic, subjects: list[str])
     await conn.execute("SELECT pg_notify($1, current_schema())", NOTIFY_CHANNEL)
 
 
-def announcing_sqlite(
-    op: Callable[..., Any], topic: Topic, subjects_of: SubjectsOf
-) -> Callable[..., Any]:
-    """*op* (a SQLite writer operation) followed by its signal, when it changed anything."""
-
-    def run(conn: sqlite3.Connection, *args: Any) -> Any:
-        value = op(conn, *args)
-        subjects = subjects_of(value, args) if value else []
-        if subjects:
-            sqlite_signal(conn, topic, subjects)
-        return value
-
-    return run
-
-
-def announcing_pg(
-    op: Callable[..., Awaitable[Any]], topic: Topic, subjects_of: SubjectsOf
-) -> Callable[..., Awaitable[Any]]:
-    """*op* (a PostgreSQL writer operation) followed by its signal, when it changed anything."""
-
-    async def run(conn: asyncpg.Connection, *args: Any) -> Any:
-        value = await op(conn, *args)
-        subjects = subjects_of(value, args) if value else []
-        if subjects:
-            await pg_signal(conn, topic, subjects)
-        return value
-
-    return run
-
-
 def case_ids(value: Any, args: tuple[Any, ...]) -> list[str]:
     """The subjects of a ``cases`` signal: the ids of the case(s) an operation returned."""
     cases = value if isinstance(value, list) else [value]

@@ -38,12 +38,11 @@ from engine.store.base import (
 )
 from engine.store.clinical import CaseRow
 from engine.store.clinical_sql import CLINICAL_SCHEMA, ClinicalWrites, apply_domain_events
-from engine.store.deliveries import SQLiteDeliveries, attempt_op, finish_op
 from engine.store.fhir_sql import FHIR_SCHEMA, FhirWrites
 from engine.store.inference_sql import INFERENCE_SCHEMA
 from engine.store.results_sql import RESULTS_SCHEMA, ResultsWrites
 from engine.store.schema import SQLITE_SCHEMA, migrate_sqlite
-from engine.store.signals import SQLITE_SIGNALS_SCHEMA, Topic, announcing_sqlite, reprocessed_ids
+from engine.store.signals import SQLITE_SIGNALS_SCHEMA
 from engine.store.sqlite_claims import SQLiteInference
 from engine.store.tx import Op, SQLiteTx, on_sqlite, run_sync
 
@@ -333,14 +332,6 @@ def _set_statuses(conn: sqlite3.Connection, ordered: Sequence[Outcome], now: flo
                          f" ({','.join(['?'] * len(chunk))})", (status, error, now, *chunk))
 
 
-def _reprocess_op(conn: sqlite3.Connection, ids: Sequence[int]) -> int:
-    n = 0
-    for mid in ids:
-        n += conn.execute("UPDATE messages SET status='RECEIVED', error=NULL, updated_at=?"
-                          " WHERE id=?", (time.time(), mid)).rowcount
-    return n
-
-
 # A message retention may delete: final, none of its deliveries waiting, and not the newest
 # row (ids are max(id) + 1, so keeping the newest means an id is never handed out twice).
 _PRUNABLE = (f"status IN ({','.join(repr(s) for s in FINAL_STATUSES)}) AND NOT EXISTS"
@@ -424,7 +415,7 @@ def _row_to_delivery(row: tuple[Any, ...]) -> Delivery:
                     key=row[8])
 
 
-class SQLiteStore(ClinicalWrites, SQLiteInference, ResultsWrites, FhirWrites, SQLiteDeliveries,
+class SQLiteStore(ClinicalWrites, SQLiteInference, ResultsWrites, FhirWrites,
                   Store):
     """The embedded default store."""
 
@@ -519,19 +510,6 @@ class SQLiteStore(ClinicalWrites, SQLiteInference, ResultsWrites, FhirWrites, SQ
         if not outcomes:
             return []
         return await self._write(_outcomes_op, list(outcomes))
-
-    async def finish_delivery(self, delivery: Delivery, status: DeliveryStatus,
-                              response: bytes | None, error: str | None) -> None:
-        await self._write(finish_op, delivery.id, delivery.message_id, str(status), response,
-                          error)
-
-    async def record_attempt(self, delivery: Delivery, error: str) -> None:
-        await self._write(attempt_op, delivery.id, error)
-
-    async def reprocess(self, message_ids: Sequence[int], *, announce: bool = False) -> int:
-        op = announcing_sqlite(_reprocess_op, Topic.MESSAGES, reprocessed_ids) if announce else \
-            _reprocess_op
-        return await self._write(op, list(message_ids))
 
     # -- retention -------------------------------------------------------------
     async def prune_messages(self, before: float, archive: Path | None = None) -> PruneResult:
