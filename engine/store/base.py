@@ -18,7 +18,11 @@ from engine.store.clinical import CaseRow, ClinicalStore
 from engine.store.deliveries import DeliveryStore
 from engine.store.fhir import FhirStore
 from engine.store.inference import InferenceStore
-from engine.store.messages import MessageWrites
+from engine.store.messages import Messages
+
+# Re-exported: the rows are part of the store's interface.
+from engine.store.records import Delivery as Delivery
+from engine.store.records import MessageQuery as MessageQuery
 from engine.store.results import ResultsStore
 from engine.store.signals import SignalReads
 
@@ -50,30 +54,6 @@ class Outcome:
     domain: Any = None
 
 
-@dataclass(slots=True)
-class Delivery:
-    id: int
-    message_id: int
-    destination: str
-    status: DeliveryStatus
-    attempts: int
-    payload: bytes
-    response: bytes | None = None
-    error: str | None = None
-    key: str | None = None
-
-
-@dataclass(slots=True)
-class MessageQuery:
-    channel: str | None = None
-    status: str | None = None
-    message_type: str | None = None
-    control_id: str | None = None
-    since: float | None = None
-    until: float | None = None
-    limit: int = 100
-
-
 InsertCallback = Callable[[int | None, BaseException | None], None]
 
 # Retention may forget a message only when nothing more will happen to it: its own status is
@@ -102,7 +82,7 @@ class PruneResult:
     skipped: bool = False  # PostgreSQL: another process was pruning; this run did nothing
 
 
-class Store(ClinicalStore, InferenceStore, ResultsStore, FhirStore, DeliveryStore, MessageWrites,
+class Store(ClinicalStore, InferenceStore, ResultsStore, FhirStore, DeliveryStore, Messages,
             SignalReads):
     """Durable messages, content layers and delivery queues; the clinical tables (see
     ``engine.store.clinical``)."""
@@ -162,21 +142,11 @@ class Store(ClinicalStore, InferenceStore, ResultsStore, FhirStore, DeliveryStor
                                 channel, float(since))
         return [r[0] for r in rows]
 
-    @abc.abstractmethod
-    async def query_messages(self, query: MessageQuery) -> list[Message]: ...
-
-    @abc.abstractmethod
-    async def get_message(self, message_id: int) -> tuple[Message, list[Delivery]] | None: ...
-
     async def delivery_counts(self) -> dict[tuple[str, str], int]:
         """Deliveries by (destination, status)."""
         rows = await self._rows("SELECT destination, status, count(*) FROM deliveries"
                                 " GROUP BY destination, status")
         return {(r[0], r[1]): r[2] for r in rows}
-
-    @abc.abstractmethod
-    async def oldest_queued(self, destinations: Sequence[str]) -> dict[str, float]:
-        """When the message behind each destination's oldest waiting delivery arrived."""
 
     async def counts(self) -> dict[tuple[str, str], int]:
         """Message counts by (channel, status)."""

@@ -29,7 +29,7 @@ from engine.model import DeliveryStatus
 from engine.store.tx import Tx
 
 if TYPE_CHECKING:
-    from engine.store.base import Delivery
+    from engine.store.records import Delivery
 
 SKIPPED, CANCELLED = "SKIPPED", "CANCELLED"
 

@@ -34,7 +34,7 @@ import asyncpg
 
 from engine.errors import StoreUnavailable
 from engine.logs import event
-from engine.model import DeliveryStatus, Message, Status
+from engine.model import Message, Status
 from engine.store import pg_claims, pg_schema
 from engine.store.archive import Item as Archive
 from engine.store.archive import write_archive
@@ -44,7 +44,6 @@ from engine.store.base import (
     WAITING_DELIVERY,
     Delivery,
     InsertCallback,
-    MessageQuery,
     NewMessage,
     Outcome,
     PruneResult,
@@ -55,9 +54,10 @@ from engine.store.clinical_sql import ClinicalWrites, apply_domain_events
 from engine.store.fhir_sql import FhirWrites
 from engine.store.pg_inference import PgInference
 from engine.store.pg_writer import DB_ERRORS, Item, Writer, to_store_error
+from engine.store.records import delivery_row, message_row
 from engine.store.results_sql import ResultsWrites
 from engine.store.signals import NOTIFY_CHANNEL
-from engine.store.tx import Op, PgTx, on_pg
+from engine.store.tx import Op, PgTx, on_pg, pg_sql
 
 log = logging.getLogger("radbridge.store")
 LEASE_SECS = 30.0
@@ -67,23 +67,6 @@ _MSG_FROM = "messages m JOIN message_raw r ON r.id = m.id AND r.received_at = m.
 _DLV_COLS = ("d.id, d.message_id, d.destination, d.status, d.attempts,"
              " coalesce(d.payload, (SELECT raw FROM message_raw r WHERE r.id = d.message_id"
              " AND r.received_at = d.received_at)), d.response, d.error, d.msg_key")
-_STATUS = {str(s): s for s in Status}
-
-
-def _message(row: Sequence[Any]) -> Message:
-    return Message(id=row[0], channel=row[1], received_at=row[2],
-                   status=_STATUS.get(row[3]) or Status(row[3]), raw=bytes(row[4] or b""),
-                   control_id=row[5], message_type=row[6], key=row[7],
-                   duplicate=bool(row[8]), error=row[9])
-
-
-def delivery_row(row: Sequence[Any]) -> Delivery:
-    return Delivery(id=row[0], message_id=row[1], destination=row[2],
-                    status=DeliveryStatus(row[3]), attempts=row[4], payload=bytes(row[5]),
-                    response=bytes(row[6]) if row[6] is not None else None, error=row[7],
-                    key=row[8])
-
-
 async def _outcomes_op(conn: asyncpg.Connection, outcomes: Sequence[Outcome]) -> list[CaseRow]:
     now = time.time()
     ordered = sorted(outcomes, key=lambda o: o.message_id)
@@ -183,6 +166,11 @@ def _split_url(url: str) -> tuple[str, dict[str, str]]:
 class PostgresStore(ClinicalWrites, PgInference, ResultsWrites, FhirWrites,
                     Store):
     """The scale-out store: several engine processes and inference workers on one database."""
+
+    _MESSAGE_SELECT = f"SELECT {_MSG_COLS} FROM {_MSG_FROM}"
+    _DELIVERY_SELECT = f"SELECT {_DLV_COLS} FROM deliveries d"
+    _OLDEST_QUEUED = ("SELECT received_at FROM deliveries WHERE destination = ? AND"
+                      " status = 'QUEUED' ORDER BY id LIMIT 1")
 
     def __init__(self, dsn: str, lease_secs: float = LEASE_SECS, pool_size: int = 8) -> None:
         self.dsn = dsn
@@ -288,7 +276,7 @@ class PostgresStore(ClinicalWrites, PgInference, ResultsWrites, FhirWrites,
 
     async def _rows(self, sql: str, *params: Any) -> list[asyncpg.Record]:
         """A read in portable SQL (``?`` placeholders): what the shared mixins call."""
-        return await self._fetch(pg_schema.pg(sql), *params)
+        return await self._fetch(pg_sql(sql), *params)
 
     async def _fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
         try:
@@ -469,7 +457,7 @@ class PostgresStore(ClinicalWrites, PgInference, ResultsWrites, FhirWrites,
                 return
             if plan is not None:
                 plan.budget -= len(rows)
-            msgs = {m.id: m for m in map(_message, rows)}
+            msgs = {m.id: m for m in map(message_row, rows)}
             ids = list(msgs)
             for mid, layer, data in await conn.fetch(
                     "SELECT message_id, layer, data FROM content WHERE message_id ="
@@ -497,7 +485,7 @@ class PostgresStore(ClinicalWrites, PgInference, ResultsWrites, FhirWrites,
                                                       channel, limit, with_raw)
         except DB_ERRORS as exc:
             raise to_store_error(exc) from exc
-        return [_message(r) for r in rows]
+        return [message_row(r) for r in rows]
 
     async def next_deliveries(self, destination: str, limit: int) -> list[Delivery]:
         try:
@@ -507,45 +495,3 @@ class PostgresStore(ClinicalWrites, PgInference, ResultsWrites, FhirWrites,
         except DB_ERRORS as exc:
             raise to_store_error(exc) from exc
         return [delivery_row(r) for r in rows]
-
-    # -- reads -----------------------------------------------------------------------------
-    async def query_messages(self, query: MessageQuery) -> list[Message]:
-        where: list[str] = ["true"]
-        params: list[Any] = []
-        for col, val in (("channel", query.channel), ("status", query.status),
-                         ("message_type", query.message_type),
-                         ("control_id", query.control_id)):
-            if val is not None:
-                params.append(val)
-                where.append(f"m.{col} = ${len(params)}")
-        for op, bound in ((">=", query.since), ("<", query.until)):
-            if bound is not None:
-                params.append(float(bound))
-                where.append(f"m.received_at {op} ${len(params)}")
-        params.append(query.limit)
-        rows = await self._fetch(f"SELECT {_MSG_COLS} FROM {_MSG_FROM} WHERE"
-                                 f" {' AND '.join(where)} ORDER BY m.id DESC"
-                                 f" LIMIT ${len(params)}", *params)
-        return [_message(r) for r in rows]
-
-    async def get_message(self, message_id: int) -> tuple[Message, list[Delivery]] | None:
-        rows = await self._fetch(f"SELECT {_MSG_COLS} FROM {_MSG_FROM} WHERE m.id = $1",
-                                 message_id)
-        if not rows:
-            return None
-        msg = _message(rows[0])
-        for layer, data in await self._fetch("SELECT layer, data FROM content WHERE"
-                                             " message_id = $1 ORDER BY created_at", message_id):
-            msg.layers[layer] = bytes(data)
-        drows = await self._fetch(f"SELECT {_DLV_COLS} FROM deliveries d WHERE"
-                                  " d.message_id = $1 ORDER BY d.id", message_id)
-        return msg, [delivery_row(r) for r in drows]
-
-    async def oldest_queued(self, destinations: Sequence[str]) -> dict[str, float]:
-        out = {}
-        for dest in destinations:
-            rows = await self._fetch("SELECT received_at FROM deliveries WHERE destination = $1"
-                                     " AND status = 'QUEUED' ORDER BY id LIMIT 1", dest)
-            if rows:
-                out[dest] = float(rows[0][0])
-        return out

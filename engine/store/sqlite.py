@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 from engine.errors import StoreError, StoreUnavailable
 from engine.fsmode import private_database
 from engine.logs import event
-from engine.model import DeliveryStatus, Message, Status
+from engine.model import Message, Status
 from engine.store.archive import Item, write_archive
 from engine.store.base import (
     FINAL_STATUSES,
@@ -30,7 +30,6 @@ from engine.store.base import (
     WAITING_DELIVERY,
     Delivery,
     InsertCallback,
-    MessageQuery,
     NewMessage,
     Outcome,
     PruneResult,
@@ -40,6 +39,7 @@ from engine.store.clinical import CaseRow
 from engine.store.clinical_sql import CLINICAL_SCHEMA, ClinicalWrites, apply_domain_events
 from engine.store.fhir_sql import FHIR_SCHEMA, FhirWrites
 from engine.store.inference_sql import INFERENCE_SCHEMA
+from engine.store.records import delivery_row, message_row
 from engine.store.results_sql import RESULTS_SCHEMA, ResultsWrites
 from engine.store.schema import SQLITE_SCHEMA, migrate_sqlite
 from engine.store.signals import SQLITE_SIGNALS_SCHEMA
@@ -62,6 +62,8 @@ _INSERT_MORE = ",(?,?,?,?,?,?,?,?,?,?,?)"
 _RAW = "(SELECT raw FROM message_raw r WHERE r.id = messages.id)"
 _MSG_COLS = (f"id, channel, received_at, status, {_RAW}, control_id, message_type, msg_key,"
              " duplicate, error")
+_MSG_COLS_M = ("m.id, m.channel, m.received_at, m.status, (SELECT raw FROM message_raw r WHERE"
+               " r.id = m.id), m.control_id, m.message_type, m.msg_key, m.duplicate, m.error")
 _DLV_COLS = ("d.id, d.message_id, d.destination, d.status, d.attempts,"
              " coalesce(d.payload, (SELECT raw FROM message_raw r WHERE r.id = d.message_id)),"
              " d.response, d.error, m.msg_key")
@@ -398,27 +400,16 @@ def _prune_next_op(conn: sqlite3.Connection, before: float, since: float, after:
     return n, pages, (float(rows[-1][1]), int(rows[-1][0]))
 
 
-_STATUS = {str(s): s for s in Status}  # a dict lookup; calling the enum class is slower
-
-
-def _row_to_message(row: tuple[Any, ...]) -> Message:
-    return Message(id=row[0], channel=row[1], received_at=row[2],
-                   status=_STATUS.get(row[3]) or Status(row[3]),
-                   raw=bytes(row[4]), control_id=row[5], message_type=row[6], key=row[7],
-                   duplicate=bool(row[8]), error=row[9])
-
-
-def _row_to_delivery(row: tuple[Any, ...]) -> Delivery:
-    return Delivery(id=row[0], message_id=row[1], destination=row[2],
-                    status=DeliveryStatus(row[3]), attempts=row[4], payload=bytes(row[5]),
-                    response=bytes(row[6]) if row[6] is not None else None, error=row[7],
-                    key=row[8])
-
-
 class SQLiteStore(ClinicalWrites, SQLiteInference, ResultsWrites, FhirWrites,
                   Store):
     """The embedded default store."""
 
+    _MESSAGE_SELECT = f"SELECT {_MSG_COLS_M} FROM messages m"
+    _DELIVERY_SELECT = (f"SELECT {_DLV_COLS} FROM deliveries d JOIN messages m"
+                        " ON m.id = d.message_id")
+    _OLDEST_QUEUED = ("SELECT m.received_at FROM deliveries d JOIN messages m"
+                      " ON m.id = d.message_id WHERE d.id = (SELECT min(id) FROM deliveries"
+                      " WHERE destination = ? AND status = 'QUEUED')")
     wal_restart_bytes = _WAL_LIMIT  # a WAL larger than this is started over (_Checkpointer)
     checkpoint_secs = 0.5  # how often the checkpointer runs
 
@@ -560,7 +551,7 @@ class SQLiteStore(ClinicalWrites, SQLiteInference, ResultsWrites, FhirWrites,
             if not rows:
                 return
             cap -= len(rows)
-            msgs = {m.id: m for m in map(_row_to_message, rows)}
+            msgs = {m.id: m for m in map(message_row, rows)}
             marks = ",".join("?" * len(msgs))
             for mid, layer, data in await self._read(
                     f"SELECT message_id, layer, data FROM content WHERE message_id IN ({marks})"
@@ -570,7 +561,7 @@ class SQLiteStore(ClinicalWrites, SQLiteInference, ResultsWrites, FhirWrites,
             for row in await self._read(f"SELECT {_DLV_COLS} FROM deliveries d JOIN messages m"
                                         f" ON m.id = d.message_id WHERE d.message_id IN ({marks})"
                                         " ORDER BY d.id", list(msgs)):
-                d = _row_to_delivery(row)
+                d = delivery_row(row)
                 deliveries[d.message_id].append(d)
             yield [(m, deliveries[mid]) for mid, m in msgs.items()]
             last = rows[-1]
@@ -631,67 +622,26 @@ class SQLiteStore(ClinicalWrites, SQLiteInference, ResultsWrites, FhirWrites,
         """A read in portable SQL (``?`` placeholders): what the shared mixins call."""
         return await self._read(sql, params)
 
+    def _by_control_id(self, clause: str, params: list[Any], control_id: str
+                       ) -> tuple[str, list[Any]]:
+        # messages_control_id covers messages past RECEIVED; messages_pending the rest.
+        pending = self._MESSAGE_SELECT.replace("messages m", "messages m INDEXED BY"
+                                               " messages_pending")
+        return (f"{self._MESSAGE_SELECT} WHERE {clause} AND m.control_id = ? AND"
+                f" m.status <> 'RECEIVED' UNION ALL {pending} WHERE {clause} AND"
+                " m.control_id = ? AND m.status = 'RECEIVED'",
+                [*params, control_id, *params, control_id])
+
     async def fetch_received(self, channel: str, limit: int, with_raw: bool = True
                              ) -> list[Message]:
         cols = _MSG_COLS if with_raw else _MSG_COLS.replace(_RAW, "x''")
         rows = await self._read(f"SELECT {cols} FROM messages WHERE status='RECEIVED'"
                                 " AND channel=? ORDER BY id LIMIT ?", (channel, limit))
-        return [_row_to_message(r) for r in rows]
+        return [message_row(r) for r in rows]
 
     async def next_deliveries(self, destination: str, limit: int) -> list[Delivery]:
         rows = await self._read(f"SELECT {_DLV_COLS} FROM deliveries d JOIN messages m"
                                 " ON m.id = d.message_id WHERE d.destination=?"
                                 " AND d.status='QUEUED' ORDER BY d.id LIMIT ?",
                                 (destination, limit))
-        return [_row_to_delivery(r) for r in rows]
-
-    async def query_messages(self, query: MessageQuery) -> list[Message]:
-        where: list[str] = ["1"]
-        params: list[Any] = []
-        for col, val in (("channel", query.channel), ("status", query.status),
-                         ("message_type", query.message_type)):
-            if val is not None:
-                where.append(f"{col}=?")
-                params.append(val)
-        if query.since is not None:
-            where.append("received_at>=?")
-            params.append(query.since)
-        if query.until is not None:
-            where.append("received_at<?")
-            params.append(query.until)
-        clause = " AND ".join(where)
-        if query.control_id is None:
-            sql = f"SELECT {_MSG_COLS} FROM messages WHERE {clause}"
-        else:
-            # messages_control_id covers messages past RECEIVED; messages_pending the rest.
-            sql = (f"SELECT {_MSG_COLS} FROM messages WHERE {clause} AND control_id=?"
-                   f" AND status<>'RECEIVED' UNION ALL SELECT {_MSG_COLS} FROM messages"
-                   f" INDEXED BY messages_pending WHERE {clause} AND control_id=?"
-                   " AND status='RECEIVED'")
-            params = [*params, query.control_id, *params, query.control_id]
-        rows = await self._read(f"{sql} ORDER BY id DESC LIMIT ?", (*params, query.limit))
-        return [_row_to_message(r) for r in rows]
-
-    async def get_message(self, message_id: int) -> tuple[Message, list[Delivery]] | None:
-        rows = await self._read(f"SELECT {_MSG_COLS} FROM messages WHERE id=?", (message_id,))
-        if not rows:
-            return None
-        msg = _row_to_message(rows[0])
-        for layer, data in await self._read("SELECT layer, data FROM content WHERE message_id=?"
-                                            " ORDER BY created_at", (message_id,)):
-            msg.layers[layer] = bytes(data)
-        drows = await self._read(f"SELECT {_DLV_COLS} FROM deliveries d JOIN messages m"
-                                 " ON m.id=d.message_id WHERE d.message_id=? ORDER BY d.id",
-                                 (message_id,))
-        return msg, [_row_to_delivery(r) for r in drows]
-
-    async def oldest_queued(self, destinations: Sequence[str]) -> dict[str, float]:
-        out = {}
-        for dest in destinations:
-            rows = await self._read(
-                "SELECT m.received_at FROM deliveries d JOIN messages m ON m.id=d.message_id"
-                " WHERE d.id=(SELECT min(id) FROM deliveries WHERE destination=? AND"
-                " status='QUEUED')", (dest,))
-            if rows:
-                out[dest] = float(rows[0][0])
-        return out
+        return [delivery_row(r) for r in rows]
