@@ -26,7 +26,7 @@ from engine.store.clinical import (
     StudyRow,
 )
 from engine.store.signals import Topic, case_ids
-from engine.store.tx import Tx, announcing
+from engine.store.tx import Tx, WriterStore, announcing
 
 CLINICAL_SCHEMA = """
 CREATE TABLE IF NOT EXISTS patients (
@@ -399,12 +399,11 @@ class ClinicalReads(ClinicalStore):
             study_uid)]
 
 
-class ClinicalWrites(ClinicalReads):
+class ClinicalWrites(ClinicalReads, WriterStore):
     """The writes of ``ClinicalStore``, written once: each runs in the store's writer
     transaction (``_transact``) under the clinical lock, so correlation never races, within
     one process or across several sharing a PostgreSQL database."""
 
-    _transact: Callable[..., Awaitable[Any]]
 
     async def add_instance(self, channel: str, meta: InstanceMeta, path: str, size: int,
                            quiet_secs: float, expected: int | None = None) -> InstanceAdded:

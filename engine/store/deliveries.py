@@ -19,14 +19,13 @@ puts its message back to QUEUED.
 
 from __future__ import annotations
 
-import abc
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from engine.model import DeliveryStatus
-from engine.store.tx import Tx
+from engine.store.tx import Tx, WriterStore
 
 if TYPE_CHECKING:
     from engine.store.records import Delivery
@@ -85,12 +84,11 @@ def _info(row: Any) -> DeliveryInfo:
                         row[5], float(row[6]) if row[6] is not None else None)
 
 
-class DeliveryStore(abc.ABC):
+class DeliveryStore(WriterStore):
     """Delivery outcomes, operator actions and reads, written once for both stores: writes
     in the store's writer transaction (``_transact``), reads through its ``_rows``."""
 
     _rows: Callable[..., Awaitable[list[Any]]]
-    _transact: Callable[..., Awaitable[Any]]
 
     async def finish_delivery(self, delivery: Delivery, status: DeliveryStatus,
                               response: bytes | None, error: str | None) -> None:

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from engine.store.fhir import FhirStore
-from engine.store.tx import Tx
+from engine.store.tx import Tx, WriterStore
 from radbridge_fhir.ids import storable
 
 FHIR_SCHEMA = """
@@ -142,10 +142,9 @@ class FhirReads(FhirStore):
         return [json.loads(row[0]) for row in await self._rows(sql, *params)]
 
 
-class FhirWrites(FhirReads):
+class FhirWrites(FhirReads, WriterStore):
     """The shared search, and saves in the store's writer transaction (``_transact``)."""
 
-    _transact: Callable[..., Awaitable[Any]]
 
     async def save_fhir_resources(self, case_id: int, resources: Sequence[dict[str, Any]]
                                   ) -> None:

@@ -25,7 +25,7 @@ from engine.store.inference import (
     StoredFinding,
     new_pseudonym,
 )
-from engine.store.tx import Tx
+from engine.store.tx import Tx, WriterStore
 
 INFERENCE_SCHEMA = """
 CREATE TABLE IF NOT EXISTS inference_jobs (
@@ -267,12 +267,11 @@ class InferenceReads(InferenceStore):
             " ORDER BY id DESC LIMIT ?", limit)]
 
 
-class InferenceWrites(InferenceReads):
+class InferenceWrites(InferenceReads, WriterStore):
     """The shared reads, and the writes of ``InferenceStore`` in the store's writer
     transaction (``_transact``). Claiming jobs and start-up recovery differ with the
     concurrency model: each store has its own (``sqlite_claims``, ``pg_claims``)."""
 
-    _transact: Callable[..., Awaitable[Any]]
 
     async def enqueue_jobs(self, case_id: int, models: Sequence[str], lane: int,
                            reason: str | None = None) -> list[JobRow]:

@@ -8,7 +8,6 @@ arrays), as are claims and retention (leases and day partitions on PostgreSQL).
 
 from __future__ import annotations
 
-import abc
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -16,7 +15,7 @@ from typing import Any
 from engine.model import Message
 from engine.store.records import Delivery, MessageQuery, delivery_row, message_row
 from engine.store.signals import Topic, reprocessed_ids
-from engine.store.tx import Tx, announcing
+from engine.store.tx import Tx, WriterStore, announcing
 
 _IDS_PER_UPDATE = 1024
 
@@ -33,12 +32,11 @@ async def reprocess_op(tx: Tx, ids: Sequence[int]) -> int:
     return n
 
 
-class Messages(abc.ABC):
+class Messages(WriterStore):
     """The message operations and reads of ``Store`` written once (a base of ``Store``):
     writes in the writer's transaction (``_transact``), reads through ``_rows``. Each
     store names its own message and delivery SELECTs (PostgreSQL joins day partitions)."""
 
-    _transact: Callable[..., Awaitable[Any]]
     _rows: Callable[..., Awaitable[list[Any]]]
     # "SELECT <message columns> FROM messages m ..." / "SELECT <delivery columns> FROM
     # deliveries d ...", in the order ``message_row`` / ``delivery_row`` read them.

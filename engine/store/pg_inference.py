@@ -37,7 +37,6 @@ class PgInference(InferenceWrites):
     """Mixed into ``PostgresStore``: the shared inference reads and writes, and job claims
     with leases (several processes share the queue)."""
 
-    _write: Any
     _acquire: Any
     owner: str
     lease_secs: float

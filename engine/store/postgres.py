@@ -57,7 +57,7 @@ from engine.store.pg_writer import DB_ERRORS, Item, Writer, to_store_error
 from engine.store.records import delivery_row, message_row
 from engine.store.results_sql import ResultsWrites
 from engine.store.signals import NOTIFY_CHANNEL
-from engine.store.tx import Op, PgTx, on_pg, pg_sql
+from engine.store.tx import PgTx, on_pg, pg_sql
 
 log = logging.getLogger("radbridge.store")
 LEASE_SECS = 30.0
@@ -167,6 +167,7 @@ class PostgresStore(ClinicalWrites, PgInference, ResultsWrites, FhirWrites,
                     Store):
     """The scale-out store: several engine processes and inference workers on one database."""
 
+    _on_writer = staticmethod(on_pg)
     _MESSAGE_SELECT = f"SELECT {_MSG_COLS} FROM {_MSG_FROM}"
     _DELIVERY_SELECT = f"SELECT {_DLV_COLS} FROM deliveries d"
     _OLDEST_QUEUED = ("SELECT received_at FROM deliveries WHERE destination = ? AND"
@@ -252,27 +253,12 @@ class PostgresStore(ClinicalWrites, PgInference, ResultsWrites, FhirWrites,
             raise StoreUnavailable("store is not open")
         return self._pool.acquire()
 
-    def _submit(self, op: Any, args: tuple[Any, ...], done: Any, needs_lock: bool = False
-                ) -> None:
+    def _submit(self, op: Any, args: tuple[Any, ...], done: Any, lock: bool = False) -> None:
+        """Queue a writer operation; *lock*: under the store-wide clinical advisory lock."""
         if self._writer is None:
             done(None, StoreUnavailable("store is not open"))
             return
-        self._writer.submit(Item(op, args, done, needs_lock))
-
-    async def _write(self, op: Any, *args: Any, needs_lock: bool = False) -> Any:
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-
-        def done(value: Any, err: BaseException | None) -> None:
-            if not fut.done():
-                fut.set_exception(err) if err is not None else fut.set_result(value)
-
-        self._submit(op, args, done, needs_lock)
-        return await fut
-
-    async def _transact(self, op: Op, *args: Any, lock: bool = False) -> Any:
-        """Run an operation written once (``engine.store.tx``) in the writer's transaction;
-        *lock*: under the store-wide clinical advisory lock (correlation)."""
-        return await self._write(on_pg(op), *args, needs_lock=lock)
+        self._writer.submit(Item(op, args, done, lock))
 
     async def _rows(self, sql: str, *params: Any) -> list[asyncpg.Record]:
         """A read in portable SQL (``?`` placeholders): what the shared mixins call."""
@@ -293,7 +279,7 @@ class PostgresStore(ClinicalWrites, PgInference, ResultsWrites, FhirWrites,
         if not outcomes:
             return []
         return await self._write(_outcomes_op, list(outcomes),
-                                 needs_lock=any(o.domain is not None for o in outcomes))
+                                 lock=any(o.domain is not None for o in outcomes))
 
     async def drop_message_days(self, before: float) -> list[int]:
         """Drop every day of messages, raw bytes, layers and deliveries that ended at or

@@ -23,7 +23,7 @@ from engine.store.results import (
     WorklistUpdate,
     priority_rank,
 )
-from engine.store.tx import Tx
+from engine.store.tx import Tx, WriterStore
 
 RESULTS_SCHEMA = """
 CREATE TABLE IF NOT EXISTS worklist (
@@ -250,11 +250,10 @@ class ResultsReads(ResultsStore):
         return agreement_rows([tuple(r) for r in await self._rows(AGREEMENT_SQL)])
 
 
-class ResultsWrites(ResultsReads):
+class ResultsWrites(ResultsReads, WriterStore):
     """The shared reads, and the writes of ``ResultsStore`` in the store's writer
     transaction (``_transact``)."""
 
-    _transact: Callable[..., Awaitable[Any]]
 
     async def mark_read(self, case_id: int, read: bool = True) -> bool:
         return bool(await self._transact(mark_read_op, case_id, read))

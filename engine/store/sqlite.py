@@ -44,7 +44,7 @@ from engine.store.results_sql import RESULTS_SCHEMA, ResultsWrites
 from engine.store.schema import SQLITE_SCHEMA, migrate_sqlite
 from engine.store.signals import SQLITE_SIGNALS_SCHEMA
 from engine.store.sqlite_claims import SQLiteInference
-from engine.store.tx import Op, SQLiteTx, on_sqlite, run_sync
+from engine.store.tx import SQLiteTx, on_sqlite, run_sync
 
 T = TypeVar("T")
 log = logging.getLogger("radbridge.store")
@@ -410,6 +410,7 @@ class SQLiteStore(ClinicalWrites, SQLiteInference, ResultsWrites, FhirWrites,
     _OLDEST_QUEUED = ("SELECT m.received_at FROM deliveries d JOIN messages m"
                       " ON m.id = d.message_id WHERE d.id = (SELECT min(id) FROM deliveries"
                       " WHERE destination = ? AND status = 'QUEUED')")
+    _on_writer = staticmethod(on_sqlite)
     wal_restart_bytes = _WAL_LIMIT  # a WAL larger than this is started over (_Checkpointer)
     checkpoint_secs = 0.5  # how often the checkpointer runs
 
@@ -473,26 +474,12 @@ class SQLiteStore(ClinicalWrites, SQLiteInference, ResultsWrites, FhirWrites,
 
     # -- writes --------------------------------------------------------------
     def _submit(self, op: Callable[..., Any], args: tuple[Any, ...],
-                done: Callable[[Any, BaseException | None], None]) -> None:
+                done: Callable[[Any, BaseException | None], None], lock: bool = False) -> None:
+        """Queue a writer-thread operation (one writer: *lock* needs nothing more)."""
         if self._writer is None:
             done(None, StoreUnavailable("store is not open"))
             return
         self._writer.q.put((op, args, done))
-
-    async def _write(self, op: Callable[..., T], *args: Any) -> T:
-        fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-
-        def done(value: Any, err: BaseException | None) -> None:
-            if not fut.done():
-                fut.set_exception(err) if err is not None else fut.set_result(value)
-
-        self._submit(op, args, done)
-        return await fut
-
-    async def _transact(self, op: Op, *args: Any, lock: bool = False) -> Any:
-        """Run an operation written once (``engine.store.tx``) in the writer thread's group
-        transaction (one writer: *lock* needs nothing more)."""
-        return await self._write(on_sqlite(op), *args)
 
     def submit_insert(self, msg: NewMessage, callback: InsertCallback) -> None:
         self._submit(_insert_op, (msg,), callback)

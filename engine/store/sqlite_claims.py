@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Callable
-from typing import Any
 
 from engine.store.inference import JobRow
 from engine.store.inference_sql import _JOB_COLS, InferenceWrites, _job
@@ -35,7 +33,6 @@ class SQLiteInference(InferenceWrites):
     """Mixed into ``SQLiteStore``: the shared inference reads and writes, and job claims
     through its writer thread."""
 
-    _write: Callable[..., Any]
 
     async def reset_running_jobs(self) -> int:
         return await self._write(requeue_running_op)

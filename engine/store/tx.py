@@ -22,6 +22,8 @@ them into ``StoreError`` / ``StoreUnavailable`` for the caller, as before.
 
 from __future__ import annotations
 
+import abc
+import asyncio
 import functools
 import sqlite3
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
@@ -211,3 +213,33 @@ def on_pg(op: Op) -> Callable[..., Awaitable[Any]]:
         return await op(PgTx(conn), *args)
 
     return run
+
+
+class WriterStore(abc.ABC):
+    """How a store runs writes: a base of every store mixin that writes, so an operation
+    written once reaches each store's own writer (thread or task) through ``_transact``."""
+
+    # How an operation written once (``engine.store.tx``) runs on this store's writer.
+    _on_writer: Callable[[Op], Callable[..., Any]]
+
+    @abc.abstractmethod
+    def _submit(self, op: Callable[..., Any], args: tuple[Any, ...],
+                done: Callable[[Any, BaseException | None], None], lock: bool = False) -> None:
+        """Queue a writer operation; *done(value, error)* runs on the loop after its commit."""
+
+    async def _write(self, op: Callable[..., Any], *args: Any, lock: bool = False) -> Any:
+        """Run a writer operation of this store (``op(conn, *args)``) in its next group
+        transaction; *lock*: under the clinical lock (PostgreSQL, see ``pg_writer``)."""
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+        def done(value: Any, err: BaseException | None) -> None:
+            if not fut.done():
+                fut.set_exception(err) if err is not None else fut.set_result(value)
+
+        self._submit(op, args, done, lock)
+        return await fut
+
+    async def _transact(self, op: Op, *args: Any, lock: bool = False) -> Any:
+        """Run an operation written once (``async def op(tx, *args)``) in the writer's next
+        group transaction: what the shared mixins call."""
+        return await self._write(self._on_writer(op), *args, lock=lock)
