@@ -85,21 +85,34 @@ class PruneResult:
 class Store(ClinicalStore, InferenceStore, ResultsStore, FhirStore, DeliveryStore, Messages,
             SignalReads):
     """Durable messages, content layers and delivery queues; the clinical tables (see
-    ``engine.store.clinical``)."""
+    ``engine.store.clinical``).
+
+    What a method raises is in its docstring, from ``engine.errors``:
+    ``StoreUnavailable`` when the database cannot be reached or take writes now (disk
+    full, locked, connection lost: refuse input and retry later), ``StoreError`` for any
+    other database failure. Driver errors reach the caller only where a docstring says so."""
 
     prune_max_per_run: int = PRUNE_MAX_PER_RUN  # see ``prune_messages`` (tests lower it)
 
     @abc.abstractmethod
-    async def open(self) -> None: ...
+    async def open(self) -> None:
+        """Create the schema if needed and start the writer. Raises ``StoreUnavailable`` or
+        ``StoreError`` (PostgreSQL); SQLite lets ``OSError`` or ``sqlite3.Error`` through when
+        it cannot create the file or its schema."""
 
     @abc.abstractmethod
-    async def close(self) -> None: ...
+    async def close(self) -> None:
+        """Stop the writer (after its last group commits) and close connections. Raises
+        nothing."""
 
     @abc.abstractmethod
     def submit_insert(self, msg: NewMessage, callback: InsertCallback) -> None:
-        """Queue *msg* for the next group commit; *callback(id, error)* runs on the loop after it."""
+        """Queue *msg* for the next group commit; *callback(id, error)* runs on the loop after it.
+        Raises nothing: a failure reaches *callback* as ``StoreUnavailable`` or ``StoreError``."""
 
     async def insert_message(self, msg: NewMessage) -> int:
+        """Insert one message and wait for its commit; its id.
+        Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
         import asyncio
 
         loop = asyncio.get_running_loop()
@@ -120,16 +133,19 @@ class Store(ClinicalStore, InferenceStore, ResultsStore, FhirStore, DeliveryStor
     @abc.abstractmethod
     async def fetch_received(self, channel: str, limit: int, with_raw: bool = True
                              ) -> list[Message]:
-        """Oldest RECEIVED messages of *channel*, in arrival order (``raw`` empty unless asked)."""
+        """Oldest RECEIVED messages of *channel*, in arrival order (``raw`` empty unless asked).
+        Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
 
     @abc.abstractmethod
     async def apply_outcomes(self, outcomes: Sequence[Outcome]) -> list[CaseRow]:
         """Record statuses, layers, deliveries and domain events of a processed batch in one
-        transaction; return the cases that the domain events created."""
+        transaction; return the cases that the domain events created.
+        Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
 
     @abc.abstractmethod
     async def next_deliveries(self, destination: str, limit: int) -> list[Delivery]:
-        """Oldest QUEUED deliveries for *destination*, in order."""
+        """Oldest QUEUED deliveries for *destination*, in order.
+        Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
 
     @abc.abstractmethod
     async def _rows(self, sql: str, *params: Any) -> list[Any]:
@@ -137,19 +153,23 @@ class Store(ClinicalStore, InferenceStore, ResultsStore, FhirStore, DeliveryStor
         shared by both stores are written on (here and in ``inference_sql.InferenceReads``)."""
 
     async def recent_control_ids(self, channel: str, since: float) -> list[str]:
+        """Control ids of *channel*'s messages received since *since*.
+        Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
         rows = await self._rows("SELECT control_id FROM messages WHERE channel = ? AND"
                                 " received_at >= ? AND control_id IS NOT NULL",
                                 channel, float(since))
         return [r[0] for r in rows]
 
     async def delivery_counts(self) -> dict[tuple[str, str], int]:
-        """Deliveries by (destination, status)."""
+        """Deliveries by (destination, status).
+        Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
         rows = await self._rows("SELECT destination, status, count(*) FROM deliveries"
                                 " GROUP BY destination, status")
         return {(r[0], r[1]): r[2] for r in rows}
 
     async def counts(self) -> dict[tuple[str, str], int]:
-        """Message counts by (channel, status)."""
+        """Message counts by (channel, status).
+        Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
         rows = await self._rows("SELECT channel, status, count(*) FROM messages"
                                 " GROUP BY channel, status")
         return {(r[0], r[1]): r[2] for r in rows}
@@ -167,7 +187,9 @@ class Store(ClinicalStore, InferenceStore, ResultsStore, FhirStore, DeliveryStor
         One run forgets at most ``prune_max_per_run`` messages and then says ``more``. A
         message changed after the run began (reprocessed, and perhaps final again) is left for
         the next run, so what is deleted is always what the archive holds.
-        """
+
+        Raises ``ArchiveError`` when the archive cannot be written (nothing is
+        deleted), ``StoreUnavailable`` (retry later) or ``StoreError``."""
 
 
 def open_store(url: str) -> Store:

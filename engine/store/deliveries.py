@@ -114,18 +114,22 @@ class DeliveryStore(WriterStore):
         return bool(await self._transact(requeue_op, delivery_id, note))
 
     async def delivery_status(self, delivery_id: int) -> DeliveryStatus | None:
-        """The status of one delivery now (None: no such delivery)."""
+        """The status of one delivery now (None: no such delivery).
+        Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
         rows = await self._rows("SELECT status FROM deliveries WHERE id = ?", delivery_id)
         return DeliveryStatus(rows[0][0]) if rows else None
 
     async def get_delivery(self, delivery_id: int) -> DeliveryInfo | None:
+        """One delivery without its payload (None: no such delivery).
+        Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
         rows = await self._rows(f"SELECT {_INFO_COLS} FROM deliveries WHERE id = ?",
                                 delivery_id)
         return _info(rows[0]) if rows else None
 
     async def list_deliveries(self, destination: str, status: DeliveryStatus | None = None,
                               limit: int = 50) -> list[DeliveryInfo]:
-        """QUEUED ones in queue order (the head first); otherwise newest first."""
+        """QUEUED ones in queue order (the head first); otherwise newest first.
+        Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
         if status is None:
             rows = await self._rows(f"SELECT {_INFO_COLS} FROM deliveries WHERE"
                                     " destination = ? ORDER BY id DESC LIMIT ?",

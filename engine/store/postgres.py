@@ -184,6 +184,8 @@ class PostgresStore(ClinicalWrites, PgInference, ResultsWrites, FhirWrites,
 
     @classmethod
     def from_url(cls, url: str) -> PostgresStore:
+        """The store for a ``postgresql://`` URL (``lease_secs`` and ``pool_size`` are ours).
+        Raises ``ValueError`` for a malformed number."""
         dsn, ours = _split_url(url)
         return cls(dsn, float(ours.get("lease_secs", LEASE_SECS)),
                    int(ours.get("pool_size", 8)))
@@ -226,7 +228,7 @@ class PostgresStore(ClinicalWrites, PgInference, ResultsWrites, FhirWrites,
     async def listen_signals(self, wake: Callable[[], None]) -> Callable[[], Awaitable[None]]:
         """LISTEN on a connection of its own; *wake* on every NOTIFY from this schema's
         signal writers. Without it (the connection failed or dropped) polling still finds
-        every signal, a tick later."""
+        every signal, a tick later. Raises nothing."""
         try:
             conn = await asyncpg.connect(self.dsn)
             schema = await conn.fetchval("SELECT current_schema()")
@@ -284,7 +286,8 @@ class PostgresStore(ClinicalWrites, PgInference, ResultsWrites, FhirWrites,
     async def drop_message_days(self, before: float) -> list[int]:
         """Drop every day of messages, raw bytes, layers and deliveries that ended at or
         before *before* and holds nothing unfinished (whole partitions: the disk is freed at
-        once, no VACUUM). Days with unfinished work stay whole; see ``prune_messages``."""
+        once, no VACUUM). Days with unfinished work stay whole; see ``prune_messages``.
+        Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
         result = PruneResult()
         async with self._acquire() as conn:
             whole, _ = await self._old_days(conn, float(before), result)
@@ -301,7 +304,9 @@ class PostgresStore(ClinicalWrites, PgInference, ResultsWrites, FhirWrites,
 
         The run holds a session advisory lock on its own connection from start to end, so
         two processes never archive the same messages; one that finds it taken does nothing
-        (``skipped``). Closing that connection releases the lock whatever happened."""
+        (``skipped``). Closing that connection releases the lock whatever happened.
+        Raises ``ArchiveError`` when the archive cannot be written (nothing is
+        deleted), ``StoreUnavailable`` (retry later) or ``StoreError``."""
         before = float(before)
         result = PruneResult()
         try:

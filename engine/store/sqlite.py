@@ -425,6 +425,7 @@ class SQLiteStore(ClinicalWrites, SQLiteInference, ResultsWrites, FhirWrites,
 
     @classmethod
     def from_url(cls, url: str) -> SQLiteStore:
+        """The store for a ``sqlite:///path`` URL. Raises nothing."""
         path = url.removeprefix("sqlite://")
         path = path[1:] if path.startswith("/") else path  # sqlite:///rel/path or ////abs
         return cls(path or "radbridge.db")
@@ -566,7 +567,8 @@ class SQLiteStore(ClinicalWrites, SQLiteInference, ResultsWrites, FhirWrites,
     async def vacuum(self) -> tuple[int, int]:
         """Rebuild the file with incremental auto-vacuum (databases made before retention
         could shrink them); return its size before and after. Holds the write lock for the
-        whole rebuild: run it with the engine stopped (``radbridge messages vacuum``)."""
+        whole rebuild: run it with the engine stopped (``radbridge messages vacuum``).
+        Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
 
         def run() -> tuple[int, int]:
             conn = _connect(self.path)
