@@ -18,6 +18,11 @@ from engine.store.clinical import CaseRow, ClinicalStore
 from engine.store.deliveries import DeliveryStore
 from engine.store.fhir import FhirStore
 from engine.store.inference import InferenceStore
+from engine.store.messages import Messages
+
+# Re-exported: the rows are part of the store's interface.
+from engine.store.records import Delivery as Delivery
+from engine.store.records import MessageQuery as MessageQuery
 from engine.store.results import ResultsStore
 from engine.store.signals import SignalReads
 
@@ -49,30 +54,6 @@ class Outcome:
     domain: Any = None
 
 
-@dataclass(slots=True)
-class Delivery:
-    id: int
-    message_id: int
-    destination: str
-    status: DeliveryStatus
-    attempts: int
-    payload: bytes
-    response: bytes | None = None
-    error: str | None = None
-    key: str | None = None
-
-
-@dataclass(slots=True)
-class MessageQuery:
-    channel: str | None = None
-    status: str | None = None
-    message_type: str | None = None
-    control_id: str | None = None
-    since: float | None = None
-    until: float | None = None
-    limit: int = 100
-
-
 InsertCallback = Callable[[int | None, BaseException | None], None]
 
 # Retention may forget a message only when nothing more will happen to it: its own status is
@@ -101,23 +82,37 @@ class PruneResult:
     skipped: bool = False  # PostgreSQL: another process was pruning; this run did nothing
 
 
-class Store(ClinicalStore, InferenceStore, ResultsStore, FhirStore, DeliveryStore, SignalReads):
+class Store(ClinicalStore, InferenceStore, ResultsStore, FhirStore, DeliveryStore, Messages,
+            SignalReads):
     """Durable messages, content layers and delivery queues; the clinical tables (see
-    ``engine.store.clinical``)."""
+    ``engine.store.clinical``).
+
+    What a method raises is in its docstring, from ``engine.errors``:
+    ``StoreUnavailable`` when the database cannot be reached or take writes now (disk
+    full, locked, connection lost: refuse input and retry later), ``StoreError`` for any
+    other database failure. Driver errors reach the caller only where a docstring says so."""
 
     prune_max_per_run: int = PRUNE_MAX_PER_RUN  # see ``prune_messages`` (tests lower it)
 
     @abc.abstractmethod
-    async def open(self) -> None: ...
+    async def open(self) -> None:
+        """Create the schema if needed and start the writer. Raises ``StoreUnavailable`` or
+        ``StoreError`` (PostgreSQL); SQLite lets ``OSError`` or ``sqlite3.Error`` through when
+        it cannot create the file or its schema."""
 
     @abc.abstractmethod
-    async def close(self) -> None: ...
+    async def close(self) -> None:
+        """Stop the writer (after its last group commits) and close connections. Raises
+        nothing."""
 
     @abc.abstractmethod
     def submit_insert(self, msg: NewMessage, callback: InsertCallback) -> None:
-        """Queue *msg* for the next group commit; *callback(id, error)* runs on the loop after it."""
+        """Queue *msg* for the next group commit; *callback(id, error)* runs on the loop after it.
+        Raises nothing: a failure reaches *callback* as ``StoreUnavailable`` or ``StoreError``."""
 
     async def insert_message(self, msg: NewMessage) -> int:
+        """Insert one message and wait for its commit; its id.
+        Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
         import asyncio
 
         loop = asyncio.get_running_loop()
@@ -138,27 +133,19 @@ class Store(ClinicalStore, InferenceStore, ResultsStore, FhirStore, DeliveryStor
     @abc.abstractmethod
     async def fetch_received(self, channel: str, limit: int, with_raw: bool = True
                              ) -> list[Message]:
-        """Oldest RECEIVED messages of *channel*, in arrival order (``raw`` empty unless asked)."""
+        """Oldest RECEIVED messages of *channel*, in arrival order (``raw`` empty unless asked).
+        Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
 
     @abc.abstractmethod
     async def apply_outcomes(self, outcomes: Sequence[Outcome]) -> list[CaseRow]:
         """Record statuses, layers, deliveries and domain events of a processed batch in one
-        transaction; return the cases that the domain events created."""
+        transaction; return the cases that the domain events created.
+        Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
 
     @abc.abstractmethod
     async def next_deliveries(self, destination: str, limit: int) -> list[Delivery]:
-        """Oldest QUEUED deliveries for *destination*, in order."""
-
-    @abc.abstractmethod
-    async def finish_delivery(self, delivery: Delivery, status: DeliveryStatus,
-                              response: bytes | None, error: str | None) -> None:
-        """Record a final delivery result and roll the message status up when all are final.
-        SENT always stands; ERROR does not replace an operator's decision (see
-        ``engine.store.deliveries``)."""
-
-    @abc.abstractmethod
-    async def record_attempt(self, delivery: Delivery, error: str) -> None:
-        """Record a failed (transient) attempt on a delivery still QUEUED."""
+        """Oldest QUEUED deliveries for *destination*, in order.
+        Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
 
     @abc.abstractmethod
     async def _rows(self, sql: str, *params: Any) -> list[Any]:
@@ -166,36 +153,23 @@ class Store(ClinicalStore, InferenceStore, ResultsStore, FhirStore, DeliveryStor
         shared by both stores are written on (here and in ``inference_sql.InferenceReads``)."""
 
     async def recent_control_ids(self, channel: str, since: float) -> list[str]:
+        """Control ids of *channel*'s messages received since *since*.
+        Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
         rows = await self._rows("SELECT control_id FROM messages WHERE channel = ? AND"
                                 " received_at >= ? AND control_id IS NOT NULL",
                                 channel, float(since))
         return [r[0] for r in rows]
 
-    @abc.abstractmethod
-    async def query_messages(self, query: MessageQuery) -> list[Message]: ...
-
-    @abc.abstractmethod
-    async def get_message(self, message_id: int) -> tuple[Message, list[Delivery]] | None: ...
-
-    @abc.abstractmethod
-    async def reprocess(self, message_ids: Sequence[int], *, announce: bool = False) -> int:
-        """Put messages back to RECEIVED (their deliveries are re-created by the pipeline).
-
-        *announce*: also signal running engines in the same transaction (a change made
-        outside the engine, e.g. the CLI: see ``engine.store.signals``)."""
-
     async def delivery_counts(self) -> dict[tuple[str, str], int]:
-        """Deliveries by (destination, status)."""
+        """Deliveries by (destination, status).
+        Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
         rows = await self._rows("SELECT destination, status, count(*) FROM deliveries"
                                 " GROUP BY destination, status")
         return {(r[0], r[1]): r[2] for r in rows}
 
-    @abc.abstractmethod
-    async def oldest_queued(self, destinations: Sequence[str]) -> dict[str, float]:
-        """When the message behind each destination's oldest waiting delivery arrived."""
-
     async def counts(self) -> dict[tuple[str, str], int]:
-        """Message counts by (channel, status)."""
+        """Message counts by (channel, status).
+        Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
         rows = await self._rows("SELECT channel, status, count(*) FROM messages"
                                 " GROUP BY channel, status")
         return {(r[0], r[1]): r[2] for r in rows}
@@ -213,7 +187,9 @@ class Store(ClinicalStore, InferenceStore, ResultsStore, FhirStore, DeliveryStor
         One run forgets at most ``prune_max_per_run`` messages and then says ``more``. A
         message changed after the run began (reprocessed, and perhaps final again) is left for
         the next run, so what is deleted is always what the archive holds.
-        """
+
+        Raises ``ArchiveError`` when the archive cannot be written (nothing is
+        deleted), ``StoreUnavailable`` (retry later) or ``StoreError``."""
 
 
 def open_store(url: str) -> Store:

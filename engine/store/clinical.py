@@ -110,63 +110,83 @@ class ClinicalStore(abc.ABC):
     @abc.abstractmethod
     async def add_instance(self, channel: str, meta: InstanceMeta, path: str, size: int,
                            quiet_secs: float, expected: int | None = None) -> InstanceAdded:
-        """Index a durable instance file; creates or reopens its study."""
+        """Index a durable instance file; creates or reopens its study.
+        Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
 
     @abc.abstractmethod
     async def studies_due(self, now: float) -> list[StudyRow]:
-        """Receiving studies whose quiet period has passed or that reached their expected count."""
+        """Receiving studies whose quiet period has passed or that reached their expected count.
+        Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
 
     @abc.abstractmethod
     async def complete_study(self, uid: str, *, announce: bool = False) -> list[CaseRow]:
         """Mark a study complete (explicit trigger or timer) and correlate; returns new cases.
 
         *announce*: signal running engines of the new cases in the same transaction (a
-        change made outside the engine: see ``engine.store.signals``)."""
+        change made outside the engine: see ``engine.store.signals``).
+        Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
 
     @abc.abstractmethod
     async def apply_patient(self, event: str, patient: Patient) -> list[CaseRow]:
-        """Upsert a patient (ADT); a merge re-links orders and studies and correlates again."""
+        """Upsert a patient (ADT); a merge re-links orders and studies and correlates again.
+        Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
 
     @abc.abstractmethod
     async def apply_orders(self, orders: Sequence[Order], message_id: int | None
                            ) -> list[CaseRow]:
-        """Upsert orders, cancel their cases when cancelled, correlate; returns new cases."""
+        """Upsert orders, cancel their cases when cancelled, correlate; returns new cases.
+        Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
 
     @abc.abstractmethod
-    async def get_study(self, uid: str) -> StudyRow | None: ...
+    async def get_study(self, uid: str) -> StudyRow | None:
+        """One study (None: no such study).
+        Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
 
     @abc.abstractmethod
-    async def list_studies(self, state: str | None = None, limit: int = 100) -> list[StudyRow]: ...
+    async def list_studies(self, state: str | None = None, limit: int = 100) -> list[StudyRow]:
+        """Studies, latest activity first (only those in *state*, if given).
+        Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
 
     @abc.abstractmethod
-    async def list_orders(self, limit: int = 100) -> list[OrderRow]: ...
+    async def list_orders(self, limit: int = 100) -> list[OrderRow]:
+        """Orders, newest first.
+        Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
 
     @abc.abstractmethod
-    async def list_cases(self, state: str | None = None, limit: int = 100) -> list[CaseRow]: ...
+    async def list_cases(self, state: str | None = None, limit: int = 100) -> list[CaseRow]:
+        """Cases, newest first (only those in *state*, if given).
+        Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
 
     @abc.abstractmethod
     async def unmatched(self, older_than: float) -> tuple[list[OrderRow], list[StudyRow]]:
-        """Orders without a study and complete studies without an order, older than a time."""
+        """Orders without a study and complete studies without an order, older than a time.
+        Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
 
     @abc.abstractmethod
     async def proceed_study_only(self, uid: str, *, announce: bool = False) -> CaseRow | None:
         """Let an unmatched complete study go on without its order (*announce*: as for
-        ``complete_study``)."""
+        ``complete_study``). Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
 
     @abc.abstractmethod
-    async def get_case(self, case_id: int) -> CaseRow | None: ...
+    async def get_case(self, case_id: int) -> CaseRow | None:
+        """One case (None: no such case).
+        Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
 
     @abc.abstractmethod
     async def get_order(self, order_id: int) -> tuple[OrderRow, int | None] | None:
-        """An order and the id of the message that last changed it."""
+        """An order and the id of the message that last changed it.
+        Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
 
     @abc.abstractmethod
     async def study_counts(self) -> dict[str, int]:
-        """Studies by state."""
+        """Studies by state. Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
 
     @abc.abstractmethod
-    async def instance_paths(self, study_uid: str) -> list[str]: ...
+    async def instance_paths(self, study_uid: str) -> list[str]:
+        """The files of a study's instances, by series and SOP UID.
+        Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
 
     @abc.abstractmethod
     async def prune_instances(self, before: float) -> list[str]:
-        """Forget instances received before *before*; returns their file paths to delete."""
+        """Forget instances received before *before*; returns their file paths to delete.
+        Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""

@@ -1,13 +1,15 @@
-"""SQLite implementation of ``ClinicalStore``: schema, write operations, reads.
+"""``ClinicalStore`` written once for both stores: write operations, reads, and the SQLite
+schema (PostgreSQL's is in ``pg_schema``).
 
-Write operations run in the store's writer thread inside its transaction.
-Correlation is SQL over the same connection, so it sees exactly what the
-transaction wrote.
+Write operations run on a ``Tx`` (``engine.store.tx``) inside the store's writer
+transaction. Correlation is SQL in that same transaction, so it sees exactly what the
+transaction wrote; on PostgreSQL the writer first takes the store-wide clinical
+advisory lock, so it also sees every committed order and study of every engine process
+and two processes can never both (or neither) create a case.
 """
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -23,7 +25,8 @@ from engine.store.clinical import (
     OrderRow,
     StudyRow,
 )
-from engine.store.signals import Topic, announcing_sqlite, case_ids
+from engine.store.signals import Topic, case_ids
+from engine.store.tx import Tx, WriterStore, announcing
 
 CLINICAL_SCHEMA = """
 CREATE TABLE IF NOT EXISTS patients (
@@ -89,140 +92,186 @@ def _case(row: Sequence[Any]) -> CaseRow:
     return CaseRow(*row)
 
 
+# A study (``uid``) or an order (``study_uid``) matches by Study UID, else by accession and
+# patient id (and issuer, when both have one). Parameters: uid, accession x 2, patient id,
+# issuer x 2 (``match_params``).
+_MATCH = ("({uid} = ? OR (CAST(? AS TEXT) IS NOT NULL AND accession = ? AND patient_id = ? AND"
+          " (issuer IS NULL OR CAST(? AS TEXT) IS NULL OR issuer = ?)))")
+
+
+def match_params(uid: str | None, accession: str | None, patient_id: str | None,
+                 issuer: str | None) -> tuple[Any, ...]:
+    return uid, accession, accession, patient_id, issuer, issuer
+
+
 # -- instances and studies -----------------------------------------------------------------
 
-def add_instance_op(conn: sqlite3.Connection, channel: str, m: InstanceMeta, path: str,
-                    size: int, quiet_secs: float, expected: int | None) -> InstanceAdded:
+async def add_instance_op(tx: Tx, channel: str, m: InstanceMeta, path: str, size: int,
+                          quiet_secs: float, expected: int | None) -> InstanceAdded:
     now = time.time()
-    row = conn.execute("SELECT state, revision FROM studies WHERE uid=?",
-                       (m.study_uid,)).fetchone()
-    duplicate = conn.execute("SELECT 1 FROM instances WHERE sop_uid=?",
-                             (m.sop_uid,)).fetchone() is not None
+    row = await tx.row(f"SELECT state, revision FROM studies WHERE uid = ?{tx.for_update}",
+                       m.study_uid)
+    duplicate = await tx.value("SELECT 1 FROM instances WHERE sop_uid = ?",
+                               m.sop_uid) is not None
     reopened = False
     if row is None:
         state, revision = ("complete" if m.own_output else "receiving"), 0
-        conn.execute(f"INSERT INTO studies ({_STUDY_COLS}) VALUES"
-                     " (?,?,?,?,?,?,?,?,0,0,?,?,?,?,?,NULL)",
-                     (m.study_uid, m.accession, m.patient_id, m.issuer, m.modality, m.body_part,
-                      state, revision, expected, quiet_secs, channel, now, now))
+        await tx.execute(f"INSERT INTO studies ({_STUDY_COLS}) VALUES"
+                         " (?,?,?,?,?,?,?,?,0,0,?,?,?,?,?,NULL)",
+                         m.study_uid, m.accession, m.patient_id, m.issuer, m.modality,
+                         m.body_part, state, revision, expected, float(quiet_secs), channel,
+                         now, now)
     else:
-        state, revision = row
+        state, revision = row[0], row[1]
         if not m.own_output:
             if state == "complete":
                 revision, reopened = revision + 1, True
             state = "receiving"
-            conn.execute("UPDATE studies SET state='receiving', revision=?, last_at=?,"
-                         " accession=coalesce(accession, ?), modality=coalesce(modality, ?),"
-                         " body_part=coalesce(body_part, ?), expected_count=coalesce(?,"
-                         " expected_count) WHERE uid=?",
-                         (revision, now, m.accession, m.modality, m.body_part, expected,
-                          m.study_uid))
-    conn.execute("INSERT OR REPLACE INTO instances VALUES (?,?,?,?,?,?,?,?,?,?)",
-                 (m.sop_uid, m.study_uid, m.series_uid, m.sop_class_uid, m.transfer_syntax, path,
-                  size, revision, int(m.own_output), now))
-    _recount(conn, m.study_uid)
+            await tx.execute("UPDATE studies SET state = 'receiving', revision = ?, last_at = ?,"
+                             " accession = coalesce(accession, ?), modality = coalesce(modality,"
+                             " ?), body_part = coalesce(body_part, ?),"
+                             " expected_count = coalesce(?, expected_count) WHERE uid = ?",
+                             revision, now, m.accession, m.modality, m.body_part, expected,
+                             m.study_uid)
+    await tx.execute(
+        "INSERT INTO instances VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT (sop_uid)"
+        " DO UPDATE SET study_uid = excluded.study_uid, series_uid = excluded.series_uid,"
+        " sop_class_uid = excluded.sop_class_uid, transfer_syntax = excluded.transfer_syntax,"
+        " path = excluded.path, size = excluded.size, revision = excluded.revision,"
+        " own_output = excluded.own_output, received_at = excluded.received_at",
+        m.sop_uid, m.study_uid, m.series_uid, m.sop_class_uid, m.transfer_syntax, path, size,
+        revision, int(m.own_output), now)
+    await _recount(tx, m.study_uid)
     return InstanceAdded(m.study_uid, revision, state, duplicate, reopened, m.own_output)
 
 
-def _recount(conn: sqlite3.Connection, uid: str) -> None:
-    conn.execute("UPDATE studies SET instance_count=(SELECT count(*) FROM instances WHERE"
-                 " study_uid=?1 AND own_output=0), series_count=(SELECT count(DISTINCT"
-                 " series_uid) FROM instances WHERE study_uid=?1 AND own_output=0) WHERE uid=?1",
-                 (uid,))
+async def _recount(tx: Tx, uid: str) -> None:
+    await tx.execute("UPDATE studies SET instance_count = (SELECT count(*) FROM instances"
+                     " WHERE study_uid = ? AND own_output = 0), series_count = (SELECT"
+                     " count(DISTINCT series_uid) FROM instances WHERE study_uid = ? AND"
+                     " own_output = 0) WHERE uid = ?", uid, uid, uid)
 
 
-def complete_study_op(conn: sqlite3.Connection, uid: str) -> list[CaseRow]:
-    cur = conn.execute("UPDATE studies SET state='complete', completed_at=? WHERE uid=? AND"
-                       " state='receiving'", (time.time(), uid))
-    if cur.rowcount == 0:
+async def complete_study_op(tx: Tx, uid: str) -> list[CaseRow]:
+    if not await tx.execute("UPDATE studies SET state = 'complete', completed_at = ? WHERE"
+                            " uid = ? AND state = 'receiving'", time.time(), uid):
         return []
-    return _correlate_study(conn, uid)
+    return await _correlate_study(tx, uid)
 
 
-def _correlate_study(conn: sqlite3.Connection, uid: str) -> list[CaseRow]:
-    """Join a complete study with its order (Study UID, else accession + patient ID)."""
-    s = conn.execute("SELECT uid, accession, patient_id, issuer, revision, state FROM studies"
-                     " WHERE uid=?", (uid,)).fetchone()
+async def _correlate_study(tx: Tx, uid: str) -> list[CaseRow]:
+    """Join a complete study with its order (Study UID, else accession + patient ID); the
+    order named by Study UID first, then the one changed last."""
+    s = await tx.row("SELECT uid, accession, patient_id, issuer, revision, state FROM studies"
+                     " WHERE uid = ?", uid)
     if s is None or s[5] != "complete":
         return []
-    order = conn.execute(
-        "SELECT id FROM orders WHERE cancelled=0 AND (study_uid=?1 OR (?2 IS NOT NULL AND"
-        " accession=?2 AND patient_id=?3 AND (issuer IS NULL OR ?4 IS NULL OR issuer=?4)))"
-        " ORDER BY (study_uid=?1) DESC, updated_at DESC LIMIT 1", (s[0], s[1], s[2], s[3])
-    ).fetchone()
-    if order is None:
+    order_id = await tx.value(
+        f"SELECT id FROM orders WHERE cancelled = 0 AND {_MATCH.format(uid='study_uid')}"
+        " ORDER BY CASE WHEN study_uid = ? THEN 0 ELSE 1 END, updated_at DESC LIMIT 1",
+        *match_params(s[0], s[1], s[2], s[3]), s[0])
+    if order_id is None:
         return []
-    return _create_case(conn, order[0], uid, s[4], "ready")
+    return await _create_case(tx, order_id, uid, s[4], "ready")
 
 
-def _create_case(conn: sqlite3.Connection, order_id: int | None, uid: str, revision: int,
-                 state: str) -> list[CaseRow]:
+async def _create_case(tx: Tx, order_id: int | None, uid: str, revision: int, state: str
+                       ) -> list[CaseRow]:
     now = time.time()
-    existing = conn.execute("SELECT id, order_id, state FROM cases WHERE study_uid=? AND"
-                            " revision=?", (uid, revision)).fetchone()
+    existing = await tx.row("SELECT id, order_id, state FROM cases WHERE study_uid = ? AND"
+                            " revision = ?", uid, revision)
     if existing is not None:
         if existing[1] is not None or order_id is None:
             return []
         # A study that went on study-only meets its order later: link it, no new work.
-        conn.execute("UPDATE cases SET order_id=?, updated_at=? WHERE id=?",
-                     (order_id, now, existing[0]))
+        await tx.execute("UPDATE cases SET order_id = ?, updated_at = ? WHERE id = ?",
+                         order_id, now, existing[0])
         return []
-    cur = conn.execute("INSERT INTO cases (order_id, study_uid, revision, state, created_at,"
-                       " updated_at) VALUES (?,?,?,?,?,?)",
-                       (order_id, uid, revision, state, now, now))
-    return [_case(conn.execute(f"{_CASE_SELECT} WHERE c.id=?", (cur.lastrowid,)).fetchone())]
+    case_id = await tx.insert("INSERT INTO cases (order_id, study_uid, revision, state,"
+                              " created_at, updated_at) VALUES (?,?,?,?,?,?)",
+                              order_id, uid, revision, state, now, now)
+    row = await tx.row(f"{_CASE_SELECT} WHERE c.id = ?", case_id)
+    assert row is not None
+    return [_case(row)]
 
 
 # -- patients and orders -----------------------------------------------------------------
 
-def apply_patient_op(conn: sqlite3.Connection, event: str, p: Patient) -> list[CaseRow]:
-    now = time.time()
+async def apply_patient_op(tx: Tx, event: str, p: Patient) -> list[CaseRow]:
     pid = p.primary_id
     if pid is None:
         return []
-    conn.execute("INSERT OR REPLACE INTO patients VALUES (?,?,?,?,?,?,?,?,NULL,?)",
-                 (pid.value, pid.issuer or "", p.family_name, p.given_name, p.birth_date, p.sex,
-                  p.patient_class, p.location, now))
+    await tx.execute(
+        "INSERT INTO patients VALUES (?,?,?,?,?,?,?,?,NULL,?) ON CONFLICT (patient_id,"
+        " issuer) DO UPDATE SET family = excluded.family, given = excluded.given,"
+        " birth_date = excluded.birth_date, sex = excluded.sex,"
+        " patient_class = excluded.patient_class, location = excluded.location,"
+        " merged_into = NULL, updated_at = excluded.updated_at",
+        pid.value, pid.issuer or "", p.family_name, p.given_name, p.birth_date, p.sex,
+        p.patient_class, p.location, time.time())
     cases: list[CaseRow] = []
     for old in p.merged_from:
-        cases += _merge(conn, old.value, old.issuer, pid.value, pid.issuer)
+        cases += await _merge(tx, old.value, old.issuer, pid.value, pid.issuer)
     return cases
 
 
-def _merge(conn: sqlite3.Connection, old: str, old_issuer: str | None, new: str,
-           new_issuer: str | None) -> list[CaseRow]:
+async def _merge(tx: Tx, old: str, old_issuer: str | None, new: str, new_issuer: str | None
+                 ) -> list[CaseRow]:
     """Mark the old identifier merged and re-link its orders and studies."""
-    match = "patient_id=?1 AND (issuer IS NULL OR ?2 IS NULL OR issuer=?2)"
-    conn.execute("UPDATE patients SET merged_into=?3, updated_at=?4 WHERE patient_id=?1 AND"
-                 " (?2 IS NULL OR issuer=?2)", (old, old_issuer, new, time.time()))
-    conn.execute(f"UPDATE orders SET patient_id=?3, issuer=coalesce(?4, issuer) WHERE {match}",
-                 (old, old_issuer, new, new_issuer))
-    uids = [r[0] for r in conn.execute(f"SELECT uid FROM studies WHERE {match}",
-                                       (old, old_issuer))]
-    conn.execute(f"UPDATE studies SET patient_id=?3, issuer=coalesce(?4, issuer) WHERE {match}",
-                 (old, old_issuer, new, new_issuer))
-    return [c for uid in uids for c in _correlate_study(conn, uid)]
+    match = "patient_id = ? AND (issuer IS NULL OR CAST(? AS TEXT) IS NULL OR issuer = ?)"
+    await tx.execute("UPDATE patients SET merged_into = ?, updated_at = ? WHERE patient_id = ?"
+                     " AND (CAST(? AS TEXT) IS NULL OR issuer = ?)",
+                     new, time.time(), old, old_issuer, old_issuer)
+    await tx.execute(f"UPDATE orders SET patient_id = ?, issuer = coalesce(?, issuer)"
+                     f" WHERE {match}", new, new_issuer, old, old_issuer, old_issuer)
+    uids = [r[0] for r in await tx.rows(f"SELECT uid FROM studies WHERE {match}",
+                                        old, old_issuer, old_issuer)]
+    await tx.execute(f"UPDATE studies SET patient_id = ?, issuer = coalesce(?, issuer)"
+                     f" WHERE {match}", new, new_issuer, old, old_issuer, old_issuer)
+    cases: list[CaseRow] = []
+    for uid in uids:
+        cases += await _correlate_study(tx, uid)
+    return cases
 
 
 def order_key(o: Order) -> str | None:
     return o.placer_number or o.filler_number or o.accession
 
 
-def apply_orders_op(conn: sqlite3.Connection, orders: Sequence[Order],
-                    message_id: int | None) -> list[CaseRow]:
+async def apply_orders_op(tx: Tx, orders: Sequence[Order], message_id: int | None
+                          ) -> list[CaseRow]:
     cases: list[CaseRow] = []
     for o in orders:
-        order_id = _upsert_order(conn, o, message_id)
+        order_id = await _upsert_order(tx, o, message_id)
         if o.control.upper() in CANCEL_CONTROLS or (o.status or "").upper() in CANCEL_STATUSES:
-            conn.execute("UPDATE orders SET cancelled=1 WHERE id=?", (order_id,))
-            conn.execute("UPDATE cases SET state='cancelled', updated_at=? WHERE order_id=? AND"
-                         " state='ready'", (time.time(), order_id))
+            await tx.execute("UPDATE orders SET cancelled = 1 WHERE id = ?", order_id)
+            await tx.execute("UPDATE cases SET state = 'cancelled', updated_at = ? WHERE"
+                             " order_id = ? AND state = 'ready'", time.time(), order_id)
             continue
-        cases += _correlate_order(conn, order_id, (o.status or "").upper() == "CM")
+        cases += await _correlate_order(tx, order_id, (o.status or "").upper() == "CM")
     return cases
 
 
-def _upsert_order(conn: sqlite3.Connection, o: Order, message_id: int | None) -> int:
+_ORDER_INSERT = (
+    "INSERT INTO orders (patient_id, issuer, placer, filler, accession,"
+    " requested_procedure_id, study_uid, modality, procedure_code, procedure_text,"
+    " priority, status, control, patient_class, location, message_id, updated_at,"
+    " order_key, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
+# Changes (XO/SC) keep what the update leaves empty.
+_ORDER_UPDATE = (
+    "UPDATE orders SET patient_id = coalesce(?, patient_id), issuer = coalesce(?, issuer),"
+    " placer = coalesce(?, placer), filler = coalesce(?, filler),"
+    " accession = coalesce(?, accession),"
+    " requested_procedure_id = coalesce(?, requested_procedure_id),"
+    " study_uid = coalesce(?, study_uid), modality = coalesce(?, modality),"
+    " procedure_code = coalesce(?, procedure_code),"
+    " procedure_text = coalesce(?, procedure_text), priority = coalesce(?, priority),"
+    " status = coalesce(?, status), control = ?,"
+    " patient_class = coalesce(?, patient_class), location = coalesce(?, location),"
+    " message_id = ?, updated_at = ? WHERE id = ?")
+
+
+async def _upsert_order(tx: Tx, o: Order, message_id: int | None) -> int:
     key = order_key(o)
     pid = o.patient.primary_id
     now = time.time()
@@ -230,46 +279,29 @@ def _upsert_order(conn: sqlite3.Connection, o: Order, message_id: int | None) ->
               o.filler_number, o.accession, o.requested_procedure_id, o.study_instance_uid,
               o.modality, o.procedure_code, o.procedure_text, o.priority, o.status, o.control,
               o.patient.patient_class, o.patient.location, message_id, now)
-    row = conn.execute("SELECT id FROM orders WHERE order_key=?", (key,)).fetchone()
-    if row is None:
-        cur = conn.execute(
-            "INSERT INTO orders (patient_id, issuer, placer, filler, accession,"
-            " requested_procedure_id, study_uid, modality, procedure_code, procedure_text,"
-            " priority, status, control, patient_class, location, message_id, updated_at,"
-            " order_key, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (*values, key, now))
-        assert cur.lastrowid is not None
-        return cur.lastrowid
-    # Changes (XO/SC) keep what the update leaves empty.
-    conn.execute(
-        "UPDATE orders SET patient_id=coalesce(?,patient_id), issuer=coalesce(?,issuer),"
-        " placer=coalesce(?,placer), filler=coalesce(?,filler), accession=coalesce(?,accession),"
-        " requested_procedure_id=coalesce(?,requested_procedure_id),"
-        " study_uid=coalesce(?,study_uid), modality=coalesce(?,modality),"
-        " procedure_code=coalesce(?,procedure_code), procedure_text=coalesce(?,procedure_text),"
-        " priority=coalesce(?,priority), status=coalesce(?,status), control=?,"
-        " patient_class=coalesce(?,patient_class), location=coalesce(?,location),"
-        " message_id=?, updated_at=? WHERE id=?", (*values, row[0]))
-    return int(row[0])
+    row_id = await tx.value("SELECT id FROM orders WHERE order_key = ?", key)
+    if row_id is None:
+        return await tx.insert(_ORDER_INSERT, *values, key, now)
+    await tx.execute(_ORDER_UPDATE, *values, row_id)
+    return int(row_id)
 
 
-def _correlate_order(conn: sqlite3.Connection, order_id: int, completed: bool) -> list[CaseRow]:
-    o = conn.execute("SELECT study_uid, accession, patient_id, issuer FROM orders WHERE id=?",
-                     (order_id,)).fetchone()
-    rows = conn.execute(
-        "SELECT uid, state FROM studies WHERE uid=?1 OR (?2 IS NOT NULL AND accession=?2 AND"
-        " patient_id=?3 AND (issuer IS NULL OR ?4 IS NULL OR issuer=?4))", tuple(o)).fetchall()
+async def _correlate_order(tx: Tx, order_id: int, completed: bool) -> list[CaseRow]:
+    o = await tx.row("SELECT study_uid, accession, patient_id, issuer FROM orders WHERE id = ?",
+                     order_id)
+    assert o is not None
+    rows = await tx.rows(f"SELECT uid, state, revision FROM studies WHERE"
+                         f" {_MATCH.format(uid='uid')}", *match_params(o[0], o[1], o[2], o[3]))
     cases: list[CaseRow] = []
-    for uid, state in rows:
+    for uid, state, revision in rows:
         if state == "receiving" and completed:  # order status CM: the explicit trigger
-            cases += complete_study_op(conn, uid)
+            cases += await complete_study_op(tx, uid)
         elif state == "complete":
-            rev = conn.execute("SELECT revision FROM studies WHERE uid=?", (uid,)).fetchone()[0]
-            cases += _create_case(conn, order_id, uid, rev, "ready")
+            cases += await _create_case(tx, order_id, uid, revision, "ready")
     return cases
 
 
-def apply_domain_events(conn: sqlite3.Connection, outcomes: Sequence[Any]) -> list[CaseRow]:
+async def apply_domain_events(tx: Tx, outcomes: Sequence[Any]) -> list[CaseRow]:
     """Apply the mapped events of a pipeline batch (inside its transaction), in message order."""
     from engine.store.results_sql import apply_results_events
     from mappings.hl7v2.orders import OrderEvent, PatientEvent
@@ -280,32 +312,30 @@ def apply_domain_events(conn: sqlite3.Connection, outcomes: Sequence[Any]) -> li
         if mapped is None:
             continue
         if isinstance(mapped, PatientEvent):
-            cases += apply_patient_op(conn, mapped.event, mapped.patient)
+            cases += await apply_patient_op(tx, mapped.event, mapped.patient)
         elif isinstance(mapped, OrderEvent):
-            cases += apply_patient_op(conn, mapped.event, mapped.patient)
-            cases += apply_orders_op(conn, mapped.orders, o.message_id)
+            cases += await apply_patient_op(tx, mapped.event, mapped.patient)
+            cases += await apply_orders_op(tx, mapped.orders, o.message_id)
         else:
-            apply_results_events(conn, mapped)
+            await apply_results_events(tx, mapped)
     return cases
 
 
-def proceed_study_only_op(conn: sqlite3.Connection, uid: str) -> CaseRow | None:
-    s = conn.execute("SELECT revision, state FROM studies WHERE uid=?", (uid,)).fetchone()
+async def proceed_study_only_op(tx: Tx, uid: str) -> CaseRow | None:
+    s = await tx.row("SELECT revision, state FROM studies WHERE uid = ?", uid)
     if s is None or s[1] != "complete":
         return None
-    created = _create_case(conn, None, uid, s[0], "study_only")
+    created = await _create_case(tx, None, uid, s[0], "study_only")
     return created[0] if created else None
 
 
-def prune_op(conn: sqlite3.Connection, before: float) -> list[str]:
-    paths = [r[0] for r in conn.execute("SELECT path FROM instances WHERE received_at < ?",
-                                        (before,))]
-    uids = [r[0] for r in conn.execute("SELECT DISTINCT study_uid FROM instances WHERE"
-                                       " received_at < ?", (before,))]
-    conn.execute("DELETE FROM instances WHERE received_at < ?", (before,))
-    for uid in uids:
-        _recount(conn, uid)
-    return paths
+async def prune_op(tx: Tx, before: float) -> list[str]:
+    rows = await tx.rows("SELECT path, study_uid FROM instances WHERE received_at < ?",
+                         float(before))
+    await tx.execute("DELETE FROM instances WHERE received_at < ?", float(before))
+    for uid in sorted({r[1] for r in rows}):
+        await _recount(tx, uid)
+    return [r[0] for r in rows]
 
 
 class ClinicalReads(ClinicalStore):
@@ -369,32 +399,33 @@ class ClinicalReads(ClinicalStore):
             study_uid)]
 
 
-class SQLiteClinical(ClinicalReads):
-    """Mixed into ``SQLiteStore``: the shared reads, and writes through its writer thread."""
+class ClinicalWrites(ClinicalReads, WriterStore):
+    """The writes of ``ClinicalStore``, written once: each runs in the store's writer
+    transaction (``_transact``) under the clinical lock, so correlation never races, within
+    one process or across several sharing a PostgreSQL database."""
 
-    _write: Callable[..., Any]
 
     async def add_instance(self, channel: str, meta: InstanceMeta, path: str, size: int,
                            quiet_secs: float, expected: int | None = None) -> InstanceAdded:
-        return await self._write(add_instance_op, channel, meta, path, size, quiet_secs,
-                                 expected)
+        return await self._transact(add_instance_op, channel, meta, path, size, quiet_secs,
+                                    expected, lock=True)
 
     async def complete_study(self, uid: str, *, announce: bool = False) -> list[CaseRow]:
-        op = announcing_sqlite(complete_study_op, Topic.CASES, case_ids) if announce else \
+        op = announcing(complete_study_op, Topic.CASES, case_ids) if announce else \
             complete_study_op
-        return await self._write(op, uid)
+        return await self._transact(op, uid, lock=True)
 
     async def apply_patient(self, event: str, patient: Patient) -> list[CaseRow]:
-        return await self._write(apply_patient_op, event, patient)
+        return await self._transact(apply_patient_op, event, patient, lock=True)
 
     async def apply_orders(self, orders: Sequence[Order], message_id: int | None
                            ) -> list[CaseRow]:
-        return await self._write(apply_orders_op, list(orders), message_id)
+        return await self._transact(apply_orders_op, list(orders), message_id, lock=True)
 
     async def proceed_study_only(self, uid: str, *, announce: bool = False) -> CaseRow | None:
-        op = announcing_sqlite(proceed_study_only_op, Topic.CASES, case_ids) if announce else \
+        op = announcing(proceed_study_only_op, Topic.CASES, case_ids) if announce else \
             proceed_study_only_op
-        return await self._write(op, uid)
+        return await self._transact(op, uid, lock=True)
 
     async def prune_instances(self, before: float) -> list[str]:
-        return await self._write(prune_op, before)
+        return await self._transact(prune_op, before, lock=True)

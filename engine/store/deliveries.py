@@ -1,7 +1,7 @@
 """Delivery outcomes and operator actions, written once for both stores.
 
-The rules, in portable SQL (``?`` placeholders; PostgreSQL runs them through
-``pg_schema.pg`` and adds its claim columns, ``engine.store.pg_deliveries``):
+The rules, in portable SQL, run on the writer's ``Tx`` (``engine.store.tx``; PostgreSQL
+adds its claim columns and locks the message row first):
 
 * **finish** (the worker): SENT always stands (the peer has it, whatever an
   operator decided meanwhile); ERROR only replaces a row still QUEUED, so an
@@ -19,14 +19,16 @@ puts its message back to QUEUED.
 
 from __future__ import annotations
 
-import abc
-import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine.model import DeliveryStatus
+from engine.store.tx import Tx, WriterStore
+
+if TYPE_CHECKING:
+    from engine.store.records import Delivery
 
 SKIPPED, CANCELLED = "SKIPPED", "CANCELLED"
 
@@ -82,33 +84,52 @@ def _info(row: Any) -> DeliveryInfo:
                         row[5], float(row[6]) if row[6] is not None else None)
 
 
-class DeliveryStore(abc.ABC):
-    """Reads shared by both stores (run by each store's ``_rows``) and the operator actions."""
+class DeliveryStore(WriterStore):
+    """Delivery outcomes, operator actions and reads, written once for both stores: writes
+    in the store's writer transaction (``_transact``), reads through its ``_rows``."""
 
     _rows: Callable[..., Awaitable[list[Any]]]
 
-    @abc.abstractmethod
+    async def finish_delivery(self, delivery: Delivery, status: DeliveryStatus,
+                              response: bytes | None, error: str | None) -> None:
+        """Record a final delivery result and roll the message status up when all are final.
+        SENT always stands; ERROR does not replace an operator's decision (module docstring).
+        Raises ``StoreUnavailable`` (try again later) or ``StoreError``."""
+        await self._transact(finish_op, delivery.id, delivery.message_id, str(status),
+                             response, error)
+
+    async def record_attempt(self, delivery: Delivery, error: str) -> None:
+        """Record a failed (transient) attempt on a delivery still QUEUED. Raises
+        ``StoreUnavailable`` (try again later) or ``StoreError``."""
+        await self._transact(attempt_op, delivery.id, error)
+
     async def end_delivery(self, delivery_id: int, note: str) -> bool:
         """A QUEUED delivery ends as ERROR with *note* (see ``operator_note``); False when it
-        is not QUEUED (or does not exist)."""
+        is not QUEUED (or does not exist). Raises ``StoreUnavailable`` or ``StoreError``."""
+        return bool(await self._transact(end_op, delivery_id, note))
 
-    @abc.abstractmethod
     async def requeue_delivery(self, delivery_id: int, note: str) -> bool:
-        """An ERROR delivery goes back to QUEUED, sent next; False when it is not ERROR."""
+        """An ERROR delivery goes back to QUEUED, sent next; False when it is not ERROR.
+        Raises ``StoreUnavailable`` or ``StoreError``."""
+        return bool(await self._transact(requeue_op, delivery_id, note))
 
     async def delivery_status(self, delivery_id: int) -> DeliveryStatus | None:
-        """The status of one delivery now (None: no such delivery)."""
+        """The status of one delivery now (None: no such delivery).
+        Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
         rows = await self._rows("SELECT status FROM deliveries WHERE id = ?", delivery_id)
         return DeliveryStatus(rows[0][0]) if rows else None
 
     async def get_delivery(self, delivery_id: int) -> DeliveryInfo | None:
+        """One delivery without its payload (None: no such delivery).
+        Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
         rows = await self._rows(f"SELECT {_INFO_COLS} FROM deliveries WHERE id = ?",
                                 delivery_id)
         return _info(rows[0]) if rows else None
 
     async def list_deliveries(self, destination: str, status: DeliveryStatus | None = None,
                               limit: int = 50) -> list[DeliveryInfo]:
-        """QUEUED ones in queue order (the head first); otherwise newest first."""
+        """QUEUED ones in queue order (the head first); otherwise newest first.
+        Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
         if status is None:
             rows = await self._rows(f"SELECT {_INFO_COLS} FROM deliveries WHERE"
                                     " destination = ? ORDER BY id DESC LIMIT ?",
@@ -121,48 +142,56 @@ class DeliveryStore(abc.ABC):
         return [_info(r) for r in rows]
 
 
-# -- SQLite: run in the writer thread's transaction -------------------------------------------
+# -- write operations (on the writer's ``Tx``, inside its transaction) ----------------------
+# The message row is locked first (``Tx.lock_rows``; nothing on SQLite's single writer): two
+# processes finishing a message's last two deliveries take turns, so the second always sees
+# the first and rolls the message up. A finished or ended delivery hands its claim back
+# (``Tx.unclaim``).
 
-def rollup_op(conn: sqlite3.Connection, message_id: int, now: float) -> None:
-    conn.execute(ROLLUP, (now, message_id, message_id, message_id, message_id))
+LOCK_MESSAGE = "SELECT 1 FROM messages WHERE id = ?"
 
 
-def finish_op(conn: sqlite3.Connection, delivery_id: int, message_id: int, status: str,
-              response: bytes | None, error: str | None) -> None:
+async def _rollup(tx: Tx, message_id: int, now: float) -> None:
+    await tx.execute(ROLLUP, now, message_id, message_id, message_id, message_id)
+
+
+async def finish_op(tx: Tx, delivery_id: int, message_id: int, status: str,
+                    response: bytes | None, error: str | None) -> None:
     now = time.time()
-    conn.execute(finish_sql(status), (status, response, error, now, delivery_id))
-    rollup_op(conn, message_id, now)
+    await tx.lock_rows(LOCK_MESSAGE, message_id)
+    await tx.execute(finish_sql(status, tx.unclaim), status, response, error, now, delivery_id)
+    await _rollup(tx, message_id, now)
 
 
-def attempt_op(conn: sqlite3.Connection, delivery_id: int, error: str) -> None:
-    conn.execute(ATTEMPT, (error, time.time(), delivery_id))
+async def attempt_op(tx: Tx, delivery_id: int, error: str) -> None:
+    await tx.execute(ATTEMPT, error, time.time(), delivery_id)
 
 
-def end_op(conn: sqlite3.Connection, delivery_id: int, note: str) -> bool:
-    now = time.time()
-    if not conn.execute(END.format(claims=""), (note, now, delivery_id)).rowcount:
+async def _locked_message_of(tx: Tx, delivery_id: int) -> int | None:
+    message_id = await tx.value(MESSAGE_OF, delivery_id)
+    if message_id is None:
+        return None
+    await tx.lock_rows(LOCK_MESSAGE, message_id)
+    return int(message_id)
+
+
+async def end_op(tx: Tx, delivery_id: int, note: str) -> bool:
+    message_id = await _locked_message_of(tx, delivery_id)
+    if message_id is None:
         return False
-    (message_id,) = conn.execute(MESSAGE_OF, (delivery_id,)).fetchone()
-    rollup_op(conn, message_id, now)
+    now = time.time()
+    if not await tx.execute(END.format(claims=tx.unclaim), note, now, delivery_id):
+        return False
+    await _rollup(tx, message_id, now)
     return True
 
 
-def requeue_op(conn: sqlite3.Connection, delivery_id: int, note: str) -> bool:
-    now = time.time()
-    if not conn.execute(REQUEUE.format(claims=""), (note, now, delivery_id)).rowcount:
+async def requeue_op(tx: Tx, delivery_id: int, note: str) -> bool:
+    message_id = await _locked_message_of(tx, delivery_id)
+    if message_id is None:
         return False
-    (message_id,) = conn.execute(MESSAGE_OF, (delivery_id,)).fetchone()
-    conn.execute(MESSAGE_QUEUED, (now, message_id))
+    now = time.time()
+    if not await tx.execute(REQUEUE.format(claims=tx.unclaim), note, now, delivery_id):
+        return False
+    await tx.execute(MESSAGE_QUEUED, now, message_id)
     return True
-
-
-class SQLiteDeliveries(DeliveryStore):
-    """Mixed into ``SQLiteStore``: the actions run through its writer thread."""
-
-    _write: Callable[..., Any]
-
-    async def end_delivery(self, delivery_id: int, note: str) -> bool:
-        return bool(await self._write(end_op, delivery_id, note))
-
-    async def requeue_delivery(self, delivery_id: int, note: str) -> bool:
-        return bool(await self._write(requeue_op, delivery_id, note))

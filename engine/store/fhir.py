@@ -21,7 +21,8 @@ class FhirStore(abc.ABC):
     @abc.abstractmethod
     async def save_fhir_resources(self, case_id: int, resources: Sequence[dict[str, Any]]
                                   ) -> None:
-        """Upsert *resources* (bundle entries' resources, ``id`` optional) by (type, id)."""
+        """Upsert *resources* (bundle entries' resources, ``id`` optional) by (type, id).
+        Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
 
     @abc.abstractmethod
     async def search_fhir(self, resource_type: str, *, resource_id: str | None = None,
@@ -32,4 +33,4 @@ class FhirStore(abc.ABC):
         ``patient``: ``Patient/<id>``, a bare id, a patient identifier value, or
         ``system|value`` of a patient identifier. ``identifier``: ``system|value``, ``value``
         or ``system|`` (any value in that system) of the resource's own identifiers.
-        """
+        Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""

@@ -1,22 +1,22 @@
-"""SQL implementation of ``FhirStore``: one row per resource, one index of search keys.
+"""``FhirStore`` written once for both stores: one row per resource, one index of search keys.
 
 Portable SQL (SQLite and PostgreSQL both take it with their own placeholders),
 the JSON kept as TEXT. ``fhir_index`` holds what ``search_fhir`` can match on:
 each identifier (kind ``identifier``: system, value) and the patient a
 resource is about (kind ``patient``: the Patient's id; a Provenance is about
-its targets' patients). Writes run in the store's writer transaction.
+its targets' patients). Writes run on the writer's ``Tx`` in its transaction.
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from engine.store.fhir import FhirStore
+from engine.store.tx import Tx, WriterStore
 from radbridge_fhir.ids import storable
 
 FHIR_SCHEMA = """
@@ -66,18 +66,18 @@ def index_rows(resources: Sequence[dict[str, Any]]) -> list[tuple[Any, ...]]:
     return rows
 
 
-def save_fhir_op(conn: sqlite3.Connection, case_id: int | None,
-                 resources: Sequence[dict[str, Any]]) -> None:
-    """Upsert *resources* and their search keys (the writer thread, in its transaction)."""
+async def save_fhir_op(tx: Tx, case_id: int | None, resources: Sequence[dict[str, Any]]
+                       ) -> None:
+    """Upsert *resources* and their search keys (in the writer's transaction)."""
     now = time.time()
     stamp = datetime.fromtimestamp(now, UTC).isoformat(timespec="milliseconds")
     stored = storable(resources)
     for res in stored:
         res.setdefault("meta", {})["lastUpdated"] = stamp
-        conn.execute(UPSERT, (res["resourceType"], res["id"], case_id,
-                              json.dumps(res, sort_keys=True, separators=(",", ":")), now))
-        conn.execute(UNINDEX, (res["resourceType"], res["id"]))
-    conn.executemany(INDEX, index_rows(stored))
+        await tx.execute(UPSERT, res["resourceType"], res["id"], case_id,
+                         json.dumps(res, sort_keys=True, separators=(",", ":")), now)
+        await tx.execute(UNINDEX, res["resourceType"], res["id"])
+    await tx.executemany(INDEX, index_rows(stored))
 
 
 def _token(value: str) -> tuple[str | None, str | None]:
@@ -142,11 +142,10 @@ class FhirReads(FhirStore):
         return [json.loads(row[0]) for row in await self._rows(sql, *params)]
 
 
-class SQLiteFhir(FhirReads):
-    """Mixed into ``SQLiteStore``: the shared search, and saves through its writer thread."""
+class FhirWrites(FhirReads, WriterStore):
+    """The shared search, and saves in the store's writer transaction (``_transact``)."""
 
-    _write: Callable[..., Any]
 
     async def save_fhir_resources(self, case_id: int, resources: Sequence[dict[str, Any]]
                                   ) -> None:
-        await self._write(save_fhir_op, case_id, list(resources))
+        await self._transact(save_fhir_op, case_id, list(resources))

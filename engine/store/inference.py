@@ -160,82 +160,106 @@ def derived_uid(salt: str, real: str) -> str:
 class InferenceStore(abc.ABC):
     @abc.abstractmethod
     async def inference_case(self, case_id: int) -> CaseContext | None:
-        """The case with its order's procedure, priority, patient class and location."""
+        """The case with its order's procedure, priority, patient class and location.
+        Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
 
     @abc.abstractmethod
     async def case_instance_paths(self, study_uid: str) -> list[str]:
-        """Instance files of a study, our own outputs left out."""
+        """Instance files of a study, our own outputs left out.
+        Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
 
     @abc.abstractmethod
     async def enqueue_jobs(self, case_id: int, models: Sequence[str], lane: int,
                            reason: str | None = None) -> list[JobRow]:
         """Persist a case's jobs (one ``no_model`` job when *models* is empty). Idempotent:
-        a case that already has jobs gets them back unchanged."""
+        a case that already has jobs gets them back unchanged.
+        Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
 
     @abc.abstractmethod
     async def cases_without_jobs(self, limit: int = 1000) -> list[int]:
-        """Ready or study-only cases that were never routed (a crash between case and jobs)."""
+        """Ready or study-only cases that were never routed (a crash between case and jobs).
+        Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
 
     @abc.abstractmethod
     async def reset_running_jobs(self) -> int:
-        """Start-up recovery: running jobs go back to queued."""
+        """Start-up recovery: running jobs go back to queued.
+        Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
 
     @abc.abstractmethod
     async def claim_jobs(self, limit: int, now: float) -> list[JobRow]:
         """Queued jobs due by *now*, STAT lane first, oldest first; marks them running and
-        counts the attempt."""
+        counts the attempt. Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
 
     @abc.abstractmethod
     async def retry_job(self, job_id: int, error: str, not_before: float,
                         audit: AuditEntry | None, refund: bool = False) -> None:
         """A transient failure: back to queued, not before *not_before*. ``refund``: the
         attempt did not count (the model's server was unavailable), so waiting for it never
-        uses up the job's retries."""
+        uses up the job's retries. Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
 
     @abc.abstractmethod
     async def finish_job(self, job_id: int, state: JobState, findings: Sequence[Finding],
                          audit: AuditEntry | None, error: str | None = None) -> bool:
         """Record the final state, findings and audit in one transaction; true when this made
-        every job of the case final."""
+        every job of the case final. Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
 
     @abc.abstractmethod
-    async def case_result(self, case_id: int) -> tuple[list[JobRow], list[StoredFinding]]: ...
+    async def case_result(self, case_id: int) -> tuple[list[JobRow], list[StoredFinding]]:
+        """A case's jobs and findings.
+        Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
 
     @abc.abstractmethod
-    async def unnotified_cases(self, limit: int = 1000) -> list[int]: ...
+    async def unnotified_cases(self, limit: int = 1000) -> list[int]:
+        """Cases whose inference finished and were not yet reported.
+        Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
 
     @abc.abstractmethod
-    async def mark_notified(self, case_id: int) -> None: ...
+    async def mark_notified(self, case_id: int) -> None:
+        """Record that a case's results were reported.
+        Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
 
     @abc.abstractmethod
     async def pseudonymize_study(self, case_id: int, study_uid: str, patient_id: str | None,
                                  accession: str | None) -> dict[str, str]:
         """Get or create the study's pseudonyms: keys ``study_uid``, ``patient_id``,
-        ``accession`` (when given) and ``salt``."""
+        ``accession`` (when given) and ``salt``.
+        Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
 
     @abc.abstractmethod
     async def save_pseudonyms(self, case_id: int, pairs: Sequence[tuple[str, str, str]]
                               ) -> None:
-        """Keep (kind, real, pseudo) pairs; existing pairs are left as they are."""
+        """Keep (kind, real, pseudo) pairs; existing pairs are left as they are.
+        Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
 
     @abc.abstractmethod
     async def real_for(self, kind: str, pseudo: str) -> str | None:
-        """Reverse a pseudonym (re-link a result to the real study)."""
+        """Reverse a pseudonym (re-link a result to the real study).
+        Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
 
     @abc.abstractmethod
-    async def record_model_load(self, load: ModelLoad) -> None: ...
+    async def record_model_load(self, load: ModelLoad) -> None:
+        """Record a model load (or its failure) for the audit.
+        Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
 
     @abc.abstractmethod
     async def list_audit(self, case_id: int | None = None, model: str | None = None,
-                         limit: int = 100) -> list[AuditEntry]: ...
+                         limit: int = 100) -> list[AuditEntry]:
+        """Audit rows, newest first (of one case or model, if given).
+        Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
 
     @abc.abstractmethod
     async def list_findings(self, case_id: int | None = None, limit: int = 100
-                            ) -> list[StoredFinding]: ...
+                            ) -> list[StoredFinding]:
+        """Findings in order (of one case, if given).
+        Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
 
     @abc.abstractmethod
     async def list_jobs(self, case_id: int | None = None, state: str | None = None,
-                        limit: int = 100) -> list[JobRow]: ...
+                        limit: int = 100) -> list[JobRow]:
+        """Jobs, newest first (of one case or state, if given).
+        Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
 
     @abc.abstractmethod
-    async def list_model_loads(self, limit: int = 50) -> list[ModelLoad]: ...
+    async def list_model_loads(self, limit: int = 50) -> list[ModelLoad]:
+        """Model loads, newest first.
+        Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""

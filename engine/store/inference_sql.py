@@ -1,14 +1,14 @@
-"""SQLite implementation of ``InferenceStore``: schema, write operations, reads.
+"""``InferenceStore`` written once for both stores: write operations, reads, and the SQLite
+schema (PostgreSQL's is in ``pg_schema``).
 
-Write operations run in the store's writer thread inside its transaction
-(group commit); reads use the reader pool. A job's final state, its findings
+Write operations run on the writer's ``Tx`` (``engine.store.tx``) inside its transaction
+(group commit); reads run through each store's ``_rows``. A job's final state, its findings
 and its audit row are one transaction, so a crash never leaves findings
 without their audit or a done job without its findings.
 """
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import astuple
@@ -25,6 +25,7 @@ from engine.store.inference import (
     StoredFinding,
     new_pseudonym,
 )
+from engine.store.tx import Tx, WriterStore
 
 INFERENCE_SCHEMA = """
 CREATE TABLE IF NOT EXISTS inference_jobs (
@@ -94,121 +95,113 @@ def _audit(row: Sequence[Any]) -> AuditEntry:
     return entry
 
 
-# -- write operations (writer thread) -------------------------------------------------------
+# -- write operations (on the writer's ``Tx``, inside its transaction) ----------------------
 
-def enqueue_op(conn: sqlite3.Connection, case_id: int, models: Sequence[str], lane: int,
-               reason: str | None) -> list[JobRow]:
-    existing = conn.execute(f"SELECT {_JOB_COLS} FROM inference_jobs WHERE case_id=? ORDER BY"
-                            " id", (case_id,)).fetchall()
+_SELECT_JOBS = f"SELECT {_JOB_COLS} FROM inference_jobs WHERE case_id = ? ORDER BY id"
+
+
+async def enqueue_op(tx: Tx, case_id: int, models: Sequence[str], lane: int,
+                     reason: str | None) -> list[JobRow]:
+    existing = await tx.rows(_SELECT_JOBS, case_id)
     if existing:
         return [_job(r) for r in existing]
     now = time.time()
     if not models:
-        conn.execute("INSERT INTO inference_jobs (case_id, model, state, lane, created_at,"
-                     " updated_at, error) VALUES (?, NULL, 'no_model', ?, ?, ?, ?)",
-                     (case_id, lane, now, now, reason or "no model applies"))
-        _case_final_op(conn, case_id, now)
+        await tx.execute("INSERT INTO inference_jobs (case_id, model, state, lane, created_at,"
+                         " updated_at, error) VALUES (?, NULL, 'no_model', ?, ?, ?, ?)",
+                         case_id, lane, now, now, reason or "no model applies")
+        await _case_final(tx, case_id, now)
     else:
-        conn.executemany("INSERT INTO inference_jobs (case_id, model, state, lane, created_at,"
-                         " updated_at) VALUES (?, ?, 'queued', ?, ?, ?)",
-                         [(case_id, m, lane, now, now) for m in models])
-    return [_job(r) for r in conn.execute(f"SELECT {_JOB_COLS} FROM inference_jobs WHERE"
-                                          " case_id=? ORDER BY id", (case_id,))]
+        await tx.executemany("INSERT INTO inference_jobs (case_id, model, state, lane,"
+                             " created_at, updated_at) VALUES (?, ?, 'queued', ?, ?, ?)",
+                             [(case_id, m, lane, now, now) for m in models])
+    return [_job(r) for r in await tx.rows(_SELECT_JOBS, case_id)]
 
 
-def _case_final_op(conn: sqlite3.Connection, case_id: int, now: float) -> bool:
-    pending = conn.execute("SELECT 1 FROM inference_jobs WHERE case_id=? AND state IN"
-                           " ('queued', 'running') LIMIT 1", (case_id,)).fetchone()
+async def _case_final(tx: Tx, case_id: int, now: float) -> bool:
+    pending = await tx.value("SELECT 1 FROM inference_jobs WHERE case_id = ? AND state IN"
+                             " ('queued', 'running') LIMIT 1", case_id)
     if pending is not None:
         return False
-    conn.execute("INSERT OR REPLACE INTO inference_results (case_id, finished_at, notified_at)"
-                 " VALUES (?, ?, NULL)", (case_id, now))
+    await tx.execute("INSERT INTO inference_results (case_id, finished_at, notified_at)"
+                     " VALUES (?, ?, NULL) ON CONFLICT (case_id) DO UPDATE SET"
+                     " finished_at = excluded.finished_at, notified_at = NULL", case_id, now)
     return True
 
 
-def claim_op(conn: sqlite3.Connection, limit: int, now: float) -> list[JobRow]:
-    rows = conn.execute(
-        f"UPDATE inference_jobs SET state='running', attempts=attempts+1, updated_at=?3"
-        f" WHERE id IN (SELECT id FROM inference_jobs WHERE state='queued' AND not_before<=?1"
-        f" ORDER BY lane, id LIMIT ?2) RETURNING {_JOB_COLS}", (now, limit, time.time())
-    ).fetchall()
-    return sorted((_job(r) for r in rows), key=lambda j: (j.lane, j.id))
+async def _insert_audit(tx: Tx, a: AuditEntry, now: float) -> None:
+    await tx.execute(f"INSERT INTO inference_audit ({_AUDIT_COLS}, created_at) VALUES"
+                     f" ({','.join('?' * 17)})", *astuple(a)[:16], now)
 
 
-def _insert_audit(conn: sqlite3.Connection, a: AuditEntry, now: float) -> None:
-    values = astuple(a)[:16]
-    conn.execute(f"INSERT INTO inference_audit ({_AUDIT_COLS}, created_at) VALUES"
-                 f" ({','.join('?' * 17)})", (*values, now))
-
-
-def retry_op(conn: sqlite3.Connection, job_id: int, error: str, not_before: float,
-             audit: AuditEntry | None, refund: bool = False) -> None:
+async def retry_op(tx: Tx, job_id: int, error: str, not_before: float,
+                   audit: AuditEntry | None, refund: bool = False) -> None:
     now = time.time()
-    conn.execute("UPDATE inference_jobs SET state='queued', error=?, not_before=?, updated_at=?,"
-                 " attempts=attempts-? WHERE id=?", (error, not_before, now, int(refund), job_id))
+    await tx.execute(f"UPDATE inference_jobs SET state = 'queued', error = ?, not_before = ?,"
+                     f" updated_at = ?{tx.unclaim}, attempts = attempts - ? WHERE id = ?",
+                     error, float(not_before), now, int(refund), job_id)
     if audit is not None:
-        _insert_audit(conn, audit, now)
+        await _insert_audit(tx, audit, now)
 
 
-def finish_op(conn: sqlite3.Connection, job_id: int, state: str, findings: Sequence[Finding],
-              audit: AuditEntry | None, error: str | None) -> bool:
+_INSERT_FINDING = (f"INSERT INTO findings ({_FINDING_COLS.removeprefix('id, ')}) VALUES"
+                   f" ({','.join('?' * 16)})")
+
+
+async def finish_op(tx: Tx, job_id: int, state: str, findings: Sequence[Finding],
+                    audit: AuditEntry | None, error: str | None) -> bool:
     now = time.time()
-    row = conn.execute("SELECT case_id FROM inference_jobs WHERE id=?", (job_id,)).fetchone()
-    if row is None:
+    case_id = await tx.value("SELECT case_id FROM inference_jobs WHERE id = ?", job_id)
+    if case_id is None:
         return False
-    case_id = row[0]
-    conn.execute("UPDATE inference_jobs SET state=?, error=?, updated_at=? WHERE id=?",
-                 (state, error, now, job_id))
+    # Lock the case's jobs in one order: two processes finishing its last two jobs take turns,
+    # so the second always sees the first and the case is closed exactly once.
+    await tx.lock_rows("SELECT 1 FROM inference_jobs WHERE case_id = ? ORDER BY id", case_id)
+    await tx.execute(f"UPDATE inference_jobs SET state = ?, error = ?, updated_at = ?"
+                     f"{tx.unclaim} WHERE id = ?", state, error, now, job_id)
     study = audit.study_uid if audit is not None else ""
-    conn.executemany(
-        f"INSERT INTO findings ({_FINDING_COLS}) VALUES (NULL,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-        [(case_id, job_id, study, f.code, f.display, f.coding_system, f.probability,
-          int(f.critical), f.model_name, f.model_version, f.location, int(f.demo), f.criticality,
-          f.mode, f.detail, now) for f in findings])
+    await tx.executemany(_INSERT_FINDING, [
+        (case_id, job_id, study, f.code, f.display, f.coding_system, f.probability,
+         int(f.critical), f.model_name, f.model_version, f.location, int(f.demo), f.criticality,
+         f.mode, f.detail, now) for f in findings])
     if audit is not None:
-        _insert_audit(conn, audit, now)
-    return _case_final_op(conn, case_id, now)
+        await _insert_audit(tx, audit, now)
+    return await _case_final(tx, case_id, now)
 
 
-def reset_running_op(conn: sqlite3.Connection) -> int:
-    return conn.execute("UPDATE inference_jobs SET state='queued', updated_at=? WHERE"
-                        " state='running'", (time.time(),)).rowcount
-
-
-def pseudonymize_op(conn: sqlite3.Connection, case_id: int, study_uid: str,
-                    patient_id: str | None, accession: str | None) -> dict[str, str]:
+async def pseudonymize_op(tx: Tx, case_id: int, study_uid: str, patient_id: str | None,
+                          accession: str | None) -> dict[str, str]:
     wanted = {"study_uid": study_uid, "patient_id": patient_id, "accession": accession,
               "salt": study_uid}
     out: dict[str, str] = {}
     for kind, real in wanted.items():
         if real is None:
             continue
-        row = conn.execute("SELECT pseudo FROM pseudonyms WHERE kind=? AND real=?",
-                           (kind, real)).fetchone()
-        if row is None:
-            pseudo = new_pseudonym("uid" if kind == "study_uid" else kind)
-            conn.execute("INSERT INTO pseudonyms VALUES (?,?,?,?,?)",
-                         (kind, real, pseudo, case_id, time.time()))
-            row = (pseudo,)
-        out[kind] = row[0]
+        pseudo = new_pseudonym("uid" if kind == "study_uid" else kind)
+        # Insert or keep the existing one; another process may have just made it.
+        await tx.execute("INSERT INTO pseudonyms VALUES (?,?,?,?,?) ON CONFLICT (kind, real)"
+                         " DO NOTHING", kind, real, pseudo, case_id, time.time())
+        out[kind] = await tx.value("SELECT pseudo FROM pseudonyms WHERE kind = ? AND"
+                                   " real = ?", kind, real)
     return out
 
 
-def save_pseudonyms_op(conn: sqlite3.Connection, case_id: int,
-                       pairs: Sequence[tuple[str, str, str]]) -> None:
+async def save_pseudonyms_op(tx: Tx, case_id: int, pairs: Sequence[tuple[str, str, str]]
+                             ) -> None:
     now = time.time()
-    conn.executemany("INSERT OR IGNORE INTO pseudonyms VALUES (?,?,?,?,?)",
-                     [(k, r, p, case_id, now) for k, r, p in pairs])
+    await tx.executemany("INSERT INTO pseudonyms VALUES (?,?,?,?,?) ON CONFLICT DO NOTHING",
+                         [(k, r, p, case_id, now) for k, r, p in pairs])
 
 
-def model_load_op(conn: sqlite3.Connection, m: ModelLoad) -> None:
-    conn.execute("INSERT INTO model_loads (name, version, format, checksum, device, status,"
-                 " error, at) VALUES (?,?,?,?,?,?,?,?)", (*astuple(m)[:7], time.time()))
+async def model_load_op(tx: Tx, m: ModelLoad) -> None:
+    await tx.execute("INSERT INTO model_loads (name, version, format, checksum, device,"
+                     " status, error, at) VALUES (?,?,?,?,?,?,?,?)", *astuple(m)[:7],
+                     time.time())
 
 
-def notified_op(conn: sqlite3.Connection, case_id: int) -> None:
-    conn.execute("UPDATE inference_results SET notified_at=? WHERE case_id=?",
-                 (time.time(), case_id))
+async def notified_op(tx: Tx, case_id: int) -> None:
+    await tx.execute("UPDATE inference_results SET notified_at = ? WHERE case_id = ?",
+                     time.time(), case_id)
 
 
 class InferenceReads(InferenceStore):
@@ -274,43 +267,40 @@ class InferenceReads(InferenceStore):
             " ORDER BY id DESC LIMIT ?", limit)]
 
 
-class SQLiteInference(InferenceReads):
-    """Mixed into ``SQLiteStore``: the shared reads, and writes through its writer thread."""
+class InferenceWrites(InferenceReads, WriterStore):
+    """The shared reads, and the writes of ``InferenceStore`` in the store's writer
+    transaction (``_transact``). Claiming jobs and start-up recovery differ with the
+    concurrency model: each store has its own (``sqlite_claims``, ``pg_claims``)."""
 
-    _write: Callable[..., Any]
 
     async def enqueue_jobs(self, case_id: int, models: Sequence[str], lane: int,
                            reason: str | None = None) -> list[JobRow]:
-        return await self._write(enqueue_op, case_id, list(models), lane, reason)
-
-    async def reset_running_jobs(self) -> int:
-        return await self._write(reset_running_op)
-
-    async def claim_jobs(self, limit: int, now: float) -> list[JobRow]:
-        return await self._write(claim_op, limit, now)
+        # Under the clinical lock: two processes routing the same case make one set of jobs.
+        return await self._transact(enqueue_op, case_id, list(models), lane, reason, lock=True)
 
     async def retry_job(self, job_id: int, error: str, not_before: float,
                         audit: AuditEntry | None, refund: bool = False) -> None:
-        await self._write(retry_op, job_id, error, not_before, audit, refund)
+        await self._transact(retry_op, job_id, error, not_before, audit, refund)
 
     async def finish_job(self, job_id: int, state: JobState, findings: Sequence[Finding],
                          audit: AuditEntry | None, error: str | None = None) -> bool:
-        return await self._write(finish_op, job_id, str(state), list(findings), audit, error)
+        return bool(await self._transact(finish_op, job_id, str(state), list(findings), audit,
+                                         error))
 
     async def mark_notified(self, case_id: int) -> None:
-        await self._write(notified_op, case_id)
+        await self._transact(notified_op, case_id)
 
     async def pseudonymize_study(self, case_id: int, study_uid: str, patient_id: str | None,
                                  accession: str | None) -> dict[str, str]:
-        return await self._write(pseudonymize_op, case_id, study_uid, patient_id, accession)
+        return await self._transact(pseudonymize_op, case_id, study_uid, patient_id, accession)
 
     async def save_pseudonyms(self, case_id: int, pairs: Sequence[tuple[str, str, str]]
                               ) -> None:
         if pairs:
-            await self._write(save_pseudonyms_op, case_id, list(pairs))
+            await self._transact(save_pseudonyms_op, case_id, list(pairs))
 
     async def record_model_load(self, load: ModelLoad) -> None:
-        await self._write(model_load_op, load)
+        await self._transact(model_load_op, load)
 
 
 def _filters(*pairs: tuple[str, Any]) -> tuple[str, tuple[Any, ...]]:

@@ -34,8 +34,8 @@ import asyncpg
 
 from engine.errors import StoreUnavailable
 from engine.logs import event
-from engine.model import DeliveryStatus, Message, Status
-from engine.store import pg_claims, pg_deliveries, pg_schema
+from engine.model import Message, Status
+from engine.store import pg_claims, pg_schema
 from engine.store.archive import Item as Archive
 from engine.store.archive import write_archive
 from engine.store.base import (
@@ -44,20 +44,20 @@ from engine.store.base import (
     WAITING_DELIVERY,
     Delivery,
     InsertCallback,
-    MessageQuery,
     NewMessage,
     Outcome,
     PruneResult,
     Store,
 )
 from engine.store.clinical import CaseRow
-from engine.store.pg_clinical import PgClinical, apply_domain_events
-from engine.store.pg_deliveries import PgDeliveries
-from engine.store.pg_fhir import PgFhir
+from engine.store.clinical_sql import ClinicalWrites, apply_domain_events
+from engine.store.fhir_sql import FhirWrites
 from engine.store.pg_inference import PgInference
-from engine.store.pg_results import PgResults
 from engine.store.pg_writer import DB_ERRORS, Item, Writer, to_store_error
-from engine.store.signals import NOTIFY_CHANNEL, Topic, announcing_pg, reprocessed_ids
+from engine.store.records import delivery_row, message_row
+from engine.store.results_sql import ResultsWrites
+from engine.store.signals import NOTIFY_CHANNEL
+from engine.store.tx import PgTx, on_pg, pg_sql
 
 log = logging.getLogger("radbridge.store")
 LEASE_SECS = 30.0
@@ -67,23 +67,6 @@ _MSG_FROM = "messages m JOIN message_raw r ON r.id = m.id AND r.received_at = m.
 _DLV_COLS = ("d.id, d.message_id, d.destination, d.status, d.attempts,"
              " coalesce(d.payload, (SELECT raw FROM message_raw r WHERE r.id = d.message_id"
              " AND r.received_at = d.received_at)), d.response, d.error, d.msg_key")
-_STATUS = {str(s): s for s in Status}
-
-
-def _message(row: Sequence[Any]) -> Message:
-    return Message(id=row[0], channel=row[1], received_at=row[2],
-                   status=_STATUS.get(row[3]) or Status(row[3]), raw=bytes(row[4] or b""),
-                   control_id=row[5], message_type=row[6], key=row[7],
-                   duplicate=bool(row[8]), error=row[9])
-
-
-def delivery_row(row: Sequence[Any]) -> Delivery:
-    return Delivery(id=row[0], message_id=row[1], destination=row[2],
-                    status=DeliveryStatus(row[3]), attempts=row[4], payload=bytes(row[5]),
-                    response=bytes(row[6]) if row[6] is not None else None, error=row[7],
-                    key=row[8])
-
-
 async def _outcomes_op(conn: asyncpg.Connection, outcomes: Sequence[Outcome]) -> list[CaseRow]:
     now = time.time()
     ordered = sorted(outcomes, key=lambda o: o.message_id)
@@ -116,17 +99,7 @@ async def _outcomes_op(conn: asyncpg.Connection, outcomes: Sequence[Outcome]) ->
         [o.message_id for o in ordered],
         [str(Status.QUEUED if o.deliveries else o.status) for o in ordered],
         [o.error for o in ordered], now)
-    return await apply_domain_events(conn, ordered)
-
-
-async def _reprocess_op(conn: asyncpg.Connection, ids: Sequence[int]) -> int:
-    if not ids:
-        return 0
-    result = await conn.execute(
-        "UPDATE messages SET status = 'RECEIVED', error = NULL, updated_at = $1,"
-        " claimed_by = NULL, lease_until = NULL WHERE id = ANY($2::bigint[])",
-        time.time(), list(ids))
-    return int(result.split()[-1])
+    return await apply_domain_events(PgTx(conn), ordered)
 
 
 # A message retention may delete ($1: final statuses): nothing of it waits any more.
@@ -190,8 +163,15 @@ def _split_url(url: str) -> tuple[str, dict[str, str]]:
     return urlunsplit((scheme, parts.netloc, parts.path, urlencode(query), "")), ours
 
 
-class PostgresStore(PgClinical, PgInference, PgResults, PgFhir, PgDeliveries, Store):
+class PostgresStore(ClinicalWrites, PgInference, ResultsWrites, FhirWrites,
+                    Store):
     """The scale-out store: several engine processes and inference workers on one database."""
+
+    _on_writer = staticmethod(on_pg)
+    _MESSAGE_SELECT = f"SELECT {_MSG_COLS} FROM {_MSG_FROM}"
+    _DELIVERY_SELECT = f"SELECT {_DLV_COLS} FROM deliveries d"
+    _OLDEST_QUEUED = ("SELECT received_at FROM deliveries WHERE destination = ? AND"
+                      " status = 'QUEUED' ORDER BY id LIMIT 1")
 
     def __init__(self, dsn: str, lease_secs: float = LEASE_SECS, pool_size: int = 8) -> None:
         self.dsn = dsn
@@ -204,6 +184,8 @@ class PostgresStore(PgClinical, PgInference, PgResults, PgFhir, PgDeliveries, St
 
     @classmethod
     def from_url(cls, url: str) -> PostgresStore:
+        """The store for a ``postgresql://`` URL (``lease_secs`` and ``pool_size`` are ours).
+        Raises ``ValueError`` for a malformed number."""
         dsn, ours = _split_url(url)
         return cls(dsn, float(ours.get("lease_secs", LEASE_SECS)),
                    int(ours.get("pool_size", 8)))
@@ -246,7 +228,7 @@ class PostgresStore(PgClinical, PgInference, PgResults, PgFhir, PgDeliveries, St
     async def listen_signals(self, wake: Callable[[], None]) -> Callable[[], Awaitable[None]]:
         """LISTEN on a connection of its own; *wake* on every NOTIFY from this schema's
         signal writers. Without it (the connection failed or dropped) polling still finds
-        every signal, a tick later."""
+        every signal, a tick later. Raises nothing."""
         try:
             conn = await asyncpg.connect(self.dsn)
             schema = await conn.fetchval("SELECT current_schema()")
@@ -273,26 +255,16 @@ class PostgresStore(PgClinical, PgInference, PgResults, PgFhir, PgDeliveries, St
             raise StoreUnavailable("store is not open")
         return self._pool.acquire()
 
-    def _submit(self, op: Any, args: tuple[Any, ...], done: Any, needs_lock: bool = False
-                ) -> None:
+    def _submit(self, op: Any, args: tuple[Any, ...], done: Any, lock: bool = False) -> None:
+        """Queue a writer operation; *lock*: under the store-wide clinical advisory lock."""
         if self._writer is None:
             done(None, StoreUnavailable("store is not open"))
             return
-        self._writer.submit(Item(op, args, done, needs_lock))
-
-    async def _write(self, op: Any, *args: Any, needs_lock: bool = False) -> Any:
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-
-        def done(value: Any, err: BaseException | None) -> None:
-            if not fut.done():
-                fut.set_exception(err) if err is not None else fut.set_result(value)
-
-        self._submit(op, args, done, needs_lock)
-        return await fut
+        self._writer.submit(Item(op, args, done, lock))
 
     async def _rows(self, sql: str, *params: Any) -> list[asyncpg.Record]:
         """A read in portable SQL (``?`` placeholders): what the shared mixins call."""
-        return await self._fetch(pg_schema.pg(sql), *params)
+        return await self._fetch(pg_sql(sql), *params)
 
     async def _fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
         try:
@@ -309,25 +281,13 @@ class PostgresStore(PgClinical, PgInference, PgResults, PgFhir, PgDeliveries, St
         if not outcomes:
             return []
         return await self._write(_outcomes_op, list(outcomes),
-                                 needs_lock=any(o.domain is not None for o in outcomes))
-
-    async def finish_delivery(self, delivery: Delivery, status: DeliveryStatus,
-                              response: bytes | None, error: str | None) -> None:
-        await self._write(pg_deliveries.finish_op, delivery.id, delivery.message_id,
-                          str(status), response, error)
-
-    async def record_attempt(self, delivery: Delivery, error: str) -> None:
-        await self._write(pg_deliveries.attempt_op, delivery.id, error)
-
-    async def reprocess(self, message_ids: Sequence[int], *, announce: bool = False) -> int:
-        op = announcing_pg(_reprocess_op, Topic.MESSAGES, reprocessed_ids) if announce else \
-            _reprocess_op
-        return int(await self._write(op, list(message_ids)))
+                                 lock=any(o.domain is not None for o in outcomes))
 
     async def drop_message_days(self, before: float) -> list[int]:
         """Drop every day of messages, raw bytes, layers and deliveries that ended at or
         before *before* and holds nothing unfinished (whole partitions: the disk is freed at
-        once, no VACUUM). Days with unfinished work stay whole; see ``prune_messages``."""
+        once, no VACUUM). Days with unfinished work stay whole; see ``prune_messages``.
+        Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
         result = PruneResult()
         async with self._acquire() as conn:
             whole, _ = await self._old_days(conn, float(before), result)
@@ -344,7 +304,9 @@ class PostgresStore(PgClinical, PgInference, PgResults, PgFhir, PgDeliveries, St
 
         The run holds a session advisory lock on its own connection from start to end, so
         two processes never archive the same messages; one that finds it taken does nothing
-        (``skipped``). Closing that connection releases the lock whatever happened."""
+        (``skipped``). Closing that connection releases the lock whatever happened.
+        Raises ``ArchiveError`` when the archive cannot be written (nothing is
+        deleted), ``StoreUnavailable`` (retry later) or ``StoreError``."""
         before = float(before)
         result = PruneResult()
         try:
@@ -486,7 +448,7 @@ class PostgresStore(PgClinical, PgInference, PgResults, PgFhir, PgDeliveries, St
                 return
             if plan is not None:
                 plan.budget -= len(rows)
-            msgs = {m.id: m for m in map(_message, rows)}
+            msgs = {m.id: m for m in map(message_row, rows)}
             ids = list(msgs)
             for mid, layer, data in await conn.fetch(
                     "SELECT message_id, layer, data FROM content WHERE message_id ="
@@ -514,7 +476,7 @@ class PostgresStore(PgClinical, PgInference, PgResults, PgFhir, PgDeliveries, St
                                                       channel, limit, with_raw)
         except DB_ERRORS as exc:
             raise to_store_error(exc) from exc
-        return [_message(r) for r in rows]
+        return [message_row(r) for r in rows]
 
     async def next_deliveries(self, destination: str, limit: int) -> list[Delivery]:
         try:
@@ -524,45 +486,3 @@ class PostgresStore(PgClinical, PgInference, PgResults, PgFhir, PgDeliveries, St
         except DB_ERRORS as exc:
             raise to_store_error(exc) from exc
         return [delivery_row(r) for r in rows]
-
-    # -- reads -----------------------------------------------------------------------------
-    async def query_messages(self, query: MessageQuery) -> list[Message]:
-        where: list[str] = ["true"]
-        params: list[Any] = []
-        for col, val in (("channel", query.channel), ("status", query.status),
-                         ("message_type", query.message_type),
-                         ("control_id", query.control_id)):
-            if val is not None:
-                params.append(val)
-                where.append(f"m.{col} = ${len(params)}")
-        for op, bound in ((">=", query.since), ("<", query.until)):
-            if bound is not None:
-                params.append(float(bound))
-                where.append(f"m.received_at {op} ${len(params)}")
-        params.append(query.limit)
-        rows = await self._fetch(f"SELECT {_MSG_COLS} FROM {_MSG_FROM} WHERE"
-                                 f" {' AND '.join(where)} ORDER BY m.id DESC"
-                                 f" LIMIT ${len(params)}", *params)
-        return [_message(r) for r in rows]
-
-    async def get_message(self, message_id: int) -> tuple[Message, list[Delivery]] | None:
-        rows = await self._fetch(f"SELECT {_MSG_COLS} FROM {_MSG_FROM} WHERE m.id = $1",
-                                 message_id)
-        if not rows:
-            return None
-        msg = _message(rows[0])
-        for layer, data in await self._fetch("SELECT layer, data FROM content WHERE"
-                                             " message_id = $1 ORDER BY created_at", message_id):
-            msg.layers[layer] = bytes(data)
-        drows = await self._fetch(f"SELECT {_DLV_COLS} FROM deliveries d WHERE"
-                                  " d.message_id = $1 ORDER BY d.id", message_id)
-        return msg, [delivery_row(r) for r in drows]
-
-    async def oldest_queued(self, destinations: Sequence[str]) -> dict[str, float]:
-        out = {}
-        for dest in destinations:
-            rows = await self._fetch("SELECT received_at FROM deliveries WHERE destination = $1"
-                                     " AND status = 'QUEUED' ORDER BY id LIMIT 1", dest)
-            if rows:
-                out[dest] = float(rows[0][0])
-        return out

@@ -135,26 +135,32 @@ class AgreementRow:
 class ResultsStore(abc.ABC):
     @abc.abstractmethod
     async def report_context(self, case_id: int) -> ReportContext | None:
-        """The patient, order and stored instances of a case (None: no such case)."""
+        """The patient, order and stored instances of a case (None: no such case).
+        Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
 
     @abc.abstractmethod
     async def list_worklist(self, limit: int = 100, include_read: bool = False
                             ) -> list[WorklistRow]:
-        """Open cases by priority (STAT first), then age (oldest first)."""
+        """Open cases by priority (STAT first), then age (oldest first).
+        Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
 
     @abc.abstractmethod
     async def mark_read(self, case_id: int, read: bool = True) -> bool:
-        """Take a case off (or put it back on) the reading list; False: no such case."""
+        """Take a case off (or put it back on) the reading list; False: no such case.
+        Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
 
     @abc.abstractmethod
     async def record_feedback(self, entries: Sequence[FeedbackEntry]) -> None:
         """Store feedback; a later verdict on the same (case, model, version, code, source)
-        replaces the earlier one."""
+        replaces the earlier one. Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
 
     @abc.abstractmethod
     async def list_feedback(self, case_id: int | None = None, limit: int = 100
-                            ) -> list[FeedbackEntry]: ...
+                            ) -> list[FeedbackEntry]:
+        """Feedback rows, newest first (of one case, if given).
+        Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
 
     @abc.abstractmethod
     async def agreement(self) -> list[AgreementRow]:
-        """Per model and version: confirmed, refuted, modified and missed findings."""
+        """Per model and version: confirmed, refuted, modified and missed findings.
+        Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""

@@ -1,14 +1,13 @@
-"""SQL implementation of ``ResultsStore`` (worklist, feedback, report context).
+"""``ResultsStore`` written once for both stores (worklist, feedback, report context).
 
-The SQL is portable (SQLite and PostgreSQL both take it with their own
-placeholders); write operations run in the store's writer transaction, so a
+The SQL is portable (``?`` placeholders; PostgreSQL's are made from them); write
+operations run on the writer's ``Tx`` (``engine.store.tx``) in its transaction, so a
 worklist update is atomic with the results message that carried it.
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -24,6 +23,7 @@ from engine.store.results import (
     WorklistUpdate,
     priority_rank,
 )
+from engine.store.tx import Tx, WriterStore
 
 RESULTS_SCHEMA = """
 CREATE TABLE IF NOT EXISTS worklist (
@@ -138,80 +138,84 @@ def final_report_feedback(ev: FinalReportEvent, case_id: int,
     return out
 
 
-# -- SQLite write operations (the writer thread, inside its transaction) -------------------
+# -- write operations (on the writer's ``Tx``, inside its transaction) ---------------------
 
-def apply_worklist_op(conn: sqlite3.Connection, u: WorklistUpdate) -> None:
-    row = conn.execute(f"SELECT w.priority, {ORDER_PRIORITY_SQL} FROM cases c LEFT JOIN orders"
+async def apply_worklist_op(tx: Tx, u: WorklistUpdate) -> None:
+    row = await tx.row(f"SELECT w.priority, {ORDER_PRIORITY_SQL} FROM cases c LEFT JOIN orders"
                        " o ON o.id = c.order_id LEFT JOIN worklist w ON w.case_id = c.id"
-                       " WHERE c.id = ?", (u.case_id,)).fetchone()
+                       " WHERE c.id = ?", u.case_id)
     if row is None:
         return
     current = row[0] or row[1]
-    raise_it = priority_rank(u.priority) < priority_rank(current)
     now = time.time()
-    flags = json.dumps(u.ai_flags, sort_keys=True)
-    conn.execute("INSERT INTO worklist (case_id, ai_flags, updated_at) VALUES (?,?,?)"
-                 " ON CONFLICT (case_id) DO UPDATE SET ai_flags = excluded.ai_flags,"
-                 " updated_at = excluded.updated_at", (u.case_id, flags, now))
-    if raise_it:
-        conn.execute("UPDATE worklist SET priority = ?, reason = ?, raised_at = ? WHERE"
-                     " case_id = ?", (u.priority, u.reason, now, u.case_id))
+    await tx.execute("INSERT INTO worklist (case_id, ai_flags, updated_at) VALUES (?,?,?)"
+                     " ON CONFLICT (case_id) DO UPDATE SET ai_flags = excluded.ai_flags,"
+                     " updated_at = excluded.updated_at",
+                     u.case_id, json.dumps(u.ai_flags, sort_keys=True), now)
+    if priority_rank(u.priority) < priority_rank(current):
+        await tx.execute("UPDATE worklist SET priority = ?, reason = ?, raised_at = ? WHERE"
+                         " case_id = ?", u.priority, u.reason, now, u.case_id)
 
 
-def apply_final_report_op(conn: sqlite3.Connection, ev: FinalReportEvent) -> int:
-    """Feedback rows written for the newest case the report matches (0 when none matches)."""
+async def _report_case(tx: Tx, ev: FinalReportEvent) -> int | None:
+    """The newest case a final report names (accession, placer, filler; in that order)."""
     keys = [(col, val) for col, val in (("accession", ev.accession), ("placer", ev.placer),
                                         ("filler", ev.filler)) if val]
-    case_id = None
     for col, val in keys:
-        row = conn.execute(f"SELECT c.id FROM cases c JOIN orders o ON o.id = c.order_id WHERE"
-                           f" o.{col} = ? ORDER BY c.id DESC LIMIT 1", (val,)).fetchone()
-        if row is None and col == "accession":
-            row = conn.execute("SELECT c.id FROM cases c JOIN studies s ON s.uid = c.study_uid"
-                               " WHERE s.accession = ? ORDER BY c.id DESC LIMIT 1",
-                               (val,)).fetchone()
-        if row is not None:
-            case_id = row[0]
-            break
+        case_id = await tx.value(f"SELECT c.id FROM cases c JOIN orders o ON o.id = c.order_id"
+                                 f" WHERE o.{col} = ? ORDER BY c.id DESC LIMIT 1", val)
+        if case_id is None and col == "accession":
+            case_id = await tx.value("SELECT c.id FROM cases c JOIN studies s ON"
+                                     " s.uid = c.study_uid WHERE s.accession = ? ORDER BY"
+                                     " c.id DESC LIMIT 1", val)
+        if case_id is not None:
+            return int(case_id)
+    return None
+
+
+async def apply_final_report_op(tx: Tx, ev: FinalReportEvent) -> int:
+    """Feedback rows written for the newest case the report matches (0 when none matches)."""
+    case_id = await _report_case(tx, ev)
     if case_id is None:
         return 0
-    found = conn.execute("SELECT DISTINCT model, version, code FROM findings WHERE case_id = ?",
-                         (case_id,)).fetchall()
-    ran = conn.execute("SELECT DISTINCT model, version FROM inference_audit WHERE case_id = ?"
-                       " AND status = 'ok'", (case_id,)).fetchall()
+    found = [tuple(r) for r in await tx.rows(
+        "SELECT DISTINCT model, version, code FROM findings WHERE case_id = ?", case_id)]
+    ran = [tuple(r) for r in await tx.rows(
+        "SELECT DISTINCT model, version FROM inference_audit WHERE case_id = ? AND"
+        " status = 'ok'", case_id)]
     entries = final_report_feedback(ev, case_id, found, ran)
     # A corrected report replaces everything the earlier one said about the case.
-    conn.execute("DELETE FROM feedback WHERE case_id = ? AND source = 'final_report'",
-                 (case_id,))
-    conn.executemany(FEEDBACK_UPSERT, [feedback_params(e) for e in entries])
+    await tx.execute("DELETE FROM feedback WHERE case_id = ? AND source = 'final_report'",
+                     case_id)
+    await tx.executemany(FEEDBACK_UPSERT, [feedback_params(e) for e in entries])
     return len(entries)
 
 
-def feedback_op(conn: sqlite3.Connection, entries: Sequence[FeedbackEntry]) -> None:
-    conn.executemany(FEEDBACK_UPSERT, [feedback_params(e) for e in entries])
+async def feedback_op(tx: Tx, entries: Sequence[FeedbackEntry]) -> None:
+    await tx.executemany(FEEDBACK_UPSERT, [feedback_params(e) for e in entries])
 
 
-def mark_read_op(conn: sqlite3.Connection, case_id: int, read: bool) -> bool:
-    if conn.execute("SELECT 1 FROM cases WHERE id = ?", (case_id,)).fetchone() is None:
+async def mark_read_op(tx: Tx, case_id: int, read: bool) -> bool:
+    if await tx.value("SELECT 1 FROM cases WHERE id = ?", case_id) is None:
         return False
-    conn.execute("INSERT INTO worklist (case_id, state, updated_at) VALUES (?,?,?)"
-                 " ON CONFLICT (case_id) DO UPDATE SET state = excluded.state,"
-                 " updated_at = excluded.updated_at",
-                 (case_id, "read" if read else "unread", time.time()))
+    await tx.execute("INSERT INTO worklist (case_id, state, updated_at) VALUES (?,?,?)"
+                     " ON CONFLICT (case_id) DO UPDATE SET state = excluded.state,"
+                     " updated_at = excluded.updated_at",
+                     case_id, "read" if read else "unread", time.time())
     return True
 
 
-def apply_results_events(conn: sqlite3.Connection, event: Any) -> bool:
+async def apply_results_events(tx: Tx, event: Any) -> bool:
     """``Outcome.domain`` of the results and final-report pipelines; False: not ours."""
     if isinstance(event, WorklistUpdate):
-        apply_worklist_op(conn, event)
+        await apply_worklist_op(tx, event)
         if event.fhir_resources:
             from engine.store.fhir_sql import save_fhir_op  # the /fhir read API's index
 
-            save_fhir_op(conn, event.case_id, event.fhir_resources)
+            await save_fhir_op(tx, event.case_id, event.fhir_resources)
         return True
     if isinstance(event, FinalReportEvent):
-        apply_final_report_op(conn, event)
+        await apply_final_report_op(tx, event)
         return True
     return False
 
@@ -246,13 +250,13 @@ class ResultsReads(ResultsStore):
         return agreement_rows([tuple(r) for r in await self._rows(AGREEMENT_SQL)])
 
 
-class SQLiteResults(ResultsReads):
-    """Mixed into ``SQLiteStore``: the shared reads, and writes through its writer thread."""
+class ResultsWrites(ResultsReads, WriterStore):
+    """The shared reads, and the writes of ``ResultsStore`` in the store's writer
+    transaction (``_transact``)."""
 
-    _write: Callable[..., Any]
 
     async def mark_read(self, case_id: int, read: bool = True) -> bool:
-        return bool(await self._write(mark_read_op, case_id, read))
+        return bool(await self._transact(mark_read_op, case_id, read))
 
     async def record_feedback(self, entries: Sequence[FeedbackEntry]) -> None:
-        await self._write(feedback_op, list(entries))
+        await self._transact(feedback_op, list(entries))

@@ -98,12 +98,14 @@ class SignalReads:
     _rows: Callable[..., Awaitable[list[Any]]]
 
     async def signal_cursor(self) -> int:
-        """The newest signal's id (0 when none): an engine acts on what comes after it."""
+        """The newest signal's id (0 when none): an engine acts on what comes after it.
+        Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
         rows = await self._rows("SELECT coalesce(max(id), 0) FROM signals")
         return int(rows[0][0])
 
     async def signals_after(self, cursor: int, limit: int = 500) -> list[Signal]:
-        """Signals committed after *cursor*, oldest first."""
+        """Signals committed after *cursor*, oldest first.
+        Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
         return [
             _row(r)
             for r in await self._rows(
@@ -115,7 +117,7 @@ class SignalReads:
 
     async def listen_signals(self, wake: Callable[[], None]) -> Callable[[], Awaitable[None]]:
         """Call *wake* as soon as another process signals, where the database can say so
-        (PostgreSQL); returns the coroutine function that stops listening."""
+        (PostgreSQL); returns the coroutine function that stops listening. Raises nothing."""
 
         async def nothing() -> None:
             return None
@@ -152,36 +154,6 @@ async def pg_signal(conn: asyncpg.Connection, topic: Topic, subjects: list[str])
         now,
     )
     await conn.execute("SELECT pg_notify($1, current_schema())", NOTIFY_CHANNEL)
-
-
-def announcing_sqlite(
-    op: Callable[..., Any], topic: Topic, subjects_of: SubjectsOf
-) -> Callable[..., Any]:
-    """*op* (a SQLite writer operation) followed by its signal, when it changed anything."""
-
-    def run(conn: sqlite3.Connection, *args: Any) -> Any:
-        value = op(conn, *args)
-        subjects = subjects_of(value, args) if value else []
-        if subjects:
-            sqlite_signal(conn, topic, subjects)
-        return value
-
-    return run
-
-
-def announcing_pg(
-    op: Callable[..., Awaitable[Any]], topic: Topic, subjects_of: SubjectsOf
-) -> Callable[..., Awaitable[Any]]:
-    """*op* (a PostgreSQL writer operation) followed by its signal, when it changed anything."""
-
-    async def run(conn: asyncpg.Connection, *args: Any) -> Any:
-        value = await op(conn, *args)
-        subjects = subjects_of(value, args) if value else []
-        if subjects:
-            await pg_signal(conn, topic, subjects)
-        return value
-
-    return run
 
 
 def case_ids(value: Any, args: tuple[Any, ...]) -> list[str]:

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 from engine.errors import StoreError, StoreUnavailable
 from engine.fsmode import private_database
 from engine.logs import event
-from engine.model import DeliveryStatus, Message, Status
+from engine.model import Message, Status
 from engine.store.archive import Item, write_archive
 from engine.store.base import (
     FINAL_STATUSES,
@@ -30,20 +30,21 @@ from engine.store.base import (
     WAITING_DELIVERY,
     Delivery,
     InsertCallback,
-    MessageQuery,
     NewMessage,
     Outcome,
     PruneResult,
     Store,
 )
 from engine.store.clinical import CaseRow
-from engine.store.clinical_sql import CLINICAL_SCHEMA, SQLiteClinical, apply_domain_events
-from engine.store.deliveries import SQLiteDeliveries, attempt_op, finish_op
-from engine.store.fhir_sql import FHIR_SCHEMA, SQLiteFhir
-from engine.store.inference_sql import INFERENCE_SCHEMA, SQLiteInference
-from engine.store.results_sql import RESULTS_SCHEMA, SQLiteResults
+from engine.store.clinical_sql import CLINICAL_SCHEMA, ClinicalWrites, apply_domain_events
+from engine.store.fhir_sql import FHIR_SCHEMA, FhirWrites
+from engine.store.inference_sql import INFERENCE_SCHEMA
+from engine.store.records import delivery_row, message_row
+from engine.store.results_sql import RESULTS_SCHEMA, ResultsWrites
 from engine.store.schema import SQLITE_SCHEMA, migrate_sqlite
-from engine.store.signals import SQLITE_SIGNALS_SCHEMA, Topic, announcing_sqlite, reprocessed_ids
+from engine.store.signals import SQLITE_SIGNALS_SCHEMA
+from engine.store.sqlite_claims import SQLiteInference
+from engine.store.tx import SQLiteTx, on_sqlite, run_sync
 
 T = TypeVar("T")
 log = logging.getLogger("radbridge.store")
@@ -61,6 +62,8 @@ _INSERT_MORE = ",(?,?,?,?,?,?,?,?,?,?,?)"
 _RAW = "(SELECT raw FROM message_raw r WHERE r.id = messages.id)"
 _MSG_COLS = (f"id, channel, received_at, status, {_RAW}, control_id, message_type, msg_key,"
              " duplicate, error")
+_MSG_COLS_M = ("m.id, m.channel, m.received_at, m.status, (SELECT raw FROM message_raw r WHERE"
+               " r.id = m.id), m.control_id, m.message_type, m.msg_key, m.duplicate, m.error")
 _DLV_COLS = ("d.id, d.message_id, d.destination, d.status, d.attempts,"
              " coalesce(d.payload, (SELECT raw FROM message_raw r WHERE r.id = d.message_id)),"
              " d.response, d.error, m.msg_key")
@@ -313,7 +316,9 @@ def _outcomes_op(conn: sqlite3.Connection, outcomes: Sequence[Outcome]) -> list[
                          [(o.message_id, dest, payload, now) for o in forwarded
                           for dest, payload in o.deliveries])
     _set_statuses(conn, ordered, now)
-    return apply_domain_events(conn, ordered)
+    if not any(o.domain is not None for o in ordered):
+        return []
+    return run_sync(apply_domain_events(SQLiteTx(conn), ordered))
 
 
 def _set_statuses(conn: sqlite3.Connection, ordered: Sequence[Outcome], now: float) -> None:
@@ -327,14 +332,6 @@ def _set_statuses(conn: sqlite3.Connection, ordered: Sequence[Outcome], now: flo
             chunk = ids[start:start + _IDS_PER_UPDATE]
             conn.execute("UPDATE messages SET status=?, error=?, updated_at=? WHERE id IN"
                          f" ({','.join(['?'] * len(chunk))})", (status, error, now, *chunk))
-
-
-def _reprocess_op(conn: sqlite3.Connection, ids: Sequence[int]) -> int:
-    n = 0
-    for mid in ids:
-        n += conn.execute("UPDATE messages SET status='RECEIVED', error=NULL, updated_at=?"
-                          " WHERE id=?", (time.time(), mid)).rowcount
-    return n
 
 
 # A message retention may delete: final, none of its deliveries waiting, and not the newest
@@ -403,27 +400,17 @@ def _prune_next_op(conn: sqlite3.Connection, before: float, since: float, after:
     return n, pages, (float(rows[-1][1]), int(rows[-1][0]))
 
 
-_STATUS = {str(s): s for s in Status}  # a dict lookup; calling the enum class is slower
-
-
-def _row_to_message(row: tuple[Any, ...]) -> Message:
-    return Message(id=row[0], channel=row[1], received_at=row[2],
-                   status=_STATUS.get(row[3]) or Status(row[3]),
-                   raw=bytes(row[4]), control_id=row[5], message_type=row[6], key=row[7],
-                   duplicate=bool(row[8]), error=row[9])
-
-
-def _row_to_delivery(row: tuple[Any, ...]) -> Delivery:
-    return Delivery(id=row[0], message_id=row[1], destination=row[2],
-                    status=DeliveryStatus(row[3]), attempts=row[4], payload=bytes(row[5]),
-                    response=bytes(row[6]) if row[6] is not None else None, error=row[7],
-                    key=row[8])
-
-
-class SQLiteStore(SQLiteClinical, SQLiteInference, SQLiteResults, SQLiteFhir, SQLiteDeliveries,
+class SQLiteStore(ClinicalWrites, SQLiteInference, ResultsWrites, FhirWrites,
                   Store):
     """The embedded default store."""
 
+    _MESSAGE_SELECT = f"SELECT {_MSG_COLS_M} FROM messages m"
+    _DELIVERY_SELECT = (f"SELECT {_DLV_COLS} FROM deliveries d JOIN messages m"
+                        " ON m.id = d.message_id")
+    _OLDEST_QUEUED = ("SELECT m.received_at FROM deliveries d JOIN messages m"
+                      " ON m.id = d.message_id WHERE d.id = (SELECT min(id) FROM deliveries"
+                      " WHERE destination = ? AND status = 'QUEUED')")
+    _on_writer = staticmethod(on_sqlite)
     wal_restart_bytes = _WAL_LIMIT  # a WAL larger than this is started over (_Checkpointer)
     checkpoint_secs = 0.5  # how often the checkpointer runs
 
@@ -438,6 +425,7 @@ class SQLiteStore(SQLiteClinical, SQLiteInference, SQLiteResults, SQLiteFhir, SQ
 
     @classmethod
     def from_url(cls, url: str) -> SQLiteStore:
+        """The store for a ``sqlite:///path`` URL. Raises nothing."""
         path = url.removeprefix("sqlite://")
         path = path[1:] if path.startswith("/") else path  # sqlite:///rel/path or ////abs
         return cls(path or "radbridge.db")
@@ -487,21 +475,12 @@ class SQLiteStore(SQLiteClinical, SQLiteInference, SQLiteResults, SQLiteFhir, SQ
 
     # -- writes --------------------------------------------------------------
     def _submit(self, op: Callable[..., Any], args: tuple[Any, ...],
-                done: Callable[[Any, BaseException | None], None]) -> None:
+                done: Callable[[Any, BaseException | None], None], lock: bool = False) -> None:
+        """Queue a writer-thread operation (one writer: *lock* needs nothing more)."""
         if self._writer is None:
             done(None, StoreUnavailable("store is not open"))
             return
         self._writer.q.put((op, args, done))
-
-    async def _write(self, op: Callable[..., T], *args: Any) -> T:
-        fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-
-        def done(value: Any, err: BaseException | None) -> None:
-            if not fut.done():
-                fut.set_exception(err) if err is not None else fut.set_result(value)
-
-        self._submit(op, args, done)
-        return await fut
 
     def submit_insert(self, msg: NewMessage, callback: InsertCallback) -> None:
         self._submit(_insert_op, (msg,), callback)
@@ -510,19 +489,6 @@ class SQLiteStore(SQLiteClinical, SQLiteInference, SQLiteResults, SQLiteFhir, SQ
         if not outcomes:
             return []
         return await self._write(_outcomes_op, list(outcomes))
-
-    async def finish_delivery(self, delivery: Delivery, status: DeliveryStatus,
-                              response: bytes | None, error: str | None) -> None:
-        await self._write(finish_op, delivery.id, delivery.message_id, str(status), response,
-                          error)
-
-    async def record_attempt(self, delivery: Delivery, error: str) -> None:
-        await self._write(attempt_op, delivery.id, error)
-
-    async def reprocess(self, message_ids: Sequence[int], *, announce: bool = False) -> int:
-        op = announcing_sqlite(_reprocess_op, Topic.MESSAGES, reprocessed_ids) if announce else \
-            _reprocess_op
-        return await self._write(op, list(message_ids))
 
     # -- retention -------------------------------------------------------------
     async def prune_messages(self, before: float, archive: Path | None = None) -> PruneResult:
@@ -573,7 +539,7 @@ class SQLiteStore(SQLiteClinical, SQLiteInference, SQLiteResults, SQLiteFhir, SQ
             if not rows:
                 return
             cap -= len(rows)
-            msgs = {m.id: m for m in map(_row_to_message, rows)}
+            msgs = {m.id: m for m in map(message_row, rows)}
             marks = ",".join("?" * len(msgs))
             for mid, layer, data in await self._read(
                     f"SELECT message_id, layer, data FROM content WHERE message_id IN ({marks})"
@@ -583,7 +549,7 @@ class SQLiteStore(SQLiteClinical, SQLiteInference, SQLiteResults, SQLiteFhir, SQ
             for row in await self._read(f"SELECT {_DLV_COLS} FROM deliveries d JOIN messages m"
                                         f" ON m.id = d.message_id WHERE d.message_id IN ({marks})"
                                         " ORDER BY d.id", list(msgs)):
-                d = _row_to_delivery(row)
+                d = delivery_row(row)
                 deliveries[d.message_id].append(d)
             yield [(m, deliveries[mid]) for mid, m in msgs.items()]
             last = rows[-1]
@@ -601,7 +567,8 @@ class SQLiteStore(SQLiteClinical, SQLiteInference, SQLiteResults, SQLiteFhir, SQ
     async def vacuum(self) -> tuple[int, int]:
         """Rebuild the file with incremental auto-vacuum (databases made before retention
         could shrink them); return its size before and after. Holds the write lock for the
-        whole rebuild: run it with the engine stopped (``radbridge messages vacuum``)."""
+        whole rebuild: run it with the engine stopped (``radbridge messages vacuum``).
+        Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
 
         def run() -> tuple[int, int]:
             conn = _connect(self.path)
@@ -644,67 +611,26 @@ class SQLiteStore(SQLiteClinical, SQLiteInference, SQLiteResults, SQLiteFhir, SQ
         """A read in portable SQL (``?`` placeholders): what the shared mixins call."""
         return await self._read(sql, params)
 
+    def _by_control_id(self, clause: str, params: list[Any], control_id: str
+                       ) -> tuple[str, list[Any]]:
+        # messages_control_id covers messages past RECEIVED; messages_pending the rest.
+        pending = self._MESSAGE_SELECT.replace("messages m", "messages m INDEXED BY"
+                                               " messages_pending")
+        return (f"{self._MESSAGE_SELECT} WHERE {clause} AND m.control_id = ? AND"
+                f" m.status <> 'RECEIVED' UNION ALL {pending} WHERE {clause} AND"
+                " m.control_id = ? AND m.status = 'RECEIVED'",
+                [*params, control_id, *params, control_id])
+
     async def fetch_received(self, channel: str, limit: int, with_raw: bool = True
                              ) -> list[Message]:
         cols = _MSG_COLS if with_raw else _MSG_COLS.replace(_RAW, "x''")
         rows = await self._read(f"SELECT {cols} FROM messages WHERE status='RECEIVED'"
                                 " AND channel=? ORDER BY id LIMIT ?", (channel, limit))
-        return [_row_to_message(r) for r in rows]
+        return [message_row(r) for r in rows]
 
     async def next_deliveries(self, destination: str, limit: int) -> list[Delivery]:
         rows = await self._read(f"SELECT {_DLV_COLS} FROM deliveries d JOIN messages m"
                                 " ON m.id = d.message_id WHERE d.destination=?"
                                 " AND d.status='QUEUED' ORDER BY d.id LIMIT ?",
                                 (destination, limit))
-        return [_row_to_delivery(r) for r in rows]
-
-    async def query_messages(self, query: MessageQuery) -> list[Message]:
-        where: list[str] = ["1"]
-        params: list[Any] = []
-        for col, val in (("channel", query.channel), ("status", query.status),
-                         ("message_type", query.message_type)):
-            if val is not None:
-                where.append(f"{col}=?")
-                params.append(val)
-        if query.since is not None:
-            where.append("received_at>=?")
-            params.append(query.since)
-        if query.until is not None:
-            where.append("received_at<?")
-            params.append(query.until)
-        clause = " AND ".join(where)
-        if query.control_id is None:
-            sql = f"SELECT {_MSG_COLS} FROM messages WHERE {clause}"
-        else:
-            # messages_control_id covers messages past RECEIVED; messages_pending the rest.
-            sql = (f"SELECT {_MSG_COLS} FROM messages WHERE {clause} AND control_id=?"
-                   f" AND status<>'RECEIVED' UNION ALL SELECT {_MSG_COLS} FROM messages"
-                   f" INDEXED BY messages_pending WHERE {clause} AND control_id=?"
-                   " AND status='RECEIVED'")
-            params = [*params, query.control_id, *params, query.control_id]
-        rows = await self._read(f"{sql} ORDER BY id DESC LIMIT ?", (*params, query.limit))
-        return [_row_to_message(r) for r in rows]
-
-    async def get_message(self, message_id: int) -> tuple[Message, list[Delivery]] | None:
-        rows = await self._read(f"SELECT {_MSG_COLS} FROM messages WHERE id=?", (message_id,))
-        if not rows:
-            return None
-        msg = _row_to_message(rows[0])
-        for layer, data in await self._read("SELECT layer, data FROM content WHERE message_id=?"
-                                            " ORDER BY created_at", (message_id,)):
-            msg.layers[layer] = bytes(data)
-        drows = await self._read(f"SELECT {_DLV_COLS} FROM deliveries d JOIN messages m"
-                                 " ON m.id=d.message_id WHERE d.message_id=? ORDER BY d.id",
-                                 (message_id,))
-        return msg, [_row_to_delivery(r) for r in drows]
-
-    async def oldest_queued(self, destinations: Sequence[str]) -> dict[str, float]:
-        out = {}
-        for dest in destinations:
-            rows = await self._read(
-                "SELECT m.received_at FROM deliveries d JOIN messages m ON m.id=d.message_id"
-                " WHERE d.id=(SELECT min(id) FROM deliveries WHERE destination=? AND"
-                " status='QUEUED')", (dest,))
-            if rows:
-                out[dest] = float(rows[0][0])
-        return out
+        return [delivery_row(r) for r in rows]

@@ -1,0 +1,245 @@
+"""One write transaction, on either database: what the store's operations are written on.
+
+An operation is written once, as ``async def op(tx: Tx, *args)``, in portable SQL
+(``?`` placeholders; both databases take ``ON CONFLICT``, ``coalesce``, ``CASE``).
+Where the dialects must differ, the difference is a hook of the transaction
+(``for_update``, ``lock``, ``signal``, ``insert``), not a second copy of the rule.
+
+How an operation runs is each store's own concurrency model, unchanged:
+
+* **SQLite** (``on_sqlite``): in the store's single writer thread, inside its group
+  transaction (``engine.store.sqlite``). ``SQLiteTx``'s methods never suspend, so the
+  coroutine is driven to its end at once by ``run_sync``, in that thread, without an
+  event loop: one writer, so no locks are needed and ``lock`` does nothing.
+* **PostgreSQL** (``on_pg``): in the writer task's group transaction
+  (``engine.store.pg_writer``) on asyncpg; ``?`` become ``$1``, ``$2``...; ``lock`` is a
+  transaction-scoped advisory lock, ``for_update`` locks the rows read, because several
+  engine processes may share the database.
+
+Errors are the drivers' own (``sqlite3.Error``, ``asyncpg`` errors): each writer turns
+them into ``StoreError`` / ``StoreUnavailable`` for the caller, as before.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import functools
+import sqlite3
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from typing import Any, Protocol, TypeVar
+
+import asyncpg
+
+from engine.store import pg_schema, signals
+from engine.store.signals import SubjectsOf, Topic
+
+T = TypeVar("T")
+Row = Sequence[Any]
+
+
+class Tx(Protocol):
+    """The open write transaction an operation runs in (see the module docstring)."""
+
+    for_update: str  # appended to a SELECT whose rows the transaction goes on to change
+    unclaim: str  # appended to an UPDATE's SET: hands a row's claim back (``pg_claims``)
+
+    async def execute(self, sql: str, *params: Any) -> int:
+        """Run one statement; the number of rows it changed."""
+
+    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        """Run one statement per parameter row (none: nothing)."""
+
+    async def rows(self, sql: str, *params: Any) -> list[Row]:
+        """Every row of a query."""
+
+    async def row(self, sql: str, *params: Any) -> Row | None:
+        """The first row of a query, or None."""
+
+    async def value(self, sql: str, *params: Any) -> Any:
+        """The first column of the first row, or None when there is no row."""
+
+    async def insert(self, sql: str, *params: Any) -> int:
+        """Run an INSERT of one row into a table with an ``id`` key; that id."""
+
+    async def lock(self, name: str) -> None:
+        """Hold a named lock until the transaction ends (across processes where that can
+        matter)."""
+
+    async def lock_rows(self, sql: str, *params: Any) -> None:
+        """Lock the rows a SELECT names until the transaction ends, where other processes
+        could change them meanwhile (nothing on SQLite)."""
+
+    async def signal(self, topic: Topic, subjects: list[str]) -> None:
+        """Tell running engines of a change, at commit (``engine.store.signals``)."""
+
+
+class SQLiteTx:
+    """``Tx`` on the SQLite writer thread's connection (its methods never suspend)."""
+
+    for_update = ""  # one writer: nothing to lock against
+    unclaim = ""  # one process: rows carry no claims
+    __slots__ = ("conn",)
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    async def execute(self, sql: str, *params: Any) -> int:
+        return self.conn.execute(sql, params).rowcount
+
+    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        if rows:
+            self.conn.executemany(sql, rows)
+
+    async def rows(self, sql: str, *params: Any) -> list[Row]:
+        return self.conn.execute(sql, params).fetchall()
+
+    async def row(self, sql: str, *params: Any) -> Row | None:
+        row: Row | None = self.conn.execute(sql, params).fetchone()
+        return row
+
+    async def value(self, sql: str, *params: Any) -> Any:
+        row = self.conn.execute(sql, params).fetchone()
+        return None if row is None else row[0]
+
+    async def insert(self, sql: str, *params: Any) -> int:
+        rowid = self.conn.execute(sql, params).lastrowid
+        assert rowid is not None
+        return rowid
+
+    async def lock(self, name: str) -> None:
+        return None  # the writer thread is the only writer
+
+    async def lock_rows(self, sql: str, *params: Any) -> None:
+        return None
+
+    async def signal(self, topic: Topic, subjects: list[str]) -> None:
+        signals.sqlite_signal(self.conn, topic, subjects)
+
+
+@functools.lru_cache(maxsize=1024)
+def pg_sql(sql: str) -> str:
+    """Portable SQL with PostgreSQL placeholders (cached: most statements are constants)."""
+    return pg_schema.pg(sql)
+
+
+def _changed(status: str) -> int:
+    last = status.rsplit(" ", 1)[-1]
+    return int(last) if last.isdigit() else 0
+
+
+class PgTx:
+    """``Tx`` on the PostgreSQL writer's connection, inside its transaction."""
+
+    for_update = " FOR UPDATE"
+    unclaim = ", claimed_by = NULL, lease_until = NULL"
+    __slots__ = ("conn",)
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self.conn = conn
+
+    async def execute(self, sql: str, *params: Any) -> int:
+        return _changed(await self.conn.execute(pg_sql(sql), *params))
+
+    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        if rows:
+            await self.conn.executemany(pg_sql(sql), rows)
+
+    async def rows(self, sql: str, *params: Any) -> list[Row]:
+        return list(await self.conn.fetch(pg_sql(sql), *params))
+
+    async def row(self, sql: str, *params: Any) -> Row | None:
+        row: Row | None = await self.conn.fetchrow(pg_sql(sql), *params)
+        return row
+
+    async def value(self, sql: str, *params: Any) -> Any:
+        return await self.conn.fetchval(pg_sql(sql), *params)
+
+    async def insert(self, sql: str, *params: Any) -> int:
+        return int(await self.conn.fetchval(pg_sql(sql + " RETURNING id"), *params))
+
+    async def lock(self, name: str) -> None:
+        await pg_schema.lock(self.conn, name)
+
+    async def lock_rows(self, sql: str, *params: Any) -> None:
+        await self.conn.execute(pg_sql(sql + " FOR UPDATE"), *params)
+
+    async def signal(self, topic: Topic, subjects: list[str]) -> None:
+        await signals.pg_signal(self.conn, topic, subjects)
+
+
+Op = Callable[..., Awaitable[Any]]  # async def op(tx: Tx, *args) -> value
+
+
+def announcing(op: Op, topic: Topic, subjects_of: SubjectsOf) -> Op:
+    """*op* followed by its signal when it changed anything, in the same transaction."""
+
+    @functools.wraps(op)
+    async def run(tx: Tx, *args: Any) -> Any:
+        value = await op(tx, *args)
+        subjects = subjects_of(value, args) if value else []
+        if subjects:
+            await tx.signal(topic, subjects)
+        return value
+
+    return run
+
+
+def run_sync(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine that never suspends (an operation on ``SQLiteTx``) to its end."""
+    try:
+        coro.send(None)
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
+    coro.close()
+    raise RuntimeError("a SQLite store operation suspended (it awaited something not on Tx)")
+
+
+def on_sqlite(op: Op) -> Callable[..., Any]:
+    """*op* as a SQLite writer-thread operation (``op(conn, *args)``)."""
+
+    @functools.wraps(op)
+    def run(conn: sqlite3.Connection, *args: Any) -> Any:
+        return run_sync(op(SQLiteTx(conn), *args))  # type: ignore[arg-type]
+
+    return run
+
+
+def on_pg(op: Op) -> Callable[..., Awaitable[Any]]:
+    """*op* as a PostgreSQL writer operation (``await op(conn, *args)``)."""
+
+    @functools.wraps(op)
+    async def run(conn: asyncpg.Connection, *args: Any) -> Any:
+        return await op(PgTx(conn), *args)
+
+    return run
+
+
+class WriterStore(abc.ABC):
+    """How a store runs writes: a base of every store mixin that writes, so an operation
+    written once reaches each store's own writer (thread or task) through ``_transact``."""
+
+    # How an operation written once (``engine.store.tx``) runs on this store's writer.
+    _on_writer: Callable[[Op], Callable[..., Any]]
+
+    @abc.abstractmethod
+    def _submit(self, op: Callable[..., Any], args: tuple[Any, ...],
+                done: Callable[[Any, BaseException | None], None], lock: bool = False) -> None:
+        """Queue a writer operation; *done(value, error)* runs on the loop after its commit."""
+
+    async def _write(self, op: Callable[..., Any], *args: Any, lock: bool = False) -> Any:
+        """Run a writer operation of this store (``op(conn, *args)``) in its next group
+        transaction; *lock*: under the clinical lock (PostgreSQL, see ``pg_writer``)."""
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+        def done(value: Any, err: BaseException | None) -> None:
+            if not fut.done():
+                fut.set_exception(err) if err is not None else fut.set_result(value)
+
+        self._submit(op, args, done, lock)
+        return await fut
+
+    async def _transact(self, op: Op, *args: Any, lock: bool = False) -> Any:
+        """Run an operation written once (``async def op(tx, *args)``) in the writer's next
+        group transaction: what the shared mixins call."""
+        return await self._write(self._on_writer(op), *args, lock=lock)
