@@ -177,7 +177,7 @@ class InstanceIngest:
                                               self.quiet_secs, expected)
         self.stored += 1
         result = IngestResult(meta, added, str(path))
-        event(log, "DCM-201", "instance stored", channel=self.channel, study=meta.study_uid,
+        event(log, "DCM-206", "instance stored", channel=self.channel, study=meta.study_uid,
               sop=meta.sop_uid, reopened=added.reopened or None, own=added.ignored or None,
               level=logging.DEBUG)
         if self.on_added is not None:
