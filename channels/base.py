@@ -14,6 +14,11 @@ message is durable. A **destination** has ``connect``/``send``/``close``; what
   ERROR with the reason, move on: one message never stops a queue.
 * anything else is a bug and is recorded as ERROR for that message.
 
+Between transient failures the delivery worker waits ``retry_initial_secs``, doubling up
+to ``retry_max_secs`` (a peer's ``RetryLater.retry_after`` instead, capped at the same
+ceiling). Every destination has both (``DestinationBase`` holds the defaults; a type whose
+config has the keys takes them from there).
+
 A queue head that keeps failing transiently is shown as stalled (``/ready``,
 ``/metrics``) and an operator may skip it (``radbridge deliveries skip``).
 """
@@ -54,6 +59,16 @@ class Source(Protocol):
 
 
 class Destination(Protocol):
+    @property
+    def retry_initial_secs(self) -> float:
+        """Seconds to wait after the first transient failure (then doubled each time)."""
+        ...
+
+    @property
+    def retry_max_secs(self) -> float:
+        """The backoff's ceiling; a peer's ``Retry-After`` is capped here too."""
+        ...
+
     async def connect(self) -> None: ...
 
     async def send(self, payload: bytes, ref: DeliveryRef | None = None) -> bytes:
@@ -66,3 +81,11 @@ class Destination(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+class DestinationBase:
+    """The defaults every destination shares (a type overrides them, usually from its
+    config's ``retry_initial_secs`` / ``retry_max_secs``)."""
+
+    retry_initial_secs: float = 0.5
+    retry_max_secs: float = 60.0

@@ -1,7 +1,12 @@
 """Study assembly: receiving -> complete, by quiet period, expected count or trigger.
 
 State lives in the store (``studies``), so a restart resumes where it was:
-the sweeper simply asks the store which receiving studies are due. Completing
+the sweeper simply asks the store which receiving studies are due, every
+``sweep_secs`` and at once when woken (``wake``). The engine wires each DICOM
+ingest's ``on_added`` to ``instance_added``: an arrival that carries the
+study's expected count (the QIDO-RS poller's) may have completed it, so the
+sweep runs now rather than on the next tick. An arrival without a count can
+only postpone a quiet period, so it wakes nothing. Completing
 a study correlates it with its order in the same transaction; new cases are
 handed to ``on_cases`` (the inference dispatcher, when there is one).
 """
@@ -9,13 +14,18 @@ handed to ``on_cases`` (the inference dispatcher, when there is one).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from engine.logs import event
 from engine.store.base import Store
 from engine.store.clinical import CaseRow
+
+if TYPE_CHECKING:
+    from engine.instances import IngestResult
 
 log = logging.getLogger("radbridge.assembly")
 
@@ -34,18 +44,22 @@ class StudyAssembler:
         """Check now (an instance arrived that may complete its study)."""
         self._wake.set()
 
+    def instance_added(self, result: IngestResult) -> None:
+        """``InstanceIngest.on_added``: wake when *result* may have completed its study by
+        count (it carried one, and is not our own output, which triggers nothing)."""
+        if result.expected is not None and not result.added.ignored:
+            self.wake()
+
     async def run(self) -> None:
         while True:
+            self._wake.clear()  # before the sweep: a wake during it means sweep again
             try:
                 await self.sweep()
             except Exception as exc:  # store trouble: try again next round
                 event(log, "ASM-401", "sweep failed", reason=type(exc).__name__,
                       level=logging.ERROR)
-            self._wake.clear()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.sweep_secs)
-            except TimeoutError:
-                pass
 
     async def sweep(self) -> int:
         """Complete every study that is due; return how many completed."""

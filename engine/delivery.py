@@ -32,13 +32,16 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from engine.errors import PermanentDeliveryError, TransientDeliveryError
+from engine.errors import PeerRejected, PermanentDeliveryError, TransientDeliveryError
 from engine.logs import event
 from engine.model import DeliveryRef, DeliveryStatus
 from engine.store.base import Delivery, Store
 from engine.store.deliveries import CANCELLED, MAX_NOTE, SKIPPED, DeliveryInfo, operator_note
+
+if TYPE_CHECKING:  # the contract is prose and a Protocol; nothing of it runs here
+    from channels.base import Destination
 
 log = logging.getLogger("radbridge.delivery")
 BATCH = 256
@@ -55,7 +58,7 @@ class _Result:
 
 
 class DeliveryWorker:
-    def __init__(self, name: str, destination: Any, store: Store,
+    def __init__(self, name: str, destination: Destination, store: Store,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.name = name
         self.destination = destination
@@ -135,8 +138,8 @@ class DeliveryWorker:
 
     async def _send_one(self, d: Delivery) -> _Result | None:
         """Send *d* until it is sent or fails for good; None when an operator ended it."""
-        initial = float(getattr(self.destination, "retry_initial_secs", 0.5))
-        ceiling = float(getattr(self.destination, "retry_max_secs", 60.0))
+        initial = self.destination.retry_initial_secs
+        ceiling = self.destination.retry_max_secs
         delay, waited = initial, False
         ref = DeliveryRef(d.message_id, d.id)
         while True:
@@ -145,7 +148,7 @@ class DeliveryWorker:
             except TransientDeliveryError as exc:
                 # A peer's Retry-After wins over the backoff, capped at the ceiling.
                 after = exc.retry_after
-                wait = delay if after is None else min(max(float(after), 0.0), ceiling)
+                wait = delay if after is None else min(max(after, 0.0), ceiling)
                 self._retrying(d, exc, wait)
                 await self.store.record_attempt(d, str(exc))
                 if not await self._still_queued(d, wait):
@@ -156,7 +159,8 @@ class DeliveryWorker:
                 self.errors += 1
                 event(log, "DLV-410", "delivery failed for good, queue moves on",
                       destination=self.name, message_id=d.message_id,
-                      reason=type(exc).__name__, code=getattr(exc, "code", None))
+                      reason=type(exc).__name__,
+                      code=exc.code if isinstance(exc, PeerRejected) else None)
                 return _Result(DeliveryStatus.ERROR, exc.response, str(exc), waited)
             except Exception as exc:  # a connector bug: fail this message, keep the queue moving
                 self.errors += 1

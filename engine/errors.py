@@ -11,6 +11,8 @@
         ├── TransientDeliveryError   retry with backoff, in order (connection refused, timeout,
         │   │                        disk full): the place is down, not the message
         │   ├── PeerUnavailable      could not connect (or write: ENOSPC, EIO...)
+        │   │   └── RetryLater       the peer answered "busy, come back" (HTTP 408, 429, 5xx),
+        │   │                        perhaps saying when (``Retry-After``)
         │   └── PeerTimeout          connected, no answer in time
         └── PermanentDeliveryError   this delivery fails the same way however often it is
             │                        tried (a file name the file system refuses, a payload
@@ -24,7 +26,11 @@ in ``engine.outfiles.os_delivery_error``.
 
 from __future__ import annotations
 
+import datetime
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 
 
 class RadbridgeError(Exception):
@@ -82,6 +88,41 @@ class PeerUnavailable(TransientDeliveryError):
 
 class PeerTimeout(TransientDeliveryError):
     """The peer did not answer within the configured timeout."""
+
+
+class RetryLater(PeerUnavailable):
+    """The peer answered, but asks to be tried again later (busy, a gateway failed).
+    ``retry_after``: its ``Retry-After`` in seconds (None: it said nothing we can read; the
+    worker's backoff decides). Build it from the header with ``from_header``."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+    @classmethod
+    def from_header(cls, message: str, value: str | None,
+                    clock: Callable[[], float] = time.time) -> RetryLater:
+        """*message* with the delay a ``Retry-After`` header *value* asks for."""
+        return cls(message, retry_after_secs(value, clock))
+
+
+def retry_after_secs(value: str | None, clock: Callable[[], float] = time.time) -> float | None:
+    """An HTTP ``Retry-After`` (RFC 9110 10.2.3) as seconds from now: delay-seconds or an
+    HTTP-date, a date in the past being 0. None when absent or unreadable (garbage is
+    ignored, never an error: the backoff decides). *clock*: wall-clock seconds (tests
+    inject one)."""
+    if value is None or not value.strip():
+        return None
+    value = value.strip()
+    if value.isascii() and value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:  # asctime (and "-0000") carry no zone: HTTP dates are GMT
+        when = when.replace(tzinfo=datetime.UTC)
+    return max(0.0, when.timestamp() - clock())
 
 
 class PermanentDeliveryError(DeliveryError):

@@ -58,6 +58,7 @@ class IngestResult:
     meta: InstanceMeta
     added: InstanceAdded
     path: str
+    expected: int | None = None  # the study's instance count, when the source said it
 
 
 def read_meta(part10: bytes, own_manufacturer: str = "RADBRIDGE") -> InstanceMeta:
@@ -176,8 +177,8 @@ class InstanceIngest:
         added = await self.store.add_instance(self.channel, meta, str(path), size,
                                               self.quiet_secs, expected)
         self.stored += 1
-        result = IngestResult(meta, added, str(path))
-        event(log, "DCM-201", "instance stored", channel=self.channel, study=meta.study_uid,
+        result = IngestResult(meta, added, str(path), expected)
+        event(log, "DCM-206", "instance stored", channel=self.channel, study=meta.study_uid,
               sop=meta.sop_uid, reopened=added.reopened or None, own=added.ignored or None,
               level=logging.DEBUG)
         if self.on_added is not None:

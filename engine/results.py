@@ -57,8 +57,10 @@ HL7_PRIORITY = {"STAT": "S", "URGENT": "A", "ROUTINE": "R"}
 @register("source", "ai_results", AIResultsSourceConfig,
           "finished AI inference as results (ORU, FHIR, SR, worklist, alerts)", sink="json")
 class AIResultsSource:
-    """Listens to ``Engine.result_listeners`` (the engine wires ``on_result``); stores one
-    report per case revision on its channel. Listens on no socket."""
+    """The channel's source in name only: it listens on no socket. The engine gives the
+    channel's ``ResultsIngest`` (its *sink*) to ``Engine.result_listeners`` from engine start
+    (``Engine._prepare_results``), so a report is stored, and the channel's pipeline woken,
+    as soon as a case's inference is final, even while this source is stopped."""
 
     address = None
 
@@ -73,12 +75,10 @@ class AIResultsSource:
     async def stop(self) -> None:
         pass
 
-    async def on_result(self, result: CaseResult) -> None:
-        await self.sink.submit(result)
-
 
 class ResultsIngest:
-    """Builds the ``AIReport`` of a finished case and stores it (idempotent per revision)."""
+    """Builds the ``AIReport`` of a finished case and stores it (idempotent per revision);
+    ``submit`` is the result listener, ``on_stored`` wakes the channel's pipeline."""
 
     def __init__(self, channel: str, store: Store, models: Sequence[Any],
                  on_stored: Callable[[], None]) -> None:

@@ -251,7 +251,8 @@ class Engine:
 
     def _dicom_sink(self, ch: Any, app: str) -> InstanceIngest:
         sink = InstanceIngest(ch.name, self.store, Path(self.config.engine.data_dir),
-                              ch.study_quiet_secs, own_manufacturer=app)
+                              ch.study_quiet_secs, on_added=self.assembler.instance_added,
+                              own_manufacturer=app)
         sink.bind(asyncio.get_running_loop())
         return sink
 

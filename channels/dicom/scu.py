@@ -43,6 +43,7 @@ from pynetdicom import AE, build_context
 from pynetdicom.association import Association
 from pynetdicom.status import STORAGE_SERVICE_CLASS_STATUS, code_to_category
 
+from channels.base import DestinationBase
 from channels.dicom.config import check_ae_title
 from channels.dicom.status import error_comment
 from engine.configbase import Strict, check_hostport, parse_hostport
@@ -88,7 +89,7 @@ def status_text(code: int) -> str:
 
 
 @register("destination", "dicom", StoreSCUConfig, "DICOM C-STORE SCU to a PACS", sink="dicom")
-class StoreSCUDestination:
+class StoreSCUDestination(DestinationBase):
     """Stores one instance per ``send``; see the module docstring for every outcome."""
 
     def __init__(self, name: str, config: StoreSCUConfig) -> None:

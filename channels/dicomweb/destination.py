@@ -11,7 +11,8 @@ the PACS answered                    ``send``
 200 / 202 / 409 with a Failed SOP    ``PeerRejected`` naming FailureReason, or
   (FailureReason 0xA7xx)             ``PeerUnavailable``: "out of resources", retry later
 409 or another 4xx                   ``PeerRejected`` with the status and the peer's text
-408, 429, 5xx                        ``PeerUnavailable`` (retried in order, for ever)
+408, 429, 5xx                        ``RetryLater`` (retried in order, for ever;
+                                       ``Retry-After`` honoured)
 no connection, TLS failure           ``PeerUnavailable``
 no answer within ``timeout_secs``    ``PeerTimeout``
 ===================================  ===================================================
@@ -32,6 +33,7 @@ from typing import Literal
 import aiohttp
 from pydantic import Field, field_validator, model_validator
 
+from channels.base import DestinationBase
 from engine.configbase import ReadableFile, Strict
 from engine.configsecrets import (
     SecretEnv,
@@ -41,7 +43,7 @@ from engine.configsecrets import (
     secret_env,
     secret_file,
 )
-from engine.errors import PeerRejected, PeerTimeout, PeerUnavailable
+from engine.errors import PeerRejected, PeerTimeout, PeerUnavailable, RetryLater
 from engine.logs import event
 from engine.model import DeliveryRef
 from engine.registry import register
@@ -117,7 +119,7 @@ def failures(body: bytes) -> list[int | None]:
 
 @register("destination", "dicomweb_stow", StowDestinationConfig,
           "DICOMweb STOW-RS: store instances on a PACS", sink="dicom")
-class StowDestination:
+class StowDestination(DestinationBase):
     """Stores one instance per ``send``; see the module docstring for every outcome."""
 
     def __init__(self, name: str, config: StowDestinationConfig) -> None:
@@ -161,15 +163,15 @@ class StowDestination:
             async with self._session_for().post(self.endpoint, data=body,
                                                 headers=headers) as resp:
                 answer = await resp.read()
-                status = resp.status
+                status, after = resp.status, resp.headers.get("Retry-After")
         except TimeoutError as exc:
             raise PeerTimeout(f"no STOW answer from {self.config.url} in "
                               f"{self.config.timeout_secs:g} s") from exc
         except aiohttp.ClientError as exc:
             raise PeerUnavailable(f"{self.config.url}: {type(exc).__name__}") from exc
-        return self._judge(status, answer)
+        return self._judge(status, answer, after)
 
-    def _judge(self, status: int, answer: bytes) -> bytes:
+    def _judge(self, status: int, answer: bytes, after: str | None = None) -> bytes:
         failed = failures(answer)
         if failed:
             reason = failed[0]
@@ -183,7 +185,7 @@ class StowDestination:
             return answer or f"HTTP {status}".encode()
         text = " ".join(answer[:400].decode("utf-8", "replace").split())[:200]
         if status >= 500 or status in (408, 429):
-            raise PeerUnavailable(f"HTTP {status}: {text}")
+            raise RetryLater.from_header(f"HTTP {status}: {text}", after)
         event(log, "WEB-372", "PACS rejected the store request", destination=self.name,
               http=status)
         raise PeerRejected(f"HTTP {status}", text, answer)

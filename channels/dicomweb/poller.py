@@ -174,7 +174,7 @@ class PollSource:
             except Exception:
                 self.errors += 1
                 pause = self.config.backoff_max_secs
-                log.exception("WEB-399 unexpected poller error channel=%s", self.name)
+                log.exception("WEB-398 unexpected poller error channel=%s", self.name)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), pause)
 

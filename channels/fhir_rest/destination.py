@@ -5,7 +5,7 @@ Outcomes of ``send`` (the DeliveryWorker decides retry-or-fail by type)::
     2xx                        sent; the transaction-response Bundle is the response kept
     401 (OAuth2)               the cached token is dropped and a new one fetched, once;
                                a second 401 is a rejection
-    408 429 502 503 504        FhirRetryLater (transient), ``retry_after`` from Retry-After
+    408 429 502 503 504        RetryLater (transient), ``retry_after`` from Retry-After
     connection failure, TLS    PeerUnavailable (transient)
     no answer in timeout_secs  PeerTimeout (transient)
     other 4xx, 500 ...         PeerRejected with the OperationOutcome's diagnostics
@@ -21,15 +21,14 @@ from __future__ import annotations
 import json
 import logging
 import ssl
-import time
-from email.utils import parsedate_to_datetime
 from typing import Any
 
 import aiohttp
 
+from channels.base import DestinationBase
 from channels.fhir_rest.auth import Credentials
 from channels.fhir_rest.config import FhirRestConfig
-from engine.errors import PeerRejected, PeerTimeout, PeerUnavailable
+from engine.errors import PeerRejected, PeerTimeout, PeerUnavailable, RetryLater
 from engine.logs import event
 from engine.model import DeliveryRef
 from engine.registry import register
@@ -37,29 +36,6 @@ from engine.registry import register
 log = logging.getLogger("radbridge.fhir_rest")
 FHIR_JSON = "application/fhir+json"
 RETRYABLE = frozenset({408, 429, 502, 503, 504})
-
-
-class FhirRetryLater(PeerUnavailable):
-    """The server is busy or a gateway failed: retry; ``retry_after`` is its Retry-After in
-    seconds (None: it gave none, use the backoff)."""
-
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
-
-
-def retry_after_secs(value: str | None, now: float | None = None) -> float | None:
-    """Retry-After as seconds: delta-seconds or an HTTP-date (None when absent or unreadable)."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
 def outcome_text(body: bytes) -> str:
@@ -83,7 +59,7 @@ def outcome_text(body: bytes) -> str:
 
 @register("destination", "fhir_rest", FhirRestConfig,
           "FHIR R4 REST server: transaction Bundles", sink="fhir")
-class FhirRestDestination:
+class FhirRestDestination(DestinationBase):
     def __init__(self, name: str, config: FhirRestConfig) -> None:
         self.name = name
         self.config = config
@@ -117,8 +93,7 @@ class FhirRestDestination:
             return body or f"HTTP {status}".encode()
         text = outcome_text(body)
         if status in RETRYABLE:
-            raise FhirRetryLater(f"HTTP {status}: {text}",
-                                 retry_after_secs(headers.get("Retry-After")))
+            raise RetryLater.from_header(f"HTTP {status}: {text}", headers.get("Retry-After"))
         event(log, "FHR-410", "server rejected the bundle", destination=self.name,
               status=status)
         raise PeerRejected(f"HTTP {status}", text, body)

@@ -9,6 +9,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from channels.base import DestinationBase
 from engine.configbase import Strict
 from engine.fsmode import private_dir
 from engine.model import DeliveryRef
@@ -35,7 +36,7 @@ def file_stem(ref: DeliveryRef | None) -> str:
 
 
 @register("destination", "file", FileDestinationConfig, "one file per message in a directory")
-class FileDestination:
+class FileDestination(DestinationBase):
     """Writes ``<message id>-<delivery id><suffix>`` atomically (``engine.outfiles``).
 
     What ``send`` raises is decided by ``engine.outfiles.os_delivery_error``: a disk

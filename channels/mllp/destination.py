@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from typing import NoReturn
 
+from channels.base import DestinationBase
 from channels.mllp.client import MLLPClient
 from channels.mllp.config import MLLPDestinationConfig
 from engine.configbase import parse_hostport
@@ -22,7 +23,7 @@ def _short(text: str) -> str:
 
 
 @register("destination", "mllp", MLLPDestinationConfig, "HL7 v2 over MLLP/TCP, ACK checked")
-class MLLPDestination:
+class MLLPDestination(DestinationBase):
     """Sends one message at a time and accepts only a matching positive ACK.
 
     ``send`` raises ``PeerRejected`` for AE/AR/CE/CR (the peer's reason kept;
@@ -40,20 +41,14 @@ class MLLPDestination:
     def __init__(self, name: str, config: MLLPDestinationConfig) -> None:
         self.name = name
         self.config = config
+        self.retry_initial_secs = config.retry_initial_secs
+        self.retry_max_secs = config.retry_max_secs
         host, port = parse_hostport(config.endpoint, default_host="127.0.0.1")
         self._strikes: tuple[str, int] = ("", 0)  # (control id, mismatched ACKs in a row)
         self.client = MLLPClient(
             host, port, ssl_context=config.tls.client_context() if config.tls else None,
             connect_timeout=config.connect_timeout_secs, ack_timeout=config.ack_timeout_secs,
             max_message_bytes=config.max_message_bytes)
-
-    @property
-    def retry_initial_secs(self) -> float:
-        return self.config.retry_initial_secs
-
-    @property
-    def retry_max_secs(self) -> float:
-        return self.config.retry_max_secs
 
     async def connect(self) -> None:
         await self.client.connect()

@@ -16,6 +16,7 @@ from typing import Literal
 import aiohttp
 from pydantic import Field, field_validator, model_validator
 
+from channels.base import DestinationBase
 from engine.configbase import Strict
 from engine.configsecrets import (
     SecretEnv,
@@ -25,7 +26,7 @@ from engine.configsecrets import (
     secret_env,
     secret_file,
 )
-from engine.errors import PeerRejected, PeerTimeout, PeerUnavailable
+from engine.errors import PeerRejected, PeerTimeout, PeerUnavailable, RetryLater
 from engine.model import DeliveryRef
 from engine.registry import register
 
@@ -54,15 +55,9 @@ class WebhookDestinationConfig(Strict):
         return self
 
 
-class RetryLater(PeerUnavailable):
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
-
-
 @register("destination", "webhook", WebhookDestinationConfig,
           "JSON alerts POSTed to a URL (HMAC-signed)", sink="json")
-class WebhookDestination:
+class WebhookDestination(DestinationBase):
     def __init__(self, name: str, config: WebhookDestinationConfig) -> None:
         self.name = name
         self.config = config
@@ -76,15 +71,20 @@ class WebhookDestination:
             return None
         return destination_secret(cfg.secret_env, cfg.secret_file, "webhook secret").encode()
 
+    async def connect(self) -> None:
+        """Open the HTTP session (no request is made: a peer down at start-up is fine)."""
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self.config.timeout_secs))
+
     async def send(self, payload: bytes, ref: DeliveryRef | None = None) -> bytes:
         headers = {"Content-Type": "application/json"}
         secret = self._secret()
         if secret is not None:
             digest = hmac.new(secret, payload, hashlib.sha256).hexdigest()
             headers["X-Radbridge-Signature"] = f"sha256={digest}"
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=self.config.timeout_secs))
+        await self.connect()
+        assert self._session is not None
         try:
             async with self._session.post(self.config.url, data=payload,
                                           headers=headers) as resp:
@@ -93,9 +93,8 @@ class WebhookDestination:
                     return body or f"HTTP {resp.status}".encode()
                 text = body[:200].decode("utf-8", "replace")
                 if resp.status in RETRYABLE or resp.status >= 500:
-                    after = resp.headers.get("Retry-After")
-                    raise RetryLater(f"HTTP {resp.status}: {text}",
-                                     float(after) if after and after.isdigit() else None)
+                    raise RetryLater.from_header(f"HTTP {resp.status}: {text}",
+                                                 resp.headers.get("Retry-After"))
                 raise PeerRejected(f"HTTP {resp.status}", text, body)
         except TimeoutError as exc:
             raise PeerTimeout(f"no answer from {self.config.url} in "

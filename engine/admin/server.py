@@ -80,7 +80,7 @@ class AdminServer:
         """Loopback, no admin configured: use (or create) ``<data_dir>/admin-password``."""
         name = self.admin_user
         if name in self.directory.users:  # that name is taken by a non-admin user
-            event(log, "ADM-602", "no admin password generated: the name is taken", user=name,
+            event(log, "ADM-604", "no admin password generated: the name is taken", user=name,
                   level=logging.WARNING)
             return None
         path, password, created = first_run_password(data_dir, name)

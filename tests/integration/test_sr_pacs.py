@@ -391,10 +391,12 @@ def store_response(sop_uid: str, failure: int | None = None) -> bytes:
 
 
 class ScriptedStow:
-    """An aiohttp STOW-RS endpoint answering ``status`` and ``body``; records requests."""
+    """An aiohttp STOW-RS endpoint answering ``status``, ``body`` and ``headers`` (after
+    ``delay`` seconds); records requests."""
 
     def __init__(self) -> None:
         self.status, self.body, self.delay = 200, b"{}", 0.0
+        self.headers: dict[str, str] = {}
         self.requests: list[tuple[dict[str, str], bytes]] = []
         self.runner: web.AppRunner | None = None
         self.url = ""
@@ -402,7 +404,7 @@ class ScriptedStow:
     async def _handle(self, request: web.Request) -> web.Response:
         self.requests.append((dict(request.headers), await request.read()))
         await asyncio.sleep(self.delay)
-        return web.Response(status=self.status, body=self.body,
+        return web.Response(status=self.status, body=self.body, headers=self.headers,
                             content_type="application/dicom+json")
 
     async def start(self) -> None:
