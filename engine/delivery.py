@@ -2,7 +2,7 @@
 
 One worker per destination channel sends its QUEUED deliveries strictly in
 queue order (so order per key holds). What ``send`` raises decides, by type
-(``engine.errors``, ``channels.base``):
+(``engine.errors``, ``engine.connectors``):
 
 * ``TransientDeliveryError``: the head stays and is retried with exponential
   backoff (or the peer's ``retry_after``), for ever: nothing is dropped;

@@ -183,3 +183,28 @@ async def start_service(name: str, engine: Any) -> Any:
     load_builtins()
     start = _SERVICES.get(name)
     return None if start is None else await start(engine)
+
+
+# -- answerers: a protocol's answer policy for the raw messages of a source ------------------
+
+# ``factory(app, facility)`` → an ``engine.connectors.Answerer``.
+AnswererFactory = Callable[[str, str], Any]
+
+_ANSWERERS: dict[str, AnswererFactory] = {}
+
+
+def register_answerer(sink: Payload) -> Callable[[AnswererFactory], AnswererFactory]:
+    """Decorator: ``@register_answerer("hl7")`` on the answerer of the sources whose
+    ``sink`` is that payload (``engine.ingest.Ingest`` calls it)."""
+
+    def wrap(factory: AnswererFactory) -> AnswererFactory:
+        _ANSWERERS[sink] = factory
+        return factory
+
+    return wrap
+
+
+def answerer(sink: Payload, app: str, facility: str) -> Any:
+    """The answerer registered for *sink*, answering as *app*/*facility*."""
+    load_builtins()
+    return _ANSWERERS[sink](app, facility)

@@ -214,7 +214,7 @@ class ResultsProcessor:
 @registry.register_processor("results", "build ORU, FHIR, SR and alerts from AI reports (the "
                                         "default of an ai_results source)", rank=20)
 def _results(channel: Any, config: Any) -> ResultsProcessor:
-    sinks = {c.name: registry.get("destination", c.destination.type).sink
+    sinks: dict[str, str] = {c.name: registry.get("destination", c.destination.type).sink
              for c in config.channel if c.destination is not None}
     return ResultsProcessor(channel, config, sinks)
 

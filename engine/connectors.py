@@ -1,0 +1,135 @@
+"""Connector contracts (tiny on purpose); the engine owns them, ``channels/`` implements them.
+
+A **source** has ``start``/``stop`` and hands raw bytes to the engine through
+a ``RawSink``; the engine answers through the ``Reply`` callback once the
+message is durable. A **destination** has ``connect``/``send``/``close``; what
+``send`` raises decides what the engine does (see ``engine.errors``):
+
+* ``TransientDeliveryError`` (``PeerUnavailable``, ``PeerTimeout``): the place is
+  down (no connection, disk full, 5xx): retry later with backoff, in order; the
+  destination reconnects on the next ``send``. Raise it only for what can pass.
+* ``PermanentDeliveryError``: this delivery will fail the same way every time (a
+  file name the file system refuses, a payload that cannot be framed);
+  ``PeerRejected``, its subclass: the peer refused this message (AR, 4xx). Record
+  ERROR with the reason, move on: one message never stops a queue.
+* anything else is a bug and is recorded as ERROR for that message.
+
+A source of raw messages (``sink="hl7"``) is answered by its protocol's **answerer**
+(``Answerer``, registered by the payload name with ``engine.registry.register_answerer``):
+the engine stores, decides and says *why* it refuses; the answerer reads the header and
+builds the answer bytes (for HL7: ``mappings.hl7v2.answerer``).
+
+A queue head that keeps failing transiently is shown as stalled (``/ready``,
+``/metrics``) and an operator may skip it (``radbridge deliveries skip``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Literal, Protocol
+
+from engine.model import DeliveryRef
+
+Reply = Callable[[bytes | None], None]
+
+
+class RawSink(Protocol):
+    """The engine side of a source. Both methods must return quickly (no awaiting)."""
+
+    def receive(self, payload: bytes, reply: Reply, peer: str) -> None: ...
+
+    def oversized(self, head: bytes, size: int, reply: Reply, peer: str) -> None:
+        """A frame over the size limit: *head* is its start, *size* its full length."""
+        ...
+
+    def over_budget(self, head: bytes, size: int, reply: Reply, peer: str) -> None:
+        """A frame shed to keep the listener's buffer budget (answer: resend later)."""
+        ...
+
+
+class Source(Protocol):
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        """The bound address once started (lets tests and the CLI use port 0)."""
+        ...
+
+
+class Destination(Protocol):
+    async def connect(self) -> None: ...
+
+    async def send(self, payload: bytes, ref: DeliveryRef | None = None) -> bytes:
+        """Deliver one message and return the peer's response (its ACK).
+
+        *ref* names the delivery by our own ids (the worker always passes it; None when a
+        caller outside the queue sends, e.g. a test): what a destination that names
+        things (files) names them by, never a field of the message.
+        """
+        ...
+
+    async def close(self) -> None: ...
+
+
+# Why the engine refuses a message it could read (the answerer turns it into its protocol's
+# error code and location): its type is not in ``accept``, its control id is a duplicate
+# being rejected, it exceeds ``max_message_bytes``, the listener shed it to keep its buffer
+# budget, or the store did not take it.
+Refusal = Literal["not_accepted", "duplicate", "oversized", "over_budget", "store_failed"]
+
+
+class Header(Protocol):
+    """What the engine needs from a message's header (an answerer may carry more)."""
+
+    @property
+    def control_id(self) -> str: ...
+
+    @property
+    def message_type(self) -> str: ...
+
+    @property
+    def patient_id(self) -> str | None: ...
+
+
+class Answer(Protocol):
+    """What to answer: ``code`` (accepted, error, rejected in the protocol's terms), the
+    reason ``text`` stored with a refused message and the protocol's ``error_code`` (logged)."""
+
+    @property
+    def code(self) -> str: ...
+
+    @property
+    def text(self) -> str: ...
+
+    @property
+    def error_code(self) -> int | None: ...
+
+
+class Answerer(Protocol):
+    """A protocol's answer policy for a raw-message source. Every method is total except
+    ``build`` (the engine then sends ``fallback``, which must not raise)."""
+
+    accepted: Answer
+
+    def read(self, payload: bytes) -> tuple[Any, Answer | None]:
+        """The header (None: unreadable) and, if the message cannot be taken, the answer."""
+        ...
+
+    def read_head(self, head: bytes) -> Any:
+        """The header of the kept head of a discarded message, or None."""
+        ...
+
+    def refuse(self, why: Refusal, reason: str) -> Answer:
+        """The answer refusing a message for *why*, saying *reason*."""
+        ...
+
+    def build(self, header: Any, answer: Answer) -> bytes | None:
+        """The answer's bytes (an ACK for HL7), echoing *header* (None: unreadable); None:
+        send nothing (what the protocol says for this message, e.g. HL7 enhanced mode)."""
+        ...
+
+    def fallback(self, header: Any, answer: Answer) -> bytes:
+        """A generic answer with the same code, for when ``build`` raised."""
+        ...
