@@ -208,3 +208,29 @@ def answerer(sink: Payload, app: str, facility: str) -> Any:
     """The answerer registered for *sink*, answering as *app*/*facility*."""
     load_builtins()
     return _ANSWERERS[sink](app, facility)
+
+
+# -- instance readers: identify a stored instance from its bytes -----------------------------
+
+# ``read(data, own_manufacturer)`` → ``engine.store.clinical.InstanceMeta``; raises
+# ``engine.instances.InvalidInstance`` (or ``InvalidUID``) for what cannot be taken.
+InstanceReader = Callable[[bytes, str], Any]
+
+_READERS: dict[str, InstanceReader] = {}
+
+
+def register_reader(sink: Payload) -> Callable[[InstanceReader], InstanceReader]:
+    """Decorator: ``@register_reader("dicom")`` on the reader ``InstanceIngest`` uses for
+    the instances of the sources whose ``sink`` is that payload."""
+
+    def wrap(read: InstanceReader) -> InstanceReader:
+        _READERS[sink] = read
+        return read
+
+    return wrap
+
+
+def reader(sink: Payload) -> InstanceReader:
+    """The instance reader registered for *sink*."""
+    load_builtins()
+    return _READERS[sink]

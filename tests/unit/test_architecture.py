@@ -36,9 +36,6 @@ EXCEPTIONS: dict[tuple[str, str], str] = {
     ("engine/store/pg_fhir.py", "radbridge_fhir.ids"):
         "the FHIR facade's resource ids; the store rewrite owns this",
     ("engine/admin/hl7view.py", "mappings.hl7v2.text"): "protocol knowledge not moved out yet",
-    ("engine/part10.py", "pydicom"): "protocol knowledge not moved out yet",
-    ("engine/part10.py", "pydicom.errors"): "protocol knowledge not moved out yet",
-    ("engine/part10.py", "pydicom.uid"): "protocol knowledge not moved out yet",
 }
 
 
