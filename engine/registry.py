@@ -234,3 +234,26 @@ def reader(sink: Payload) -> InstanceReader:
     """The instance reader registered for *sink*."""
     load_builtins()
     return _READERS[sink]
+
+
+# -- views: how the admin shows content it does not understand -------------------------------
+
+# ``message_layer``: ``render(name, data, masked)`` → one content layer of the message viewer
+# (``{"name", "size", "masked", "format", "segments", "text"}``), masked for viewers.
+_VIEWS: dict[str, Callable[..., Any]] = {}
+
+
+def register_view(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator: ``@register_view("message_layer")`` on the admin's renderer for *name*."""
+
+    def wrap(render: Callable[..., Any]) -> Callable[..., Any]:
+        _VIEWS[name] = render
+        return render
+
+    return wrap
+
+
+def view(name: str) -> Callable[..., Any]:
+    """The view registered as *name*."""
+    load_builtins()
+    return _VIEWS[name]

@@ -35,7 +35,6 @@ EXCEPTIONS: dict[tuple[str, str], str] = {
         "the FHIR facade's resource ids; the store rewrite owns this",
     ("engine/store/pg_fhir.py", "radbridge_fhir.ids"):
         "the FHIR facade's resource ids; the store rewrite owns this",
-    ("engine/admin/hl7view.py", "mappings.hl7v2.text"): "protocol knowledge not moved out yet",
 }
 
 
