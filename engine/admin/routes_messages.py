@@ -3,8 +3,9 @@
 Viewing content is audited (who, which message, when, masked or not) before the
 answer leaves. Viewers get PHI masked in every layer (the ``message_layer`` view,
 ``mappings.hl7v2.view``) and in every field not on the routes' ``viewer=`` allow-lists
-(control id, key, error); they may not search by control id or accession (403): a search would tell them whether a
-message with a given identifier exists. Radiologists do not use the message browser.
+(control id, key, error); they may not search by control id or accession (403): a search
+would tell them whether a message with a given identifier exists. Radiologists do not use
+the message browser.
 """
 
 from __future__ import annotations
