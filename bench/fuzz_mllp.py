@@ -22,9 +22,9 @@ import atheris
 
 with atheris.instrument_imports():
     from channels.mllp.framing import HEAD_KEEP, Frame, MLLPFramer
+    from channels.mllp.logfile import split_messages
     from mappings.hl7v2.ack import AckSpec, build_ack, fallback_ack, read_ack
     from mappings.hl7v2.header import HeaderError, parse_header
-    from mappings.hl7v2.logfile import split_messages
     from mappings.hl7v2.orders import MappingError, map_message
 
 EXECUTIONS = 0

@@ -92,8 +92,8 @@ def pct(values: list[float], q: float) -> float:
 async def engine_run(tmp: Path, n: int, image: int, batch: int, wait: float, device: str
                      ) -> dict[str, Any]:
     from engine.config import lint_text
-    from engine.inference_runtime import InferenceService
     from engine.store.sqlite import SQLiteStore
+    from inference.service import InferenceService
 
     store = SQLiteStore(tmp / "engine.db")
     await store.open()

@@ -45,7 +45,7 @@ def _add_worker(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:
-    from engine.worker import main as worker_main
+    from inference.worker import main as worker_main
 
     try:
         return worker_main(args.config, args.log_level)
@@ -82,12 +82,15 @@ def _cmd_lint(args: argparse.Namespace) -> int:
 
 
 def _add_list(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("list", help="connector types and their configuration keys")
+    p = sub.add_parser("list", help="connector types and their configuration keys, "
+                                    "processors and result payloads")
     p.set_defaults(func=_cmd_list)
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    from engine import registry
+    from engine import plugins, registry
+
+    plugins.load()
 
     for kind in ("source", "destination"):
         for spec in registry.connectors(kind):  # type: ignore[arg-type]
@@ -97,6 +100,10 @@ def _cmd_list(args: argparse.Namespace) -> int:
                     continue
                 default = "required" if field.is_required() else f"default {field.default!r}"
                 print(f"    {name} ({default}) {field.description or ''}".rstrip())
+    for proc in registry.processors():
+        print(f"process {proc.name}: {proc.summary}")
+    for payload in registry.payloads():
+        print(f"payload {payload.name}: {payload.summary}")
     return 0
 
 

@@ -13,10 +13,10 @@ from urllib.parse import urlparse
 from tqdm import tqdm
 
 from channels.mllp.client import MLLPClient
+from channels.mllp.logfile import split_messages
 from engine.cli_args import number
 from engine.errors import TransientDeliveryError
 from mappings.hl7v2.ack import read_ack
-from mappings.hl7v2.logfile import split_messages
 
 POSITIVE = {"AA", "CA"}
 

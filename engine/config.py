@@ -78,9 +78,18 @@ def _union(kind: registry.Kind) -> Any:
     return Annotated[Union[models], Field(discriminator="type")]  # noqa: UP007
 
 
+def _processors() -> tuple[Any, str]:
+    """The ``process`` names registered (as a Literal, so lint names them) and their doc."""
+    specs = registry.processors()
+    names = tuple(spec.name for spec in specs)
+    doc = "; ".join(f"{spec.name}: {spec.summary}" for spec in specs) + "."
+    return Literal[names], doc  # type: ignore[valid-type]
+
+
 def _channel_model() -> type[BaseModel]:
     source_t = _union("source")
     dest_t = _union("destination")
+    process_t, process_doc = _processors()
 
     class ChannelConfig(Strict):
         name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$",
@@ -101,13 +110,8 @@ def _channel_model() -> type[BaseModel]:
         study_quiet_secs: float = Field(
             30, gt=0, description="DICOM sources: a study is complete after this long without "
                                   "a new instance (or when an order says CM, or on demand).")
-        process: Literal["forward", "orders", "results", "final_reports"] = Field(
-            "forward", description="forward: pass messages on unchanged; orders: also map "
-                                   "ADT/ORM/OMI into patients and orders and correlate them "
-                                   "with studies; results: build ORU, FHIR, SR and alerts "
-                                   "from AI reports (the default of an ai_results source); "
-                                   "final_reports: compare the radiologist's final ORU with "
-                                   "the AI findings (agreement statistics).")
+        process: process_t = Field(  # type: ignore[valid-type]
+            "forward", description=process_doc)
 
     return ChannelConfig
 

@@ -2,7 +2,7 @@
 
 One worker per destination channel sends its QUEUED deliveries strictly in
 queue order (so order per key holds). What ``send`` raises decides, by type
-(``engine.errors``, ``channels.base``):
+(``engine.errors``, ``engine.connectors``):
 
 * ``TransientDeliveryError``: the head stays and is retried with exponential
   backoff (or the peer's ``retry_after``), for ever: nothing is dropped;
@@ -41,7 +41,7 @@ from engine.store.base import Delivery, Store
 from engine.store.deliveries import CANCELLED, MAX_NOTE, SKIPPED, DeliveryInfo, operator_note
 
 if TYPE_CHECKING:  # the contract is prose and a Protocol; nothing of it runs here
-    from channels.base import Destination
+    from engine.connectors import Destination
 
 log = logging.getLogger("radbridge.delivery")
 BATCH = 256

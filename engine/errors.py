@@ -19,7 +19,7 @@
             │                        that cannot be framed): record ERROR, move on
             └── PeerRejected         the peer answered AE/AR (or 4xx): record ERROR, do not retry
 
-A destination's ``send`` raises one of these (``channels.base``); the delivery worker
+A destination's ``send`` raises one of these (``engine.connectors``); the delivery worker
 decides by type alone. OS errors of destinations that write files are classified once,
 in ``engine.outfiles.os_delivery_error``.
 """

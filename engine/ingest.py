@@ -1,9 +1,11 @@
 """The ACK path: read the header, decide, store, then answer.
 
-Nothing here awaits. A frame is turned into a ``NewMessage`` and handed to the
-store's group commit; the ACK is written from the commit callback, so the
-sender hears AA only once the message is durable. Every frame is stored,
-accepted or not: rejected ones as ERROR with their raw bytes and the reason.
+The protocol's answerer (``engine.connectors.Answerer``; for HL7 v2 over MLLP
+``mappings.hl7v2.answerer``, which also tabulates the error codes) reads the header and
+builds the answers; the engine decides and stores. Nothing here awaits. A frame is
+turned into a ``NewMessage`` and handed to the store's group commit; the ACK is written
+from the commit callback, so the sender hears AA only once the message is durable. Every
+frame is stored, accepted or not: rejected ones as ERROR with their raw bytes and the reason.
 
 Outcomes (MSA-1 in original mode; CA/CE/CR in enhanced mode per MSH-15):
 
@@ -26,25 +28,14 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-from channels.base import Reply
-from engine import metrics
+from engine import metrics, registry
+from engine.connectors import Answer, Answerer, Reply
 from engine.errors import StoreUnavailable
 from engine.logs import event
 from engine.model import Status
 from engine.store.base import NewMessage, Store
-from mappings.hl7v2.ack import AckSpec, build_ack, fallback_ack
-from mappings.hl7v2.header import (
-    APPLICATION_INTERNAL_ERROR,
-    DUPLICATE_KEY,
-    SEGMENT_SEQUENCE_ERROR,
-    UNSUPPORTED_MESSAGE_TYPE,
-    Header,
-    HeaderError,
-    parse_header,
-)
 
 log = logging.getLogger("radbridge.ingest")
-_ACCEPTED = AckSpec("AA")  # immutable: one for every accepted message
 
 
 class DuplicateWindow:
@@ -71,11 +62,12 @@ class Ingest:
     """The ``RawSink`` of one channel."""
 
     def __init__(self, channel: Any, store: Store, *, app: str, facility: str,
-                 on_stored: Callable[[], None]) -> None:
+                 on_stored: Callable[[], None], answerer: Answerer | None = None) -> None:
         self.channel = channel
         self.name: str = channel.name
         self.store = store
         self.app, self.facility = app, facility
+        self.answerer: Answerer = answerer or registry.answerer("hl7", app, facility)
         self.on_stored = on_stored
         self.accept = frozenset(channel.accept) if channel.accept is not None else None
         self.duplicates = (DuplicateWindow(channel.duplicates.window_secs)
@@ -105,22 +97,19 @@ class Ingest:
     def _receive(self, payload: bytes, reply: Reply) -> None:
         now = time.time()
         self.stats["received"] += 1
-        try:
-            header = parse_header(payload)
-        except HeaderError as exc:
-            code = "AE" if exc.header is not None else "AR"
-            self._reject(payload, now, exc.header, AckSpec(code, exc.reason, exc.code,
-                                                           exc.location), reply)
+        header, unreadable = self.answerer.read(payload)
+        if unreadable is not None:
+            self._reject(payload, now, header, unreadable, reply)
             return
         if self.accept is not None and header.message_type not in self.accept:
             reason = f"message type {header.message_type} is not accepted on channel {self.name}"
-            self._reject(payload, now, header, AckSpec("AR", reason, UNSUPPORTED_MESSAGE_TYPE,
-                                                       "MSH^1^9"), reply)
+            self._reject(payload, now, header, self.answerer.refuse("not_accepted", reason),
+                         reply)
             return
         duplicate = self.duplicates is not None and self.duplicates.seen(header.control_id, now)
         if duplicate and self.channel.duplicates.action == "reject":
             reason = f"duplicate message control id {header.control_id}"
-            self._reject(payload, now, header, AckSpec("AR", reason, DUPLICATE_KEY, "MSH^1^10"),
+            self._reject(payload, now, header, self.answerer.refuse("duplicate", reason),
                          reply, duplicate=True)
             return
         msg = NewMessage(self.name, now, payload, Status.RECEIVED, header.control_id,
@@ -136,41 +125,37 @@ class Ingest:
         limit = self.channel.source.max_buffer_bytes
         reason = (f"receiver busy: its {limit}-byte buffer for unfinished messages was full; "
                   "resend later")
-        spec = AckSpec("AR", reason, APPLICATION_INTERNAL_ERROR, "MSH^1")
+        spec = self.answerer.refuse("over_budget", reason)
         self._guarded(reply, lambda: self._refuse_head(head, spec, reply))
 
     def _oversized(self, head: bytes, size: int, reply: Reply) -> None:
         limit = self.channel.source.max_message_bytes
         reason = f"message of {size} bytes exceeds the {limit}-byte limit"
-        self._refuse_head(head, AckSpec("AR", reason, SEGMENT_SEQUENCE_ERROR, "MSH^1"), reply)
+        self._refuse_head(head, self.answerer.refuse("oversized", reason), reply)
 
-    def _refuse_head(self, head: bytes, spec: AckSpec, reply: Reply) -> None:
+    def _refuse_head(self, head: bytes, spec: Answer, reply: Reply) -> None:
         """Store the kept head of a discarded frame as ERROR and answer *spec*."""
         now = time.time()
         self.stats["received"] += 1
-        try:
-            header: Header | None = parse_header(head.split(b"\r", 1)[0])
-        except HeaderError:
-            header = None
-        self._reject(head, now, header, spec, reply)
+        self._reject(head, now, self.answerer.read_head(head), spec, reply)
 
     # -- internals -----------------------------------------------------------
-    def _answer(self, header: Header | None, spec: AckSpec, reply: Reply) -> None:
+    def _answer(self, header: Any, spec: Answer, reply: Reply) -> None:
         """Answer one frame with *spec*; total: if the ACK cannot be built, a generic one goes.
 
         The fallback keeps MSA-1 (AA stays AA: the message is stored; AE/AR keep their code)
         and MSA-2, with a generic reason; the failure is logged as MLLP-198 without PHI.
         """
         try:
-            ack = build_ack(header, spec, app=self.app, facility=self.facility)
+            ack = self.answerer.build(header, spec)
         except Exception as exc:
             event(log, "MLLP-198", "ACK could not be built, generic answer sent",
                   channel=self.name, ack=spec.code, reason=type(exc).__name__,
                   level=logging.ERROR)
-            ack = fallback_ack(header, spec.code, app=self.app)
+            ack = self.answerer.fallback(header, spec)
         reply(ack)
 
-    def _on_commit(self, header: Header, reply: Reply) -> Callable[[int | None, Any], None]:
+    def _on_commit(self, header: Any, reply: Reply) -> Callable[[int | None, Any], None]:
         t0 = time.perf_counter()
 
         def done(msg_id: int | None, err: BaseException | None) -> None:
@@ -178,21 +163,21 @@ class Ingest:
                 self._store_failed(header, err, reply)
                 return
             self.stats["AA"] += 1
-            self._answer(header, _ACCEPTED, reply)
+            self._answer(header, self.answerer.accepted, reply)
             self._ack_latency.observe(time.perf_counter() - t0)  # accept -> ACK written
             self.on_stored()
 
         return done
 
-    def _store_failed(self, header: Header | None, err: BaseException, reply: Reply) -> None:
+    def _store_failed(self, header: Any, err: BaseException, reply: Reply) -> None:
         self.stats["AR"] += 1
         kind = "store unavailable" if isinstance(err, StoreUnavailable) else "store error"
         event(log, "STORE-201", "message not stored, refused", channel=self.name,
               reason=type(err).__name__, level=logging.ERROR)
-        self._answer(header, AckSpec("AR", f"message not stored ({kind}); resend later",
-                                     APPLICATION_INTERNAL_ERROR), reply)
+        self._answer(header, self.answerer.refuse(
+            "store_failed", f"message not stored ({kind}); resend later"), reply)
 
-    def _reject(self, raw: bytes, now: float, header: Header | None, spec: AckSpec, reply: Reply,
+    def _reject(self, raw: bytes, now: float, header: Any, spec: Answer, reply: Reply,
                 duplicate: bool = False) -> None:
         """Store the refused message as ERROR with its reason, then NAK it."""
         self.stats[spec.code] += 1

@@ -3,7 +3,9 @@
 ``ingest`` answers only once the file is fsynced under the data directory
 and its row is committed, so a success status always means "durable and
 indexed". Parsing and file I/O run in threads; the event loop never touches
-pixel data. Errors are typed so each edge maps them to its own protocol:
+pixel data. The instance is identified by the reader registered for ``dicom``
+(``channels.dicom.part10.read_meta``: framing, UIDs, pixel rules) unless the edge already
+did. Errors are typed so each edge maps them to its own protocol:
 
 * ``InvalidInstance``  the bytes are not a usable DICOM instance
   (C-STORE 0xC000 "cannot understand", STOW 409/400 per instance)
@@ -24,17 +26,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.dicom_rules import uid_problem
+from engine import registry
 from engine.errors import RadbridgeError, StoreUnavailable
 from engine.fsmode import open_private_file, private_dir
 from engine.logs import event
 from engine.store.clinical import InstanceAdded, InstanceMeta
 
 log = logging.getLogger("radbridge.instances")
-
-# SR and segmentation storage classes: our own outputs come back as these.
-_OUTPUT_CLASS_PREFIXES = ("1.2.840.10008.5.1.4.1.1.88.", "1.2.840.10008.5.1.4.1.1.66.")
-_REQUIRED = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
 
 
 class InvalidInstance(RadbridgeError):
@@ -46,7 +44,7 @@ class InvalidInstance(RadbridgeError):
 
 
 class InvalidUID(InvalidInstance):
-    """A UID of the instance breaks the DICOM UID grammar (``engine.dicom_rules``)."""
+    """A UID of the instance breaks the DICOM UID grammar (``channels.dicom.rules``)."""
 
 
 class OutsideStore(InvalidInstance):
@@ -59,47 +57,6 @@ class IngestResult:
     added: InstanceAdded
     path: str
     expected: int | None = None  # the study's instance count, when the source said it
-
-
-def read_meta(part10: bytes, own_manufacturer: str = "RADBRIDGE") -> InstanceMeta:
-    """Identify an instance from its Part 10 bytes (header only; pixels are not decoded).
-
-    Truncated or badly framed pixel data is refused (see ``engine.part10``).
-    """
-    from engine.part10 import inspect_part10  # it builds on meta_from_dataset below
-
-    return inspect_part10(part10, own_manufacturer)
-
-
-def meta_from_dataset(ds: Any, file_meta: Any, own_manufacturer: str = "RADBRIDGE"
-                      ) -> InstanceMeta:
-    """Build ``InstanceMeta`` from a decoded dataset; checks the UIDs it relies on."""
-    missing = [k for k in _REQUIRED if not str(ds.get(k, "") or "").strip()]
-    if missing:
-        raise InvalidInstance(f"missing {', '.join(missing)}")
-    uids = [str(ds.get(k)).strip("\0 ") for k in _REQUIRED]
-    tsyntax = str(getattr(file_meta, "TransferSyntaxUID", "") or "").strip("\0 ")
-    if not tsyntax:
-        raise InvalidInstance("no transfer syntax in the file meta information")
-    for name, uid in [*zip(_REQUIRED, uids, strict=True), ("TransferSyntaxUID", tsyntax)]:
-        problem = uid_problem(uid)
-        if problem is not None:
-            raise InvalidUID(f"{name} is not a valid UID ({problem})")
-    sop_class = uids[3]
-    own = (str(ds.get("Manufacturer", "") or "").upper() == own_manufacturer.upper()
-           and sop_class.startswith(_OUTPUT_CLASS_PREFIXES))
-    return InstanceMeta(
-        study_uid=uids[0], series_uid=uids[1], sop_uid=uids[2], sop_class_uid=sop_class,
-        transfer_syntax=tsyntax, patient_id=_text(ds, "PatientID"),
-        issuer=_text(ds, "IssuerOfPatientID"), accession=_text(ds, "AccessionNumber"),
-        modality=_text(ds, "Modality"), body_part=_text(ds, "BodyPartExamined"),
-        own_output=own)
-
-
-def _text(ds: Any, keyword: str) -> str | None:
-    value = ds.get(keyword)
-    text = str(value).strip() if value is not None else ""
-    return text or None
 
 
 def instances_root(data_dir: Path | str) -> Path:
@@ -146,6 +103,7 @@ class InstanceIngest:
         self.quiet_secs = quiet_secs
         self.on_added = on_added
         self.own_manufacturer = own_manufacturer
+        self.read_meta: Callable[[bytes, str], InstanceMeta] = registry.reader("dicom")
         self.loop: asyncio.AbstractEventLoop | None = None
         self.stored = 0
 
@@ -163,7 +121,7 @@ class InstanceIngest:
         *expected*: the number of instances the source says the study has (a poller's QIDO
         NumberOfStudyRelatedInstances); the study completes once that many have arrived."""
         if meta is None:
-            meta = await asyncio.to_thread(read_meta, part10, self.own_manufacturer)
+            meta = await asyncio.to_thread(self.read_meta, part10, self.own_manufacturer)
         path = await asyncio.to_thread(self._write, meta, part10)
         return await self._index(meta, path, len(part10), expected)
 
@@ -191,7 +149,7 @@ class InstanceIngest:
         the loop, wait here. The event loop never blocks; the caller's thread does."""
         assert self.loop is not None, "bind() the ingest to the running loop first"
         if meta is None:
-            meta = read_meta(part10, self.own_manufacturer)
+            meta = self.read_meta(part10, self.own_manufacturer)
         path = self._write(meta, part10)
         fut = asyncio.run_coroutine_threadsafe(self._index(meta, path, len(part10)), self.loop)
         return fut.result(timeout)

@@ -1,62 +1,29 @@
 """Channel processors: what the pipeline does with each stored message.
 
-``forward`` passes messages on unchanged. ``orders`` maps ADT/ORM/OMI into
-patients and orders; the store applies the mapped event in the same
-transaction as the message's status, so a crash can never leave one without
-the other. A message that cannot be mapped ends as ERROR with the reason
-(its sender already had its ACK: mapping never runs on the ACK path).
+A channel's ``process`` names a processor registered with ``engine.registry``:
+``forward`` (here) passes messages on unchanged; the others register from the
+package that owns their protocol (``orders`` and ``final_reports`` in
+``mappings.hl7v2.plugin``, ``results`` in ``engine.results``). A processor's
+outcome (status, layers, deliveries, mapped domain event) is applied by the
+store in one transaction; mapping never runs on the ACK path.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
-from collections.abc import Sequence
 from typing import Any
 
-from engine.model import Message, Status
+from engine import registry
 from engine.pipeline import Passthrough, Processor
-from engine.store.base import Outcome
-from mappings.hl7v2.fieldmap import FieldMap
-from mappings.hl7v2.orders import MappingError, OrderEvent, PatientEvent, map_message
 
 
-def _jsonable(obj: Any) -> bytes:
-    return json.dumps(dataclasses.asdict(obj), default=str, sort_keys=True).encode()
-
-
-class OrdersProcessor:
-    """Map to domain objects, then forward like ``Passthrough``."""
-
-    cpu_bound = True  # python-hl7 parsing: runs in an executor
-    needs_raw = True
-
-    def __init__(self, forward_to: Sequence[str], fieldmap: FieldMap | None = None) -> None:
-        self.forward_to = list(forward_to)
-        self.fieldmap = fieldmap or FieldMap()
-
-    def process(self, msg: Message) -> Outcome:
-        try:
-            mapped: PatientEvent | OrderEvent = map_message(msg.raw, self.fieldmap)
-        except MappingError as exc:
-            return Outcome(msg.id, Status.ERROR, error=f"cannot map: {exc.reason}")
-        return Outcome(msg.id, Status.TRANSFORMED, layers={"mapped": _jsonable(mapped)},
-                       deliveries=[(dest, None) for dest in self.forward_to], domain=mapped)
+@registry.register_processor("forward", "pass messages on unchanged", rank=0)
+def _forward(channel: Any, config: Any) -> Processor:
+    return Passthrough(channel.forward_to)
 
 
 def processor_for(channel: Any, config: Any = None) -> Processor:
-    if channel.process == "results" or (channel.source is not None
-                                        and channel.source.type == "ai_results"):
-        from engine import registry
-        from engine.results import ResultsProcessor
-
-        sinks = {c.name: registry.get("destination", c.destination.type).sink
-                 for c in config.channel if c.destination is not None}
-        return ResultsProcessor(channel, config, sinks)
-    if channel.process == "final_reports":
-        from engine.results import FinalReportsProcessor
-
-        return FinalReportsProcessor(channel, config)
-    if channel.process == "orders":
-        return OrdersProcessor(channel.forward_to)
-    return Passthrough(channel.forward_to)
+    """The processor a channel's ``process`` names (an ``ai_results`` source: ``results``)."""
+    name = channel.process
+    if channel.source is not None and channel.source.type == "ai_results":
+        name = "results"
+    return registry.processor(name).factory(channel, config)  # type: ignore[no-any-return]

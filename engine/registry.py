@@ -1,12 +1,17 @@
-"""Connectors register themselves by ``type`` name with a typed config model.
+"""Connectors, processors and result payload builders register themselves by name.
 
-The config model doubles as documentation: ``radbridge list`` prints every
-registered type with its fields and descriptions.
+A connector registers by ``type`` with a typed config model; the model doubles as
+documentation: ``radbridge list`` prints every registered type with its fields and
+descriptions. A processor registers by the name a channel's ``process`` gives; the
+allowed names (and their lint error) come from here. A payload builder registers by the
+payload a destination sends (``sink``): the results processor asks it for each
+destination's payload. Each registers from the package that owns its protocol; the
+plugin loader (``engine.plugins``) imports the built-in packages so that they do.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -52,18 +57,10 @@ def register(kind: Kind, type_name: str, config: type[BaseModel], summary: str,
 
 
 def load_builtins() -> None:
-    """Import the built-in connector packages so that they register."""
-    import channels.file  # noqa: F401
-    import channels.mllp  # noqa: F401
-    import engine.results  # noqa: F401  (the ai_results source)
+    """Have the plugin loader import the built-in packages so that they register."""
+    from engine import plugins
 
-    for optional in ("channels.dicom", "channels.dicomweb", "channels.fhir_rest",
-                     "channels.webhook"):
-        try:
-            __import__(optional)
-        except ModuleNotFoundError as exc:  # package not written yet in this checkout
-            if exc.name != optional:
-                raise
+    plugins.load()
 
 
 def connectors(kind: Kind) -> list[ConnectorSpec]:
@@ -79,3 +76,184 @@ def get(kind: Kind, type_name: str) -> ConnectorSpec:
 def type_names(kind: Kind | None = None) -> set[str]:
     load_builtins()
     return {t for (k, t) in _REGISTRY if kind is None or k == kind}
+
+
+# -- processors: what a channel's pipeline does with each stored message ---------------------
+
+# ``factory(channel, config)`` → an ``engine.pipeline.Processor`` for that channel.
+ProcessorFactory = Callable[[Any, Any], Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessorSpec:
+    name: str
+    factory: ProcessorFactory
+    summary: str
+    rank: int
+
+
+_PROCESSORS: dict[str, ProcessorSpec] = {}
+
+
+def register_processor(name: str, summary: str, rank: int = 100
+                       ) -> Callable[[ProcessorFactory], ProcessorFactory]:
+    """Decorator: ``@register_processor("orders", "also map ...")`` on ``factory(channel,
+    config)``. *rank* orders the names where they are listed (lint messages, the docs)."""
+
+    def wrap(factory: ProcessorFactory) -> ProcessorFactory:
+        _PROCESSORS[name] = ProcessorSpec(name, factory, summary, rank)
+        return factory
+
+    return wrap
+
+
+def processors() -> list[ProcessorSpec]:
+    """Every registered processor, in rank order (then by name)."""
+    load_builtins()
+    return sorted(_PROCESSORS.values(), key=lambda s: (s.rank, s.name))
+
+
+def processor(name: str) -> ProcessorSpec:
+    load_builtins()
+    return _PROCESSORS[name]
+
+
+# -- result payload builders: one AI report → what a destination sends -----------------------
+
+# ``build(job)`` → the (layer name, payload) pairs for one destination, where *job* is an
+# ``engine.results_model.ResultBuild``; each pair is kept as a layer and delivered.
+PayloadBuilder = Callable[[Any], list[tuple[str, bytes]]]
+
+
+@dataclass(frozen=True, slots=True)
+class PayloadSpec:
+    name: str
+    build: PayloadBuilder
+    summary: str
+    # Run once for every report before any destination's payload (e.g. the FHIR Bundle, the
+    # case's durable record); it fills ``job.layers`` and ``job.resources``.
+    prepare: Callable[[Any], None] | None = None
+
+
+_PAYLOADS: dict[str, PayloadSpec] = {}
+
+
+def register_payload(name: str, summary: str, prepare: Callable[[Any], None] | None = None
+                     ) -> Callable[[PayloadBuilder], PayloadBuilder]:
+    """Decorator: ``@register_payload("hl7", "ORU^R01")`` on ``build(job)``."""
+
+    def wrap(build: PayloadBuilder) -> PayloadBuilder:
+        _PAYLOADS[name] = PayloadSpec(name, build, summary, prepare)
+        return build
+
+    return wrap
+
+
+def payloads() -> list[PayloadSpec]:
+    """Every registered payload builder, in registration order."""
+    load_builtins()
+    return list(_PAYLOADS.values())
+
+
+def payload(name: str) -> PayloadSpec | None:
+    load_builtins()
+    return _PAYLOADS.get(name)
+
+
+# -- services: long-running parts a package adds to the engine (inference) -------------------
+
+# ``start(engine)`` → the running service (it has ``stop()``), or None when not configured.
+ServiceStarter = Callable[[Any], Awaitable[Any]]
+
+_SERVICES: dict[str, ServiceStarter] = {}
+
+
+def register_service(name: str) -> Callable[[ServiceStarter], ServiceStarter]:
+    """Decorator: ``@register_service("inference")`` on ``async start(engine)``."""
+
+    def wrap(start: ServiceStarter) -> ServiceStarter:
+        _SERVICES[name] = start
+        return start
+
+    return wrap
+
+
+async def start_service(name: str, engine: Any) -> Any:
+    """Start the service registered as *name* for *engine*; None if none is registered."""
+    load_builtins()
+    start = _SERVICES.get(name)
+    return None if start is None else await start(engine)
+
+
+# -- answerers: a protocol's answer policy for the raw messages of a source ------------------
+
+# ``factory(app, facility)`` → an ``engine.connectors.Answerer``.
+AnswererFactory = Callable[[str, str], Any]
+
+_ANSWERERS: dict[str, AnswererFactory] = {}
+
+
+def register_answerer(sink: Payload) -> Callable[[AnswererFactory], AnswererFactory]:
+    """Decorator: ``@register_answerer("hl7")`` on the answerer of the sources whose
+    ``sink`` is that payload (``engine.ingest.Ingest`` calls it)."""
+
+    def wrap(factory: AnswererFactory) -> AnswererFactory:
+        _ANSWERERS[sink] = factory
+        return factory
+
+    return wrap
+
+
+def answerer(sink: Payload, app: str, facility: str) -> Any:
+    """The answerer registered for *sink*, answering as *app*/*facility*."""
+    load_builtins()
+    return _ANSWERERS[sink](app, facility)
+
+
+# -- instance readers: identify a stored instance from its bytes -----------------------------
+
+# ``read(data, own_manufacturer)`` → ``engine.store.clinical.InstanceMeta``; raises
+# ``engine.instances.InvalidInstance`` (or ``InvalidUID``) for what cannot be taken.
+InstanceReader = Callable[[bytes, str], Any]
+
+_READERS: dict[str, InstanceReader] = {}
+
+
+def register_reader(sink: Payload) -> Callable[[InstanceReader], InstanceReader]:
+    """Decorator: ``@register_reader("dicom")`` on the reader ``InstanceIngest`` uses for
+    the instances of the sources whose ``sink`` is that payload."""
+
+    def wrap(read: InstanceReader) -> InstanceReader:
+        _READERS[sink] = read
+        return read
+
+    return wrap
+
+
+def reader(sink: Payload) -> InstanceReader:
+    """The instance reader registered for *sink*."""
+    load_builtins()
+    return _READERS[sink]
+
+
+# -- views: how the admin shows content it does not understand -------------------------------
+
+# ``message_layer``: ``render(name, data, masked)`` → one content layer of the message viewer
+# (``{"name", "size", "masked", "format", "segments", "text"}``), masked for viewers.
+_VIEWS: dict[str, Callable[..., Any]] = {}
+
+
+def register_view(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator: ``@register_view("message_layer")`` on the admin's renderer for *name*."""
+
+    def wrap(render: Callable[..., Any]) -> Callable[..., Any]:
+        _VIEWS[name] = render
+        return render
+
+    return wrap
+
+
+def view(name: str) -> Callable[..., Any]:
+    """The view registered as *name*."""
+    load_builtins()
+    return _VIEWS[name]

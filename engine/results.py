@@ -11,16 +11,13 @@ worklist update, and delivery, retries, replay (``radbridge messages
 reprocess``) and the dashboard work as they do for HL7.
 
 What each destination gets follows from what its type sends (``sink`` in the
-registry): ``hl7`` → ORU^R01 (or, for ``order_updates_to``, the RIS order
-update when AI raised the priority), ``fhir`` → a transaction Bundle,
-``dicom`` → one TID 1500 SR per model, ``json`` → an alert when the case was
-raised to ``alert_priority``. A build or validation failure ends the message
-as ERROR with the reason: visible, fixable, reprocessable; nothing invalid
-leaves.
-
-``FinalReportsProcessor`` (``process = "final_reports"``) reads the
-radiologist's final ORU from the RIS and compares its codes with the AI
-findings of the case (agreement per model version: the drift signal).
+registry), built by the payload builder registered under that name: ``hl7`` →
+ORU^R01 (or, for ``order_updates_to``, the RIS order update when AI raised the
+priority; ``mappings.hl7v2.plugin``), ``fhir`` → a transaction Bundle
+(``radbridge_fhir.plugin``), ``dicom`` → one TID 1500 SR per model
+(``mappings.sr_plugin``), ``json`` → an alert when the case was raised to
+``alert_priority`` (here). A build or validation failure ends the message as
+ERROR with the reason: visible, fixable, reprocessable; nothing invalid leaves.
 """
 
 from __future__ import annotations
@@ -28,28 +25,24 @@ from __future__ import annotations
 import json
 import logging
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from engine import registry
 from engine.config_results import DEFAULT_ESCALATION, AIResultsSourceConfig, EscalationRule
 from engine.logs import event
 from engine.model import Finding, Message, Status
 from engine.registry import register
-from engine.results_model import REPORT_MESSAGE_TYPE, AIReport, ModelRun
+from engine.results_model import REPORT_MESSAGE_TYPE, AIReport, ModelRun, ResultBuild
 from engine.store.base import MessageQuery, NewMessage, Outcome, Store
 from engine.store.inference import CaseResult, JobState
 from engine.store.results import (
-    FinalReportEvent,
     WorklistUpdate,
     order_priority,
     priority_rank,
 )
 
 log = logging.getLogger("radbridge.results")
-
-# A priority as the HL7 order priority code of an order update (ORC-7.6 / TQ1-9).
-HL7_PRIORITY = {"STAT": "S", "URGENT": "A", "ROUTINE": "R"}
 
 
 # -- the source: finished cases become stored reports ----------------------------------------
@@ -170,6 +163,9 @@ def escalate(report: AIReport, rules: Sequence[EscalationRule]
 # -- the processor: one report → every destination's payload ----------------------------------
 
 class ResultsProcessor:
+    """One report → every destination's payload, each built by the payload builder
+    registered for what that destination sends (``engine.registry.register_payload``)."""
+
     cpu_bound = True  # hl7apy validation, FHIR validation, SR encoding
     needs_raw = True
 
@@ -181,107 +177,54 @@ class ResultsProcessor:
         self.app = self.source.sending_application or config.engine.app_name
         self.facility = self.source.sending_facility or config.engine.facility
 
-    def process(self, msg: Message) -> Outcome:
-        from radbridge_fhir.bundle import build_bundle
+    def payload_for(self, dest: str) -> str:
+        """The payload a destination gets: what its type sends, except that the
+        ``order_updates_to`` destinations of an HL7 sink get the order update."""
+        kind = self.sinks.get(dest, "hl7")
+        if kind == "hl7" and dest in self.source.order_updates_to:
+            return "order_update"
+        return kind
 
+    def process(self, msg: Message) -> Outcome:
         try:
             report = AIReport.from_json(msg.raw)
         except (ValueError, TypeError, KeyError) as exc:
             return Outcome(msg.id, Status.ERROR, error=f"not an AI report: {exc}")
         priority, reason, flags = escalate(report, self.rules)
-        raised = reason is not None
-        layers: dict[str, bytes] = {}
+        job = ResultBuild(report, priority, reason, self.source, self.app, self.facility)
         deliveries: list[tuple[str, bytes | None]] = []
         try:
-            bundle = build_bundle(report)
-            if raised:
-                bundle.setdefault("entry", []).append(
-                    priority_task(bundle, report, priority, reason or ""))
-            layers["fhir"] = json.dumps(bundle, sort_keys=True).encode()
+            for spec in registry.payloads():
+                if spec.prepare is not None:
+                    spec.prepare(job)
             for dest in self.forward_to:
-                kind = self.sinks.get(dest, "hl7")
-                if kind == "hl7" and dest in self.source.order_updates_to:
-                    if raised:
-                        update = self._order_update(report, priority, reason or "")
-                        layers["order_update"] = update
-                        deliveries.append((dest, update))
-                elif kind == "hl7":
-                    from mappings.hl7v2.oru import build_oru
-
-                    oru = layers.get("oru") or build_oru(
-                        report, version=self.source.oru_version, sending_application=self.app,
-                        sending_facility=self.facility,
-                        receiving_application=self.source.receiving_application,
-                        receiving_facility=self.source.receiving_facility)
-                    layers["oru"] = oru
-                    deliveries.append((dest, oru))
-                elif kind == "fhir":
-                    deliveries.append((dest, layers["fhir"]))
-                elif kind == "dicom":
-                    from mappings.dicom_sr import build_sr, sr_part10
-
-                    for run in report.models:
-                        sr = sr_part10(build_sr(report, run))
-                        layers[f"sr:{run.name}"] = sr
-                        deliveries.append((dest, sr))
-                elif kind == "json" and raised and (
-                        priority_rank(priority) <= priority_rank(self.source.alert_priority)):
-                    alert = alert_payload(report, priority, reason or "")
-                    layers["alert"] = alert
-                    deliveries.append((dest, alert))
+                builder = registry.payload(self.payload_for(dest))
+                for layer, payload in builder.build(job) if builder is not None else ():
+                    job.layers[layer] = payload
+                    deliveries.append((dest, payload))
         except Exception as exc:  # an invalid output never leaves: the message says why
             return Outcome(msg.id, Status.ERROR, error=f"cannot build results: "
                                                        f"{type(exc).__name__}: {exc}")
         update = WorklistUpdate(report.case_id, report.study_uid, priority, reason, flags,
-                                [e["resource"] for e in bundle.get("entry", [])])
-        return Outcome(msg.id, Status.TRANSFORMED, layers=layers, deliveries=deliveries,
+                                job.resources)
+        return Outcome(msg.id, Status.TRANSFORMED, layers=job.layers, deliveries=deliveries,
                        domain=update)
 
-    def _order_update(self, report: AIReport, priority: str, reason: str) -> bytes:
-        from mappings.hl7v2.order_update import build_order_update
 
-        return build_order_update(report, HL7_PRIORITY[priority], reason,
-                                  message=self.source.order_update_message,
-                                  priority_field=self.source.priority_field,
-                                  sending_application=self.app,
-                                  sending_facility=self.facility)
-
-
-FHIR_PRIORITY = {"STAT": "stat", "URGENT": "urgent", "ROUTINE": "routine"}
+@registry.register_processor("results", "build ORU, FHIR, SR and alerts from AI reports (the "
+                                        "default of an ai_results source)", rank=20)
+def _results(channel: Any, config: Any) -> ResultsProcessor:
+    sinks: dict[str, str] = {c.name: registry.get("destination", c.destination.type).sink
+             for c in config.channel if c.destination is not None}
+    return ResultsProcessor(channel, config, sinks)
 
 
-def priority_task(bundle: dict[str, Any], report: AIReport, priority: str, reason: str
-                  ) -> dict[str, Any]:
-    """A transaction entry for the FHIR side of a raised priority: a Task asking for the
-    study to be read first (focus: the ImagingStudy, for: the patient), conditional on its
-    identifier like every entry we send. Validated with the R4B Task model."""
-    from fhir.resources.R4B.task import Task
-
-    refs = {e["resource"]["resourceType"]: e["fullUrl"] for e in bundle.get("entry", [])}
-    identifier = f"{report.report_id}-priority"
-    system = "urn:radbridge:worklist"
-    task: dict[str, Any] = {
-        "resourceType": "Task",
-        "meta": {"security": [{"system": "http://terminology.hl7.org/CodeSystem/"
-                                         "v3-ObservationValue", "code": "AIAST",
-                               "display": "Artificial Intelligence asserted"}]},
-        "identifier": [{"system": system, "value": identifier}],
-        "status": "requested", "intent": "order", "priority": FHIR_PRIORITY[priority],
-        "code": {"coding": [{"system": "http://hl7.org/fhir/CodeSystem/task-code",
-                             "code": "fulfill"}],
-                 "text": f"Read first: worklist priority raised to {priority}"},
-        "reasonCode": {"text": reason},
-        "authoredOn": report.reported_datetime().isoformat(timespec="seconds"),
-    }
-    if "ImagingStudy" in refs:
-        task["focus"] = {"reference": refs["ImagingStudy"]}
-    if "Patient" in refs:
-        task["for"] = {"reference": refs["Patient"]}
-    Task.model_validate(task)
-    return {"fullUrl": f"urn:uuid:{uuid.uuid5(uuid.NAMESPACE_URL, system + '/' + identifier)}",
-            "resource": task,
-            "request": {"method": "POST", "url": "Task",
-                        "ifNoneExist": f"identifier={system}|{identifier}"}}
+@registry.register_payload("json", "an alert, when the case was raised to alert_priority")
+def _alert(job: ResultBuild) -> list[tuple[str, bytes]]:
+    if not job.raised or (priority_rank(job.priority)
+                          > priority_rank(job.source.alert_priority)):
+        return []
+    return [("alert", alert_payload(job.report, job.priority, job.reason or ""))]
 
 
 def alert_payload(report: AIReport, priority: str, reason: str) -> bytes:
@@ -297,33 +240,3 @@ def alert_payload(report: AIReport, priority: str, reason: str) -> bytes:
                       "model": f.model_name, "version": f.model_version}
                      for f in report.findings],
     }, sort_keys=True).encode()
-
-
-# -- final reports from the RIS: agreement -----------------------------------------------------
-
-class FinalReportsProcessor:
-    """``process = "final_reports"``: the radiologist's ORU, compared with the AI findings."""
-
-    cpu_bound = True
-    needs_raw = True
-
-    def __init__(self, channel: Any, config: Any) -> None:
-        self.forward_to = list(channel.forward_to)
-        self.model_codes = {f"{m.name}|{m.version}": [label.code for label in m.output.labels]
-                            for m in config.model}
-
-    def process(self, msg: Message) -> Outcome:
-        from mappings.hl7v2.final_report import read_final_report
-
-        try:
-            final = read_final_report(msg.raw)
-        except Exception as exc:
-            return Outcome(msg.id, Status.ERROR, error=f"cannot read final report: {exc}")
-        if (final.status or "").upper() not in ("F", "C"):
-            return Outcome(msg.id, Status.FILTERED,
-                           error=f"result status {final.status!r} is not final (F or C)")
-        ev = FinalReportEvent(final.accession, final.placer, final.filler,
-                              [c[0] for c in final.codes], final.status, self.model_codes)
-        return Outcome(msg.id, Status.TRANSFORMED,
-                       layers={"mapped": json.dumps({"codes": ev.codes}).encode()},
-                       deliveries=[(dest, None) for dest in self.forward_to], domain=ev)

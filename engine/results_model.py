@@ -132,3 +132,25 @@ class AIReport:
             models=[ModelRun(**m) for m in obj.pop("models")],
             instances=[SourceInstance(**i) for i in obj.pop("instances")],
             **obj)
+
+
+@dataclass
+class ResultBuild:
+    """What a result payload builder gets: one report, its escalation (the priority and the
+    reason it was raised, None: not raised), the ``ai_results`` source's settings, our MSH-3
+    and MSH-4, and what is built so far, shared so that a payload is built once per report:
+    ``layers`` (kept with the message) and ``resources`` (the FHIR resources of the case,
+    kept with the worklist)."""
+
+    report: AIReport
+    priority: str
+    reason: str | None
+    source: Any  # engine.config_results.AIResultsSourceConfig
+    app: str
+    facility: str
+    layers: dict[str, bytes] = field(default_factory=dict)
+    resources: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def raised(self) -> bool:
+        return self.reason is not None

@@ -26,7 +26,6 @@ from engine import registry
 from engine.assembly import StudyAssembler
 from engine.config import Config, load_config
 from engine.delivery import DeliveryWorker
-from engine.inference_runtime import start_inference
 from engine.ingest import Ingest
 from engine.instances import InstanceIngest, instances_root
 from engine.logs import event
@@ -93,7 +92,7 @@ class Engine:
         self._channel_tasks: dict[str, dict[str, asyncio.Task[None]]] = {}
         self._control = asyncio.Lock()
         self.admin: Any = None  # engine.admin.AdminServer when [admin] is enabled
-        self.result_listeners: list[Callable[[Any], Any]] = []  # see engine.inference_runtime
+        self.result_listeners: list[Callable[[Any], Any]] = []  # see inference.service
         self.inference: Any = None  # InferenceService when models or routes are configured
         self.results_ingests: dict[str, Any] = {}  # ai_results channels (engine.results)
         self.signals = SignalWatcher(self.store, {Topic.CASES: self._signalled_cases,
@@ -135,7 +134,7 @@ class Engine:
             self._start_pipelines()
             self._spawn(self.assembler.run(), "assembly")
             self._prepare_results()  # listening before inference can report anything
-            self.inference = await start_inference(self)
+            self.inference = await registry.start_service("inference", self)
             self._spawn(self.signals.run(), "signals")  # every case listener is in place
             self._start_retention()
             await self._start_sources()

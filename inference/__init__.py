@@ -3,7 +3,8 @@
 Importing this package does not import torch: pixel models import it when they
 load, so ``dicom-qa`` and routing work without the inference extra.
 
-The engine side (jobs, recovery, result listeners) is ``engine.inference_runtime``.
+The service glue (jobs, recovery, result listeners) is ``inference.service``; the
+``radbridge worker`` process is ``inference.worker``.
 """
 
 from inference.deid import PseudonymMap, deidentify

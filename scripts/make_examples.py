@@ -67,11 +67,12 @@ def _lines(hl7: bytes) -> str:
 
 
 def build(out: Path) -> list[Path]:
-    from engine.results import alert_payload, escalate, priority_task
+    from engine.results import alert_payload, escalate
     from mappings.dicom_sr import build_sr
     from mappings.hl7v2.order_update import build_order_update
     from mappings.hl7v2.oru import build_oru
     from radbridge_fhir.bundle import build_bundle
+    from radbridge_fhir.task import priority_task
 
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:

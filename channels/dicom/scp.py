@@ -20,11 +20,12 @@ from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, VerificationPresentationContex
 from pynetdicom.transport import ThreadedAssociationServer
 
 from channels.dicom.config import DicomSourceConfig
+from channels.dicom.part10 import read_meta
 from channels.dicom.pdu_guard import PduGuard, start_guarded
 from channels.dicom.sop_classes import register_storage_classes, storage_sop_classes
 from channels.dicom.status import MISMATCH, SUCCESS, classify, error_comment
 from engine.configbase import parse_hostport
-from engine.instances import InstanceIngest, InvalidInstance, read_meta
+from engine.instances import InstanceIngest, InvalidInstance
 from engine.logs import event
 from engine.registry import register
 

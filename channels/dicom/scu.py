@@ -43,10 +43,10 @@ from pynetdicom import AE, build_context
 from pynetdicom.association import Association
 from pynetdicom.status import STORAGE_SERVICE_CLASS_STATUS, code_to_category
 
-from channels.base import DestinationBase
 from channels.dicom.config import check_ae_title
 from channels.dicom.status import error_comment
 from engine.configbase import Strict, check_hostport, parse_hostport
+from engine.connectors import DestinationBase
 from engine.errors import PeerRejected, PeerTimeout, PeerUnavailable
 from engine.logs import event
 from engine.model import DeliveryRef

@@ -33,7 +33,6 @@ from typing import Literal
 import aiohttp
 from pydantic import Field, field_validator, model_validator
 
-from channels.base import DestinationBase
 from engine.configbase import ReadableFile, Strict
 from engine.configsecrets import (
     SecretEnv,
@@ -43,6 +42,7 @@ from engine.configsecrets import (
     secret_env,
     secret_file,
 )
+from engine.connectors import DestinationBase
 from engine.errors import PeerRejected, PeerTimeout, PeerUnavailable, RetryLater
 from engine.logs import event
 from engine.model import DeliveryRef

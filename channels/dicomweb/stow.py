@@ -15,13 +15,14 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.multipart import parse_mimetype
 
+from channels.dicom.part10 import read_meta
 from channels.dicom.status import STUDY_MISMATCH, Failure, classify
 from channels.dicomweb.config import StowSourceConfig
 from channels.dicomweb.multipart import BodyTooLarge, MalformedMultipart, RelatedReader
 from channels.dicomweb.response import Outcome, stow_response
 from engine.configbase import parse_hostport
 from engine.httplimits import BodyTimeout, LimitedListener, read_within, runner_options
-from engine.instances import InstanceIngest, InvalidInstance, read_meta
+from engine.instances import InstanceIngest, InvalidInstance
 from engine.logs import event
 from engine.registry import register
 

@@ -25,9 +25,9 @@ from typing import Any
 
 import aiohttp
 
-from channels.base import DestinationBase
 from channels.fhir_rest.auth import Credentials
 from channels.fhir_rest.config import FhirRestConfig
+from engine.connectors import DestinationBase
 from engine.errors import PeerRejected, PeerTimeout, PeerUnavailable, RetryLater
 from engine.logs import event
 from engine.model import DeliveryRef

@@ -9,8 +9,8 @@ from typing import Literal
 
 from pydantic import Field
 
-from channels.base import DestinationBase
 from engine.configbase import Strict
+from engine.connectors import DestinationBase
 from engine.fsmode import private_dir
 from engine.model import DeliveryRef
 from engine.outfiles import os_delivery_error, write_new

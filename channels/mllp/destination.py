@@ -5,10 +5,10 @@ from __future__ import annotations
 import re
 from typing import NoReturn
 
-from channels.base import DestinationBase
 from channels.mllp.client import MLLPClient
 from channels.mllp.config import MLLPDestinationConfig
 from engine.configbase import parse_hostport
+from engine.connectors import DestinationBase
 from engine.errors import PeerRejected, PeerUnavailable, PermanentDeliveryError
 from engine.model import DeliveryRef
 from engine.registry import register

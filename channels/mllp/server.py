@@ -26,10 +26,10 @@ import logging
 from collections import deque
 from typing import cast
 
-from channels.base import RawSink
 from channels.mllp.config import MLLPSourceConfig
 from channels.mllp.framing import Frame, MLLPFramer, frame
 from engine.configbase import parse_hostport
+from engine.connectors import RawSink
 from engine.logs import event
 from engine.peers import LIMIT, NOT_ALLOWED, IPAddress, PeerGate, peer_ip
 from engine.registry import register

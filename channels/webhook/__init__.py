@@ -16,7 +16,6 @@ from typing import Literal
 import aiohttp
 from pydantic import Field, field_validator, model_validator
 
-from channels.base import DestinationBase
 from engine.configbase import Strict
 from engine.configsecrets import (
     SecretEnv,
@@ -26,6 +25,7 @@ from engine.configsecrets import (
     secret_env,
     secret_file,
 )
+from engine.connectors import DestinationBase
 from engine.errors import PeerRejected, PeerTimeout, PeerUnavailable, RetryLater
 from engine.model import DeliveryRef
 from engine.registry import register

@@ -4,7 +4,8 @@ Modules: ``server`` (lifecycle), ``app`` (aiohttp app, authentication and author
 ``routing`` (route-module, panel and timeline registry), ``openapi``, ``auth`` (users,
 tokens, roles), ``policy`` (the credential policy), ``firstrun`` (the generated admin
 password), ``sessions``, ``throttle`` (the login brake), ``audit``, ``phi`` (masking for
-viewers), ``hl7view`` and ``hl7fields`` (the message viewer), ``stats`` (sampling),
+viewers; the message viewer's layers come from the registered ``message_layer`` view,
+``mappings.hl7v2.view``), ``stats`` (sampling),
 ``views`` (store reads), and the ``routes_*`` modules. ``python -m engine.admin`` hashes
 passwords and makes tokens.
 

@@ -8,10 +8,11 @@ Two allow-lists, one per kind of content:
   container under it is filtered the same way, key by key), any other key has its value
   replaced by ``***``. A new field, or a new endpoint, is masked until someone allows it
   here. The key groups below are the vocabulary routes compose their views from.
-* **HL7 content.** ``HL7_CLEAR`` names, per segment, the fields shown in clear in the
-  message viewer (``engine.admin.hl7view``); every other field, every field of a segment
-  not listed (Z-segments, anything unexpected) and the id of a line that is not a segment
-  is masked.
+* **Message content.** The message viewer's layers are rendered by the view registered as
+  ``message_layer`` (for HL7: ``mappings.hl7v2.view``, whose allow-list
+  ``mappings.hl7v2.phi.HL7_CLEAR`` names, per segment, the fields shown in clear; every
+  other field, every field of a segment not listed (Z-segments, anything unexpected) and
+  the id of a line that is not a segment is masked; non-HL7 content is withheld whole).
 
 What stays in clear: ids of our own rows, UIDs (the keys the dashboard navigates by),
 states, counts, times, channel and model names, procedure codes and modality. What never
@@ -27,34 +28,6 @@ from dataclasses import dataclass
 from typing import Any
 
 MASK = "***"
-
-#: segment -> fields (1-based) shown in clear; every other field is masked.
-HL7_CLEAR: dict[str, frozenset[int]] = {
-    # MSH-10 (control id) is left out: some senders use the accession or order number there.
-    "MSH": frozenset({1, 2, 3, 4, 5, 6, 7, 9, 11, 12, 15, 16, 17, 18, 19, 20}),
-    "FHS": frozenset({1, 2, 3, 4, 5, 6, 7}),
-    "BHS": frozenset({1, 2, 3, 4, 5, 6, 7}),
-    "FTS": frozenset({1}),
-    "BTS": frozenset({1}),
-    "EVN": frozenset({1, 2, 3, 4, 7}),
-    "PID": frozenset({1}),
-    "NK1": frozenset({1}),
-    "PV1": frozenset({1, 2, 4, 10, 18}),
-    "ORC": frozenset({1, 5, 6, 25, 29}),
-    "OBR": frozenset({1, 4, 5, 11, 24, 25, 30, 44, 45}),
-    "TQ1": frozenset({1, 2, 3, 9, 12}),
-    "IPC": frozenset({3, 5, 6, 7, 9}),
-    "OBX": frozenset({1, 2, 3, 4, 6, 7, 8, 9, 11, 17, 18}),
-    "NTE": frozenset({1, 2, 4}),
-    "MSA": frozenset({1, 4, 5}),
-    "ERR": frozenset({1, 2, 3, 4, 5}),
-}
-
-
-def hl7_field_is_phi(segment: str, index: int) -> bool:
-    """Whether field *index* of *segment* is masked for viewers (not on the allow-list)."""
-    return index not in HL7_CLEAR.get(segment, frozenset())
-
 
 def mask_value(value: Any) -> Any:
     """Empty stays empty (its absence is not PHI); anything else becomes ``***``."""
@@ -73,7 +46,7 @@ CHANNEL_MAPS = frozenset({"acks", "messages", "deliveries"})  # keyed by ACK cod
 MESSAGE = frozenset({"id", "channel", "received_at", "status", "message_type", "duplicate",
                      "size", "masked"})
 DELIVERY = frozenset({"id", "destination", "status", "attempts"})
-#: the message viewer's layers; ``text`` and ``value`` were masked by HL7_CLEAR already
+#: the message viewer's layers; ``text`` and ``value`` were masked by the layer view already
 LAYERS = frozenset({"layers", "name", "size", "masked", "format", "segments", "id", "fields",
                     "n", "value", "text"})
 STUDY = frozenset({"uid", "modality", "body_part", "state", "revision", "series_count",

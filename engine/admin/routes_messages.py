@@ -1,10 +1,11 @@
 """The message browser: search, one message with every content layer, reprocess.
 
 Viewing content is audited (who, which message, when, masked or not) before the
-answer leaves. Viewers get PHI masked in every layer (``engine.admin.hl7view``) and
-in every field not on the routes' ``viewer=`` allow-lists (control id, key, error); they
-may not search by control id or accession (403): a search would tell them whether a
-message with a given identifier exists. Radiologists do not use the message browser.
+answer leaves. Viewers get PHI masked in every layer (the ``message_layer`` view,
+``mappings.hl7v2.view``) and in every field not on the routes' ``viewer=`` allow-lists
+(control id, key, error); they may not search by control id or accession (403): a search
+would tell them whether a message with a given identifier exists. Radiologists do not use
+the message browser.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from typing import Any
 
 from aiohttp import web
 
+from engine import registry
 from engine.admin import phi
-from engine.admin.hl7view import render_layer
 from engine.admin.http import (
     audit,
     fail,
@@ -86,6 +87,7 @@ async def list_messages(request: web.Request) -> web.Response:
 
 
 def _layers(msg: Message, deliveries: list[Any], masked: bool) -> list[dict[str, Any]]:
+    render_layer = registry.view("message_layer")
     layers = [render_layer("raw", msg.raw, masked)]
     layers += [render_layer(name, data, masked) for name, data in msg.layers.items()]
     for d in deliveries:

@@ -3,7 +3,7 @@
 The worklist is ranked by priority (STAT, URGENT, ROUTINE), then age; AI may
 have raised a case, and the reason and the AI flags say why. AI findings are
 a second read: a radiologist accepts, rejects or modifies each one here (or
-their final report does it, see ``engine.results.FinalReportsProcessor``), and
+their final report does it, see ``mappings.hl7v2.plugin.FinalReportsProcessor``), and
 ``/api/agreement`` sums those verdicts per model version — the drift signal.
 Viewers see identifiers, and the free-text comments of feedback, masked (each route's
 ``viewer=`` allow-list, ``engine.admin.phi``).

@@ -1,7 +1,7 @@
 """One contract, every destination type, each against its real peer on loopback.
 
 What ``send`` raises is the whole contract between a destination and the delivery worker
-(``channels.base``, ``engine.errors``): the worker decides retry-or-fail by type alone. So
+(``engine.connectors``, ``engine.errors``): the worker decides retry-or-fail by type alone. So
 each registered destination type is driven through the same cases:
 
 * ``send``: a message reaches the peer and ``send`` returns the peer's answer;
@@ -31,8 +31,8 @@ from typing import Any, Protocol
 
 import pytest
 
-from channels.base import Destination
 from engine import registry
+from engine.connectors import Destination
 from engine.errors import (
     PeerRejected,
     PeerTimeout,

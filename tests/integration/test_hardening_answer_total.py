@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-import engine.ingest
+import mappings.hl7v2.answerer
 from bench.hl7gen import adt_a01
 from channels.mllp.client import MLLPClient
 from engine.store.base import MessageQuery
@@ -64,7 +64,7 @@ async def test_a_failing_ack_builder_still_answers_every_frame_of_the_commit(
             raise RuntimeError("ACK builder bug")
         return build_ack(header, spec, **kw)
 
-    monkeypatch.setattr(engine.ingest, "build_ack", broken)
+    monkeypatch.setattr(mappings.hl7v2.answerer, "build_ack", broken)
     caplog.set_level(logging.INFO, logger="radbridge")
     eng = await engine_factory(config(db_url))
     payloads = [

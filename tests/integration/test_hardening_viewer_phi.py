@@ -21,10 +21,10 @@ import pytest
 import pytest_asyncio
 
 from engine.admin import phi
-from engine.admin.hl7view import render_layer
 from engine.admin.routing import Operation, operations
 from engine.model import Finding, Status
 from engine.store.inference import JobState
+from mappings.hl7v2.view import render_layer
 from tests.conftest import wait_for
 from tests.e2e.support import (
     PASSWORDS,

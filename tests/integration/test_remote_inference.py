@@ -22,12 +22,12 @@ import numpy as np
 import pytest
 
 from engine.config_inference import ModelConfig
-from engine.inference_runtime import InferenceService
 from engine.store.inference import CaseContext, JobState
 from inference.errors import ForwardError, ModelLoadError
 from inference.models import StudyInput
 from inference.registry import load_all, load_model
 from inference.remote import RemoteModel, RemoteRejected, RemoteUnavailable, activate
+from inference.service import InferenceService
 from tests.conftest import wait_for
 from tests.fixtures.triton import TritonServer
 from tests.fixtures.triton_server import reference_scores

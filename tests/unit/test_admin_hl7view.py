@@ -8,9 +8,10 @@ import re
 import pytest
 
 from bench.hl7gen import orm_o01
-from engine.admin.hl7fields import FIELD_NAMES, field_name
-from engine.admin.hl7view import mask_text, parse_segments, render_layer
-from engine.admin.phi import MASK, hl7_field_is_phi
+from engine.admin.phi import MASK
+from mappings.hl7v2.fields import FIELD_NAMES, field_name
+from mappings.hl7v2.phi import hl7_field_is_phi
+from mappings.hl7v2.view import mask_text, parse_segments, render_layer
 
 REQUIRED = ("MSH", "PID", "PV1", "ORC", "OBR", "OBX", "MSA", "ERR", "EVN", "MRG", "NTE", "TQ1",
             "IPC")

@@ -18,7 +18,7 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
-from engine.instances import read_meta
+from channels.dicom.part10 import read_meta
 from engine.model import Finding
 from engine.results_model import AIReport, ModelRun, SourceInstance
 from mappings.dicom_sr import build_sr, series_description, sr_part10

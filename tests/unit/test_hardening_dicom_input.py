@@ -17,9 +17,9 @@ from pydicom.sequence import Sequence
 from pydicom.uid import DeflatedExplicitVRLittleEndian, generate_uid
 from pynetdicom import AllStoragePresentationContexts
 
+from channels.dicom.part10_walk import MAX_DEPTH, Broken, walk_part10
+from channels.dicom.rules import PixelGeometry, pixel_data_required, pixel_shortfall
 from channels.dicom.sop_classes import storage_sop_classes
-from engine.dicom_rules import PixelGeometry, pixel_data_required, pixel_shortfall
-from engine.part10_walk import MAX_DEPTH, Broken, walk_part10
 from tests.fixtures.dicom import part10, synth_instance
 
 

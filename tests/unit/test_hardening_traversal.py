@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.dicom_rules import uid_problem
+from channels.dicom.rules import uid_problem
 from engine.instances import is_under
 
 VALID = [

@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 
 from engine.config_inference import ModelConfig
-from engine.inference_runtime import InferenceService
 from engine.store.base import Store, open_store
 from engine.store.clinical import CaseRow, InstanceMeta
 from engine.store.inference import CaseResult, JobState
 from inference.dispatch import Batcher, DeviceWorker
 from inference.models import InferenceModel, ModelOutput, Prepared, StudyInput
+from inference.service import InferenceService
 from tests.conftest import make_config, wait_for
 from tests.unit.test_inference_series import write_instance
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from channels.mllp.framing import frame
-from mappings.hl7v2.logfile import split_messages
+from channels.mllp.logfile import split_messages
 
 A = b"MSH|^~\\&|A|B|C|D|2026||ADT^A01|1|P|2.5\rPID|1||M1"
 B = b"MSH|^~\\&|A|B|C|D|2026||ORM^O01|2|P|2.5\rPID|1||M2\rORC|NW"

@@ -27,7 +27,7 @@ from engine.store.base import open_store
 async def run_worker(config_path: str) -> int:
     import logging
 
-    from engine.inference_runtime import InferenceService
+    from inference.service import InferenceService
 
     log = logging.getLogger("radbridge.worker")
     config = load_config(config_path)

@@ -1,7 +1,8 @@
 """The glue between the engine and inference: cases in, jobs through, results out.
 
-``InferenceService`` is started by ``Engine.start`` when the configuration has
-models or routes:
+``InferenceService`` is started by ``Engine.start`` (through the ``inference`` service
+registered here) when the configuration has models or routes; ``radbridge worker``
+(``inference.worker``) runs one on a GPU host:
 
 1. load the models (a thread; failures are recorded in ``model_loads``, and
    the jobs for such a model fail with the reason), one ``DeviceWorker`` thread
@@ -34,13 +35,16 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from engine.config import Config
+from engine import registry
 from engine.logs import event
 from engine.store.base import Store
 from engine.store.clinical import CaseRow
 from engine.store.inference import CaseResult, JobRow, JobState
+
+if TYPE_CHECKING:
+    from engine.config import Config
 
 log = logging.getLogger("radbridge.inference")
 
@@ -266,6 +270,7 @@ class InferenceService:
         event(log, "INF-103", "inference stopped")
 
 
+@registry.register_service("inference")
 async def start_inference(engine: Any) -> InferenceService | None:
     """Called by ``Engine.start`` after the store is open: a running service, or None when
     the configuration has neither models nor routes."""

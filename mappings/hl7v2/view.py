@@ -3,9 +3,10 @@
 Lenient like the rest of the engine: any segment terminator, any field separator
 (read from MSH-1), unknown and Z-segments listed with unnamed fields. Values are
 shown as sent (components joined by ``^``, escapes untouched). For viewers, every field
-not on the allow-list (``engine.admin.phi.HL7_CLEAR``) and the id of any line that is not
+not on the allow-list (``mappings.hl7v2.phi.HL7_CLEAR``) and the id of any line that is not
 a well-formed segment are replaced before anything leaves the server, in the table and in
-the text alike; non-HL7 content is withheld whole.
+the text alike; non-HL7 content is withheld whole. The admin calls ``render_layer``
+through the registry (the ``message_layer`` view).
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from engine.admin.hl7fields import field_name
-from engine.admin.phi import MASK, hl7_field_is_phi
+from engine.admin.phi import MASK
+from engine.registry import register_view
+from mappings.hl7v2.fields import field_name
+from mappings.hl7v2.phi import hl7_field_is_phi
 from mappings.hl7v2.text import decode
 
 _HEADERS = ("MSH", "FHS", "BHS")
@@ -93,6 +96,7 @@ def mask_text(text: str) -> str:
     return "\r".join(lines)
 
 
+@register_view("message_layer")
 def render_layer(name: str, data: bytes, masked: bool) -> dict[str, Any]:
     """One content layer for the API: its text (masked when asked) and, for HL7, segments."""
     text = decode_layer(data)

@@ -1,15 +1,15 @@
 """Identify an incoming instance and refuse damaged ones, without decoding pixels.
 
-Every DICOM edge goes through here (via ``engine.instances.read_meta``), in
-this order:
+Every DICOM edge goes through here (``read_meta``, also the reader
+``engine.instances.InstanceIngest`` is given for ``dicom``), in this order:
 
-1. ``engine.part10_walk.walk_part10`` checks the framing of the whole file to
+1. ``channels.dicom.part10_walk.walk_part10`` checks the framing of the whole file to
    its last byte: a value or sequence cut short, or data encoded otherwise
    than its transfer syntax declares, is refused with what is wrong. pydicom
    alone would read a truncated file silently.
 2. pydicom reads the header (``stop_before_pixels``) and
-   ``engine.instances.meta_from_dataset`` checks the UIDs it relies on.
-3. The pixel rules of ``engine.dicom_rules``: an image (an "... Image
+   ``meta_from_dataset`` checks the UIDs it relies on.
+3. The pixel rules of ``channels.dicom.rules``: an image (an "... Image
    Storage" SOP class, or one carrying Rows and Columns) must have pixel data,
    and native pixel data must hold Rows x Columns x samples x bits x frames.
 
@@ -34,12 +34,23 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 
-from engine.dicom_rules import NATIVE_SYNTAXES, PixelGeometry, pixel_data_required, pixel_shortfall
-from engine.instances import InvalidInstance, meta_from_dataset
-from engine.part10_walk import Broken, Layout, walk_part10
+from channels.dicom.part10_walk import Broken, Layout, walk_part10
+from channels.dicom.rules import (
+    NATIVE_SYNTAXES,
+    PixelGeometry,
+    pixel_data_required,
+    pixel_shortfall,
+    uid_problem,
+)
+from engine.instances import InvalidInstance, InvalidUID
+from engine.registry import register_reader
 from engine.store.clinical import InstanceMeta
 
 pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+
+# SR and segmentation storage classes: our own outputs come back as these.
+_OUTPUT_CLASS_PREFIXES = ("1.2.840.10008.5.1.4.1.1.88.", "1.2.840.10008.5.1.4.1.1.66.")
+_REQUIRED = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
 
 _READ_ERRORS = (InvalidDicomError, EOFError, ValueError, TypeError, KeyError, OSError,
                 NotImplementedError, AttributeError, IndexError, struct.error, zlib.error)
@@ -117,3 +128,43 @@ def _geometry(ds: Any) -> PixelGeometry | None:
             photometric=str(ds.get("PhotometricInterpretation", "") or "").strip())
     except (AttributeError, TypeError, ValueError, KeyError):
         return None
+
+
+@register_reader("dicom")
+def read_meta(part10: bytes, own_manufacturer: str = "RADBRIDGE") -> InstanceMeta:
+    """Identify an instance from its Part 10 bytes (header only; pixels are not decoded).
+
+    Truncated or badly framed pixel data is refused (see ``inspect_part10``).
+    """
+    return inspect_part10(part10, own_manufacturer)
+
+
+def meta_from_dataset(ds: Any, file_meta: Any, own_manufacturer: str = "RADBRIDGE"
+                      ) -> InstanceMeta:
+    """Build ``InstanceMeta`` from a decoded dataset; checks the UIDs it relies on."""
+    missing = [k for k in _REQUIRED if not str(ds.get(k, "") or "").strip()]
+    if missing:
+        raise InvalidInstance(f"missing {', '.join(missing)}")
+    uids = [str(ds.get(k)).strip("\0 ") for k in _REQUIRED]
+    tsyntax = str(getattr(file_meta, "TransferSyntaxUID", "") or "").strip("\0 ")
+    if not tsyntax:
+        raise InvalidInstance("no transfer syntax in the file meta information")
+    for name, uid in [*zip(_REQUIRED, uids, strict=True), ("TransferSyntaxUID", tsyntax)]:
+        problem = uid_problem(uid)
+        if problem is not None:
+            raise InvalidUID(f"{name} is not a valid UID ({problem})")
+    sop_class = uids[3]
+    own = (str(ds.get("Manufacturer", "") or "").upper() == own_manufacturer.upper()
+           and sop_class.startswith(_OUTPUT_CLASS_PREFIXES))
+    return InstanceMeta(
+        study_uid=uids[0], series_uid=uids[1], sop_uid=uids[2], sop_class_uid=sop_class,
+        transfer_syntax=tsyntax, patient_id=_text(ds, "PatientID"),
+        issuer=_text(ds, "IssuerOfPatientID"), accession=_text(ds, "AccessionNumber"),
+        modality=_text(ds, "Modality"), body_part=_text(ds, "BodyPartExamined"),
+        own_output=own)
+
+
+def _text(ds: Any, keyword: str) -> str | None:
+    value = ds.get(keyword)
+    text = str(value).strip() if value is not None else ""
+    return text or None

@@ -1,4 +1,4 @@
-"""Connector contracts (tiny on purpose).
+"""Connector contracts (tiny on purpose); the engine owns them, ``channels/`` implements them.
 
 A **source** has ``start``/``stop`` and hands raw bytes to the engine through
 a ``RawSink``; the engine answers through the ``Reply`` callback once the
@@ -19,6 +19,11 @@ to ``retry_max_secs`` (a peer's ``RetryLater.retry_after`` instead, capped at th
 ceiling). Every destination has both (``DestinationBase`` holds the defaults; a type whose
 config has the keys takes them from there).
 
+A source of raw messages (``sink="hl7"``) is answered by its protocol's **answerer**
+(``Answerer``, registered by the payload name with ``engine.registry.register_answerer``):
+the engine stores, decides and says *why* it refuses; the answerer reads the header and
+builds the answer bytes (for HL7: ``mappings.hl7v2.answerer``).
+
 A queue head that keeps failing transiently is shown as stalled (``/ready``,
 ``/metrics``) and an operator may skip it (``radbridge deliveries skip``).
 """
@@ -26,7 +31,7 @@ A queue head that keeps failing transiently is shown as stalled (``/ready``,
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Literal, Protocol
 
 from engine.model import DeliveryRef
 
@@ -89,3 +94,65 @@ class DestinationBase:
 
     retry_initial_secs: float = 0.5
     retry_max_secs: float = 60.0
+
+
+# Why the engine refuses a message it could read (the answerer turns it into its protocol's
+# error code and location): its type is not in ``accept``, its control id is a duplicate
+# being rejected, it exceeds ``max_message_bytes``, the listener shed it to keep its buffer
+# budget, or the store did not take it.
+Refusal = Literal["not_accepted", "duplicate", "oversized", "over_budget", "store_failed"]
+
+
+class Header(Protocol):
+    """What the engine needs from a message's header (an answerer may carry more)."""
+
+    @property
+    def control_id(self) -> str: ...
+
+    @property
+    def message_type(self) -> str: ...
+
+    @property
+    def patient_id(self) -> str | None: ...
+
+
+class Answer(Protocol):
+    """What to answer: ``code`` (accepted, error, rejected in the protocol's terms), the
+    reason ``text`` stored with a refused message and the protocol's ``error_code`` (logged)."""
+
+    @property
+    def code(self) -> str: ...
+
+    @property
+    def text(self) -> str: ...
+
+    @property
+    def error_code(self) -> int | None: ...
+
+
+class Answerer(Protocol):
+    """A protocol's answer policy for a raw-message source. Every method is total except
+    ``build`` (the engine then sends ``fallback``, which must not raise)."""
+
+    accepted: Answer
+
+    def read(self, payload: bytes) -> tuple[Any, Answer | None]:
+        """The header (None: unreadable) and, if the message cannot be taken, the answer."""
+        ...
+
+    def read_head(self, head: bytes) -> Any:
+        """The header of the kept head of a discarded message, or None."""
+        ...
+
+    def refuse(self, why: Refusal, reason: str) -> Answer:
+        """The answer refusing a message for *why*, saying *reason*."""
+        ...
+
+    def build(self, header: Any, answer: Answer) -> bytes | None:
+        """The answer's bytes (an ACK for HL7), echoing *header* (None: unreadable); None:
+        send nothing (what the protocol says for this message, e.g. HL7 enhanced mode)."""
+        ...
+
+    def fallback(self, header: Any, answer: Answer) -> bytes:
+        """A generic answer with the same code, for when ``build`` raised."""
+        ...

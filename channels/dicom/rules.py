@@ -1,7 +1,7 @@
 """Pure rules for incoming DICOM instances: no I/O, no parsing, small enough to test as data.
 
 Every edge (C-STORE, STOW-RS, the pollers) reaches these through
-``engine.part10.inspect_part10`` and ``engine.instances.meta_from_dataset``.
+``channels.dicom.part10.inspect_part10`` and ``meta_from_dataset``.
 
 * ``uid_problem``: the UID grammar of PS3.5 9.1 (digits and dots, no empty
   component, no leading zero in a multi-digit component, at most 64
