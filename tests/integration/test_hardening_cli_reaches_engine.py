@@ -8,6 +8,7 @@ as it does on its own changes.
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import time
@@ -179,7 +180,9 @@ destination = {{ type = "file", directory = "{tmp_path / "archive"}" }}
     assert await send(engine, orm_o01("REPRO1")) in ("AA", "CA")
     await wait_for(lambda: engine.pipelines["ris"].processed == 1, timeout=60)
     (msg,) = await engine.store.query_messages(MessageQuery(channel="ris"))
-    out = cli("messages", "--config", str(cfg), "reprocess", str(msg.id), env=cli_env)
+    out = await asyncio.to_thread(
+        cli, "messages", "--config", str(cfg), "reprocess", str(msg.id), env=cli_env
+    )
     assert out.returncode == 0 and "reprocessing 1 message(s)" in out.stdout, out.stderr
 
     await wait_for(lambda: engine.pipelines["ris"].processed == 2, timeout=60)
@@ -211,7 +214,9 @@ process = "orders"
     engine = await engine_factory(cfg.read_text())
     assert await send(engine, orm_o01("NOTIFY1")) in ("AA", "CA")
     await wait_for(lambda: engine.pipelines["ris"].processed == 1, timeout=60)
-    out = cli("messages", "--config", str(cfg), "reprocess", "--channel", "ris", env=cli_env)
+    out = await asyncio.to_thread(
+        cli, "messages", "--config", str(cfg), "reprocess", "--channel", "ris", env=cli_env
+    )
     assert out.returncode == 0 and "reprocessing 1 message(s)" in out.stdout, out.stderr
     await wait_for(lambda: engine.pipelines["ris"].processed == 2, timeout=60)
 

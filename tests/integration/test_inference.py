@@ -5,6 +5,7 @@ studies, no model applies, and recovery of a case that was never routed."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import subprocess
@@ -88,10 +89,13 @@ def real_chest_cr(accession: str, patient: str = "MRN0001") -> tuple[bytes, str]
     return buf.getvalue(), ds.StudyInstanceUID
 
 
-def cli(tmp_path: Path, *args: str) -> str:
-    out = subprocess.run([sys.executable, "-m", "engine.cli", *args, "--config",
-                          str(tmp_path / "channels.toml")], capture_output=True, text=True,
-                         cwd=REPO, timeout=120)
+async def cli(tmp_path: Path, *args: str) -> str:
+    """Run a CLI command beside the in-process engine. In a thread: the engine's event loop
+    must keep running, or a store transaction it holds open blocks the CLI's store."""
+    out = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "engine.cli", *args, "--config",
+                         str(tmp_path / "channels.toml")], capture_output=True, text=True,
+        cwd=REPO, timeout=120)
     assert out.returncode == 0, out.stderr
     return out.stdout
 
@@ -112,14 +116,14 @@ async def test_a_correlated_chest_radiograph_runs_both_builtin_models(
     assert demo and all(f.demo and f.display.startswith("DEMO") for f in demo)
     assert not [f for f in result.findings if f.model_name == "dicom-qa"]  # a clean study
 
-    audit = cli(tmp_path, "audit", "--case", str(result.case.case_id), "--outputs")
+    audit = await cli(tmp_path, "audit", "--case", str(result.case.case_id), "--outputs")
     rows = [ln for ln in audit.splitlines()[1:] if ln.split()[0].isdigit()]
     assert len(rows) == 2 and all(" ok " in r and uid in r for r in rows)
     assert {r.split()[2] for r in rows} == {"demo-cxr", "dicom-qa"}
     assert '"view": "PA"' in audit and '"body_part": "ok"' in audit
-    findings = cli(tmp_path, "findings", "--case", str(result.case.case_id))
+    findings = await cli(tmp_path, "findings", "--case", str(result.case.case_id))
     assert "DEMO (not a clinical finding)" in findings
-    assert "loaded" in cli(tmp_path, "models")
+    assert "loaded" in await cli(tmp_path, "models")
 
 
 async def test_an_external_model_sees_pseudonyms_and_results_come_back_relinked(
@@ -153,9 +157,9 @@ async def test_a_study_no_route_matches_closes_visibly_as_no_model(
                                       body_part="KNEE"))
     await wait_for(lambda: results, timeout=30)
     assert results[0].no_model
-    out = cli(tmp_path, "findings", "--case", str(results[0].case.case_id))
+    out = await cli(tmp_path, "findings", "--case", str(results[0].case.case_id))
     assert "no model applies (modality=MR body_part=KNEE" in out
-    assert "no_model" in cli(tmp_path, "jobs")
+    assert "no_model" in await cli(tmp_path, "jobs")
 
 
 async def test_a_case_made_before_inference_was_configured_is_routed_at_start(
