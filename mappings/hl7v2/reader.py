@@ -103,9 +103,9 @@ class _Scope:
         """Shortcut: ``compile_path(path).get_all(self)``."""
         return _compiled(path).get_all(self)
 
-    def set(self, path: str, value: str) -> None:
-        """Shortcut: ``compile_path(path).set(self, value)``."""
-        _compiled(path).set(self, value)
+    def set(self, path: str, value: str, *, encoded: bool = False) -> None:
+        """Shortcut: ``compile_path(path).set(self, value, encoded=encoded)``."""
+        _compiled(path).set(self, value, encoded=encoded)
 
     def delete(self, path: str) -> None:
         """Shortcut: ``compile_path(path).delete(self)``."""
@@ -130,8 +130,19 @@ class _Scope:
 class Message(_Scope):
     """A parsed message: its delimiters, its segments, and the flags reading it raised."""
 
-    __slots__ = ("fs", "comp", "rep", "esc", "sub", "trunc", "codec", "flags", "_segs",
-                 "_index", "_unescape_re")
+    __slots__ = (
+        "fs",
+        "comp",
+        "rep",
+        "esc",
+        "sub",
+        "trunc",
+        "codec",
+        "flags",
+        "_segs",
+        "_index",
+        "_unescape_re",
+    )
 
     def __init__(self, text: str, codec: str = "latin-1") -> None:
         self.flags: list[str] = []
@@ -153,12 +164,9 @@ class Message(_Scope):
         else:
             self.flags.append("no MSH segment: read with the default delimiters |^~\\&")
             fs, enc = DEFAULT_FS, DEFAULT_ENCODING
-        enc = enc[:5]
         self.fs = fs
-        self.comp, self.rep, self.esc, self.sub, self.trunc = (enc + "\0" * 5)[:5]
-        for name in ("comp", "rep", "esc", "sub", "trunc"):
-            if getattr(self, name) == "\0":
-                setattr(self, name, "")
+        chars = [enc[i : i + 1] for i in range(5)]  # "" where MSH-2 is short
+        self.comp, self.rep, self.esc, self.sub, self.trunc = chars
 
     def _split(self, text: str) -> list[Segment]:
         if not text:
@@ -178,8 +186,10 @@ class Message(_Scope):
                 continue
             prev = out[-1]
             prev.text += (f"{self.esc}X0D{self.esc}" if self.esc else " ") + line
-            self.flags.append(f"line {number} is not a segment: joined onto {prev.id} as a "
-                              "line break inside a field")
+            self.flags.append(
+                f"line {number} is not a segment: joined onto {prev.id} as a "
+                "line break inside a field"
+            )
         return out
 
     def segments(self) -> list[Segment]:
@@ -244,8 +254,14 @@ class Message(_Scope):
 
     def _replace(self, match: re.Match[str]) -> str:
         name = match.group(1)
-        plain = {"F": self.fs, "S": self.comp, "T": self.sub, "R": self.rep, "E": self.esc,
-                 "P": self.trunc}.get(name)
+        plain = {
+            "F": self.fs,
+            "S": self.comp,
+            "T": self.sub,
+            "R": self.rep,
+            "E": self.esc,
+            "P": self.trunc,
+        }.get(name)
         if plain:
             return plain
         hexa = name[1:]
@@ -254,13 +270,25 @@ class Message(_Scope):
         return match.group(0)
 
     def escape(self, value: str) -> str:
-        """*value* as meant -> as sent: every delimiter and line break escaped."""
+        """*value* as meant -> as sent: every delimiter, line break and MLLP framing byte escaped.
+
+        Whitespace at the very end of a message is still trimmed when it is read again.
+        """
         esc = self.esc
         if not esc:
             return value.replace("\r", " ").replace("\n", " ")
         out = value.replace(esc, f"{esc}E{esc}")
-        for char, name in ((self.fs, "F"), (self.comp, "S"), (self.sub, "T"), (self.rep, "R"),
-                           (self.trunc, "P"), ("\r", "X0D"), ("\n", "X0A")):
+        for char, name in (
+            (self.fs, "F"),
+            (self.comp, "S"),
+            (self.sub, "T"),
+            (self.rep, "R"),
+            (self.trunc, "P"),
+            ("\r", "X0D"),
+            ("\n", "X0A"),
+            ("\x0b", "X0B"),
+            ("\x1c", "X1C"),
+        ):
             if char and char in out:
                 out = out.replace(char, f"{esc}{name}{esc}")
         return out
@@ -372,5 +400,4 @@ def _compiled(path: str) -> Path:
 
 from mappings.hl7v2.readpath import Path, PathError, compile_path  # noqa: E402
 
-__all__ = ["Group", "Message", "Path", "PathError", "Segment", "compile_path", "normalise",
-           "parse"]
+__all__ = ["Group", "Message", "Path", "PathError", "Segment", "compile_path", "normalise", "parse"]

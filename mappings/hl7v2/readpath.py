@@ -74,7 +74,7 @@ def _diagnose(text: str) -> str:
     match = _PATH.match(text)
     end = match.end() if match else 3
     rest = text[end:]
-    if rest.startswith("!") or "!" in text[: end]:
+    if rest.startswith("!") or "!" in text[:end]:
         return "'!' reads a field or repetition whole, so it cannot follow a component"
     hint = _HINTS.get(rest[:1], "expected -FIELD, [N], [.C=VALUE], .COMPONENT or a final '!'")
     return f"unexpected {rest[:12]!r} at position {end + 1}: {hint}"
@@ -114,11 +114,21 @@ def compile_path(text: str) -> Path:
     except ValueError as exc:
         raise PathError(text, str(exc)) from None
     if g["whole"] and nums["comp"] is not None:
-        raise PathError(text, "'!' reads a field or repetition whole, so it cannot follow a "
-                        "component")
+        raise PathError(
+            text, "'!' reads a field or repetition whole, so it cannot follow a component"
+        )
     match_on = (nums["mc"] or 1, nums["ms"], g["mv"]) if g["mc"] else None
-    return Path(stripped, g["seg"].upper(), nums["occ"], nums["field"], nums["rep"], match_on,
-                nums["comp"], nums["sub"], bool(g["whole"]))
+    return Path(
+        stripped,
+        g["seg"].upper(),
+        nums["occ"],
+        nums["field"],
+        nums["rep"],
+        match_on,
+        nums["comp"],
+        nums["sub"],
+        bool(g["whole"]),
+    )
 
 
 class Path:
@@ -127,12 +137,33 @@ class Path:
     *scope* is a :class:`~mappings.hl7v2.reader.Message` or one of its groups.
     """
 
-    __slots__ = ("text", "segment", "occurrence", "field", "repetition", "match", "component",
-                 "subcomponent", "whole", "_atomic", "_first", "_simple")
+    __slots__ = (
+        "text",
+        "segment",
+        "occurrence",
+        "field",
+        "repetition",
+        "match",
+        "component",
+        "subcomponent",
+        "whole",
+        "_atomic",
+        "_first",
+        "_simple",
+    )
 
-    def __init__(self, text: str, segment: str, occurrence: int | None, field: int | None,
-                 repetition: int | None, match: tuple[int, int | None, str] | None,
-                 component: int | None, subcomponent: int | None, whole: bool) -> None:
+    def __init__(
+        self,
+        text: str,
+        segment: str,
+        occurrence: int | None,
+        field: int | None,
+        repetition: int | None,
+        match: tuple[int, int | None, str] | None,
+        component: int | None,
+        subcomponent: int | None,
+        whole: bool,
+    ) -> None:
         self.text = text
         self.segment = segment
         self.occurrence = occurrence
@@ -145,8 +176,9 @@ class Path:
         self._atomic = segment in _HEADERS and field in (1, 2)
         self._first = repetition is None and match is None
         # the first repetition's first component's first subcomponent: read with partitions
-        self._simple = self._first and not whole and component in (None, 1) and (
-            subcomponent in (None, 1))
+        self._simple = (
+            self._first and not whole and component in (None, 1) and (subcomponent in (None, 1))
+        )
 
     def __repr__(self) -> str:
         return f"compile_path({self.text!r})"
@@ -159,7 +191,7 @@ class Path:
     def _segments(self, scope: _Scope) -> list[Segment]:
         segs = scope.find(self.segment)
         n = self.occurrence
-        return segs if n is None else segs[n - 1:n]
+        return segs if n is None else segs[n - 1 : n]
 
     def get(self, scope: _Scope) -> str:
         """The value this path names, unescaped; ``""`` when absent."""
@@ -211,8 +243,12 @@ class Path:
         return out
 
     def _atomic_part(self) -> bool:
-        return self.component in (None, 1) and self.subcomponent in (None, 1) and (
-            self.repetition in (None, 1)) and self.match is None
+        return (
+            self.component in (None, 1)
+            and self.subcomponent in (None, 1)
+            and (self.repetition in (None, 1))
+            and self.match is None
+        )
 
     def _reps(self, msg: Message, value: str) -> list[str]:
         """The repetitions of *value* this path selects."""
@@ -313,10 +349,13 @@ class Path:
             if self._first:
                 return ""
             return _join(msg.rep, [r for i, r in enumerate(reps) if i not in chosen])
-        return _join(msg.rep, [
-            _put(msg, r, self.component, self.subcomponent, "") if i in chosen else r
-            for i, r in enumerate(reps)
-        ])
+        return _join(
+            msg.rep,
+            [
+                _put(msg, r, self.component, self.subcomponent, "") if i in chosen else r
+                for i, r in enumerate(reps)
+            ],
+        )
 
 
 def _part(msg: Message, rep: str, comp: int, sub: int | None) -> str:
