@@ -240,9 +240,31 @@ class ReaderSegmentView(SegmentView):
             for r in _split(value, msg.rep)
         ]
 
+    def value(self, path: FieldPath) -> str | None:
+        """The value at *path* in the first repetition, or None; splits only down to it."""
+        msg = self._msg
+        fields = self._segment.fields(msg.fs)
+        if path.field >= len(fields):
+            return None
+        text = fields[path.field]
+        if not (self.name in HEADER_SEGMENTS and path.field <= 2):
+            text = _nth(_nth(text, msg.rep, 1), msg.comp, path.component or 1)
+            text = _nth(text, msg.sub, path.subcomponent or 1)
+        elif (path.component or 1) != 1 or (path.subcomponent or 1) != 1:
+            return None
+        return self._clean(text) or None
+
 
 def _split(text: str, sep: str) -> list[str]:
     return text.split(sep) if sep else [text]
+
+
+def _nth(text: str, sep: str, n: int) -> str:
+    """Part *n* (1-based) of *text* split on *sep*; "" when there are fewer parts."""
+    if not sep:
+        return text if n == 1 else ""
+    parts = text.split(sep, n)
+    return parts[n - 1] if len(parts) >= n else ""
 
 
 def component(rep: list[list[str]], number: int, sub: int = 1) -> str | None:
