@@ -427,3 +427,23 @@ def test_a_value_set_reads_back_unchanged(
     assert compiled.get(msg) == value
     if value == value.rstrip(" \t"):  # whitespace that ends a message is trimmed when read
         assert compiled.get(parse(msg.encode())) == value
+
+
+# --- the orders mapping reads through the reader ----------------------------------------------
+
+
+def test_the_orders_mapping_maps_a_message_sent_with_a_byte_order_mark() -> None:
+    from mappings.hl7v2.orders import OrderEvent, map_message
+
+    event = map_message(b"\xef\xbb\xbf" + _msg(PID, "ORC|NW|PL1", "OBR|1|PL1").encode())
+    assert isinstance(event, OrderEvent) and event.orders[0].placer_number == "PL1"
+
+
+def test_the_orders_mapping_keeps_a_field_a_stray_line_break_split() -> None:
+    from mappings.hl7v2.orders import OrderEvent, map_message
+
+    obr = "OBR|1|PL1|FL1|CT1^CT HEAD^L" + "|" * 14
+    event = map_message(_msg(PID, "ORC|NW|PL1", obr + "ACC", "1|RP1").encode())
+    assert isinstance(event, OrderEvent)
+    assert event.orders[0].accession == "ACC\r1"
+    assert event.orders[0].requested_procedure_id == "RP1"
