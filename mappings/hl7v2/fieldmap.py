@@ -8,8 +8,9 @@ try in order; the first one that holds a value wins. A path reads
 reads the first repetition, except for the whole-field (composite) values —
 identifiers, name, procedure code — which read every repetition themselves.
 
-This module also holds the small, uniform view over python-hl7's parsed
-segments (:class:`SegmentView`, :class:`Scope`) that the mappings read through.
+This module also holds the small, uniform view over parsed segments that the mappings
+read through (:class:`Scope`; :class:`ReaderSegmentView` over the lazy reader,
+:class:`SegmentView` over python-hl7's segments).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from pydantic import (
     WithJsonSchema,
 )
 
+from mappings.hl7v2.reader import HEADER_SEGMENTS, Message, Segment
 from mappings.hl7v2.text import decode
 
 _NUMBER = r"([1-9][0-9]{0,2})"
@@ -207,6 +209,62 @@ class SegmentView:
         if name.startswith("X") and re.fullmatch(r"(?:[0-9A-Fa-f]{2})+", name[1:]):
             return decode(bytes.fromhex(name[1:]), self._charset)
         return match.group(0)  # unknown sequence: keep it as sent
+
+
+class ReaderSegmentView(SegmentView):
+    """A :class:`SegmentView` over a segment of :mod:`mappings.hl7v2.reader`: split on demand.
+
+    Reads the same values as the python-hl7 view (same unescaping, stripping and ``""``), but
+    only the segments a mapping touches are ever split.
+    """
+
+    def __init__(self, segment: Segment, msg: Message, charset: str | None) -> None:
+        self._segment = segment
+        self._separators = "\r" + msg.fs + msg.rep + msg.comp + msg.sub
+        self._esc = msg.esc
+        self._charset = charset
+        self._msg = msg
+        self.name = segment.id.strip().upper()
+
+    def repetitions(self, number: int) -> Repetitions:
+        """All repetitions of field *number* (1-based, MSH-n counts MSH-1 too)."""
+        msg = self._msg
+        fields = self._segment.fields(msg.fs)
+        if number >= len(fields):
+            return []
+        value = fields[number]
+        if self.name in HEADER_SEGMENTS and number <= 2:
+            return [[[self._clean(value)]]]
+        return [
+            [[self._clean(s) for s in _split(c, msg.sub)] for c in _split(r, msg.comp)]
+            for r in _split(value, msg.rep)
+        ]
+
+    def value(self, path: FieldPath) -> str | None:
+        """The value at *path* in the first repetition, or None; splits only down to it."""
+        msg = self._msg
+        fields = self._segment.fields(msg.fs)
+        if path.field >= len(fields):
+            return None
+        text = fields[path.field]
+        if not (self.name in HEADER_SEGMENTS and path.field <= 2):
+            text = _nth(_nth(text, msg.rep, 1), msg.comp, path.component or 1)
+            text = _nth(text, msg.sub, path.subcomponent or 1)
+        elif (path.component or 1) != 1 or (path.subcomponent or 1) != 1:
+            return None
+        return self._clean(text) or None
+
+
+def _split(text: str, sep: str) -> list[str]:
+    return text.split(sep) if sep else [text]
+
+
+def _nth(text: str, sep: str, n: int) -> str:
+    """Part *n* (1-based) of *text* split on *sep*; "" when there are fewer parts."""
+    if not sep:
+        return text if n == 1 else ""
+    parts = text.split(sep, n)
+    return parts[n - 1] if len(parts) >= n else ""
 
 
 def component(rep: list[list[str]], number: int, sub: int = 1) -> str | None:

@@ -25,12 +25,11 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from mappings.hl7v2.fieldmap import FieldPath, Repetitions, SegmentView, component
-from mappings.hl7v2.orders import MappingError, message_type, parse_message
+from mappings.hl7v2.orders import MappingError, message_type, parse_message, segment_views
 
 CODED_TYPES = frozenset({"CE", "CWE", "CNE"})
 TEXT_TYPES = frozenset({"TX", "FT", "ST"})
 _MSH_10 = FieldPath("MSH", 10)
-_MSH_18 = FieldPath("MSH", 18)
 
 
 class Code(NamedTuple):
@@ -71,8 +70,9 @@ def read_final_report(raw: bytes) -> FinalReport:
     identified = [_identifiers(obr, orc) for obr in obrs]
     named = next((ids for ids in identified if any(ids[:3])), None)
     if named is None:
-        raise MappingError("no order number: OBR-2, OBR-3, OBR-18, ORC-2 and ORC-3 are all "
-                           "empty", "OBR-18")
+        raise MappingError(
+            "no order number: OBR-2, OBR-3, OBR-18, ORC-2 and ORC-3 are all empty", "OBR-18"
+        )
     accession, placer, filler, status = named
     pid = next((v for v in views if v.name == "PID"), None)
     msh = views[0]
@@ -88,15 +88,12 @@ def read_final_report(raw: bytes) -> FinalReport:
     )
 
 
-def _views(msg: object) -> list[SegmentView]:
-    separators, esc = msg.separators, msg.esc  # type: ignore[attr-defined]
-    segments = list(msg)  # type: ignore[call-overload]
-    charset = SegmentView(segments[0], separators, esc, None).value(_MSH_18) if segments else None
-    return [SegmentView(seg, separators, esc, charset) for seg in segments]
+_views = segment_views
 
 
-def _identifiers(obr: SegmentView,
-                 orc: SegmentView | None) -> tuple[str | None, str | None, str | None, str | None]:
+def _identifiers(
+    obr: SegmentView, orc: SegmentView | None
+) -> tuple[str | None, str | None, str | None, str | None]:
     """(accession, placer, filler, status) of one OBR, ORC-2/ORC-3 as the fallback numbers."""
     placer = obr.value(FieldPath("OBR", 2)) or (orc.value(FieldPath("ORC", 2)) if orc else None)
     filler = obr.value(FieldPath("OBR", 3)) or (orc.value(FieldPath("ORC", 3)) if orc else None)
@@ -116,8 +113,11 @@ def _codes(views: list[SegmentView]) -> list[Code]:
 
 
 def _coded(reps: Repetitions) -> list[Code]:
-    return [Code(value, component(rep, 3), component(rep, 2))
-            for rep in reps if (value := component(rep, 1))]
+    return [
+        Code(value, component(rep, 3), component(rep, 2))
+        for rep in reps
+        if (value := component(rep, 1))
+    ]
 
 
 def _text(views: list[SegmentView]) -> str:
@@ -125,8 +125,9 @@ def _text(views: list[SegmentView]) -> str:
     for obx in (v for v in views if v.name == "OBX"):
         if _value_type(obx) in TEXT_TYPES:
             # A text value is one string: rejoin components a sender left unescaped.
-            lines += ["^".join("&".join(comp) for comp in rep).rstrip("^")
-                      for rep in obx.repetitions(5)]
+            lines += [
+                "^".join("&".join(comp) for comp in rep).rstrip("^") for rep in obx.repetitions(5)
+            ]
     return "\n".join(lines).strip("\n")
 
 

@@ -24,11 +24,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
-import hl7
-
 from engine.model import Identifier, Order, Patient
-from mappings.hl7v2.fieldmap import FieldMap, FieldPath, Repetitions, Scope, SegmentView, component
-from mappings.hl7v2.text import decode, normalise
+from mappings.hl7v2.fieldmap import (
+    FieldMap,
+    FieldPath,
+    ReaderSegmentView,
+    Repetitions,
+    Scope,
+    SegmentView,
+    component,
+)
+from mappings.hl7v2.reader import Message, parse
 
 ADT_EVENTS = frozenset(f"A{n:02d}" for n in (*range(1, 9), 11, 12, 13, 18, 28, 31, 34, 40))
 MERGE_EVENTS = frozenset({"A18", "A34", "A40"})
@@ -94,22 +100,20 @@ def map_message(raw: bytes, fieldmap: FieldMap | None = None) -> PatientEvent | 
     return OrderEvent(f"{code}^{event}", event, control_id, orders[0].patient, orders)
 
 
-def parse_message(raw: bytes) -> hl7.Message:
-    """Parse raw bytes with python-hl7 after normalising terminators and decoding MSH-18.
+def parse_message(raw: bytes) -> Message:
+    """Read raw bytes with the lazy reader (:mod:`mappings.hl7v2.reader`).
 
-    The delimiters are the message's own (MSH-1, MSH-2); they must be distinct,
+    Any terminator, a BOM, MSH-18 decoding and stray line breaks inside a field are handled
+    there. The delimiters are the message's own (MSH-1, MSH-2); they must be distinct,
     non-alphanumeric characters. Raises MappingError if the bytes are not HL7.
     """
-    data = normalise(raw.strip(b"\x0b\x1c\r\n"))
-    text = decode(data, _sniff_charset(data))
-    _check_delimiters(text)
-    try:
-        return hl7.parse(text)
-    except Exception as exc:  # python-hl7 raises assorted types on malformed input
-        raise MappingError(f"message could not be parsed ({type(exc).__name__})") from exc
+    msg = parse(raw)
+    segments = msg.segments()
+    _check_delimiters(segments[0].text if segments else "")
+    return msg
 
 
-def message_type(msg: hl7.Message) -> tuple[str, str]:
+def message_type(msg: Message) -> tuple[str, str]:
     """MSH-9 as (message code, trigger event), upper-case; the trigger falls back to EVN-1.
 
     Raises MappingError unless both are three letters or digits (the trigger may be
@@ -129,7 +133,7 @@ def message_type(msg: hl7.Message) -> tuple[str, str]:
     return code, trigger
 
 
-def map_patient(msg: hl7.Message, fieldmap: FieldMap | None = None) -> PatientEvent:
+def map_patient(msg: Message, fieldmap: FieldMap | None = None) -> PatientEvent:
     """Map a parsed ADT message (A01, A04, A08, A03, A11, A40 merge ...) to a PatientEvent.
 
     For merges (A18, A34, A40) the MRG-1 identifiers become ``Patient.merged_from``;
@@ -152,7 +156,7 @@ def map_patient(msg: hl7.Message, fieldmap: FieldMap | None = None) -> PatientEv
     return PatientEvent(f"ADT^{event}", event, control_id, patient)
 
 
-def map_order(msg: hl7.Message, fieldmap: FieldMap | None = None) -> list[Order]:
+def map_order(msg: Message, fieldmap: FieldMap | None = None) -> list[Order]:
     """Map a parsed ORM^O01 or OMI^O23 to one Order per ORC group, each with the patient.
 
     Every order must carry an order control (ORC-1) and at least one of the
@@ -198,19 +202,6 @@ def _utc_offset(text: str | None) -> timezone | None:
     return timezone((-1 if text[0] == "-" else 1) * timedelta(hours=hours, minutes=minutes))
 
 
-def _sniff_charset(data: bytes) -> str | None:
-    """MSH-18 read from the raw bytes, before decoding (delimiters are ASCII)."""
-    head = data.split(b"\r", 1)[0]
-    if len(head) < 4 or not head.startswith(b"MSH"):
-        return None
-    fields = head.split(head[3:4])
-    if len(fields) < 18:
-        return None
-    repetition = fields[1][1:2]
-    value = fields[17].split(repetition)[0] if repetition else fields[17]
-    return value.decode("latin-1").strip() or None
-
-
 def _check_delimiters(text: str) -> None:
     if len(text) < 4 or not text.startswith("MSH"):
         raise MappingError("message does not start with an MSH segment", "MSH")
@@ -226,10 +217,16 @@ def _check_delimiters(text: str) -> None:
         raise MappingError("MSH-9 (message type) is empty", "MSH-9")
 
 
-def _views(msg: hl7.Message) -> list[SegmentView]:
-    separators, esc = msg.separators, msg.esc
-    charset = SegmentView(msg[0], separators, esc, None).value(_MSH_18) if len(msg) else None
-    return [SegmentView(seg, separators, esc, charset) for seg in msg]
+def segment_views(msg: Message) -> list[SegmentView]:
+    """One view per segment of *msg*; a view splits its segment only when read."""
+    segments = msg.segments()
+    if not segments:
+        return []
+    charset = ReaderSegmentView(segments[0], msg, None).value(_MSH_18)
+    return [ReaderSegmentView(seg, msg, charset) for seg in segments]
+
+
+_views = segment_views
 
 
 def _order_groups(
