@@ -26,7 +26,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from engine.cli_args import number
+from engine.cli.args import number
 from engine.config import Config, load_config
 from engine.configbase import parse_hostport
 from engine.errors import ConfigErrors, DeliveryError

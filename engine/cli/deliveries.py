@@ -21,7 +21,7 @@ from typing import Any
 
 from engine.admin.audit import AuditLog
 from engine.admin.auth import Principal
-from engine.cli_args import integer
+from engine.cli.args import integer
 from engine.config import Config, load_config
 from engine.delivery import clean_reason, operate
 from engine.model import DeliveryStatus
