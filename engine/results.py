@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from engine import registry
-from engine.config_results import DEFAULT_ESCALATION, AIResultsSourceConfig, EscalationRule
+from engine.config.results import DEFAULT_ESCALATION, AIResultsSourceConfig, EscalationRule
 from engine.logs import event
 from engine.model import Finding, Message, Status
 from engine.registry import register

@@ -145,7 +145,7 @@ class ResultBuild:
     report: AIReport
     priority: str
     reason: str | None
-    source: Any  # engine.config_results.AIResultsSourceConfig
+    source: Any  # engine.config.results.AIResultsSourceConfig
     app: str
     facility: str
     layers: dict[str, bytes] = field(default_factory=dict)

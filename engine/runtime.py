@@ -24,7 +24,7 @@ from typing import Any
 
 from engine import registry
 from engine.assembly import StudyAssembler
-from engine.config import Config, load_config
+from engine.config.schema import Config, load_config
 from engine.delivery import DeliveryWorker
 from engine.ingest import Ingest
 from engine.instances import InstanceIngest, instances_root

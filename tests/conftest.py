@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from engine.config import Config, lint_text
+from engine.config.schema import Config, lint_text
 from engine.runtime import Engine
 from tests.fixtures.peers import HL7Sink
 

@@ -14,8 +14,8 @@ from engine.admin import phi
 from engine.admin.auth import STAFF_ROLES
 from engine.admin.http import AdminState, audit, fail, ok, read_json, state, who
 from engine.admin.routing import Panel, Router, register_panel
-from engine.config import lint_text
-from engine.configsecrets import redact
+from engine.config.schema import lint_text
+from engine.config.secrets import redact
 from engine.runtime import plan_reload
 
 router = Router("channels")

@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from engine.cli.args import integer, number
-from engine.config import load_config
+from engine.config.schema import load_config
 from engine.store.base import Store, open_store
 from engine.store.clinical import CaseRow, OrderRow, StudyRow
 from engine.store.results import WorklistRow

@@ -66,7 +66,7 @@ def _add_lint(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
 
 
 def _cmd_lint(args: argparse.Namespace) -> int:
-    from engine.config import load_config
+    from engine.config.schema import load_config
 
     failed = False
     for path in args.config:

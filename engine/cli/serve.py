@@ -8,7 +8,7 @@ import signal
 import sys
 from typing import Any
 
-from engine.config import load_config
+from engine.config.schema import load_config
 from engine.errors import ConfigErrors, RadbridgeError
 from engine.logs import setup_logging
 

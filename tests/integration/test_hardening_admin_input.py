@@ -21,7 +21,7 @@ import pytest_asyncio
 from engine.admin.routes_fhir import TYPES
 from engine.admin.routing import Operation, operations
 from engine.cli.commands import build_parser
-from engine.config import lint_text
+from engine.config.schema import lint_text
 from engine.store.inference import ModelLoad
 from engine.store.results import FeedbackEntry
 from tests.conftest import REPO

@@ -27,7 +27,7 @@ import pytest
 from bench.hl7gen import adt_a01
 from channels.mllp.client import MLLPClient
 from engine.admin.audit import AuditLog
-from engine.config import lint_text
+from engine.config.schema import lint_text
 from engine.errors import PeerUnavailable, PermanentDeliveryError
 from engine.model import DeliveryStatus, Status
 from engine.outfiles import os_delivery_error, write_new
