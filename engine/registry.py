@@ -121,7 +121,7 @@ def processor(name: str) -> ProcessorSpec:
 # -- result payload builders: one AI report → what a destination sends -----------------------
 
 # ``build(job)`` → the (layer name, payload) pairs for one destination, where *job* is an
-# ``engine.results_model.ResultBuild``; each pair is kept as a layer and delivered.
+# ``engine.results.model.ResultBuild``; each pair is kept as a layer and delivered.
 PayloadBuilder = Callable[[Any], list[tuple[str, bytes]]]
 
 

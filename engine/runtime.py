@@ -94,7 +94,7 @@ class Engine:
         self.admin: Any = None  # engine.admin.AdminServer when [admin] is enabled
         self.result_listeners: list[Callable[[Any], Any]] = []  # see inference.service
         self.inference: Any = None  # InferenceService when models or routes are configured
-        self.results_ingests: dict[str, Any] = {}  # ai_results channels (engine.results)
+        self.results_ingests: dict[str, Any] = {}  # ai_results channels (engine.results.channel)
         self.signals = SignalWatcher(self.store, {Topic.CASES: self._signalled_cases,
                                                   Topic.MESSAGES: self._signalled_messages},
                                      config.engine.signal_poll_secs)
@@ -224,7 +224,7 @@ class Engine:
         long as the engine runs, even while an operator has the channel stopped (then its
         pipeline does not build or send): a result heard and dropped would be lost, because
         inference marks a case notified once its listeners returned."""
-        from engine.results import ResultsIngest
+        from engine.results.channel import ResultsIngest
 
         for ch in self.config.channel:
             if ch.source is None or ch.source.type != "ai_results" or not ch.enabled:

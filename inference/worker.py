@@ -20,7 +20,7 @@ import signal
 
 from engine.config.schema import load_config
 from engine.logs import event, setup_logging
-from engine.results import ResultsIngest
+from engine.results.channel import ResultsIngest
 from engine.store.base import open_store
 
 

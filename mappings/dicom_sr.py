@@ -53,7 +53,7 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
 from engine.model import Finding
-from engine.results_model import AIReport, ModelRun, SourceInstance
+from engine.results.model import AIReport, ModelRun, SourceInstance
 
 MANUFACTURER = "RADBRIDGE"
 LOCAL_SCHEME = "99RADBRIDGE"

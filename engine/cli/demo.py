@@ -30,7 +30,7 @@ from engine.cli.args import number
 from engine.config.base import parse_hostport
 from engine.config.schema import Config, load_config
 from engine.errors import ConfigErrors, DeliveryError
-from engine.results_model import report_id_for
+from engine.results.model import report_id_for
 from engine.store.base import MessageQuery, Store, open_store
 from engine.store.clinical import CaseRow
 from engine.store.inference import JobRow, StoredFinding
