@@ -7,7 +7,7 @@ date and time from the report, never from a clock, so the same report gives the 
 
 What the document says, and why::
 
-    header    Manufacturer RADBRIDGE (``engine.instances`` then knows its own output and never
+    header    Manufacturer RADBRIDGE (``engine.flow.instances`` then knows its own output and never
               re-triggers a study with it); SeriesDescription "<model> <version> AI preliminary
               (second read)", prefixed DEMO for a demo model; patient and study from the source
               instances' headers; CompletionFlag COMPLETE (PARTIAL when the model failed: no

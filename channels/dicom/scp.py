@@ -25,7 +25,7 @@ from channels.dicom.pdu_guard import PduGuard, start_guarded
 from channels.dicom.sop_classes import register_storage_classes, storage_sop_classes
 from channels.dicom.status import MISMATCH, SUCCESS, classify, error_comment
 from engine.config.base import parse_hostport
-from engine.instances import InstanceIngest, InvalidInstance
+from engine.flow.instances import InstanceIngest, InvalidInstance
 from engine.logs import event
 from engine.registry import register
 

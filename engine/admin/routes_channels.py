@@ -16,7 +16,7 @@ from engine.admin.http import AdminState, audit, fail, ok, read_json, state, who
 from engine.admin.routing import Panel, Router, register_panel
 from engine.config.schema import lint_text
 from engine.config.secrets import redact
-from engine.runtime import plan_reload
+from engine.flow.runtime import plan_reload
 
 router = Router("channels")
 OPERATORS = ("admin", "analyst")

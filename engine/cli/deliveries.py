@@ -23,7 +23,7 @@ from engine.admin.audit import AuditLog
 from engine.admin.auth import Principal
 from engine.cli.args import integer
 from engine.config.schema import Config, load_config
-from engine.delivery import clean_reason, operate
+from engine.flow.delivery import clean_reason, operate
 from engine.model import DeliveryStatus
 from engine.store.base import Store, open_store
 from engine.store.deliveries import DeliveryInfo

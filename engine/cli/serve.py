@@ -23,7 +23,7 @@ def _new_loop() -> asyncio.AbstractEventLoop:
 
 
 async def _main(config_path: str) -> int:
-    from engine.runtime import Engine
+    from engine.flow.runtime import Engine
 
     config = load_config(config_path)
     engine = Engine(config, config_path=config_path)

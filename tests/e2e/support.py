@@ -18,7 +18,7 @@ from bench.hl7gen import orm_o01
 from channels.mllp.client import MLLPClient
 from engine.admin.auth import hash_password
 from engine.config.schema import lint_text
-from engine.runtime import Engine
+from engine.flow.runtime import Engine
 from engine.store.clinical import InstanceMeta
 from mappings.hl7v2.ack import read_ack
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from engine import registry
-from engine.pipeline import Passthrough, Processor
+from engine.flow.pipeline import Passthrough, Processor
 
 
 @registry.register_processor("forward", "pass messages on unchanged", rank=0)

@@ -2,7 +2,7 @@
 
 Start order: store -> signals cursor -> recovery -> destinations -> pipelines -> sources ->
 admin. From then on the engine also acts on changes other processes announce in the store
-(``engine.signals``: the CLI completing a study, reprocessing messages).
+(``engine.flow.signals``: the CLI completing a study, reprocessing messages).
 Stop order is the reverse; failures while stopping are collected, not raised
 one by one. Bound addresses are exposed so tests can listen on port 0.
 
@@ -23,16 +23,16 @@ from pathlib import Path
 from typing import Any
 
 from engine import registry
-from engine.assembly import StudyAssembler
 from engine.config.schema import Config, load_config
-from engine.delivery import DeliveryWorker
-from engine.ingest import Ingest
-from engine.instances import InstanceIngest, instances_root
+from engine.flow.assembly import StudyAssembler
+from engine.flow.delivery import DeliveryWorker
+from engine.flow.ingest import Ingest
+from engine.flow.instances import InstanceIngest, instances_root
+from engine.flow.pipeline import Pipeline
+from engine.flow.processors import processor_for
+from engine.flow.retention import Retention
+from engine.flow.signals import SignalWatcher
 from engine.logs import event
-from engine.pipeline import Pipeline
-from engine.processors import processor_for
-from engine.retention import Retention
-from engine.signals import SignalWatcher
 from engine.store.base import Store, open_store
 from engine.store.clinical import CaseRow
 from engine.store.signals import Signal, Topic
