@@ -60,7 +60,7 @@ async def _main(config_path: str) -> int:
 async def _reload(engine: Any) -> None:
     """Lint channels.toml again and apply it (problems go to stderr; nothing changes)."""
     try:
-        await engine.reload_file()
+        await engine.controls.reload_file()
     except ConfigErrors as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)

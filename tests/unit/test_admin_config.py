@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from engine.config.schema import lint_text
-from engine.flow.runtime import plan_reload
+from engine.flow.controls import plan_reload
 from tests.conftest import make_config
 
 BASE = """
