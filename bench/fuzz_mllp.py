@@ -53,7 +53,7 @@ def _check_frame(payload: bytes) -> None:
     list(split_messages(payload))
     try:
         header = parse_header(payload)
-    except HeaderError as exc:  # as engine.ingest answers: AE once MSH was readable
+    except HeaderError as exc:  # as engine.flow.ingest answers: AE once MSH was readable
         code = "AE" if exc.header is not None else "AR"
         ack = build_ack(exc.header, AckSpec(code, exc.reason, exc.code, exc.location))
         assert read_ack(fallback_ack(exc.header, code))[0] == code

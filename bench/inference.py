@@ -91,7 +91,7 @@ def pct(values: list[float], q: float) -> float:
 
 async def engine_run(tmp: Path, n: int, image: int, batch: int, wait: float, device: str
                      ) -> dict[str, Any]:
-    from engine.config import lint_text
+    from engine.config.schema import lint_text
     from engine.store.sqlite import SQLiteStore
     from inference.service import InferenceService
 
@@ -130,7 +130,7 @@ async def engine_run(tmp: Path, n: int, image: int, batch: int, wait: float, dev
 def bare_run(root: Path, n: int, image: int, batch: int, device: str) -> dict[str, float]:
     import torch
 
-    from engine.config_inference import ModelConfig
+    from engine.config.inference import ModelConfig
     from engine.store.inference import CaseContext
     from inference.models import StudyInput
     from inference.registry import load_model

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.config_inference import ModelConfig
+from engine.config.inference import ModelConfig
 from inference.models import Prepared
 from inference.remote import RemoteModel
 from tests.fixtures.triton import REPO, running_triton, triton_python

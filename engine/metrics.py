@@ -113,7 +113,7 @@ class EngineCollector(Collector):
         processed = _counter("radbridge_pipeline_processed",
                              "Messages processed from the durable queue.", ["channel"])
         for ch in self.engine.config.channel:
-            up.add_metric([ch.name], 1.0 if self.engine.channel_state(ch.name) == "running"
+            up.add_metric([ch.name], 1.0 if self.engine.controls.channel_state(ch.name) == "running"
                           else 0.0)
         for name, sink in self.engine.ingests.items():
             stats = getattr(sink, "stats", None)
@@ -148,7 +148,7 @@ class EngineCollector(Collector):
             errors.add_metric([name], float(worker.errors))
             retries.add_metric([name], float(worker.retries))
             backoff.add_metric([name], float(worker.backoff))
-            paused.add_metric([name], 1.0 if name in self.engine.paused else 0.0)
+            paused.add_metric([name], 1.0 if name in self.engine.controls.paused else 0.0)
             head_age.add_metric([name], worker.head_age())
             stalled.add_metric([name], 1.0 if name in stuck else 0.0)
         yield from (sent, errors, retries, backoff, paused, head_age, stalled)

@@ -24,8 +24,8 @@ def load() -> None:
     import channels.file  # noqa: F401
     import channels.mllp  # noqa: F401
     import channels.webhook  # noqa: F401
-    import engine.processors  # noqa: F401
-    import engine.results  # noqa: F401
+    import engine.flow.processors  # noqa: F401
+    import engine.results.channel  # noqa: F401
     import inference.service  # noqa: F401
     import mappings.hl7v2.answerer  # noqa: F401
     import mappings.hl7v2.plugin  # noqa: F401

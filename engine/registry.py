@@ -43,8 +43,8 @@ def register(kind: Kind, type_name: str, config: type[BaseModel], summary: str,
     """Class decorator: ``@register("source", "mllp", MLLPSourceConfig, "...")``.
 
     A source factory is called as ``factory(channel_name, config, sink)`` where the
-    sink is an ``engine.ingest.Ingest`` (``sink="hl7"``) or an
-    ``engine.instances.InstanceIngest`` (``sink="dicom"``); a destination factory
+    sink is an ``engine.flow.ingest.Ingest`` (``sink="hl7"``) or an
+    ``engine.flow.instances.InstanceIngest`` (``sink="dicom"``); a destination factory
     as ``factory(channel_name, config)``; a destination's ``sink`` is the payload it sends.
     """
 
@@ -80,7 +80,7 @@ def type_names(kind: Kind | None = None) -> set[str]:
 
 # -- processors: what a channel's pipeline does with each stored message ---------------------
 
-# ``factory(channel, config)`` → an ``engine.pipeline.Processor`` for that channel.
+# ``factory(channel, config)`` → an ``engine.flow.pipeline.Processor`` for that channel.
 ProcessorFactory = Callable[[Any, Any], Any]
 
 
@@ -121,7 +121,7 @@ def processor(name: str) -> ProcessorSpec:
 # -- result payload builders: one AI report → what a destination sends -----------------------
 
 # ``build(job)`` → the (layer name, payload) pairs for one destination, where *job* is an
-# ``engine.results_model.ResultBuild``; each pair is kept as a layer and delivered.
+# ``engine.results.model.ResultBuild``; each pair is kept as a layer and delivered.
 PayloadBuilder = Callable[[Any], list[tuple[str, bytes]]]
 
 
@@ -195,7 +195,7 @@ _ANSWERERS: dict[str, AnswererFactory] = {}
 
 def register_answerer(sink: Payload) -> Callable[[AnswererFactory], AnswererFactory]:
     """Decorator: ``@register_answerer("hl7")`` on the answerer of the sources whose
-    ``sink`` is that payload (``engine.ingest.Ingest`` calls it)."""
+    ``sink`` is that payload (``engine.flow.ingest.Ingest`` calls it)."""
 
     def wrap(factory: AnswererFactory) -> AnswererFactory:
         _ANSWERERS[sink] = factory
@@ -213,7 +213,7 @@ def answerer(sink: Payload, app: str, facility: str) -> Any:
 # -- instance readers: identify a stored instance from its bytes -----------------------------
 
 # ``read(data, own_manufacturer)`` → ``engine.store.clinical.InstanceMeta``; raises
-# ``engine.instances.InvalidInstance`` (or ``InvalidUID``) for what cannot be taken.
+# ``engine.flow.instances.InvalidInstance`` (or ``InvalidUID``) for what cannot be taken.
 InstanceReader = Callable[[bytes, str], Any]
 
 _READERS: dict[str, InstanceReader] = {}

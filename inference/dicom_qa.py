@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.config_inference import LabelSpec, ModelConfig, QAOptions
+from engine.config.inference import LabelSpec, ModelConfig, QAOptions
 from engine.model import Finding
 from inference import series
 from inference.models import InferenceModel, ModelOutput, Prepared, StudyInput

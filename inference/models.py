@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.config_inference import LabelSpec, ModelConfig
+from engine.config.inference import LabelSpec, ModelConfig
 from engine.model import Finding
 from engine.store.inference import CaseContext
 from inference import preprocess, series

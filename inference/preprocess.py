@@ -17,7 +17,7 @@ import numpy as np
 import pydicom
 from pydicom.pixels import apply_modality_lut, apply_voi
 
-from engine.config_inference import InputSpec
+from engine.config.inference import InputSpec
 from inference.errors import PreprocessError
 
 Transform = Callable[[Any], None]  # applied to each dataset before decoding (de-identification)

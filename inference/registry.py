@@ -24,7 +24,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from engine.config_inference import LabelSpec, ModelConfig
+from engine.config.inference import LabelSpec, ModelConfig
 from engine.logs import event
 from engine.store.inference import ModelLoad
 from inference.errors import (

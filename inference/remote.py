@@ -47,8 +47,8 @@ from urllib.parse import quote, urlsplit
 
 import numpy as np
 
-from engine.config_inference import LabelSpec, ModelConfig, RemoteSpec
-from engine.configsecrets import SecretUnavailable, read_secret
+from engine.config.inference import LabelSpec, ModelConfig, RemoteSpec
+from engine.config.secrets import SecretUnavailable, read_secret
 from engine.logs import event
 from inference.errors import (
     UNAVAILABLE,

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from engine.config_inference import MATCH_KEYS, RouteConfig
+from engine.config.inference import MATCH_KEYS, RouteConfig
 from engine.store.inference import LANE_ROUTINE, LANE_STAT, CaseContext
 
 STAT_PRIORITIES = frozenset({"S", "STAT"})

@@ -44,7 +44,7 @@ from engine.store.clinical import CaseRow
 from engine.store.inference import CaseResult, JobRow, JobState
 
 if TYPE_CHECKING:
-    from engine.config import Config
+    from engine.config.schema import Config
 
 log = logging.getLogger("radbridge.inference")
 

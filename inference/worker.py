@@ -18,9 +18,9 @@ from __future__ import annotations
 import asyncio
 import signal
 
-from engine.config import load_config
+from engine.config.schema import load_config
 from engine.logs import event, setup_logging
-from engine.results import ResultsIngest
+from engine.results.channel import ResultsIngest
 from engine.store.base import open_store
 
 

@@ -7,7 +7,7 @@ date and time from the report, never from a clock, so the same report gives the 
 
 What the document says, and why::
 
-    header    Manufacturer RADBRIDGE (``engine.instances`` then knows its own output and never
+    header    Manufacturer RADBRIDGE (``engine.flow.instances`` then knows its own output and never
               re-triggers a study with it); SeriesDescription "<model> <version> AI preliminary
               (second read)", prefixed DEMO for a demo model; patient and study from the source
               instances' headers; CompletionFlag COMPLETE (PARTIAL when the model failed: no
@@ -53,7 +53,7 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
 from engine.model import Finding
-from engine.results_model import AIReport, ModelRun, SourceInstance
+from engine.results.model import AIReport, ModelRun, SourceInstance
 
 MANUFACTURER = "RADBRIDGE"
 LOCAL_SCHEME = "99RADBRIDGE"

@@ -5,7 +5,7 @@ first used: highdicom is slow to load)."""
 from __future__ import annotations
 
 from engine.registry import register_payload
-from engine.results_model import ResultBuild
+from engine.results.model import ResultBuild
 
 
 @register_payload("dicom", "one TID 1500 SR per model (Part 10)")

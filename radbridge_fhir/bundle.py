@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.results_model import AIReport
+from engine.results.model import AIReport
 from radbridge_fhir import resources as r
 from radbridge_fhir.ids import token_query
 from radbridge_fhir.validate import FhirInvalid, validate_bundle
@@ -55,7 +55,7 @@ def build_bundle(report: AIReport, *, identifier_system: str = DEFAULT_SYSTEM
     for n, finding in enumerate(report.findings, start=1):
         device = devices.get((finding.model_name, finding.model_version))
         if device is None:  # a finding of a model the report does not list: still attributed
-            from engine.results_model import ModelRun
+            from engine.results.model import ModelRun
 
             run = ModelRun(finding.model_name, finding.model_version, demo=finding.demo)
             device = devices[(run.name, run.version)] = r.model_device(run)

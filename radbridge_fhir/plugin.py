@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 
 from engine.registry import register_payload
-from engine.results_model import ResultBuild
+from engine.results.model import ResultBuild
 
 
 def record_bundle(job: ResultBuild) -> None:

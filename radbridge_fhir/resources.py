@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from engine.model import Finding
-from engine.results_model import AIReport, ModelRun, ReportPatient
+from engine.results.model import AIReport, ModelRun, ReportPatient
 from mappings.hl7v2.oru import DEMO_NOTE, DISCLAIMER
 from radbridge_fhir import codes
 from radbridge_fhir.ids import full_url

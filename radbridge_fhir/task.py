@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from engine.results_model import AIReport
+from engine.results.model import AIReport
 
 FHIR_PRIORITY = {"STAT": "stat", "URGENT": "urgent", "ROUTINE": "routine"}
 

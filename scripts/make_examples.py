@@ -30,7 +30,7 @@ SOP_UID = "1.2.826.0.1.3680043.10.1247.1.1.1"
 
 def example_report(directory: Path) -> Any:
     from engine.model import Finding
-    from engine.results_model import (
+    from engine.results.model import (
         AIReport,
         ModelRun,
         ReportOrder,
@@ -67,7 +67,7 @@ def _lines(hl7: bytes) -> str:
 
 
 def build(out: Path) -> list[Path]:
-    from engine.results import alert_payload, escalate
+    from engine.results.channel import alert_payload, escalate
     from mappings.dicom_sr import build_sr
     from mappings.hl7v2.order_update import build_order_update
     from mappings.hl7v2.oru import build_oru

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from engine.config import Config, lint_text
-from engine.runtime import Engine
+from engine.config.schema import Config, lint_text
+from engine.flow.runtime import Engine
 from tests.fixtures.peers import HL7Sink
 
 REPO = Path(__file__).resolve().parent.parent

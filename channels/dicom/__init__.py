@@ -1,4 +1,4 @@
-"""DICOM DIMSE source: a C-STORE SCP (pynetdicom) feeding ``engine.instances``.
+"""DICOM DIMSE source: a C-STORE SCP (pynetdicom) feeding ``engine.flow.instances``.
 
 ``config`` holds the typed config model, ``status`` the one table mapping
 ingest errors to DICOM status codes (shared with STOW-RS), ``scp`` the

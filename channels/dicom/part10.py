@@ -1,7 +1,7 @@
 """Identify an incoming instance and refuse damaged ones, without decoding pixels.
 
 Every DICOM edge goes through here (``read_meta``, also the reader
-``engine.instances.InstanceIngest`` is given for ``dicom``), in this order:
+``engine.flow.instances.InstanceIngest`` is given for ``dicom``), in this order:
 
 1. ``channels.dicom.part10_walk.walk_part10`` checks the framing of the whole file to
    its last byte: a value or sequence cut short, or data encoded otherwise
@@ -42,7 +42,7 @@ from channels.dicom.rules import (
     pixel_shortfall,
     uid_problem,
 )
-from engine.instances import InvalidInstance, InvalidUID
+from engine.flow.instances import InvalidInstance, InvalidUID
 from engine.registry import register_reader
 from engine.store.clinical import InstanceMeta
 

@@ -24,8 +24,8 @@ from channels.dicom.part10 import read_meta
 from channels.dicom.pdu_guard import PduGuard, start_guarded
 from channels.dicom.sop_classes import register_storage_classes, storage_sop_classes
 from channels.dicom.status import MISMATCH, SUCCESS, classify, error_comment
-from engine.configbase import parse_hostport
-from engine.instances import InstanceIngest, InvalidInstance
+from engine.config.base import parse_hostport
+from engine.flow.instances import InstanceIngest, InvalidInstance
 from engine.logs import event
 from engine.registry import register
 

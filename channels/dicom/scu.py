@@ -45,7 +45,7 @@ from pynetdicom.status import STORAGE_SERVICE_CLASS_STATUS, code_to_category
 
 from channels.dicom.config import check_ae_title
 from channels.dicom.status import error_comment
-from engine.configbase import Strict, check_hostport, parse_hostport
+from engine.config.base import Strict, check_hostport, parse_hostport
 from engine.connectors import DestinationBase
 from engine.errors import PeerRejected, PeerTimeout, PeerUnavailable
 from engine.logs import event

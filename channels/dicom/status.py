@@ -27,7 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from engine.errors import StoreUnavailable
-from engine.instances import InvalidInstance, InvalidUID
+from engine.flow.instances import InvalidInstance, InvalidUID
 
 SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700

@@ -6,8 +6,8 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from engine.configbase import Strict, TLSConfig, check_hostport
-from engine.configsecrets import SecretEnv, SecretFile, one_secret, secret_env, secret_file
+from engine.config.base import Strict, TLSConfig, check_hostport
+from engine.config.secrets import SecretEnv, SecretFile, one_secret, secret_env, secret_file
 from engine.httplimits import HTTPLimitsConfig
 
 

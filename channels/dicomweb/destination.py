@@ -33,8 +33,8 @@ from typing import Literal
 import aiohttp
 from pydantic import Field, field_validator, model_validator
 
-from engine.configbase import ReadableFile, Strict
-from engine.configsecrets import (
+from engine.config.base import ReadableFile, Strict
+from engine.config.secrets import (
     SecretEnv,
     SecretFile,
     destination_secret,

@@ -32,9 +32,9 @@ import aiohttp
 from channels.dicom.part10 import read_meta
 from channels.dicomweb.config import PollSourceConfig
 from channels.dicomweb.feeds import FEEDS, Feed, InstanceGone
-from engine.configsecrets import SecretUnavailable, read_secret
+from engine.config.secrets import SecretUnavailable, read_secret
 from engine.errors import PeerUnavailable, StoreUnavailable
-from engine.instances import InstanceIngest, InvalidInstance, write_durably
+from engine.flow.instances import InstanceIngest, InvalidInstance, write_durably
 from engine.logs import event
 from engine.registry import register
 

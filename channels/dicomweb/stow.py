@@ -20,9 +20,9 @@ from channels.dicom.status import STUDY_MISMATCH, Failure, classify
 from channels.dicomweb.config import StowSourceConfig
 from channels.dicomweb.multipart import BodyTooLarge, MalformedMultipart, RelatedReader
 from channels.dicomweb.response import Outcome, stow_response
-from engine.configbase import parse_hostport
+from engine.config.base import parse_hostport
+from engine.flow.instances import InstanceIngest, InvalidInstance
 from engine.httplimits import BodyTimeout, LimitedListener, read_within, runner_options
-from engine.instances import InstanceIngest, InvalidInstance
 from engine.logs import event
 from engine.registry import register
 

@@ -18,7 +18,7 @@ from urllib.parse import quote
 import aiohttp
 
 from channels.fhir_rest.config import Auth, BearerAuth, OAuth2Auth
-from engine.configsecrets import destination_secret
+from engine.config.secrets import destination_secret
 from engine.errors import PeerRejected, PeerTimeout, PeerUnavailable
 
 TRANSIENT = frozenset({408, 429, 500, 502, 503, 504})

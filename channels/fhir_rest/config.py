@@ -10,8 +10,8 @@ from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from engine.configbase import ReadableFile, Strict
-from engine.configsecrets import SecretEnv, SecretFile, one_secret, secret_env, secret_file
+from engine.config.base import ReadableFile, Strict
+from engine.config.secrets import SecretEnv, SecretFile, one_secret, secret_env, secret_file
 
 
 class NoAuth(Strict):

@@ -9,7 +9,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from engine.configbase import Strict
+from engine.config.base import Strict
 from engine.connectors import DestinationBase
 from engine.fsmode import private_dir
 from engine.model import DeliveryRef

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from engine.configbase import Strict, TLSConfig, check_hostport
+from engine.config.base import Strict, TLSConfig, check_hostport
 from engine.peers import PeerLimitsConfig
 
 

@@ -7,7 +7,7 @@ from typing import NoReturn
 
 from channels.mllp.client import MLLPClient
 from channels.mllp.config import MLLPDestinationConfig
-from engine.configbase import parse_hostport
+from engine.config.base import parse_hostport
 from engine.connectors import DestinationBase
 from engine.errors import PeerRejected, PeerUnavailable, PermanentDeliveryError
 from engine.model import DeliveryRef

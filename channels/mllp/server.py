@@ -28,7 +28,7 @@ from typing import cast
 
 from channels.mllp.config import MLLPSourceConfig
 from channels.mllp.framing import Frame, MLLPFramer, frame
-from engine.configbase import parse_hostport
+from engine.config.base import parse_hostport
 from engine.connectors import RawSink
 from engine.logs import event
 from engine.peers import LIMIT, NOT_ALLOWED, IPAddress, PeerGate, peer_ip

@@ -16,8 +16,8 @@ from typing import Literal
 import aiohttp
 from pydantic import Field, field_validator, model_validator
 
-from engine.configbase import Strict
-from engine.configsecrets import (
+from engine.config.base import Strict
+from engine.config.secrets import (
     SecretEnv,
     SecretFile,
     destination_secret,

@@ -27,7 +27,7 @@ log = logging.getLogger("radbridge.admin")
 @dataclass(slots=True)
 class AdminState:
     engine: Any
-    conf: Any  # engine.config.AdminConfig
+    conf: Any  # engine.config.schema.AdminConfig
     directory: Directory
     sessions: SessionStore
     throttle: LoginThrottle

@@ -14,9 +14,9 @@ from engine.admin import phi
 from engine.admin.auth import STAFF_ROLES
 from engine.admin.http import AdminState, audit, fail, ok, read_json, state, who
 from engine.admin.routing import Panel, Router, register_panel
-from engine.config import lint_text
-from engine.configsecrets import redact
-from engine.runtime import plan_reload
+from engine.config.schema import lint_text
+from engine.config.secrets import redact
+from engine.flow.controls import plan_reload
 
 router = Router("channels")
 OPERATORS = ("admin", "analyst")
@@ -38,7 +38,8 @@ def channel_view(st: AdminState, ch: Any, rates: dict[str, dict[str, float]]) ->
     sink = engine.ingests.get(ch.name)
     acks = {k: v for k, v in getattr(sink, "stats", {}).items() if k != "received"}
     return {"name": ch.name, "description": ch.description, "enabled": ch.enabled,
-            "state": engine.channel_state(ch.name), "paused": ch.name in engine.paused,
+            "state": engine.controls.channel_state(ch.name),
+            "paused": ch.name in engine.controls.paused,
             "source": ch.source.type if ch.source else None,
             "destination": ch.destination.type if ch.destination else None,
             "address": _address(engine.sources.get(ch.name)),
@@ -93,19 +94,19 @@ _ACT = {200: "the channel after the change", 404: "no such channel",
 @router.post("/api/channels/{name}/stop", roles=OPERATORS, audited=True, responses=_ACT,
              summary="Stop one channel (listener, pipeline, delivery); the others go on")
 async def stop_channel(request: web.Request) -> web.Response:
-    return await _act(request, "channel.stop", state(request).engine.stop_channel)
+    return await _act(request, "channel.stop", state(request).engine.controls.stop_channel)
 
 
 @router.post("/api/channels/{name}/start", roles=OPERATORS, audited=True, responses=_ACT,
              summary="Start a stopped channel")
 async def start_channel(request: web.Request) -> web.Response:
-    return await _act(request, "channel.start", state(request).engine.start_channel)
+    return await _act(request, "channel.start", state(request).engine.controls.start_channel)
 
 
 @router.post("/api/channels/{name}/redeploy", roles=OPERATORS, audited=True, responses=_ACT,
              summary="Restart one channel with its current configuration")
 async def redeploy_channel(request: web.Request) -> web.Response:
-    return await _act(request, "channel.redeploy", state(request).engine.redeploy_channel)
+    return await _act(request, "channel.redeploy", state(request).engine.controls.redeploy_channel)
 
 
 @router.get("/api/stats", roles=STAFF_ROLES,
@@ -122,8 +123,8 @@ async def get_stats(request: web.Request) -> web.Response:
 def queue_view(st: AdminState, name: str, masked: bool = False) -> dict[str, Any]:
     worker = st.engine.workers.get(name)
     stats = st.sampler.channel_stats(name, {})
-    return {"name": name, "state": st.engine.channel_state(name),
-            "paused": name in st.engine.paused, **stats["queue"],
+    return {"name": name, "state": st.engine.controls.channel_state(name),
+            "paused": name in st.engine.controls.paused, **stats["queue"],
             "deliveries": stats["deliveries"],
             "sent": worker.sent if worker else None, "errors": worker.errors if worker else None,
             "retries": worker.retries if worker else None,
@@ -155,14 +156,14 @@ async def list_queues(request: web.Request) -> web.Response:
 @router.post("/api/queues/{name}/pause", roles=OPERATORS, audited=True, responses=_ACT,
              summary="Stop sending from a queue (messages keep queueing)")
 async def pause_queue(request: web.Request) -> web.Response:
-    await _act(request, "queue.pause", state(request).engine.pause_queue)
+    await _act(request, "queue.pause", state(request).engine.controls.pause_queue)
     return ok(queue_view(state(request), request.match_info["name"]))
 
 
 @router.post("/api/queues/{name}/resume", roles=OPERATORS, audited=True, responses=_ACT,
              summary="Resume sending from a paused queue")
 async def resume_queue(request: web.Request) -> web.Response:
-    await _act(request, "queue.resume", state(request).engine.resume_queue)
+    await _act(request, "queue.resume", state(request).engine.controls.resume_queue)
     return ok(queue_view(state(request), request.match_info["name"]))
 
 
@@ -203,6 +204,6 @@ async def reload_config(request: web.Request) -> web.Response:
         return ok({"applied": False, **dataclasses.asdict(plan_reload(st.engine.config,
                                                                        config))})
     await audit(request, "config.reload", str(path))
-    plan = await st.engine.reload(config)
+    plan = await st.engine.controls.reload(config)
     await st.sampler.refresh()
     return ok({"applied": True, **dataclasses.asdict(plan)})

@@ -13,7 +13,7 @@ from aiohttp import web
 
 from engine.admin.http import audit, fail, ok, path_int, read_json, state, who
 from engine.admin.routing import Router
-from engine.delivery import clean_reason, operate
+from engine.flow.delivery import clean_reason, operate
 from engine.store.deliveries import DeliveryInfo
 
 router = Router("deliveries")

@@ -59,8 +59,8 @@ async def _down_parts(engine: Any) -> tuple[list[str], list[str]]:
     except Exception:
         down.append("store")
     for ch in engine.config.channel:
-        state_ = engine.channel_state(ch.name)
-        if state_ == "failed" or (state_ == "stopped" and ch.name not in engine.stopped):
+        state_ = engine.controls.channel_state(ch.name)
+        if state_ == "failed" or (state_ == "stopped" and ch.name not in engine.controls.stopped):
             down.append(f"channel:{ch.name}")
     stalled = set(engine.stalled_queues())
     for name, worker in engine.workers.items():

@@ -21,7 +21,7 @@ from engine.admin import phi
 from engine.admin.auth import STAFF_ROLES
 from engine.admin.http import audit, fail, int_param, ok, path_int, read_json, state, who
 from engine.admin.routing import Panel, Param, Router, register_panel, register_timeline
-from engine.results_model import report_id_for
+from engine.results.model import report_id_for
 from engine.store.base import MessageQuery
 from engine.store.results import FeedbackEntry
 

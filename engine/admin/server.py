@@ -21,7 +21,7 @@ from engine.admin.sessions import SessionStore
 from engine.admin.stats import Sampler
 from engine.admin.throttle import LoginThrottle
 from engine.admin.views import StoreViews
-from engine.configbase import parse_hostport
+from engine.config.base import parse_hostport
 from engine.httplimits import BodyTimeout, LimitedListener, read_within, runner_options
 from engine.logs import event
 

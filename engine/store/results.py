@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.results_model import ReportOrder, ReportPatient, SourceInstance
+from engine.results.model import ReportOrder, ReportPatient, SourceInstance
 
 PRIORITIES = ("STAT", "URGENT", "ROUTINE")  # highest first
 VERDICTS = ("accept", "reject", "modify", "missed")

@@ -12,7 +12,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from engine.results_model import ReportOrder, ReportPatient, SourceInstance
+from engine.results.model import ReportOrder, ReportPatient, SourceInstance
 from engine.store.results import (
     AgreementRow,
     FeedbackEntry,

@@ -9,7 +9,7 @@ same transaction* as its change (``announce=True`` on the store operation), so
 the change and its signal commit together or not at all.
 
 Each engine process polls ``signals`` for rows after the last one it saw
-(``engine.signals.SignalWatcher``, every ``[engine] signal_poll_secs``) and runs
+(``engine.flow.signals.SignalWatcher``, every ``[engine] signal_poll_secs``) and runs
 the same code it runs for the change made in-process: ``Engine._on_cases`` for
 new cases, a pipeline wake-up for reprocessed messages. Acting twice is
 harmless (routing a case and waking a pipeline are idempotent), so every engine

@@ -27,7 +27,7 @@ case); a RIS that assigns several steps per procedure should be sent ORM^O01.
 
 from __future__ import annotations
 
-from engine.results_model import AIReport
+from engine.results.model import AIReport
 from mappings.hl7v2.oru import (
     LOCAL_SYSTEM,
     OutboundInvalid,

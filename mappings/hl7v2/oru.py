@@ -33,7 +33,7 @@ import re
 from datetime import UTC, datetime
 
 from engine.model import Finding
-from engine.results_model import AIReport, ModelRun, ReportPatient
+from engine.results.model import AIReport, ModelRun, ReportPatient
 from mappings.hl7v2.ack import escape
 
 VERSIONS = ("2.5.1", "2.3.1")

@@ -21,7 +21,7 @@ from typing import Any
 
 from engine.model import Message, Status
 from engine.registry import register_payload, register_processor
-from engine.results_model import ResultBuild
+from engine.results.model import ResultBuild
 from engine.store.base import Outcome
 from engine.store.results import FinalReportEvent
 from mappings.hl7v2.fieldmap import FieldMap

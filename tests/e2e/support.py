@@ -17,8 +17,8 @@ import pytest_asyncio
 from bench.hl7gen import orm_o01
 from channels.mllp.client import MLLPClient
 from engine.admin.auth import hash_password
-from engine.config import lint_text
-from engine.runtime import Engine
+from engine.config.schema import lint_text
+from engine.flow.runtime import Engine
 from engine.store.clinical import InstanceMeta
 from mappings.hl7v2.ack import read_ack
 

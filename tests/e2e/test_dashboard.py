@@ -190,8 +190,8 @@ async def test_an_analyst_stops_and_starts_one_channel_from_the_grid_and_it_is_a
     page = await login(browser, base_url(engine), "analyst")
     await page.click('tr[data-name="spare"] [data-action=stop]')
     await page.wait_for_selector('tr[data-name="spare"] [data-action=start]')
-    assert engine.channel_state("spare") == "stopped"
-    assert engine.channel_state("ris") == "running"
+    assert engine.controls.channel_state("spare") == "stopped"
+    assert engine.controls.channel_state("ris") == "running"
     await page.screenshot(path=str(SHOTS / "channel-stopped.png"))
     await page.click('tr[data-name="spare"] [data-action=start]')
     await page.wait_for_selector('tr[data-name="spare"] [data-action=stop]')

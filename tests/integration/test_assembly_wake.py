@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from engine.assembly import StudyAssembler
-from engine.instances import InstanceIngest
-from engine.runtime import Engine
+from engine.flow.assembly import StudyAssembler
+from engine.flow.instances import InstanceIngest
+from engine.flow.runtime import Engine
 from tests.conftest import make_config, wait_for
 from tests.fixtures.dicom import write_study
 from tests.fixtures.orthanc import Orthanc

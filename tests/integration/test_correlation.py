@@ -10,9 +10,9 @@ from pydicom.uid import generate_uid
 
 from bench.hl7gen import orm_o01
 from channels.mllp.client import MLLPClient
-from engine.instances import InstanceIngest
-from engine.retention import Retention
-from engine.runtime import Engine
+from engine.flow.instances import InstanceIngest
+from engine.flow.retention import Retention
+from engine.flow.runtime import Engine
 from mappings.hl7v2.ack import read_ack
 from tests.conftest import wait_for
 from tests.fixtures.studies import COMPREHENSIVE_3D_SR, make_instance

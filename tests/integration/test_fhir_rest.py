@@ -19,8 +19,8 @@ import pytest
 from pydantic import TypeAdapter, ValidationError
 
 from channels.fhir_rest import FhirRestConfig, FhirRestDestination
-from engine.delivery import DeliveryWorker
 from engine.errors import PeerRejected, PeerUnavailable, RetryLater, TransientDeliveryError
+from engine.flow.delivery import DeliveryWorker
 from engine.model import DeliveryStatus
 from engine.registry import get
 from radbridge_fhir.bundle import build_bundle

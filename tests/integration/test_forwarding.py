@@ -7,8 +7,8 @@ from typing import Any
 
 from bench.hl7gen import adt_a01
 from channels.mllp.client import MLLPClient
-from engine.config import ChannelConfig
-from engine.runtime import Engine
+from engine.config.schema import ChannelConfig
+from engine.flow.runtime import Engine
 from engine.store.base import MessageQuery, NewMessage, open_store
 from mappings.hl7v2.ack import read_ack
 from tests.conftest import make_config, wait_for

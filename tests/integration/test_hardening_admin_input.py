@@ -3,7 +3,7 @@
 Also the FHIR read API's search criteria and absolute URLs, and the agreement figure of
 ``/api/models``. The JSON bodies and query parameters fuzzed here come from the router
 (``engine.admin.routing.operations``) and the CLI's options from its parser
-(``engine.cli.build_parser``): a new endpoint, body key or option is covered when added.
+(``engine.cli.commands.build_parser``): a new endpoint, body key or option is covered when added.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ import pytest_asyncio
 
 from engine.admin.routes_fhir import TYPES
 from engine.admin.routing import Operation, operations
-from engine.cli import build_parser
-from engine.config import lint_text
+from engine.cli.commands import build_parser
+from engine.config.schema import lint_text
 from engine.store.inference import ModelLoad
 from engine.store.results import FeedbackEntry
 from tests.conftest import REPO

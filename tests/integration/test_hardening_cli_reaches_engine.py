@@ -19,7 +19,7 @@ import pytest
 
 from bench.hl7gen import orm_o01
 from channels.mllp.client import MLLPClient
-from engine import pipeline
+from engine.flow import pipeline
 from engine.model import Status
 from engine.store.base import MessageQuery
 from mappings.hl7v2.ack import read_ack
@@ -224,7 +224,7 @@ process = "orders"
 async def test_a_signal_whose_handler_fails_is_handled_again_and_old_ones_are_not_replayed(
     db_url: str, tmp_path: Path
 ) -> None:
-    from engine.signals import SignalWatcher
+    from engine.flow.signals import SignalWatcher
     from engine.store.base import NewMessage, open_store
 
     writer, reader = open_store(db_url), open_store(db_url)  # the CLI's and the engine's

@@ -28,7 +28,7 @@ from engine.admin import auth
 from engine.admin.__main__ import main as admin_cli
 from engine.admin.auth import AdminCredentialsError, Directory, check_credentials, hash_password
 from engine.admin.firstrun import first_run_password
-from engine.config import lint_text
+from engine.config.schema import lint_text
 from tests.conftest import REPO
 from tests.e2e.support import PASSWORDS, Started, admin_engine, base_url, config_text, make_engine
 

@@ -23,9 +23,9 @@ import uvloop
 
 from bench.hl7gen import adt_a01
 from channels.mllp.framing import END, HEAD_KEEP, START, MLLPFramer, Oversized, frame
-from engine.config import lint_text
+from engine.config.schema import lint_text
+from engine.flow.runtime import Engine
 from engine.peers import LIMIT, NOT_ALLOWED, PEER_LIMIT, PeerGate, PeerLimitsConfig, peer_ip
-from engine.runtime import Engine
 from engine.store.base import MessageQuery
 from mappings.hl7v2.ack import read_ack
 from tests.conftest import make_config, wait_for

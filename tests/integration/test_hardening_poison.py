@@ -27,11 +27,11 @@ import pytest
 from bench.hl7gen import adt_a01
 from channels.mllp.client import MLLPClient
 from engine.admin.audit import AuditLog
-from engine.config import lint_text
+from engine.config.schema import lint_text
 from engine.errors import PeerUnavailable, PermanentDeliveryError
+from engine.flow.runtime import Engine
 from engine.model import DeliveryStatus, Status
 from engine.outfiles import os_delivery_error, write_new
-from engine.runtime import Engine
 from engine.store.base import NewMessage, Outcome, open_store
 from mappings.hl7v2.ack import read_ack
 from mappings.hl7v2.header import parse_header

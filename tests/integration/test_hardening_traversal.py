@@ -22,8 +22,8 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
-from engine.instances import InstanceIngest, OutsideStore
-from engine.retention import Retention
+from engine.flow.instances import InstanceIngest, OutsideStore
+from engine.flow.retention import Retention
 from engine.store.clinical import InstanceMeta
 from tests.fixtures.dicom import CT_IMAGE, part10, synth_instance, write
 from tests.integration.test_dicom_ingest import scu_store, tool

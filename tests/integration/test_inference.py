@@ -17,8 +17,8 @@ import pydicom
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
-from engine.instances import InstanceIngest
-from engine.runtime import Engine
+from engine.flow.instances import InstanceIngest
+from engine.flow.runtime import Engine
 from engine.store.inference import CaseResult, JobState
 from tests.conftest import REPO, wait_for
 from tests.fixtures.studies import make_instance

@@ -12,7 +12,7 @@ from pydicom.uid import generate_uid
 
 from bench.hl7gen import _FAMILY, _GIVEN, orm_o01
 from channels.mllp.client import MLLPClient
-from engine.instances import InstanceIngest
+from engine.flow.instances import InstanceIngest
 from tests.conftest import wait_for
 from tests.fixtures.hostile_hl7 import CORPUS
 from tests.fixtures.studies import make_instance

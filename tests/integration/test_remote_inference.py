@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from engine.config_inference import ModelConfig
+from engine.config.inference import ModelConfig
 from engine.store.inference import CaseContext, JobState
 from inference.errors import ForwardError, ModelLoadError
 from inference.models import StudyInput

@@ -22,7 +22,7 @@ from dicomweb_client.api import DICOMwebClient
 from fhir.resources.R4B.bundle import Bundle
 
 from channels.mllp.client import MLLPClient
-from engine.runtime import Engine
+from engine.flow.runtime import Engine
 from mappings.hl7v2.ack import read_ack
 from radbridge_fhir.validate import validate_bundle
 from tests.fixtures.dicom import require

@@ -17,8 +17,8 @@ import pytest
 from aiohttp import web
 from pydicom.uid import generate_uid
 
-from engine.instances import InstanceIngest
-from engine.runtime import Engine
+from engine.flow.instances import InstanceIngest
+from engine.flow.runtime import Engine
 from engine.store.base import MessageQuery
 from tests.conftest import REPO, wait_for
 from tests.fixtures.peers import HL7Sink

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from engine import pipeline
+from engine.flow import pipeline
 from tests.conftest import wait_for
 from tests.fixtures.peers import HL7Sink
 from tests.integration.test_correlation import send_hl7

@@ -18,8 +18,8 @@ import asyncpg
 import pytest
 
 from engine.cli import main as cli_main
+from engine.flow.retention import Retention
 from engine.model import DeliveryStatus, Message, Status
-from engine.retention import Retention
 from engine.store.archive import ArchiveError, archive_name, read_archive
 from engine.store.base import Delivery, NewMessage, Outcome, PruneResult, Store, open_store
 from engine.store.postgres import PostgresStore

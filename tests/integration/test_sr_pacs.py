@@ -32,7 +32,7 @@ from engine.errors import (
     PeerUnavailable,
     TransientDeliveryError,
 )
-from engine.results_model import AIReport
+from engine.results.model import AIReport
 from mappings.dicom_sr import build_sr, sr_part10
 from tests.fixtures.orthanc import Orthanc
 from tests.fixtures.reports import sample_report

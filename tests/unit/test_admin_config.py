@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from engine.config import lint_text
-from engine.runtime import plan_reload
+from engine.config.schema import lint_text
+from engine.flow.controls import plan_reload
 from tests.conftest import make_config
 
 BASE = """
@@ -34,7 +34,7 @@ def test_secrets_in_the_admin_section_are_refused_with_where_they_belong(key: st
     _, problems = lint_text(f'[admin]\n{key} = "x"\n' + BASE)
     assert len(problems) == 1
     # "users" is refused by the admin section; password, tokens, secret by the rule on
-    # secret-looking keys that every section keeps (engine.configsecrets), at their line
+    # secret-looking keys that every section keeps (engine.config.secrets), at their line
     assert (problems[0].line, problems[0].key) in ((1, "admin"), (2, f"admin.{key}"))
     assert "RADBRIDGE_ADMIN_PASSWORD" in problems[0].message
 

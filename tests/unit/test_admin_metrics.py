@@ -14,6 +14,14 @@ from engine import metrics
 from engine.admin.stats import Sampler, Snapshot
 
 
+class FakeControls:
+    def __init__(self) -> None:
+        self.paused = {"out"}
+
+    def channel_state(self, name: str) -> str:
+        return "running" if name == "ris" else "stopped"
+
+
 class FakeEngine:
     def __init__(self) -> None:
         ingest = SimpleNamespace(stats=Counter({"received": 10, "AA": 8, "AR": 2}))
@@ -24,11 +32,8 @@ class FakeEngine:
         self.workers: dict[str, Any] = {"out": SimpleNamespace(sent=7, errors=1, retries=3,
                                                                backoff=0.0,
                                                                head_age=lambda: 0.0)}
-        self.paused = {"out"}
+        self.controls = FakeControls()
         self.store = None
-
-    def channel_state(self, name: str) -> str:
-        return "running" if name == "ris" else "stopped"
 
     def stalled_queues(self) -> list[str]:
         return []

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from engine.config import lint_text, load_config
+from engine.config.schema import lint_text, load_config
+from engine.config.tomlindex import index_lines
 from engine.errors import ConfigErrors
-from engine.tomlindex import index_lines
 
 REPO = Path(__file__).resolve().parents[2]
 

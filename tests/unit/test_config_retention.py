@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from engine.config import lint_text
+from engine.config.schema import lint_text
 
 
 def problems(text: str) -> list[str]:

@@ -20,7 +20,7 @@ from pydicom.uid import generate_uid
 
 from channels.dicom.part10 import read_meta
 from engine.model import Finding
-from engine.results_model import AIReport, ModelRun, SourceInstance
+from engine.results.model import AIReport, ModelRun, SourceInstance
 from mappings.dicom_sr import build_sr, series_description, sr_part10
 from tests.fixtures.dicom import require, synth_instance, write
 from tests.fixtures.reports import sample_report

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from engine.results_model import AIReport
+from engine.results.model import AIReport
 from radbridge_fhir.bundle import build_bundle
 from radbridge_fhir.ids import key_uuid, resource_id, storable
 from radbridge_fhir.validate import FhirInvalid, validate_bundle

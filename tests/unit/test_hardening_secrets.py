@@ -13,8 +13,8 @@ import pytest
 from pydantic import BaseModel
 
 from engine import registry
-from engine.config import Config, lint_text
-from engine.configsecrets import (
+from engine.config.schema import Config, lint_text
+from engine.config.secrets import (
     SecretUnavailable,
     looks_secret,
     read_secret,

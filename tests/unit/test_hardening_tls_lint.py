@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.config import lint_text
-from engine.configbase import check_readable_file
+from engine.config.base import check_readable_file
+from engine.config.schema import lint_text
 from tests.conftest import REPO
 
 KEYS = (

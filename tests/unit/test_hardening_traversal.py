@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from channels.dicom.rules import uid_problem
-from engine.instances import is_under
+from engine.flow.instances import is_under
 
 VALID = [
     "1",

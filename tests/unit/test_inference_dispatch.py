@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from engine.config_inference import ModelConfig
+from engine.config.inference import ModelConfig
 from engine.store.base import Store, open_store
 from engine.store.clinical import CaseRow, InstanceMeta
 from engine.store.inference import CaseResult, JobState

@@ -12,7 +12,7 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
-from engine.config_inference import InputSpec
+from engine.config.inference import InputSpec
 from inference import preprocess
 from inference.errors import PreprocessError
 from tests.unit.test_inference_series import write_instance

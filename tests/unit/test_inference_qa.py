@@ -9,7 +9,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
-from engine.config_inference import ModelConfig
+from engine.config.inference import ModelConfig
 from engine.store.inference import CaseContext
 from inference.dicom_qa import RDSR_CLASS, DicomQA, parts_in
 from inference.models import ModelOutput, StudyInput

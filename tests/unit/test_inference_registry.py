@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from engine.config_inference import ModelConfig
+from engine.config.inference import ModelConfig
 from engine.store.inference import CaseContext
 from inference import architectures
 from inference.errors import ChecksumMismatch, ModelLoadError

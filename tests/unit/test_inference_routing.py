@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.config import lint_text
-from engine.config_inference import RouteConfig
+from engine.config.inference import RouteConfig
+from engine.config.schema import lint_text
 from engine.store.inference import LANE_ROUTINE, LANE_STAT, CaseContext
 from inference.routing import Router, lane_for
 

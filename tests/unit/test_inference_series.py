@@ -14,7 +14,7 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from engine.config_inference import InputSpec
+from engine.config.inference import InputSpec
 from inference import series
 from inference.errors import NotApplicable
 from inference.preprocess import prepare_volume

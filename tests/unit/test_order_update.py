@@ -12,7 +12,7 @@ import pytest
 from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.parser import parse_message
 
-from engine.results_model import AIReport
+from engine.results.model import AIReport
 from mappings.hl7v2.order_update import build_order_update, check_structure
 from mappings.hl7v2.orders import OrderEvent, map_message
 from mappings.hl7v2.oru import OutboundInvalid

@@ -11,7 +11,7 @@ from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.parser import parse_message
 
 from engine.model import Finding
-from engine.results_model import AIReport, ModelRun
+from engine.results.model import AIReport, ModelRun
 from mappings.hl7v2.oru import OutboundInvalid, build_oru
 from tests.fixtures.reports import sample_report
 

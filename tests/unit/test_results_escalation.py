@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.config_results import EscalationRule
-from engine.results import alert_payload, escalate
+from engine.config.results import EscalationRule
+from engine.results.channel import alert_payload, escalate
 from radbridge_fhir.task import priority_task
 from tests.fixtures.reports import sample_report
 

@@ -33,7 +33,7 @@ from urllib.parse import parse_qsl, urlsplit
 from pydantic import AfterValidator, BaseModel, Field, ValidationInfo
 from pydantic_core import PydanticCustomError
 
-from engine.configbase import check_readable_file
+from engine.config.base import check_readable_file
 from engine.errors import ConfigProblem, PeerRejected, RadbridgeError
 
 RESOLVE = {"resolve_secrets": True}
@@ -86,7 +86,7 @@ def _env_is_set(value: str, info: ValidationInfo) -> str:
 
 def check_readable_secret_file(path: str) -> str | None:
     """Why the secret file *path* cannot be used, or None when it is a readable, non-empty
-    regular file (readability is ``engine.configbase.check_readable_file``'s rule, the one
+    regular file (readability is ``engine.config.base.check_readable_file``'s rule, the one
     every file a config names follows)."""
     try:
         check_readable_file(path)

@@ -8,7 +8,7 @@ import signal
 import sys
 from typing import Any
 
-from engine.config import load_config
+from engine.config.schema import load_config
 from engine.errors import ConfigErrors, RadbridgeError
 from engine.logs import setup_logging
 
@@ -23,7 +23,7 @@ def _new_loop() -> asyncio.AbstractEventLoop:
 
 
 async def _main(config_path: str) -> int:
-    from engine.runtime import Engine
+    from engine.flow.runtime import Engine
 
     config = load_config(config_path)
     engine = Engine(config, config_path=config_path)
@@ -60,7 +60,7 @@ async def _main(config_path: str) -> int:
 async def _reload(engine: Any) -> None:
     """Lint channels.toml again and apply it (problems go to stderr; nothing changes)."""
     try:
-        await engine.reload_file()
+        await engine.controls.reload_file()
     except ConfigErrors as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)

@@ -10,8 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from engine import registry
+from engine.config.tomlindex import line_for
 from engine.errors import ConfigProblem
-from engine.tomlindex import line_for
 
 _ANY_HOST = {"0.0.0.0", "::", ""}
 

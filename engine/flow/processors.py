@@ -3,7 +3,7 @@
 A channel's ``process`` names a processor registered with ``engine.registry``:
 ``forward`` (here) passes messages on unchanged; the others register from the
 package that owns their protocol (``orders`` and ``final_reports`` in
-``mappings.hl7v2.plugin``, ``results`` in ``engine.results``). A processor's
+``mappings.hl7v2.plugin``, ``results`` in ``engine.results.channel``). A processor's
 outcome (status, layers, deliveries, mapped domain event) is applied by the
 store in one transaction; mapping never runs on the ACK path.
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from engine import registry
-from engine.pipeline import Passthrough, Processor
+from engine.flow.pipeline import Passthrough, Processor
 
 
 @registry.register_processor("forward", "pass messages on unchanged", rank=0)

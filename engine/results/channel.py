@@ -29,11 +29,11 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from engine import registry
-from engine.config_results import DEFAULT_ESCALATION, AIResultsSourceConfig, EscalationRule
+from engine.config.results import DEFAULT_ESCALATION, AIResultsSourceConfig, EscalationRule
 from engine.logs import event
 from engine.model import Finding, Message, Status
 from engine.registry import register
-from engine.results_model import REPORT_MESSAGE_TYPE, AIReport, ModelRun, ResultBuild
+from engine.results.model import REPORT_MESSAGE_TYPE, AIReport, ModelRun, ResultBuild
 from engine.store.base import MessageQuery, NewMessage, Outcome, Store
 from engine.store.inference import CaseResult, JobState
 from engine.store.results import (

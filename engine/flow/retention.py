@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from engine.instances import is_under
+from engine.flow.instances import is_under
 from engine.logs import event
 from engine.store.archive import ArchiveError
 from engine.store.base import PruneResult, Store

@@ -8,8 +8,8 @@ import time
 from datetime import datetime
 from typing import Any
 
-from engine.cli_args import integer, number
-from engine.config import load_config
+from engine.cli.args import integer, number
+from engine.config.schema import load_config
 from engine.store.base import Store, open_store
 from engine.store.clinical import CaseRow, OrderRow, StudyRow
 from engine.store.results import WorklistRow

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from engine.configbase import Strict
+from engine.config.base import Strict
 
 
 class AIResultsSourceConfig(Strict):

@@ -25,7 +25,7 @@ from engine.store.base import Store
 from engine.store.clinical import CaseRow
 
 if TYPE_CHECKING:
-    from engine.instances import IngestResult
+    from engine.flow.instances import IngestResult
 
 log = logging.getLogger("radbridge.assembly")
 

@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from channels.mllp.client import MLLPClient
 from channels.mllp.logfile import split_messages
-from engine.cli_args import number
+from engine.cli.args import number
 from engine.errors import TransientDeliveryError
 from mappings.hl7v2.ack import read_ack
 

@@ -2,7 +2,7 @@
 
 Problems are reported as ``file:line: key: message``. Field-level problems
 come from pydantic; topology problems (duplicate names, two listeners on one
-port, references to unknown channels or models) from ``engine.topology``.
+port, references to unknown channels or models) from ``engine.config.topology``.
 """
 
 from __future__ import annotations
@@ -16,13 +16,13 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from engine import registry
-from engine.config_inference import ModelConfig, RouteConfig
-from engine.config_results import EscalationRule
-from engine.configbase import CHECK_FILES, Strict, TLSConfig, check_hostport, parse_hostport
-from engine.configsecrets import RESOLVE, clear_secret_problems
+from engine.config.base import CHECK_FILES, Strict, TLSConfig, check_hostport, parse_hostport
+from engine.config.inference import ModelConfig, RouteConfig
+from engine.config.results import EscalationRule
+from engine.config.secrets import RESOLVE, clear_secret_problems
+from engine.config.tomlindex import index_lines, line_for
 from engine.errors import ConfigErrors, ConfigProblem
 from engine.httplimits import HTTPLimitsConfig
-from engine.tomlindex import index_lines, line_for
 
 
 class StoreConfig(Strict):
@@ -119,7 +119,7 @@ def _channel_model() -> type[BaseModel]:
 ChannelConfig = _channel_model()
 
 # Secret-looking keys (password, token ...) are refused in every section by
-# engine.configsecrets; these name admin credentials without looking like secrets.
+# engine.config.secrets; these name admin credentials without looking like secrets.
 _CREDENTIAL_KEYS = frozenset({"users", "user"})
 
 
@@ -224,7 +224,7 @@ def _validation_problems(file: str, exc: ValidationError, index: dict[Any, int],
                          doc: dict[str, Any], reported: set[str]) -> list[ConfigProblem]:
     """Pydantic's errors as problems; an unknown key already *reported* (a secret given
     in clear) is not reported twice."""
-    from engine.topology import unknown_types
+    from engine.config.topology import unknown_types
 
     channels = doc.get("channel", [])
     problems = []
@@ -254,7 +254,7 @@ def lint_text(text: str, file: str = "channels.toml", resolve_secrets: bool = Tr
     Files the config names (TLS certificates, keys, CA bundles) must exist and be readable,
     relative to the working directory; ``check_files=False`` skips that (documentation).
     """
-    from engine.topology import check_topology
+    from engine.config.topology import check_topology
 
     try:
         doc = tomllib.loads(text)

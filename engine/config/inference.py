@@ -1,7 +1,7 @@
 """channels.toml ``[[model]]`` and ``[[route]]``: the inference part of the configuration.
 
 Pure pydantic (no torch), so ``radbridge lint`` checks model entries on a
-machine without the inference extra. ``engine.topology`` checks that routes
+machine without the inference extra. ``engine.config.topology`` checks that routes
 name known models; the registry (``inference.registry``) checks files and
 checksums when the engine starts.
 """
@@ -12,8 +12,8 @@ from typing import Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from engine.configbase import ReadableFile, Strict
-from engine.configsecrets import SecretEnv, SecretFile, one_secret, secret_env, secret_file
+from engine.config.base import ReadableFile, Strict
+from engine.config.secrets import SecretEnv, SecretFile, one_secret, secret_env, secret_file
 
 BUILTIN_MODELS = ("demo-cxr", "dicom-qa")
 ARCHITECTURES = ("demo_cnn", "resnet18", "resnet34")

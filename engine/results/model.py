@@ -1,6 +1,6 @@
 """An AI report: what the result builders (ORU^R01, FHIR, DICOM SR, order updates) read.
 
-When every inference job of a case is final, ``engine.results`` gathers the
+When every inference job of a case is final, ``engine.results.channel`` gathers the
 case, its patient, its order, the source instances and the sendable findings
 into one ``AIReport`` and stores it as a message on the results channel (JSON,
 see ``to_json``). The results channel's pipeline builds each output from it,
@@ -145,7 +145,7 @@ class ResultBuild:
     report: AIReport
     priority: str
     reason: str | None
-    source: Any  # engine.config_results.AIResultsSourceConfig
+    source: Any  # engine.config.results.AIResultsSourceConfig
     app: str
     facility: str
     layers: dict[str, bytes] = field(default_factory=dict)

@@ -20,7 +20,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from engine.cli_args import Parser
+from engine.cli.args import Parser
 from engine.errors import ConfigErrors
 
 
@@ -32,7 +32,7 @@ def _add_run(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from engine.serve import serve
+    from engine.cli.serve import serve
 
     return serve(args.config, args.log_level)
 
@@ -66,7 +66,7 @@ def _add_lint(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
 
 
 def _cmd_lint(args: argparse.Namespace) -> int:
-    from engine.config import load_config
+    from engine.config.schema import load_config
 
     failed = False
     for path in args.config:
@@ -108,15 +108,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> Parser:
-    """Every subcommand and its options (their value types: ``engine.cli_args``)."""
-    from engine import (
-        cli_clinical,
-        cli_deliveries,
-        cli_demo,
-        cli_inference,
-        cli_messages,
-        cli_send,
-    )
+    """Every subcommand and its options (their value types: ``engine.cli.args``)."""
+    from engine.cli import clinical, deliveries, demo, inference, messages, send
 
     parser = Parser(prog="radbridge", description=__doc__,
                     formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -125,12 +118,12 @@ def build_parser() -> Parser:
     _add_worker(sub)
     _add_lint(sub)
     _add_list(sub)
-    cli_send.add_parser(sub)
-    cli_messages.add_parser(sub)
-    cli_deliveries.add_parser(sub)
-    cli_clinical.add_parsers(sub)
-    cli_inference.add_parsers(sub)
-    cli_demo.add_parser(sub)
+    send.add_parser(sub)
+    messages.add_parser(sub)
+    deliveries.add_parser(sub)
+    clinical.add_parsers(sub)
+    inference.add_parsers(sub)
+    demo.add_parser(sub)
     return parser
 
 
@@ -146,7 +139,3 @@ def entry() -> int:
 
     private_umask()
     return main()
-
-
-if __name__ == "__main__":
-    sys.exit(entry())

@@ -26,11 +26,11 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from engine.cli_args import number
-from engine.config import Config, load_config
-from engine.configbase import parse_hostport
+from engine.cli.args import number
+from engine.config.base import parse_hostport
+from engine.config.schema import Config, load_config
 from engine.errors import ConfigErrors, DeliveryError
-from engine.results_model import report_id_for
+from engine.results.model import report_id_for
 from engine.store.base import MessageQuery, Store, open_store
 from engine.store.clinical import CaseRow
 from engine.store.inference import JobRow, StoredFinding

@@ -17,8 +17,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from engine.cli_args import MAX_ID, integer, iso_time, number
-from engine.config import load_config
+from engine.cli.args import MAX_ID, integer, iso_time, number
+from engine.config.schema import load_config
 from engine.store.archive import ArchiveError
 from engine.store.base import MessageQuery, Store, open_store
 from mappings.hl7v2.text import decode

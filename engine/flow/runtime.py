@@ -2,14 +2,13 @@
 
 Start order: store -> signals cursor -> recovery -> destinations -> pipelines -> sources ->
 admin. From then on the engine also acts on changes other processes announce in the store
-(``engine.signals``: the CLI completing a study, reprocessing messages).
+(``engine.flow.signals``: the CLI completing a study, reprocessing messages).
 Stop order is the reverse; failures while stopping are collected, not raised
 one by one. Bound addresses are exposed so tests can listen on port 0.
 
-One channel can be stopped, started or redeployed without touching the
-others, a destination's queue paused and resumed, and a linted configuration
-applied while running (``reload``): only the channels whose configuration
-changed are restarted. These operations are serialised by one lock.
+What an operator does to one channel while the engine runs (stop, start, redeploy, pause,
+resume, reload) is ``engine.flow.controls``: ``Engine.controls``, which starts and stops a
+channel's parts through the lifecycle's ``start_channel_parts``/``stop_channel_parts``.
 """
 
 from __future__ import annotations
@@ -18,60 +17,29 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from engine import registry
-from engine.assembly import StudyAssembler
-from engine.config import Config, load_config
-from engine.delivery import DeliveryWorker
-from engine.ingest import Ingest
-from engine.instances import InstanceIngest, instances_root
+from engine.config.schema import Config
+from engine.flow.assembly import StudyAssembler
+from engine.flow.controls import ChannelControls
+from engine.flow.delivery import DeliveryWorker
+from engine.flow.ingest import Ingest
+from engine.flow.instances import InstanceIngest, instances_root
+from engine.flow.pipeline import Pipeline
+from engine.flow.processors import processor_for
+from engine.flow.retention import Retention
+from engine.flow.signals import SignalWatcher
 from engine.logs import event
-from engine.pipeline import Pipeline
-from engine.processors import processor_for
-from engine.retention import Retention
-from engine.signals import SignalWatcher
 from engine.store.base import Store, open_store
 from engine.store.clinical import CaseRow
 from engine.store.signals import Signal, Topic
 
 log = logging.getLogger("radbridge.engine")
-# Sections that a running engine cannot swap: a change is reported, applied at the next start.
-_RESTART_SECTIONS = ("store", "engine", "admin", "route", "model")
-
-
-@dataclass(slots=True)
-class ReloadPlan:
-    """What applying a new configuration does, channel by channel."""
-
-    added: list[str] = field(default_factory=list)
-    removed: list[str] = field(default_factory=list)
-    changed: list[str] = field(default_factory=list)
-    unchanged: list[str] = field(default_factory=list)
-    restart_required: list[str] = field(default_factory=list)
-    failed: dict[str, str] = field(default_factory=dict)  # channel -> why it did not start
-
-
-def plan_reload(old: Config, new: Config) -> ReloadPlan:
-    """Compare two configurations; a channel is changed when any of its keys differ."""
-    before: dict[str, Any] = {c.name: c for c in old.channel}
-    after: dict[str, Any] = {c.name: c for c in new.channel}
-    plan = ReloadPlan(restart_required=[s for s in _RESTART_SECTIONS
-                                        if getattr(old, s, None) != getattr(new, s, None)])
-    for name, ch in after.items():
-        if name not in before:
-            plan.added.append(name)
-        elif before[name] != ch:
-            plan.changed.append(name)
-        else:
-            plan.unchanged.append(name)
-    plan.removed = [name for name in before if name not in after]
-    return plan
-
-
 class Engine:
+    """The lifecycle: start and stop in order, bound addresses; ``controls`` for operators."""
+
     def __init__(self, config: Config, store: Store | None = None,
                  config_path: str | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -87,14 +55,12 @@ class Engine:
         self.started = False
         self.case_listeners: list[Callable[[Sequence[CaseRow]], None]] = []
         self.assembler = StudyAssembler(self.store, self._on_cases)
-        self.stopped: set[str] = set()  # channels an operator stopped
-        self.paused: set[str] = set()  # destination queues an operator paused
         self._channel_tasks: dict[str, dict[str, asyncio.Task[None]]] = {}
-        self._control = asyncio.Lock()
+        self.controls = ChannelControls(self)  # stop/start/redeploy/pause/resume/reload
         self.admin: Any = None  # engine.admin.AdminServer when [admin] is enabled
         self.result_listeners: list[Callable[[Any], Any]] = []  # see inference.service
         self.inference: Any = None  # InferenceService when models or routes are configured
-        self.results_ingests: dict[str, Any] = {}  # ai_results channels (engine.results)
+        self.results_ingests: dict[str, Any] = {}  # ai_results channels (engine.results.channel)
         self.signals = SignalWatcher(self.store, {Topic.CASES: self._signalled_cases,
                                                   Topic.MESSAGES: self._signalled_messages},
                                      config.engine.signal_poll_secs)
@@ -167,7 +133,7 @@ class Engine:
         worker = DeliveryWorker(ch.name, spec.factory(ch.name, ch.destination), self.store,
                                 self.clock)
         self.workers[ch.name] = worker
-        if ch.name not in self.paused:
+        if ch.name not in self.controls.paused:
             self._spawn(worker.run(), f"deliver:{ch.name}", ch.name)
 
     def _start_pipelines(self) -> None:
@@ -224,7 +190,7 @@ class Engine:
         long as the engine runs, even while an operator has the channel stopped (then its
         pipeline does not build or send): a result heard and dropped would be lost, because
         inference marks a case notified once its listeners returned."""
-        from engine.results import ResultsIngest
+        from engine.results.channel import ResultsIngest
 
         for ch in self.config.channel:
             if ch.source is None or ch.source.type != "ai_results" or not ch.enabled:
@@ -296,115 +262,37 @@ class Engine:
         return sorted(name for name, worker in self.workers.items()
                       if worker.head is not None and worker.head_age() >= limit)
 
-    # -- one channel at a time -------------------------------------------------------------
-    def channel_state(self, name: str) -> str:
-        """``running``, ``stopped`` (by an operator or engine down), ``disabled`` or ``failed``."""
-        ch = next((c for c in self.config.channel if c.name == name), None)
-        if ch is None:
-            raise KeyError(name)
-        if not ch.enabled:
-            return "disabled"
-        if name in self.stopped or not self.started:
-            return "stopped"
-        if any(t.done() for t in self._channel_tasks.get(name, {}).values()):
-            return "failed"
-        return "running"
-
-    async def stop_channel(self, name: str) -> None:
-        """Stop one channel (listener, pipeline, delivery); it stays stopped until started."""
-        async with self._control:
-            self._channel(name)  # KeyError when unknown
-            await self._stop_channel(name)
-            self.stopped.add(name)
-            event(log, "ENG-510", "channel stopped", channel=name)
-
-    async def start_channel(self, name: str) -> None:
-        """Start a stopped channel with its current configuration (a no-op when running)."""
-        async with self._control:
-            ch = self._channel(name)
-            if not ch.enabled:
-                raise ValueError(f"channel {name} is disabled in the configuration")
-            self.stopped.discard(name)
-            if name not in self._channel_tasks and name not in self.sources:
-                await self._start_channel(ch)
-            event(log, "ENG-511", "channel started", channel=name)
-
-    async def redeploy_channel(self, name: str) -> None:
-        """Stop and start one channel: a new listener, pipeline and destination connection."""
-        async with self._control:
-            ch = self._channel(name)
-            await self._stop_channel(name)
-            self.stopped.discard(name)
-            if ch.enabled:
-                await self._start_channel(ch)
-            event(log, "ENG-512", "channel redeployed", channel=name)
-
-    async def pause_queue(self, name: str) -> None:
-        """Stop sending from a destination's queue; messages keep queueing durably."""
-        async with self._control:
-            if name not in self.workers:
-                raise KeyError(name)
-            self.paused.add(name)
-            task = self._channel_tasks.get(name, {}).pop("deliver", None)
-            if task is not None:
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
-                self._tasks.remove(task)
-            event(log, "ENG-513", "queue paused", channel=name)
-
-    async def resume_queue(self, name: str) -> None:
-        """Resume sending from a paused queue, oldest first."""
-        async with self._control:
-            worker = self.workers.get(name)
-            if worker is None:
-                raise KeyError(name)
-            self.paused.discard(name)
-            if "deliver" not in self._channel_tasks.get(name, {}):
-                self._spawn(worker.run(), f"deliver:{name}", name)
-            event(log, "ENG-514", "queue resumed", channel=name)
-
-    async def reload(self, config: Config) -> ReloadPlan:
-        """Apply a linted configuration: restart only the channels whose configuration changed.
-
-        Sections that cannot change while running (store, engine, admin, routes, models)
-        keep their running values and are listed in ``restart_required``. A channel that
-        fails to start is listed in ``failed`` and left stopped; the others go on.
-        """
-        async with self._control:
-            plan = plan_reload(self.config, config)
-            for name in plan.removed + plan.changed:
-                await self._stop_channel(name)
-            self.stopped -= set(plan.removed)
-            self.paused -= set(plan.removed)
-            keep = {s: getattr(self.config, s) for s in plan.restart_required}
-            self.config = config.model_copy(update=keep) if keep else config
-            for name in plan.changed + plan.added:
-                ch = self.config.channel_named(name)
-                if name in self.stopped or not ch.enabled:
-                    continue
-                try:
-                    await self._start_channel(ch)
-                except Exception as exc:
-                    plan.failed[name] = f"{type(exc).__name__}: {exc}"
-            event(log, "ENG-515", "configuration reloaded", added=len(plan.added),
-                  removed=len(plan.removed), changed=len(plan.changed),
-                  failed=len(plan.failed) or None)
-            return plan
-
-    async def reload_file(self, path: str | None = None) -> ReloadPlan:
-        """Lint ``channels.toml`` and apply it; raise ``ConfigErrors`` (nothing changes)."""
-        target = path or self.config_path
-        if target is None:
-            raise ValueError("this engine was not started from a configuration file")
-        return await self.reload(load_config(target))
-
-    def _channel(self, name: str) -> Any:
+    # -- one channel's parts, for the controls ---------------------------------------------
+    def channel(self, name: str) -> Any:
+        """The configuration of channel *name*; ``KeyError`` when there is none."""
         for ch in self.config.channel:
             if ch.name == name:
                 return ch
         raise KeyError(name)
 
-    async def _start_channel(self, ch: Any) -> None:
+    def channel_running(self, name: str) -> bool:
+        """Whether any part of the channel (listener, pipeline, delivery) is started."""
+        return name in self._channel_tasks or name in self.sources
+
+    def channel_failed(self, name: str) -> bool:
+        """Whether one of the channel's loops (pipeline, delivery) has ended."""
+        return any(t.done() for t in self._channel_tasks.get(name, {}).values())
+
+    async def halt_delivery(self, name: str) -> None:
+        """Cancel the delivery loop of destination *name* (its worker and queue stay)."""
+        task = self._channel_tasks.get(name, {}).pop("deliver", None)
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            self._tasks.remove(task)
+
+    def run_delivery(self, name: str) -> None:
+        """Start the delivery loop of destination *name* unless it runs."""
+        if "deliver" not in self._channel_tasks.get(name, {}):
+            self._spawn(self.workers[name].run(), f"deliver:{name}", name)
+
+    async def start_channel_parts(self, ch: Any) -> None:
+        """Start one channel: destination, pipeline, then source (all stopped on failure)."""
         try:
             if ch.destination is not None:
                 self._start_destination(ch)
@@ -412,10 +300,11 @@ class Engine:
                 self._start_pipeline(ch)
                 await self._start_source(ch)
         except BaseException:
-            await self._stop_channel(ch.name)
+            await self.stop_channel_parts(ch.name)
             raise
 
-    async def _stop_channel(self, name: str) -> None:
+    async def stop_channel_parts(self, name: str) -> None:
+        """Stop one channel: source, loops, destination; failures are logged, not raised."""
         failures: list[BaseException] = []
         source = self.sources.pop(name, None)
         if source is not None:

@@ -21,9 +21,9 @@ from typing import Any
 
 from engine.admin.audit import AuditLog
 from engine.admin.auth import Principal
-from engine.cli_args import integer
-from engine.config import Config, load_config
-from engine.delivery import clean_reason, operate
+from engine.cli.args import integer
+from engine.config.schema import Config, load_config
+from engine.flow.delivery import clean_reason, operate
 from engine.model import DeliveryStatus
 from engine.store.base import Store, open_store
 from engine.store.deliveries import DeliveryInfo

@@ -16,8 +16,8 @@ import json
 from datetime import datetime
 from typing import Any
 
-from engine.cli_args import integer
-from engine.cli_clinical import _run
+from engine.cli.args import integer
+from engine.cli.clinical import _run
 from engine.store.base import Store
 from engine.store.inference import AuditEntry, JobRow, StoredFinding
 
