@@ -235,7 +235,7 @@ async def test_the_engine_runs_a_correlated_study_through_the_remote_model_and_a
     probabilities = json.loads(audit.outputs)["probabilities"]
     assert set(probabilities) == {"R0", "R1", "R2", "R3"}
     assert {f.code for f in result.findings} == {c for c, p in probabilities.items() if p >= 0.5}
-    assert "kserve" in cli(tmp_path, "models")
+    assert "kserve" in await cli(tmp_path, "models")
 
 
 async def test_jobs_wait_for_a_server_that_is_down_without_using_up_their_retries(
