@@ -257,3 +257,26 @@ def view(name: str) -> Callable[..., Any]:
     """The view registered as *name*."""
     load_builtins()
     return _VIEWS[name]
+
+
+# -- field languages: how rules read fields of a stored message -------------------------------
+
+# ``hl7``: ``compile(path)`` → a reader of one field (raises ``ValueError`` on a bad path) and
+# ``parse(raw)`` → the message those readers read; used by channel filters and routes.
+_FIELDS: dict[str, Any] = {}
+
+
+def register_fields(sink: Payload) -> Callable[[Any], Any]:
+    """Decorator: ``@register_fields("hl7")`` on the field language of what *sink* carries."""
+
+    def wrap(language: Any) -> Any:
+        _FIELDS[sink] = language
+        return language
+
+    return wrap
+
+
+def fields(sink: Payload) -> Any:
+    """The field language registered for *sink*."""
+    load_builtins()
+    return _FIELDS[sink]

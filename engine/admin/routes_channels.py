@@ -43,7 +43,7 @@ def channel_view(st: AdminState, ch: Any, rates: dict[str, dict[str, float]]) ->
             "source": ch.source.type if ch.source else None,
             "destination": ch.destination.type if ch.destination else None,
             "address": _address(engine.sources.get(ch.name)),
-            "forward_to": list(ch.forward_to), "accept": ch.accept, "acks": acks,
+            "forward_to": list(ch.destinations), "accept": ch.accept, "acks": acks,
             **st.sampler.channel_stats(ch.name, rates)}
 
 

@@ -68,6 +68,14 @@ class DuplicatesConfig(Strict):
         "flag", description="flag: accept and mark duplicate; reject: answer AR (205).")
 
 
+class ForwardRoute(Strict):
+    """A ``forward_to`` entry sent to only when its rule passes (``engine.config.rules``)."""
+
+    to: str = Field(description="The destination channel.")
+    when: Any = Field(description="A rule (field and operator, not, all, any, expr) or a CEL "
+                                  "expression string; the message goes to *to* when it passes.")
+
+
 MESSAGE_TYPE = re.compile(r"^[A-Z][A-Z0-9]{2}(\^[A-Z0-9]{3})?$")
 
 
@@ -102,8 +110,13 @@ def _channel_model() -> type[BaseModel]:
             None, description='Message types answered AA, e.g. ["ADT^A01", "ORM^O01"]; '
                               "others get AR. Absent: accept all.")
         ack: Literal["after_store"] = "after_store"
-        forward_to: list[str] = Field(default_factory=list,
-                                      description="Destination channels fed by this one.")
+        forward_to: list[str | ForwardRoute] = Field(
+            default_factory=list, description='Destination channels fed by this one: a name, '
+            'or { to = "name", when = <rule> } to send only what passes the rule.')
+        filter: Any = Field(
+            None, description="Rules a message must pass before it is processed (a rule or a "
+                              "list of rules: field tests, not, all, any, expr in CEL); one "
+                              "that does not pass ends FILTERED, naming the rule.")
         key: Literal["patient_id", "none"] = Field(
             "patient_id", description="Order is kept per key; different keys run in parallel.")
         duplicates: DuplicatesConfig = DuplicatesConfig()
@@ -112,6 +125,11 @@ def _channel_model() -> type[BaseModel]:
                                   "a new instance (or when an order says CM, or on demand).")
         process: process_t = Field(  # type: ignore[valid-type]
             "forward", description=process_doc)
+
+        @property
+        def destinations(self) -> list[str]:
+            """The names of the destination channels in ``forward_to``."""
+            return [t if isinstance(t, str) else t.to for t in self.forward_to]
 
     return ChannelConfig
 
@@ -220,6 +238,12 @@ def _loc_key(loc: tuple[str | int, ...], found: tuple[str | int, ...]) -> str:
     return out or "(document)"
 
 
+def _key_of(loc: tuple[str | int, ...]) -> str:
+    """``("channel", 0, "filter", 1)`` as ``channel[0].filter[1]``."""
+    return "".join(f"[{p}]" if isinstance(p, int) else (f".{p}" if i else p)
+                   for i, p in enumerate(loc))
+
+
 def _validation_problems(file: str, exc: ValidationError, index: dict[Any, int],
                          doc: dict[str, Any], reported: set[str]) -> list[ConfigProblem]:
     """Pydantic's errors as problems; an unknown key already *reported* (a secret given
@@ -254,6 +278,7 @@ def lint_text(text: str, file: str = "channels.toml", resolve_secrets: bool = Tr
     Files the config names (TLS certificates, keys, CA bundles) must exist and be readable,
     relative to the working directory; ``check_files=False`` skips that (documentation).
     """
+    from engine.config.rules import check_rules
     from engine.config.topology import check_topology
 
     try:
@@ -264,6 +289,8 @@ def lint_text(text: str, file: str = "channels.toml", resolve_secrets: bool = Tr
     index = index_lines(text)
     secrets = clear_secret_problems(doc, lambda path: line_for(index, path)[0], file)
     problems = check_topology(doc, index, file) + _check_admin(doc, index, file) + secrets
+    problems += [ConfigProblem(file, line_for(index, loc)[0], _key_of(loc), msg)
+                 for loc, msg in check_rules(doc)]
     config = None
     try:
         context = {CHECK_FILES: check_files, **(RESOLVE if resolve_secrets else {})}

@@ -90,8 +90,10 @@ def _check_forwards(channels: list[dict[str, Any]], by_name: dict[str, int], add
         if not isinstance(targets, list):
             continue
         for k, target in enumerate(targets):
-            loc = ("channel", i, "forward_to", k)
+            loc: tuple[str | int, ...] = ("channel", i, "forward_to", k)
             key = f"channel[{i}].forward_to[{k}]"
+            if isinstance(target, dict):
+                target, loc, key = target.get("to"), loc + ("to",), key + ".to"
             if target not in by_name:
                 add(loc, key, f"unknown channel {target!r}")
             elif "destination" not in channels[by_name[target]]:

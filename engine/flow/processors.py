@@ -6,24 +6,72 @@ package that owns their protocol (``orders`` and ``final_reports`` in
 ``mappings.hl7v2.plugin``, ``results`` in ``engine.results.channel``). A processor's
 outcome (status, layers, deliveries, mapped domain event) is applied by the
 store in one transaction; mapping never runs on the ACK path.
+
+A channel's ``filter`` runs before its processor (a message that does not pass ends
+FILTERED, naming the rule, with no destination and no domain event) and the ``when`` of
+its ``forward_to`` entries after it (``Filtered``; rules in ``engine.config.rules``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from engine import registry
+from engine.config.rules import Rule, RuleError, compile_filter, compile_routes, field_language
 from engine.flow.pipeline import Passthrough, Processor
+from engine.model import Message, Status
+from engine.store.base import Outcome
 
 
 @registry.register_processor("forward", "pass messages on unchanged", rank=0)
 def _forward(channel: Any, config: Any) -> Processor:
-    return Passthrough(channel.forward_to)
+    return Passthrough(channel.destinations)
+
+
+class Filtered:
+    """A processor behind a channel's filter, its deliveries kept where their route passes."""
+
+    cpu_bound = True  # reads the message
+    needs_raw = True
+
+    def __init__(
+        self, inner: Processor, rules: list[Rule], routes: dict[str, Rule], fields: Any
+    ) -> None:
+        self.inner, self.rules, self.routes, self.fields = inner, rules, routes, fields
+
+    def process(self, msg: Message) -> Outcome:
+        view = self.fields.parse(msg.raw)
+        rule = None
+        try:
+            for rule in self.rules:
+                if not rule.test(view):
+                    return Outcome(msg.id, Status.FILTERED, error=f"filtered by {rule.name}")
+            outcome = self.inner.process(msg)
+            if not self.routes or not outcome.deliveries:
+                return outcome
+            kept = []
+            for dest, payload in outcome.deliveries:
+                rule = self.routes.get(dest)
+                if rule is None or rule.test(view):
+                    kept.append((dest, payload))
+        except RuleError as exc:
+            name = rule.name if rule is not None else "filter"
+            return Outcome(msg.id, Status.ERROR, error=f"rule {name} failed: {exc}")
+        return dataclasses.replace(outcome, deliveries=kept)
 
 
 def processor_for(channel: Any, config: Any = None) -> Processor:
-    """The processor a channel's ``process`` names (an ``ai_results`` source: ``results``)."""
+    """The processor a channel's ``process`` names (an ``ai_results`` source: ``results``),
+    behind the channel's filter and routes when it has any (compiled here, once per start)."""
     name = channel.process
     if channel.source is not None and channel.source.type == "ai_results":
         name = "results"
-    return registry.processor(name).factory(channel, config)  # type: ignore[no-any-return]
+    inner: Processor = registry.processor(name).factory(channel, config)
+    raw_routes = [r.model_dump() if not isinstance(r, str) else r for r in channel.forward_to]
+    if channel.filter is None and all(isinstance(r, str) for r in raw_routes):
+        return inner
+    fields = field_language()
+    rules = compile_filter(channel.filter, ("filter",), fields)[0] if channel.filter else []
+    routes = compile_routes(raw_routes, ("forward_to",), fields)[0]
+    return Filtered(inner, rules, routes, fields)

@@ -142,7 +142,7 @@ class Engine:
                 self._start_pipeline(ch)
 
     def _start_pipeline(self, ch: Any) -> None:
-        targets = tuple(ch.forward_to)
+        targets = tuple(ch.destinations)
 
         def on_queued() -> None:
             # Looked up when called: a redeployed destination has a new worker.

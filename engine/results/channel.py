@@ -170,7 +170,7 @@ class ResultsProcessor:
     needs_raw = True
 
     def __init__(self, channel: Any, config: Any, sinks: dict[str, str]) -> None:
-        self.forward_to = list(channel.forward_to)
+        self.forward_to = list(channel.destinations)
         self.source: AIResultsSourceConfig = channel.source
         self.rules = list(config.escalation)
         self.sinks = sinks  # destination channel → what it sends (hl7, fhir, dicom, json)

@@ -8,6 +8,7 @@
   AI findings of the case (agreement per model version: the drift signal).
 * payload ``hl7``: the ORU^R01 of an AI report; payload ``order_update``: the RIS order
   update (ORM^O01 or OMI^O23) when AI raised the case's priority.
+* field language ``hl7``: the reader's compiled paths, for channel filters and routes.
 
 The builders import their HL7 writers when first used, so loading the plugins stays cheap.
 """
@@ -20,12 +21,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from engine.model import Message, Status
-from engine.registry import register_payload, register_processor
+from engine.registry import register_fields, register_payload, register_processor
 from engine.results.model import ResultBuild
 from engine.store.base import Outcome
 from engine.store.results import FinalReportEvent
 from mappings.hl7v2.fieldmap import FieldMap
 from mappings.hl7v2.orders import MappingError, OrderEvent, PatientEvent, map_message
+from mappings.hl7v2.reader import parse
+from mappings.hl7v2.readpath import compile_path
 
 # A priority as the HL7 order priority code of an order update (ORC-7.6 / TQ1-9).
 HL7_PRIORITY = {"STAT": "S", "URGENT": "A", "ROUTINE": "R"}
@@ -33,6 +36,21 @@ HL7_PRIORITY = {"STAT": "S", "URGENT": "A", "ROUTINE": "R"}
 
 def _jsonable(obj: Any) -> bytes:
     return json.dumps(dataclasses.asdict(obj), default=str, sort_keys=True).encode()
+
+
+@register_fields("hl7")
+class HL7Fields:
+    """Rules read HL7 v2 with the fast reader: paths compiled once, the message parsed lazily."""
+
+    @staticmethod
+    def compile(path: str) -> Any:
+        """A reader of *path* (``PID-3[.5=MR].1``); raises ``PathError`` (a ValueError)."""
+        return compile_path(path).get
+
+    @staticmethod
+    def parse(raw: bytes) -> Any:
+        """The message the compiled readers read."""
+        return parse(raw)
 
 
 class OrdersProcessor:
@@ -57,7 +75,7 @@ class OrdersProcessor:
 @register_processor("orders", "also map ADT/ORM/OMI into patients and orders and correlate "
                               "them with studies", rank=10)
 def _orders(channel: Any, config: Any) -> OrdersProcessor:
-    return OrdersProcessor(channel.forward_to)
+    return OrdersProcessor(channel.destinations)
 
 
 class FinalReportsProcessor:
@@ -67,7 +85,7 @@ class FinalReportsProcessor:
     needs_raw = True
 
     def __init__(self, channel: Any, config: Any) -> None:
-        self.forward_to = list(channel.forward_to)
+        self.forward_to = list(channel.destinations)
         self.model_codes = {f"{m.name}|{m.version}": [label.code for label in m.output.labels]
                             for m in config.model}
 
