@@ -8,6 +8,7 @@ import pytest
 
 from engine.config.rules import RuleError, compile_filter, compile_routes, field_language
 from engine.config.schema import lint_text
+from engine.flow.controls import plan_reload
 from engine.flow.processors import Filtered, processor_for
 from engine.model import Message, Status
 
@@ -184,3 +185,23 @@ def test_routes_name_their_destination() -> None:
         ["a", {"to": "b", "when": 'msg["OBR-24"] == "CT"'}], ("forward_to",), field_language()
     )
     assert problems == [] and list(routes) == ["b"] and routes["b"].test(orm(modality="CT"))
+
+
+def test_a_route_whose_expression_fails_puts_the_message_in_error_naming_the_route() -> None:
+    config, problems = lint_text(
+        CONFIG.format(filter="", rest="rest").replace('msg["OBR-24"] != "CT" &&', "1 / 0 == 1 &&")
+    )
+    assert problems == []
+    outcome = processor_for(config.channel[0], config).process(
+        message(ORM.format(mode="P", modality="US"))
+    )
+    assert outcome.status == Status.ERROR and outcome.deliveries == []
+    reason = "the expression failed (ZeroDivisionError)"  # its type only: no field values
+    assert outcome.error == f"rule forward_to[1].when failed: {reason}"
+
+
+def test_a_changed_filter_redeploys_the_channel_on_reload() -> None:
+    old, _ = lint('filter = { field = "MSH-11", eq = "P" }')
+    new, _ = lint('filter = { field = "MSH-11", in = ["P", "D"] }')
+    plan = plan_reload(old, new)
+    assert plan.changed == ["ris"] and plan.unchanged == ["ct-mr", "rest"]
