@@ -64,21 +64,30 @@ async def test_a_killed_engine_loses_nothing_and_keeps_order_per_patient(
     engines = [engine_process(cfg), engine_process(cfg)]
     for e in engines:
         await asyncio.to_thread(e.start)
-    assert engines[0].proc is not None
-    doomed = f"%:{engines[0].proc.pid}:%"
     conn = await asyncpg.connect(pg_url)
     try:
         senders = [Sender(p, engines) for p in range(PATIENTS)]
         load = asyncio.gather(*(s.run() for s in senders))
         await wait_for(lambda: sum(len(s.acked) for s in senders) >= PATIENTS * PER_PATIENT // 3,
                        timeout=60)
+        holders: list[int] = []
 
         async def holds_deliveries() -> bool:
-            return bool(await conn.fetchval("SELECT count(*) FROM deliveries WHERE claimed_by"
-                                            " LIKE $1 AND status = 'QUEUED'", doomed))
+            # Whichever engine claimed the queue first holds it (its worker re-reads its head
+            # while the EHR hangs): the doomed one is an engine that holds deliveries now.
+            for i, e in enumerate(engines):
+                assert e.proc is not None
+                if await conn.fetchval("SELECT count(*) FROM deliveries WHERE claimed_by"
+                                       " LIKE $1 AND status = 'QUEUED'", f"%:{e.proc.pid}:%"):
+                    holders.append(i)
+                    return True
+            return False
 
         await wait_for(holds_deliveries, timeout=30)
-        engines[0].kill()  # SIGKILL mid-load: its claims stay behind until their leases run out
+        victim = engines[holders[0]]
+        assert victim.proc is not None
+        doomed = f"%:{victim.proc.pid}:%"
+        victim.kill()  # SIGKILL mid-load: its claims stay behind until their leases run out
         left = await conn.fetchval("SELECT count(*) FROM deliveries WHERE claimed_by LIKE $1"
                                    " AND status = 'QUEUED'", doomed)
         assert left > 0
