@@ -23,8 +23,8 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 
 from engine.logs import event
-from engine.store.base import Store
 from engine.store.inference import AuditEntry, CaseContext, JobRow, JobState
+from engine.store.protocols import JobWork
 from inference.deid import PseudonymMap, deid_case
 from inference.dispatch import Batcher, ItemResult
 from inference.errors import (
@@ -68,10 +68,10 @@ def _prepare_timed(model: InferenceModel, study: StudyInput) -> tuple[Prepared, 
 
 
 class JobRunner:
-    def __init__(self, store: Store, models: dict[str, InferenceModel], failed: dict[str, str],
+    def __init__(self, store: JobWork, models: dict[str, InferenceModel], failed: dict[str, str],
                  batchers: dict[str, Batcher], pool: Executor,
                  backoff_secs: float = 2.0) -> None:
-        self.store = store
+        self.store: JobWork = store
         self.models = models
         self.failed = failed
         self.batchers = batchers

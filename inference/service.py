@@ -39,9 +39,9 @@ from typing import TYPE_CHECKING, Any
 
 from engine import registry
 from engine.logs import event
-from engine.store.base import Store
 from engine.store.clinical import CaseRow
 from engine.store.inference import CaseResult, JobRow, JobState
+from engine.store.protocols import JobQueue
 
 if TYPE_CHECKING:
     from engine.config.schema import Config
@@ -56,7 +56,7 @@ class InferenceService:
     reverify_secs = 15.0  # a deferred remote model's server is tried this often
     retry_backoff_secs = 2.0  # a failed attempt waits this long, doubled each time
 
-    def __init__(self, config: Config, store: Store, result_listeners: list[ResultListener],
+    def __init__(self, config: Config, store: JobQueue, result_listeners: list[ResultListener],
                  *, preprocess_threads: int = 2, max_inflight: int | None = None,
                  retry_backoff_secs: float | None = None, poll_secs: float = 1.0,
                  loader: Callable[[list[Any]], Any] | None = None,
@@ -64,7 +64,7 @@ class InferenceService:
         from inference.routing import Router
 
         self.config = config
-        self.store = store
+        self.store: JobQueue = store
         self.result_listeners = result_listeners
         self.router = Router(config.route)
         self.pool = ThreadPoolExecutor(preprocess_threads, thread_name_prefix="radbridge-prep")

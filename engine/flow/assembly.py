@@ -21,8 +21,8 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from engine.logs import event
-from engine.store.base import Store
 from engine.store.clinical import CaseRow
+from engine.store.protocols import StudyAssembly
 
 if TYPE_CHECKING:
     from engine.flow.instances import IngestResult
@@ -33,8 +33,8 @@ CasesHook = Callable[[Sequence[CaseRow]], None]
 
 
 class StudyAssembler:
-    def __init__(self, store: Store, on_cases: CasesHook, sweep_secs: float = 1.0) -> None:
-        self.store = store
+    def __init__(self, store: StudyAssembly, on_cases: CasesHook, sweep_secs: float = 1.0) -> None:
+        self.store: StudyAssembly = store
         self.on_cases = on_cases
         self.sweep_secs = sweep_secs
         self._wake = asyncio.Event()

@@ -37,8 +37,9 @@ from typing import TYPE_CHECKING, Any
 from engine.errors import PeerRejected, PermanentDeliveryError, TransientDeliveryError
 from engine.logs import event
 from engine.model import DeliveryRef, DeliveryStatus
-from engine.store.base import Delivery, Store
 from engine.store.deliveries import CANCELLED, MAX_NOTE, SKIPPED, DeliveryInfo, operator_note
+from engine.store.protocols import DeliveryActions, DeliveryQueue
+from engine.store.records import Delivery
 
 if TYPE_CHECKING:  # the contract is prose and a Protocol; nothing of it runs here
     from engine.connectors import Destination
@@ -58,11 +59,11 @@ class _Result:
 
 
 class DeliveryWorker:
-    def __init__(self, name: str, destination: Destination, store: Store,
+    def __init__(self, name: str, destination: Destination, store: DeliveryQueue,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.name = name
         self.destination = destination
-        self.store = store
+        self.store: DeliveryQueue = store
         self.clock = clock
         self._wake = asyncio.Event()
         self._poke = asyncio.Event()
@@ -222,7 +223,7 @@ def clean_reason(reason: Any) -> str:
     return text[:MAX_NOTE]
 
 
-async def operate(store: Store, delivery_id: int, action: str, user: str,
+async def operate(store: DeliveryActions, delivery_id: int, action: str, user: str,
                   reason: str) -> DeliveryInfo:
     """Skip or cancel a QUEUED delivery (ERROR, "SKIPPED by *user*: *reason*": its queue
     moves on), or retry an ERROR one (QUEUED again, sent next); the delivery after it.

@@ -17,8 +17,9 @@ from typing import Protocol
 
 from engine.logs import event
 from engine.model import Message, Status
-from engine.store.base import Outcome, Store
+from engine.store.base import Outcome
 from engine.store.clinical import CaseRow
+from engine.store.protocols import MessageQueue
 
 log = logging.getLogger("radbridge.pipeline")
 BATCH = 512
@@ -73,11 +74,11 @@ def _run_lane(processor: Processor, msgs: list[Message]) -> list[Outcome]:
 
 
 class Pipeline:
-    def __init__(self, channel: str, store: Store, processor: Processor,
+    def __init__(self, channel: str, store: MessageQueue, processor: Processor,
                  on_queued: Callable[[], None],
                  on_cases: Callable[[list[CaseRow]], None] | None = None) -> None:
         self.channel = channel
-        self.store = store
+        self.store: MessageQueue = store
         self.processor = processor
         self.on_queued = on_queued
         self.on_cases = on_cases

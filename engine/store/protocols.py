@@ -1,0 +1,226 @@
+"""What each consumer of the store may call: small protocols, not the whole ``Store``.
+
+``Store`` has some seventy public methods; the workers of the flow each need a
+handful. Each takes the protocol below that lists exactly the methods it calls, so what a
+consumer depends on is written down where it is typed, a test double needs only those
+methods, and a new call is a visible change here. Both stores satisfy every protocol
+structurally (nothing subclasses them); ``tests/unit/test_store_protocols.py`` checks that
+``SQLiteStore`` and ``PostgresStore`` have each member with a compatible signature, and that
+each consumer module calls nothing on its store outside its protocol.
+
+* ``MessageQueue``: ``engine.flow.pipeline.Pipeline`` (claim RECEIVED, apply outcomes);
+* ``DeliveryQueue``: ``engine.flow.delivery.DeliveryWorker`` (the queue's head, its results);
+* ``DeliveryActions``: ``engine.flow.delivery.operate`` (an operator's skip, cancel, retry);
+* ``StudyAssembly``: ``engine.flow.assembly.StudyAssembler`` (due studies, complete one);
+* ``JobWork``: ``inference.runner.JobRunner`` (one claimed job to its end);
+* ``JobQueue``: ``inference.service.InferenceService`` (route, claim, report; it includes
+  ``JobWork`` because the service hands its store to its runner).
+
+What a method raises is in its docstring (``engine.errors``): ``StoreUnavailable`` when the
+database cannot be reached or take writes now (retry later), ``StoreError`` for any other
+database failure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from engine.model import DeliveryStatus, Finding, Message
+from engine.store.base import Outcome
+from engine.store.clinical import CaseRow, StudyRow
+from engine.store.deliveries import DeliveryInfo
+from engine.store.inference import (
+    AuditEntry,
+    CaseContext,
+    JobRow,
+    JobState,
+    ModelLoad,
+    StoredFinding,
+)
+from engine.store.records import Delivery
+
+
+class MessageQueue(Protocol):
+    """The durable message queue of one channel's pipeline."""
+
+    async def fetch_received(
+        self, channel: str, limit: int, with_raw: bool = True
+    ) -> list[Message]:
+        """Oldest RECEIVED messages of *channel*, in arrival order (``raw`` empty unless asked).
+        Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
+        ...
+
+    async def apply_outcomes(self, outcomes: Sequence[Outcome]) -> list[CaseRow]:
+        """Record statuses, layers, deliveries and domain events of a processed batch in one
+        transaction; return the cases that the domain events created.
+        Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
+        ...
+
+
+class DeliveryQueue(Protocol):
+    """One destination's delivery queue, as its worker sends it."""
+
+    async def next_deliveries(self, destination: str, limit: int) -> list[Delivery]:
+        """Oldest QUEUED deliveries for *destination*, in order.
+        Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
+        ...
+
+    async def finish_delivery(
+        self, delivery: Delivery, status: DeliveryStatus, response: bytes | None, error: str | None
+    ) -> None:
+        """Record a final delivery result and roll the message status up when all are final.
+        SENT always stands; ERROR does not replace an operator's decision.
+        Raises ``StoreUnavailable`` (try again later) or ``StoreError``."""
+        ...
+
+    async def record_attempt(self, delivery: Delivery, error: str) -> None:
+        """Record a failed (transient) attempt on a delivery still QUEUED. Raises
+        ``StoreUnavailable`` (try again later) or ``StoreError``."""
+        ...
+
+    async def delivery_status(self, delivery_id: int) -> DeliveryStatus | None:
+        """The status of one delivery now (None: no such delivery).
+        Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
+        ...
+
+
+class DeliveryActions(Protocol):
+    """An operator's actions on one delivery (the admin API and ``radbridge deliveries``)."""
+
+    async def get_delivery(self, delivery_id: int) -> DeliveryInfo | None:
+        """One delivery without its payload (None: no such delivery).
+        Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
+        ...
+
+    async def end_delivery(self, delivery_id: int, note: str) -> bool:
+        """A QUEUED delivery ends as ERROR with *note* (see ``operator_note``); False when it
+        is not QUEUED (or does not exist). Raises ``StoreUnavailable`` or ``StoreError``."""
+        ...
+
+    async def requeue_delivery(self, delivery_id: int, note: str) -> bool:
+        """An ERROR delivery goes back to QUEUED, sent next; False when it is not ERROR.
+        Raises ``StoreUnavailable`` or ``StoreError``."""
+        ...
+
+
+class StudyAssembly(Protocol):
+    """The studies still receiving, as the assembler completes them."""
+
+    async def studies_due(self, now: float) -> list[StudyRow]:
+        """Receiving studies whose quiet period has passed or that reached their expected count.
+        Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
+        ...
+
+    async def complete_study(self, uid: str, *, announce: bool = False) -> list[CaseRow]:
+        """Mark a study complete (explicit trigger or timer) and correlate; returns new cases.
+
+        *announce*: signal running engines of the new cases in the same transaction (a
+        change made outside the engine: see ``engine.store.signals``).
+        Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
+        ...
+
+
+class JobWork(Protocol):
+    """What running one claimed inference job reads and records."""
+
+    async def inference_case(self, case_id: int) -> CaseContext | None:
+        """The case with its order's procedure, priority, patient class and location.
+        Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
+        ...
+
+    async def case_instance_paths(self, study_uid: str) -> list[str]:
+        """Instance files of a study, our own outputs left out.
+        Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
+        ...
+
+    async def pseudonymize_study(
+        self, case_id: int, study_uid: str, patient_id: str | None, accession: str | None
+    ) -> dict[str, str]:
+        """Get or create the study's pseudonyms: keys ``study_uid``, ``patient_id``,
+        ``accession`` (when given) and ``salt``.
+        Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
+        ...
+
+    async def save_pseudonyms(self, case_id: int, pairs: Sequence[tuple[str, str, str]]) -> None:
+        """Keep (kind, real, pseudo) pairs; existing pairs are left as they are.
+        Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
+        ...
+
+    async def real_for(self, kind: str, pseudo: str) -> str | None:
+        """Reverse a pseudonym (re-link a result to the real study).
+        Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
+        ...
+
+    async def retry_job(
+        self,
+        job_id: int,
+        error: str,
+        not_before: float,
+        audit: AuditEntry | None,
+        refund: bool = False,
+    ) -> None:
+        """A transient failure: back to queued, not before *not_before*. ``refund``: the
+        attempt did not count (the model's server was unavailable), so waiting for it never
+        uses up the job's retries. Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
+        ...
+
+    async def finish_job(
+        self,
+        job_id: int,
+        state: JobState,
+        findings: Sequence[Finding],
+        audit: AuditEntry | None,
+        error: str | None = None,
+    ) -> bool:
+        """Record the final state, findings and audit in one transaction; true when this made
+        every job of the case final. Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
+        ...
+
+
+class JobQueue(JobWork, Protocol):
+    """The durable inference job queue, as the service routes, claims and reports it. It
+    includes ``JobWork``: the service hands its store to its ``JobRunner``."""
+
+    async def record_model_load(self, load: ModelLoad) -> None:
+        """Record a model load (or its failure) for the audit.
+        Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
+        ...
+
+    async def reset_running_jobs(self) -> int:
+        """Start-up recovery: running jobs go back to queued.
+        Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
+        ...
+
+    async def cases_without_jobs(self, limit: int = 1000) -> list[int]:
+        """Ready or study-only cases that were never routed (a crash between case and jobs).
+        Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
+        ...
+
+    async def enqueue_jobs(
+        self, case_id: int, models: Sequence[str], lane: int, reason: str | None = None
+    ) -> list[JobRow]:
+        """Persist a case's jobs (one ``no_model`` job when *models* is empty). Idempotent:
+        a case that already has jobs gets them back unchanged.
+        Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
+        ...
+
+    async def claim_jobs(self, limit: int, now: float) -> list[JobRow]:
+        """Queued jobs due by *now*, STAT lane first, oldest first; marks them running and
+        counts the attempt. Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
+        ...
+
+    async def case_result(self, case_id: int) -> tuple[list[JobRow], list[StoredFinding]]:
+        """A case's jobs and findings.
+        Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
+        ...
+
+    async def unnotified_cases(self, limit: int = 1000) -> list[int]:
+        """Cases whose inference finished and were not yet reported.
+        Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
+        ...
+
+    async def mark_notified(self, case_id: int) -> None:
+        """Record that a case's results were reported.
+        Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
+        ...
