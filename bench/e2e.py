@@ -433,16 +433,19 @@ def _f(x: float, fmt: str) -> str:
 def print_table(runs: list[Run]) -> None:
     print(
         f"{'store':10} {'server':9} {'conns':>5} {'ingest/s':>9} {'p50 ms':>7} {'p99 ms':>8}"
-        f" {'e2e/s':>7} {'drain s':>7} {'cpu eng':>7} {'(loop)':>7} {'cpu gen':>7}"
+        f" {'e2e/s':>7} {'drain s':>7} {'cpu eng':>7} {'(loop)':>7} {'loop %':>6} {'cpu gen':>7}"
         f" {'cpu sink':>8} {'RSS MB':>7}  check"
     )
     for r in runs:
         ld, c = r.load, r.cpu
+        loop = c.get("loop", float("nan"))
+        share = 100 * loop / c["engine"] if c.get("engine") else float("nan")
         print(
             f"{r.store:10} {r.server:9} {ld['connections']:>5} {ld['rate']:>9.0f}"
             f" {ld['p50_ms']:>7.1f} {ld['p99_ms']:>8.1f} {_f(r.e2e_rate, '.0f'):>7}"
             f" {_f(r.drain_s, '.1f'):>7} {c.get('engine', 0):>7.1f}"
-            f" {_f(c.get('loop', float('nan')), '.1f'):>7} {c.get('loadgen', 0):>7.1f}"
+            f" {_f(loop, '.1f'):>7} {_f(share, '.0f'):>6}"
+            f" {c.get('loadgen', 0):>7.1f}"
             f" {_f(c.get('sink', float('nan')), '.1f'):>8} {r.rss_mb:>7.0f}"
             f"  {ld.get('check', 'stored' if r.server == 'reference' else '?')}"
         )
@@ -502,7 +505,8 @@ def main() -> int:
             )
     print(
         "CPU: seconds over the run (load and drain); (loop) is the engine's main thread, the"
-        " event loop. RSS: the engine's peak so far."
+        " event loop (loop %: its share of the engine's CPU). The PostgreSQL server's own CPU"
+        " is not counted. RSS: the engine's peak so far."
     )
     for p in problems:
         print(f"PROBLEM: {p}")
