@@ -8,8 +8,14 @@ _FAMILY = ["TESTPATIENT", "DOE", "ROE", "MUSTERMANN", "DUPONT", "ROSSI", "NOWAK"
 _GIVEN = ["ALEX", "SAM", "JO", "KIM", "ROBIN", "CHARLIE", "DREW", "JESSE"]
 
 
-def orm_o01(control_id: str, *, patient_id: str = "MRN0001", accession: str = "ACC0001",
-            seed: int = 0, pad_to: int = 1300) -> bytes:
+def orm_o01(
+    control_id: str,
+    *,
+    patient_id: str = "MRN0001",
+    accession: str = "ACC0001",
+    seed: int = 0,
+    pad_to: int = 1300,
+) -> bytes:
     """An ORM^O01 for a chest radiograph, padded with an NTE to about *pad_to* bytes."""
     rnd = random.Random(seed)
     fam, giv = rnd.choice(_FAMILY), rnd.choice(_GIVEN)
@@ -46,3 +52,36 @@ def adt_a01(control_id: str, *, patient_id: str = "MRN0001", seed: int = 0) -> b
         "PV1|1|I|W2^201^A^GENHOSP",
     ]
     return "\r".join(segs).encode("latin-1")
+
+
+def adt_a08(control_id: str, *, patient_id: str = "MRN0001", seed: int = 0) -> bytes:
+    """An ADT^A08 (update patient information) for *patient_id*."""
+    return (
+        adt_a01(control_id, patient_id=patient_id, seed=seed)
+        .replace(b"ADT^A01^ADT_A01", b"ADT^A08^ADT_A01")
+        .replace(b"EVN|A01", b"EVN|A08")
+    )
+
+
+def omi_o23(
+    control_id: str, *, patient_id: str = "MRN0001", accession: str = "ACC0001", seed: int = 0
+) -> bytes:
+    """An OMI^O23 (imaging order) for *patient_id*, shaped like :func:`orm_o01`."""
+    return orm_o01(control_id, patient_id=patient_id, accession=accession, seed=seed).replace(
+        b"ORM^O01^ORM_O01", b"OMI^O23^OMI_O23"
+    )
+
+
+# The mixed feed's cycle, per patient: admit, order, update, imaging order.
+MIXED_CYCLE = ("A01", "ORM", "A08", "OMI")
+
+
+def mixed_templates(control: str, patient: str) -> list[bytes]:
+    """The mixed feed's messages, one per :data:`MIXED_CYCLE` entry, with *control* and
+    *patient* as placeholders for the control id (also the accession) and the patient id."""
+    return [
+        adt_a01(control, patient_id=patient),
+        orm_o01(control, patient_id=patient, accession=control),
+        adt_a08(control, patient_id=patient),
+        omi_o23(control, patient_id=patient, accession=control),
+    ]
