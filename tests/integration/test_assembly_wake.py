@@ -16,7 +16,7 @@ from engine.flow.assembly import StudyAssembler
 from engine.flow.instances import InstanceIngest
 from engine.flow.runtime import Engine
 from tests.conftest import make_config, wait_for
-from tests.fixtures.dicom import write_study
+from tests.fixtures.dicom import ingest_config, write_study
 from tests.fixtures.orthanc import Orthanc
 from tests.integration.test_dicomweb import poll_config, upload_study
 
@@ -47,16 +47,7 @@ async def state_of(engine: Engine, uid: str) -> str | None:
 
 
 def scp_config(db_url: str, data_dir: Path) -> str:
-    return f"""
-[store]
-url = "{db_url}"
-[engine]
-data_dir = "{data_dir}"
-[[channel]]
-name = "pacs"
-source = {{ type = "dicom", ae_title = "RADBRIDGE", listen = "127.0.0.1:0" }}
-study_quiet_secs = {HOUR}
-"""
+    return ingest_config(db_url, data_dir, quiet_secs=HOUR, stow=False)
 
 
 async def test_the_instance_that_reaches_the_expected_count_completes_its_study_at_once(

@@ -33,7 +33,7 @@ from pynetdicom import AE, _config
 
 from channels.dicom.sop_classes import storage_sop_classes
 from tests.conftest import wait_for
-from tests.fixtures.dicom import from_testdata, part10, synth_instance, write
+from tests.fixtures.dicom import from_testdata, ingest_config, part10, synth_instance, write
 from tests.integration.test_dicom_ingest import tool
 
 REFERENCED, FAILED, REASON = "00081199", "00081198", "00081197"
@@ -45,20 +45,7 @@ RT_PLAN = "1.2.840.10008.5.1.4.1.1.481.5"
 
 
 def config(db_url: str, data_dir: Path) -> str:
-    return f"""
-[store]
-url = "{db_url}"
-[engine]
-data_dir = "{data_dir}"
-[[channel]]
-name = "pacs"
-source = {{ type = "dicom", ae_title = "RADBRIDGE", listen = "127.0.0.1:0" }}
-study_quiet_secs = 60
-[[channel]]
-name = "web"
-source = {{ type = "dicomweb", listen = "127.0.0.1:0" }}
-study_quiet_secs = 60
-"""
+    return ingest_config(db_url, data_dir)
 
 
 @pytest.fixture

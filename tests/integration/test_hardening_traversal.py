@@ -25,7 +25,7 @@ from pydicom.uid import generate_uid
 from engine.flow.instances import InstanceIngest, OutsideStore
 from engine.flow.retention import Retention
 from engine.store.clinical import InstanceMeta
-from tests.fixtures.dicom import CT_IMAGE, part10, synth_instance, write
+from tests.fixtures.dicom import CT_IMAGE, ingest_config, part10, synth_instance, write
 from tests.integration.test_dicom_ingest import scu_store, tool
 
 FAILED, REASON = "00081198", "00081197"
@@ -36,20 +36,7 @@ FIELDS = ["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"]
 
 
 def config(db_url: str, data_dir: Path) -> str:
-    return f"""
-[store]
-url = "{db_url}"
-[engine]
-data_dir = "{data_dir}"
-[[channel]]
-name = "pacs"
-source = {{ type = "dicom", ae_title = "RADBRIDGE", listen = "127.0.0.1:0" }}
-study_quiet_secs = 60
-[[channel]]
-name = "web"
-source = {{ type = "dicomweb", listen = "127.0.0.1:0" }}
-study_quiet_secs = 60
-"""
+    return ingest_config(db_url, data_dir)
 
 
 def hostile(field: str, uid: str) -> Dataset:
