@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel
 
@@ -160,6 +160,20 @@ def payload(name: str) -> PayloadSpec | None:
     return _PAYLOADS.get(name)
 
 
+
+T = TypeVar("T")
+
+
+def _keep(table: dict[str, T], key: str) -> Callable[[T], T]:
+    """The decorator every name-keyed table below registers with: keep the item, return it."""
+
+    def wrap(item: T) -> T:
+        table[key] = item
+        return item
+
+    return wrap
+
+
 # -- services: long-running parts a package adds to the engine (inference) -------------------
 
 # ``start(engine)`` → the running service (it has ``stop()``), or None when not configured.
@@ -171,11 +185,7 @@ _SERVICES: dict[str, ServiceStarter] = {}
 def register_service(name: str) -> Callable[[ServiceStarter], ServiceStarter]:
     """Decorator: ``@register_service("inference")`` on ``async start(engine)``."""
 
-    def wrap(start: ServiceStarter) -> ServiceStarter:
-        _SERVICES[name] = start
-        return start
-
-    return wrap
+    return _keep(_SERVICES, name)
 
 
 async def start_service(name: str, engine: Any) -> Any:
@@ -197,11 +207,7 @@ def register_answerer(sink: Payload) -> Callable[[AnswererFactory], AnswererFact
     """Decorator: ``@register_answerer("hl7")`` on the answerer of the sources whose
     ``sink`` is that payload (``engine.flow.ingest.Ingest`` calls it)."""
 
-    def wrap(factory: AnswererFactory) -> AnswererFactory:
-        _ANSWERERS[sink] = factory
-        return factory
-
-    return wrap
+    return _keep(_ANSWERERS, sink)
 
 
 def answerer(sink: Payload, app: str, facility: str) -> Any:
@@ -223,11 +229,7 @@ def register_reader(sink: Payload) -> Callable[[InstanceReader], InstanceReader]
     """Decorator: ``@register_reader("dicom")`` on the reader ``InstanceIngest`` uses for
     the instances of the sources whose ``sink`` is that payload."""
 
-    def wrap(read: InstanceReader) -> InstanceReader:
-        _READERS[sink] = read
-        return read
-
-    return wrap
+    return _keep(_READERS, sink)
 
 
 def reader(sink: Payload) -> InstanceReader:
@@ -246,11 +248,7 @@ _VIEWS: dict[str, Callable[..., Any]] = {}
 def register_view(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorator: ``@register_view("message_layer")`` on the admin's renderer for *name*."""
 
-    def wrap(render: Callable[..., Any]) -> Callable[..., Any]:
-        _VIEWS[name] = render
-        return render
-
-    return wrap
+    return _keep(_VIEWS, name)
 
 
 def view(name: str) -> Callable[..., Any]:
@@ -269,11 +267,7 @@ _FIELDS: dict[str, Any] = {}
 def register_fields(sink: Payload) -> Callable[[Any], Any]:
     """Decorator: ``@register_fields("hl7")`` on the field language of what *sink* carries."""
 
-    def wrap(language: Any) -> Any:
-        _FIELDS[sink] = language
-        return language
-
-    return wrap
+    return _keep(_FIELDS, sink)
 
 
 def fields(sink: Payload) -> Any:
