@@ -113,7 +113,8 @@ class Ingest:
                          reply, duplicate=True)
             return
         msg = NewMessage(self.name, now, payload, Status.RECEIVED, header.control_id,
-                         header.message_type, header.patient_id or None, duplicate)
+                         header.message_type, header.patient_id or None, duplicate,
+                         flags=getattr(header, "flags", ()))
         self.store.submit_insert(msg, self._on_commit(header, reply))
 
     def oversized(self, head: bytes, size: int, reply: Reply, peer: str) -> None:
