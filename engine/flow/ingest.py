@@ -67,7 +67,9 @@ class Ingest:
         self.name: str = channel.name
         self.store = store
         self.app, self.facility = app, facility
-        self.answerer: Answerer = answerer or registry.answerer("hl7", app, facility)
+        self.answerer: Answerer = answerer or registry.answerer(
+            "hl7", app, facility,
+            empty_control_id=getattr(channel, "empty_control_id", "reject"))
         self.on_stored = on_stored
         self.accept = frozenset(channel.accept) if channel.accept is not None else None
         self.duplicates = (DuplicateWindow(channel.duplicates.window_secs)

@@ -8,6 +8,7 @@ later, from the durable queue.
 
 from __future__ import annotations
 
+import hashlib
 import operator
 import re
 from typing import NamedTuple
@@ -82,6 +83,14 @@ class Header(NamedTuple):
     patient_id: str  # PID-3, first repetition, first component ("" if absent)
     # What lenient reading repaired (a stray line break joined back, ...); stored as flags.
     flags: tuple[str, ...] = ()
+    # MSH-10 as sent, where control_id is not it (generated for an empty MSH-10): MSA-2
+    # echoes what the sender sent, so that it can match the ACK to its message.
+    sent_control_id: str | None = None
+
+    @property
+    def their_control_id(self) -> str:
+        """The sender's MSH-10, as sent: what MSA-2 of the ACK echoes."""
+        return self.control_id if self.sent_control_id is None else self.sent_control_id
 
     @property
     def component_sep(self) -> str:
@@ -122,13 +131,15 @@ def _segments(raw: bytes) -> tuple[bytes, list[bytes]]:
     return text, segments
 
 
-def parse_header(raw: bytes) -> Header:
+def parse_header(raw: bytes, *, generate_control_id: bool = False) -> Header:
     """Read the header of one message; raise ``HeaderError`` with the reason.
 
     Accepts any segment terminator and custom delimiters; checks only what is
     needed to route and acknowledge. Lenient as real feeds need it: a UTF-8 byte-order mark
     before ``MSH`` is skipped, and a line that is not a segment (a stray line break inside a
-    field) is read as part of the segment before it and named in ``Header.flags``.
+    field) is read as part of the segment before it and named in ``Header.flags``. With
+    *generate_control_id*, an empty MSH-10 is taken: ``control_id`` is :func:`generated_id`
+    of the message, flagged, and the ACK echoes the empty MSH-10 as sent.
     """
     if raw[:3] == _BOM:
         raw = raw[3:]
@@ -141,7 +152,12 @@ def parse_header(raw: bytes) -> Header:
     fs = text[3:4]
     sep = fs.decode("latin-1")
     fields = _msh_fields(segments[0].decode("latin-1"), sep)
-    header = _header(sep, fields, _patient_id(text, fs, fields[1]))
+    header = _header(sep, fields, _patient_id(text, fs, fields[1]), generate_control_id)
+    if not header.control_id:
+        generated = generated_id(text)
+        header = header._replace(
+            control_id=generated, sent_control_id="",
+            flags=(f"MSH-10 was empty: control id {generated} generated",))
     second = text.find(b"\rMSH" + fs)
     if second >= 0:
         seq = text.count(b"\r", 0, second) + 2
@@ -150,7 +166,7 @@ def parse_header(raw: bytes) -> Header:
     if joined:
         rejoined = b"\r".join(segments)
         header = header._replace(patient_id=_patient_id(rejoined, fs, fields[1]),
-                                 flags=tuple(joined))
+                                 flags=header.flags + tuple(joined))
     return header
 
 
@@ -167,13 +183,24 @@ def _msh_fields(msh: str, fs: str) -> list[str]:
     return fields
 
 
-def _header(fs: str, fields: list[str], patient_id: str) -> Header:
-    """Check the MSH fields routing needs and build the header."""
+def generated_id(text: bytes) -> str:
+    """The control id taken for a message sent with an empty MSH-10: ``G`` and 19 hex digits of
+    the SHA-256 of its normalised text (20 characters, MSH-10's length before v2.7).
+
+    Deterministic, so a resend of the same bytes gets the same id and the duplicate window
+    sees it; two messages differing in any byte (MSH-7 at least) get different ids.
+    """
+    return "G" + hashlib.sha256(text).hexdigest()[:19].upper()
+
+
+def _header(fs: str, fields: list[str], patient_id: str, empty_id_ok: bool = False) -> Header:
+    """Check the MSH fields routing needs and build the header (MSH-10 may be empty if
+    *empty_id_ok*)."""
     encoding = fields[1]
     comp = encoding[0]
     message_type = _message_type(fields[8], comp)
     control_id = fields[9].strip()
-    if not control_id:
+    if not control_id and not empty_id_ok:
         raise HeaderError("MSH-10 message control id is empty", REQUIRED_FIELD_MISSING, "MSH^1^10")
     version = fields[11].partition(comp)[0].strip()
     if not version:

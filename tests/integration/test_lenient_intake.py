@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from engine.store.base import FLAGS_LAYER, MessageQuery
+from mappings.hl7v2.header import generated_id
 from tests.integration.test_mllp_ingest import config, send
 
 _BOM = b"\xef\xbb\xbf"
@@ -56,3 +57,37 @@ async def test_a_message_read_without_repair_carries_no_flags(
     engine = await engine_factory(config(db_url))
     assert (await send(engine, adt("OK1")))[0] == "AA"
     assert FLAGS_LAYER not in (await _stored(engine, "OK1")).layers
+
+
+_NO_ID = adt("")
+
+
+async def test_an_empty_control_id_is_refused_ar_by_default(
+    engine_factory: Any, db_url: str
+) -> None:
+    engine = await engine_factory(config(db_url))
+    code, their_id, reason = await send(engine, _NO_ID)
+    assert (code, their_id) == ("AR", "") and "MSH-10" in reason
+
+
+async def test_an_empty_control_id_is_accepted_with_a_generated_one_stored_and_flagged(
+    engine_factory: Any, db_url: str
+) -> None:
+    engine = await engine_factory(config(db_url, channel_extra='empty_control_id = "generate"'))
+    assert (await send(engine, _NO_ID))[:2] == ("AA", "")  # MSA-2 echoes the empty MSH-10
+    generated = generated_id(_NO_ID)
+    stored = await _stored(engine, generated)
+    assert stored.raw == _NO_ID and stored.key == "MRN9"
+    assert (
+        stored.layers[FLAGS_LAYER] == f"MSH-10 was empty: control id {generated} generated".encode()
+    )
+
+
+async def test_a_resend_without_control_id_is_caught_by_the_duplicate_window(
+    engine_factory: Any, db_url: str
+) -> None:
+    extra = 'empty_control_id = "generate"\nduplicates = { window_secs = 60, action = "reject" }'
+    engine = await engine_factory(config(db_url, channel_extra=extra))
+    assert (await send(engine, _NO_ID))[0] == "AA"
+    code, their_id, reason = await send(engine, _NO_ID)
+    assert (code, their_id) == ("AR", "") and "duplicate" in reason

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from engine.config.schema import lint_text
+from mappings.hl7v2.ack import read_ack
 from mappings.hl7v2.answerer import HL7Answerer
-from mappings.hl7v2.header import HeaderError, parse_header
+from mappings.hl7v2.header import HeaderError, generated_id, parse_header
 
 _MSG = (
     b"MSH|^~\\&|RIS|HOSP|RB|AI|20261130101500||ORM^O01|L1|P|2.3\r"
@@ -75,3 +77,56 @@ def test_a_fragment_right_after_msh_is_joined_onto_msh() -> None:
 
 
 _MSH_ONLY = b"MSH|^~\\&|A|B|C|D|2026||ADT^A01|L2|P|2.3\rPID|1||M7"
+
+
+_CHANNEL = '[[channel]]\nname = "ris"\nsource = { type = "mllp", listen = "127.0.0.1:2575" }\n'
+_NO_ID = b"MSH|^~\\&|RIS|H|RB|AI|20261130101500||ORM^O01||P|2.3\rPID|1||M8"
+
+
+def test_an_empty_control_id_is_still_refused_ar_101_by_default() -> None:
+    header, refusal = HL7Answerer("RB", "AI").read(_NO_ID)
+    assert header is None and refusal is not None
+    assert (refusal.code, refusal.error_code, refusal.location) == ("AR", 101, "MSH^1^10")
+
+
+def test_an_empty_control_id_is_taken_with_a_generated_id_when_the_channel_says_so() -> None:
+    answerer = HL7Answerer("RB", "AI", empty_control_id="generate")
+    header, refusal = answerer.read(_NO_ID)
+    assert refusal is None and header is not None
+    assert header.control_id == generated_id(_NO_ID) and len(header.control_id) == 20
+    assert header.flags == (f"MSH-10 was empty: control id {header.control_id} generated",)
+
+
+def test_the_generated_id_is_the_same_for_a_resend_and_differs_for_another_message() -> None:
+    again = parse_header(_NO_ID, generate_control_id=True).control_id
+    other = parse_header(_NO_ID.replace(b"101500", b"101501"), generate_control_id=True)
+    assert again == generated_id(_NO_ID) != other.control_id
+
+
+def test_the_ack_of_a_generated_id_echoes_the_empty_msh_10_the_sender_sent() -> None:
+    answerer = HL7Answerer("RB", "AI", empty_control_id="generate")
+    header, _ = answerer.read(_NO_ID)
+    assert read_ack(answerer.build(header, answerer.accepted) or b"")[:2] == ("AA", "")
+    assert read_ack(answerer.fallback(header, answerer.accepted))[:2] == ("AA", "")
+
+
+def test_a_generated_id_and_a_joined_fragment_are_both_flagged() -> None:
+    header = parse_header(_NO_ID + b"\rmore text", generate_control_id=True)
+    assert [f.split(":")[0] for f in header.flags] == [
+        "MSH-10 was empty",
+        "line 3 is not a segment",
+    ]
+
+
+def test_lint_names_a_bad_empty_control_id_option_with_file_line_and_key() -> None:
+    text = _CHANNEL + 'empty_control_id = "invent"\n'
+    (problem,) = lint_text(text, "channels.toml", check_files=False)[1]
+    assert (problem.line, problem.key) == (4, "channel[0].empty_control_id")
+    assert "'reject' or 'generate'" in problem.message
+
+
+def test_lint_takes_empty_control_id_generate() -> None:
+    text = _CHANNEL + 'empty_control_id = "generate"\n'
+    config, problems = lint_text(text, "channels.toml", check_files=False)
+    assert problems == [] and config is not None
+    assert config.channel[0].empty_control_id == "generate"
