@@ -129,4 +129,4 @@ def test_lint_takes_empty_control_id_generate() -> None:
     text = _CHANNEL + 'empty_control_id = "generate"\n'
     config, problems = lint_text(text, "channels.toml", check_files=False)
     assert problems == [] and config is not None
-    assert config.channel[0].empty_control_id == "generate"
+    assert config.channel_named("ris").empty_control_id == "generate"
