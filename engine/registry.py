@@ -198,7 +198,7 @@ async def start_service(name: str, engine: Any) -> Any:
 # -- answerers: a protocol's answer policy for the raw messages of a source ------------------
 
 # ``factory(app, facility)`` → an ``engine.connectors.Answerer``.
-AnswererFactory = Callable[[str, str], Any]
+AnswererFactory = Callable[..., Any]  # (app, facility, **channel options)
 
 _ANSWERERS: dict[str, AnswererFactory] = {}
 
@@ -210,10 +210,11 @@ def register_answerer(sink: Payload) -> Callable[[AnswererFactory], AnswererFact
     return _keep(_ANSWERERS, sink)
 
 
-def answerer(sink: Payload, app: str, facility: str) -> Any:
-    """The answerer registered for *sink*, answering as *app*/*facility*."""
+def answerer(sink: Payload, app: str, facility: str, **options: Any) -> Any:
+    """The answerer registered for *sink*, answering as *app*/*facility*, with the channel's
+    answer *options* (``empty_control_id``)."""
     load_builtins()
-    return _ANSWERERS[sink](app, facility)
+    return _ANSWERERS[sink](app, facility, **options)
 
 
 # -- instance readers: identify a stored instance from its bytes -----------------------------

@@ -120,6 +120,10 @@ def _channel_model() -> type[BaseModel]:
         key: Literal["patient_id", "none"] = Field(
             "patient_id", description="Order is kept per key; different keys run in parallel.")
         duplicates: DuplicatesConfig = DuplicatesConfig()
+        empty_control_id: Literal["reject", "generate"] = Field(
+            "reject", description="A message with an empty MSH-10: reject answers AR (101); "
+                                  "generate accepts it with a control id made from its bytes, "
+                                  "flagged, the ACK's MSA-2 echoing the empty MSH-10.")
         study_quiet_secs: float = Field(
             30, gt=0, description="DICOM sources: a study is complete after this long without "
                                   "a new instance (or when an order says CM, or on demand).")

@@ -67,7 +67,9 @@ class Ingest:
         self.name: str = channel.name
         self.store = store
         self.app, self.facility = app, facility
-        self.answerer: Answerer = answerer or registry.answerer("hl7", app, facility)
+        self.answerer: Answerer = answerer or registry.answerer(
+            "hl7", app, facility,
+            empty_control_id=getattr(channel, "empty_control_id", "reject"))
         self.on_stored = on_stored
         self.accept = frozenset(channel.accept) if channel.accept is not None else None
         self.duplicates = (DuplicateWindow(channel.duplicates.window_secs)
@@ -113,7 +115,8 @@ class Ingest:
                          reply, duplicate=True)
             return
         msg = NewMessage(self.name, now, payload, Status.RECEIVED, header.control_id,
-                         header.message_type, header.patient_id or None, duplicate)
+                         header.message_type, header.patient_id or None, duplicate,
+                         flags=getattr(header, "flags", ()))
         self.store.submit_insert(msg, self._on_commit(header, reply))
 
     def oversized(self, head: bytes, size: int, reply: Reply, peer: str) -> None:

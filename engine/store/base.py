@@ -38,6 +38,18 @@ class NewMessage:
     key: str | None = None
     duplicate: bool = False
     error: str | None = None
+    # What lenient reading repaired on intake (a stray line break joined back, a control id
+    # generated, ...): stored with the message as its ``flags`` content layer, one per line.
+    flags: tuple[str, ...] = ()
+
+
+FLAGS_LAYER = "flags"
+
+
+def flag_rows(msgs: Sequence[NewMessage], ids: Sequence[int]) -> list[tuple[int, float, bytes]]:
+    """``(message id, received_at, flags layer)`` for the messages in *msgs* that carry flags."""
+    return [(mid, m.received_at, "\n".join(m.flags).encode("utf-8"))
+            for m, mid in zip(msgs, ids, strict=True) if m.flags]
 
 
 @dataclass(slots=True)

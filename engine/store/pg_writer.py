@@ -22,6 +22,7 @@ import asyncpg
 
 from engine.errors import StoreError, StoreUnavailable
 from engine.store import pg_schema
+from engine.store.base import FLAGS_LAYER, flag_rows
 
 _MAX_GROUP = 4096
 Done = Callable[[Any, BaseException | None], None]
@@ -73,7 +74,15 @@ async def insert_messages(conn: asyncpg.Connection, msgs: Sequence[Any]) -> list
                                      m.control_id, m.message_type, m.key, int(m.duplicate),
                                      m.error, m.raw), strict=True):
             col.append(value)
-    return [r[0] for r in await conn.fetch(_INSERT, *cols)]
+    ids = [r[0] for r in await conn.fetch(_INSERT, *cols)]
+    flagged = flag_rows(msgs, ids)
+    if flagged:  # in the caller's transaction, with the messages
+        await conn.execute(
+            "INSERT INTO content (message_id, received_at, layer, data, created_at)"
+            f" SELECT u.mid, u.at, '{FLAGS_LAYER}', u.data, u.at FROM unnest($1::bigint[],"
+            " $2::float8[], $3::bytea[]) AS u(mid, at, data)",
+            *map(list, zip(*flagged, strict=True)))
+    return ids
 
 
 class Writer:

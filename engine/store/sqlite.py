@@ -26,6 +26,7 @@ from engine.model import Message, Status
 from engine.store.archive import Item, write_archive
 from engine.store.base import (
     FINAL_STATUSES,
+    FLAGS_LAYER,
     PRUNE_BATCH,
     WAITING_DELIVERY,
     Delivery,
@@ -34,6 +35,7 @@ from engine.store.base import (
     Outcome,
     PruneResult,
     Store,
+    flag_rows,
 )
 from engine.store.clinical import CaseRow
 from engine.store.clinical_sql import CLINICAL_SCHEMA, ClinicalWrites, apply_domain_events
@@ -195,8 +197,8 @@ class _Writer(threading.Thread):
         (the transaction path then retries it row by row).
         """
         if (len(batch) > _ROWS_PER_INSERT or conn.in_transaction  # never ACK uncommitted rows
-                or any(op is not _insert_op for op, _, _ in batch)):
-            return None
+                or any(op is not _insert_op or args[0].flags for op, args, _ in batch)):
+            return None  # a flagged message also writes a content row: not one statement
         try:
             first = self._next if self._next is not None else _next_id(conn)
             _insert_rows(conn, [args[0] for _, args, _ in batch], first)
@@ -282,8 +284,14 @@ def _insert_rows(conn: sqlite3.Connection, msgs: list[NewMessage], first: int) -
             chunk = msgs[start:start + _ROWS_PER_INSERT]
             params = [v for i, m in enumerate(chunk, first + start) for v in _insert_row(m, i)]
             conn.execute(_INSERT + _INSERT_MORE * (len(chunk) - 1), params)
+        flagged = flag_rows(msgs, range(first, first + len(msgs)))
+        if flagged:
+            conn.executemany("INSERT OR REPLACE INTO content (message_id, layer, data, created_at)"
+                             f" VALUES (?, '{FLAGS_LAYER}', ?, ?)",
+                             [(mid, data, at) for mid, at, data in flagged])
     except sqlite3.Error:
         if len(msgs) > _ROWS_PER_INSERT:
+            conn.execute("DELETE FROM content WHERE message_id >= ?", (first,))
             conn.execute("DELETE FROM message_raw WHERE id >= ?", (first,))
             conn.execute("DELETE FROM messages WHERE id >= ?", (first,))
         raise

@@ -90,9 +90,10 @@ def build_ack(
     fs = header.field_sep if header else "|"
     head, type_part, tail = _msh_parts(header, app, facility)
     msh = f"{head}{_timestamp(now)}{type_part}{control_id or next_control_id()}{tail}"
-    their_id = escape(header.control_id, header) if header else ""
+    their_id = escape(header.their_control_id, header) if header else ""
     text = escape(spec.text, header) if spec.text else ""
-    segments = [msh, fs.join(["MSA", code, their_id, text]).rstrip(fs)]
+    # MSA-2 is required: kept as a field even when the sender's MSH-10 was empty.
+    segments = [msh, fs.join(["MSA", code, their_id, text] if text else ["MSA", code, their_id])]
     if spec.error_code is not None:
         version = header.version if header else "2.5.1"
         enc = header.encoding[:4] if header else "^~\\&"
@@ -110,7 +111,7 @@ def fallback_ack(header: Header | None, code: str, *, app: str = "RADBRIDGE") ->
     sender's control id (escaped); a NAK adds a generic MSA-3 and an ERR 207. Nothing of the
     sender's header but its control id is echoed.
     """
-    their_id = escape(header.control_id, None) if header is not None else ""
+    their_id = escape(header.their_control_id, None) if header is not None else ""
     app_id = escape(app, None)
     msh = "|".join(["MSH", "^~\\&", app_id, "", "", "", _timestamp(None), "", "ACK",
                     next_control_id(), "P", "2.5.1"])

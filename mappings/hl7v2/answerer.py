@@ -42,17 +42,22 @@ _REFUSALS: dict[str, tuple[int, str]] = {
 
 @register_answerer("hl7")
 class HL7Answerer:
-    """Answers HL7 v2 over MLLP as ``app``/``facility`` (our MSH-3/MSH-4)."""
+    """Answers HL7 v2 over MLLP as ``app``/``facility`` (our MSH-3/MSH-4).
+
+    ``empty_control_id`` is the channel's option: ``reject`` answers an empty MSH-10 AR 101;
+    ``generate`` takes it with a generated control id (``header.generated_id``), flagged.
+    """
 
     accepted = AckSpec("AA")  # immutable: one for every accepted message
 
-    def __init__(self, app: str, facility: str) -> None:
+    def __init__(self, app: str, facility: str, *, empty_control_id: str = "reject") -> None:
         self.app, self.facility = app, facility
+        self.generate_control_id = empty_control_id == "generate"
 
     def read(self, payload: bytes) -> tuple[Header | None, AckSpec | None]:
         """The MSH; AE if it was readable but a later segment is not, AR if it is not."""
         try:
-            return parse_header(payload), None
+            return parse_header(payload, generate_control_id=self.generate_control_id), None
         except HeaderError as exc:
             code = "AE" if exc.header is not None else "AR"
             return exc.header, AckSpec(code, exc.reason, exc.code, exc.location)

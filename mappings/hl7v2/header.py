@@ -8,6 +8,7 @@ later, from the durable queue.
 
 from __future__ import annotations
 
+import hashlib
 import operator
 import re
 from typing import NamedTuple
@@ -80,6 +81,16 @@ class Header(NamedTuple):
     app_ack: str  # MSH-16
     charset: str  # MSH-18
     patient_id: str  # PID-3, first repetition, first component ("" if absent)
+    # What lenient reading repaired (a stray line break joined back, ...); stored as flags.
+    flags: tuple[str, ...] = ()
+    # MSH-10 as sent, where control_id is not it (generated for an empty MSH-10): MSA-2
+    # echoes what the sender sent, so that it can match the ACK to its message.
+    sent_control_id: str | None = None
+
+    @property
+    def their_control_id(self) -> str:
+        """The sender's MSH-10, as sent: what MSA-2 of the ACK echoes."""
+        return self.control_id if self.sent_control_id is None else self.sent_control_id
 
     @property
     def component_sep(self) -> str:
@@ -99,6 +110,9 @@ _BATCH_HEADS = (b"FHS", b"BHS")
 BATCH_REASON = ("an HL7 batch (FHS/BHS) in one MLLP frame is not accepted: "
                 "send one message per frame")
 MANY_REASON = "more than one MSH segment in one MLLP frame: send one message per frame"
+_BOM = b"\xef\xbb\xbf"  # a UTF-8 byte-order mark (Windows-made files) before MSH
+# A line that carries control bytes is a broken segment, not a field a stray line break split.
+_CONTROL = re.compile(rb"[\x00-\x08\x0b-\x1f\x7f]")
 _MSH_FIELDS = 18  # the highest MSH field read here (MSH-18)
 _TRIM = b"\r\n\t "
 
@@ -117,12 +131,18 @@ def _segments(raw: bytes) -> tuple[bytes, list[bytes]]:
     return text, segments
 
 
-def parse_header(raw: bytes) -> Header:
+def parse_header(raw: bytes, *, generate_control_id: bool = False) -> Header:
     """Read the header of one message; raise ``HeaderError`` with the reason.
 
     Accepts any segment terminator and custom delimiters; checks only what is
-    needed to route and acknowledge.
+    needed to route and acknowledge. Lenient as real feeds need it: a UTF-8 byte-order mark
+    before ``MSH`` is skipped, and a line that is not a segment (a stray line break inside a
+    field) is read as part of the segment before it and named in ``Header.flags``. With
+    *generate_control_id*, an empty MSH-10 is taken: ``control_id`` is :func:`generated_id`
+    of the message, flagged, and the ACK echoes the empty MSH-10 as sent.
     """
+    if raw[:3] == _BOM:
+        raw = raw[3:]
     text, segments = _segments(raw)
     if text[:3] in _BATCH_HEADS:
         raise HeaderError(BATCH_REASON, SEGMENT_SEQUENCE_ERROR, f"{text[:3].decode()}^1")
@@ -132,12 +152,21 @@ def parse_header(raw: bytes) -> Header:
     fs = text[3:4]
     sep = fs.decode("latin-1")
     fields = _msh_fields(segments[0].decode("latin-1"), sep)
-    header = _header(sep, fields, _patient_id(text, fs, fields[1]))
+    header = _header(sep, fields, _patient_id(text, fs, fields[1]), generate_control_id)
+    if not header.control_id:
+        generated = generated_id(text)
+        header = header._replace(
+            control_id=generated, sent_control_id="",
+            flags=(f"MSH-10 was empty: control id {generated} generated",))
     second = text.find(b"\rMSH" + fs)
     if second >= 0:
         seq = text.count(b"\r", 0, second) + 2
         raise HeaderError(MANY_REASON, SEGMENT_SEQUENCE_ERROR, f"MSH^{seq}", header)
-    _check_segments(segments, fs, header)
+    joined = _check_segments(segments, fs, header)
+    if joined:
+        rejoined = b"\r".join(segments)
+        header = header._replace(patient_id=_patient_id(rejoined, fs, fields[1]),
+                                 flags=header.flags + tuple(joined))
     return header
 
 
@@ -154,13 +183,24 @@ def _msh_fields(msh: str, fs: str) -> list[str]:
     return fields
 
 
-def _header(fs: str, fields: list[str], patient_id: str) -> Header:
-    """Check the MSH fields routing needs and build the header."""
+def generated_id(text: bytes) -> str:
+    """The control id taken for a message sent with an empty MSH-10: ``G`` and 19 hex digits of
+    the SHA-256 of its normalised text (20 characters, MSH-10's length before v2.7).
+
+    Deterministic, so a resend of the same bytes gets the same id and the duplicate window
+    sees it; two messages differing in any byte (MSH-7 at least) get different ids.
+    """
+    return "G" + hashlib.sha256(text).hexdigest()[:19].upper()
+
+
+def _header(fs: str, fields: list[str], patient_id: str, empty_id_ok: bool = False) -> Header:
+    """Check the MSH fields routing needs and build the header (MSH-10 may be empty if
+    *empty_id_ok*)."""
     encoding = fields[1]
     comp = encoding[0]
     message_type = _message_type(fields[8], comp)
     control_id = fields[9].strip()
-    if not control_id:
+    if not control_id and not empty_id_ok:
         raise HeaderError("MSH-10 message control id is empty", REQUIRED_FIELD_MISSING, "MSH^1^10")
     version = fields[11].partition(comp)[0].strip()
     if not version:
@@ -193,23 +233,51 @@ def _message_type(msh9: str, comp: str) -> str:
     return f"{kind.upper()}^{event.upper()}"
 
 
-def _check_segments(segments: list[bytes], fs: bytes, header: Header) -> None:
-    """Every segment must be a three-character id followed by the field separator (or nothing)."""
+def _check_segments(segments: list[bytes], fs: bytes, header: Header) -> list[str]:
+    """Every segment must be a three-character id followed by the field separator (or nothing).
+
+    A line that is not a segment and does not look like one (:func:`_stray`) is a field a stray
+    line break split: it is joined onto the segment before it, in *segments*, and named in the
+    flags returned. Any other bad segment raises ``HeaderError`` (answered AE).
+    """
     # Fast path, all in C: every segment starts with an id + separator already seen valid.
     valid = _VALID_HEADS.get(fs)
     if valid is not None and valid.issuperset(map(_HEAD, segments)):
-        return
+        return []
     valid = _VALID_HEADS.setdefault(fs, set())
-    for seq, seg in enumerate(segments, start=1):
+    flags: list[str] = []
+    seq = 1
+    for line, seg in enumerate(list(segments), start=1):
         if (seg[3:4] == fs or len(seg) == 3) and _SEGMENT_ID.match(seg, 0, 3):
             if len(seg) > 3 and len(valid) < _MAX_VALID_HEADS:
                 valid.add(seg[:4])
+            seq += 1
+            continue
+        if seq > 1 and _stray(seg, fs):
+            segments[seq - 2] += b" " + seg
+            del segments[seq - 1]
+            prev = segments[seq - 2][:3].decode("latin-1")
+            flags.append(f"line {line} is not a segment: joined onto {prev} as a line break "
+                         "inside a field")
             continue
         seg_id = seg[:3]
         shown = seg[:8].decode("latin-1", "replace")
         raise HeaderError(f"segment {seq} ({shown!r}) is not a valid HL7 segment",
                           SEGMENT_SEQUENCE_ERROR, f"{seg_id.decode('latin-1', 'replace')}^{seq}",
                           header)
+    return flags
+
+
+def _stray(line: bytes, fs: bytes) -> bool:
+    """A line a stray line break cut from a field: text that does not look like a segment.
+
+    Looking like a segment, with a bad id (``pv1|``, ``P_1|``, a bare ``abc``), or carrying
+    control bytes, it is a broken segment and keeps its AE.
+    """
+    head = line[:3]
+    if (len(line) == 3 or line[3:4] == fs) and b" " not in head and fs not in head:
+        return False
+    return not _CONTROL.search(line)
 
 
 def _patient_id(text: bytes, fs: bytes, encoding: str) -> str:

@@ -43,7 +43,7 @@ def test_header_error_for_a_non_hl7_payload() -> None:
 
 def test_a_broken_segment_after_a_good_msh_keeps_the_header_for_the_nak() -> None:
     with pytest.raises(HeaderError) as err:
-        parse_header(b"MSH|^~\\&|A|B|C|D|2026||ADT^A01|X1|P|2.5\rthis is not a segment")
+        parse_header(b"MSH|^~\\&|A|B|C|D|2026||ADT^A01|X1|P|2.5\rpv1|1|E")
     assert err.value.header is not None and err.value.header.control_id == "X1"
 
 
