@@ -125,6 +125,7 @@ SUITES = [
         ("hardening: files a config names exist (TLS, CA bundles)", "test_hardening_tls_lint"),
         ("hardening: installs pinned, no known-vulnerable floor", "test_hardening_constraints"),
         ("first ten minutes: radbridge demo in the dashboard", "test_demo", "test_demo_data"),
+        ("lenient intake (BOM, stray CR, empty MSH-10)", "test_lenient_intake"),
     )),
 ]
 
