@@ -27,7 +27,9 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
+    ValidationError,
     WithJsonSchema,
+    model_validator,
 )
 
 from mappings.hl7v2.reader import HEADER_SEGMENTS, Message, Segment
@@ -150,6 +152,74 @@ class FieldMap(BaseModel):
         default=_paths("ORC-7.6", "OBR-27.6", "TQ1-9"), description="S, A, R ..."
     )
     ordered_at: Paths = Field(default=_paths("ORC-9", "OBR-6"), description="HL7 DTM timestamp")
+    values: dict[str, dict[str, str]] = Field(
+        default_factory=dict, description="per key: value as read -> value stored"
+    )
+
+    @model_validator(mode="after")
+    def _values_name_single_values(self) -> FieldMap:
+        for key in self.values:
+            if key not in VALUE_KEYS:
+                raise ValueError(
+                    f"values.{key}: not a key with a single value; one of "
+                    f"{', '.join(sorted(VALUE_KEYS))}"
+                )
+        return self
+
+    def mapped(self, key: str, value: str | None) -> str | None:
+        """*value* as read for *key*, through the channel's value map (exact, then upper-case)."""
+        table = self.values.get(key)
+        if value is None or not table:
+            return value
+        return table.get(value, table.get(value.upper(), value))
+
+    @classmethod
+    def from_options(cls, paths: dict[str, Any] | None, values: dict[str, Any] | None) -> FieldMap:
+        """The field map of a channel's ``map`` and ``values`` (keys by name or alias)."""
+        fields = {ALIASES.get(k, k): v for k, v in (paths or {}).items()}
+        return cls(**fields, values={ALIASES.get(k, k): v for k, v in (values or {}).items()})
+
+
+#: Names a channel may use for a FieldMap key (``patient_id`` reads better in channels.toml).
+ALIASES = {"patient_id": "patient_identifiers"}
+PATH_KEYS = frozenset(k for k in FieldMap.model_fields if k != "values")
+#: Keys that read one value (the others read whole composites: identifiers, name, code).
+VALUE_KEYS = PATH_KEYS - {"patient_identifiers", "patient_name", "merged_from", "procedure_code"}
+
+
+def check_options(options: dict[str, Any]) -> list[tuple[tuple[str | int, ...], str]]:
+    """Lint a channel's ``map`` and ``values``: (key path, message) per problem."""
+    problems: list[tuple[tuple[str | int, ...], str]] = []
+    valid = ", ".join(sorted(PATH_KEYS | set(ALIASES)))
+    for section, keys in (("map", PATH_KEYS), ("values", VALUE_KEYS)):
+        table = options.get(section)
+        if table is None:
+            continue
+        if not isinstance(table, dict):
+            problems.append(((section,), "must be a table keyed by field-map key"))
+            continue
+        for key, value in table.items():
+            name = ALIASES.get(key, key)
+            if name not in keys:
+                shown = valid if section == "map" else ", ".join(sorted(keys))
+                problems.append(((section, key), f"unknown key; valid keys: {shown}"))
+            else:
+                problems += [((section, key), msg) for msg in _problems(section, name, value)]
+    return problems
+
+
+def _problems(section: str, name: str, value: Any) -> list[str]:
+    if section == "values":
+        if not isinstance(value, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+        ):
+            return ['must be a table of strings, e.g. { STAT = "S" }']
+        return []
+    try:
+        FieldMap.model_validate({name: value})
+    except ValidationError as exc:
+        return [str(e["msg"]).removeprefix("Value error, ") for e in exc.errors()]
+    return []
 
 
 def _subs(node: Any) -> list[str]:

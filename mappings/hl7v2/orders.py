@@ -253,7 +253,7 @@ def _patient(scope: Scope, fm: FieldMap) -> Patient:
     if not identifiers:
         raise _missing(scope, fm.patient_identifiers)
     family, given = _name(scope.repetitions(fm.patient_name))
-    birth_date, _ = scope.value(fm.birth_date)
+    birth_date = _read(scope, fm, "birth_date")
     if birth_date and birth_date[:8].isdigit():
         birth_date = birth_date[:8]  # drop any time of birth; the date stays as sent
     return Patient(
@@ -261,9 +261,9 @@ def _patient(scope: Scope, fm: FieldMap) -> Patient:
         family_name=family,
         given_name=given,
         birth_date=birth_date,
-        sex=scope.value(fm.sex)[0],
-        patient_class=scope.value(fm.patient_class)[0],
-        location=scope.value(fm.location)[0],
+        sex=_read(scope, fm, "sex"),
+        patient_class=_read(scope, fm, "patient_class"),
+        location=_read(scope, fm, "location"),
     )
 
 
@@ -290,12 +290,12 @@ def _name(reps: Repetitions) -> tuple[str | None, str | None]:
 
 
 def _order(scope: Scope, patient: Patient, fm: FieldMap, which: str) -> Order:
-    control, _ = scope.value(fm.order_control)
+    control = _read(scope, fm, "order_control")
     if not control:
         raise _missing(scope, fm.order_control, which)
-    placer, _ = scope.value(fm.placer_number)
-    filler, _ = scope.value(fm.filler_number)
-    accession, _ = scope.value(fm.accession)
+    placer = _read(scope, fm, "placer_number")
+    filler = _read(scope, fm, "filler_number")
+    accession = _read(scope, fm, "accession")
     if not (placer or filler or accession):
         paths = ", ".join(map(str, (*fm.placer_number, *fm.filler_number, *fm.accession)))
         raise MappingError(
@@ -309,16 +309,21 @@ def _order(scope: Scope, patient: Patient, fm: FieldMap, which: str) -> Order:
         placer_number=placer,
         filler_number=filler,
         accession=accession,
-        requested_procedure_id=scope.value(fm.requested_procedure_id)[0],
-        study_instance_uid=scope.value(fm.study_instance_uid)[0],
-        modality=scope.value(fm.modality)[0],
+        requested_procedure_id=_read(scope, fm, "requested_procedure_id"),
+        study_instance_uid=_read(scope, fm, "study_instance_uid"),
+        modality=_read(scope, fm, "modality"),
         procedure_code=component(code, 1),
         procedure_text=component(code, 2),
         procedure_system=component(code, 3),
-        priority=scope.value(fm.priority)[0],
-        status=scope.value(fm.order_status)[0],
+        priority=_read(scope, fm, "priority"),
+        status=_read(scope, fm, "order_status"),
         ordered_at=_timestamp(scope, fm.ordered_at, which),
     )
+
+
+def _read(scope: Scope, fm: FieldMap, key: str) -> str | None:
+    """The value of FieldMap *key*: the first non-empty of its paths, through its value map."""
+    return fm.mapped(key, scope.value(getattr(fm, key))[0])
 
 
 def _timestamp(scope: Scope, paths: Sequence[FieldPath], which: str) -> datetime | None:

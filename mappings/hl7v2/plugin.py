@@ -25,7 +25,7 @@ from engine.registry import register_fields, register_payload, register_processo
 from engine.results.model import ResultBuild
 from engine.store.base import Outcome
 from engine.store.results import FinalReportEvent
-from mappings.hl7v2.fieldmap import FieldMap
+from mappings.hl7v2.fieldmap import FieldMap, check_options
 from mappings.hl7v2.orders import MappingError, OrderEvent, PatientEvent, map_message
 from mappings.hl7v2.reader import parse
 from mappings.hl7v2.readpath import compile_path
@@ -73,9 +73,12 @@ class OrdersProcessor:
 
 
 @register_processor("orders", "also map ADT/ORM/OMI into patients and orders and correlate "
-                              "them with studies", rank=10)
+                              "them with studies", rank=10, options=("map", "values"),
+                    check=check_options)
 def _orders(channel: Any, config: Any) -> OrdersProcessor:
-    return OrdersProcessor(channel.destinations)
+    fieldmap = FieldMap.from_options(getattr(channel, "map", None),
+                                     getattr(channel, "values", None))
+    return OrdersProcessor(channel.destinations, fieldmap)
 
 
 class FinalReportsProcessor:

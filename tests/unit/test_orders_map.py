@@ -1,0 +1,105 @@
+"""The orders mapping configured from channels.toml: ``map`` (paths per key), ``values``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from engine import registry
+from engine.config.schema import lint_text
+from engine.model import Message, Status
+from mappings.hl7v2.orders import OrderEvent
+
+MSH = "MSH|^~\\&|RIS|SITE|RADBRIDGE|SITE|20240101120000||ORM^O01|CTRL1|P|2.3"
+PID = "PID|1||P1^^^SITE^MR||TESTCASE^PAT||19700101|F"
+
+
+def _toml(extra: str, process: str = "orders") -> str:
+    return f"""[store]
+url = "sqlite:///x.db"
+[[channel]]
+name = "ris"
+source = {{ type = "mllp", listen = "127.0.0.1:0" }}
+process = "{process}"
+{extra}
+"""
+
+
+def _problems(extra: str, process: str = "orders") -> list[str]:
+    return [str(p) for p in lint_text(_toml(extra, process), "channels.toml")[1]]
+
+
+def _map(extra: str, *segments: str) -> OrderEvent:
+    config, problems = lint_text(_toml(extra), "channels.toml")
+    assert config is not None, problems
+    channel = config.channel[0]
+    processor: Any = registry.processor("orders").factory(channel, config)
+    raw = "\r".join((MSH, *segments)).encode()
+    outcome = processor.process(Message(1, "ris", 0.0, Status.RECEIVED, raw))
+    assert outcome.status is Status.TRANSFORMED, outcome.error
+    assert isinstance(outcome.domain, OrderEvent)
+    return outcome.domain
+
+
+def test_a_map_and_value_map_on_an_orders_channel_lint_clean() -> None:
+    extra = (
+        'map = { accession = ["OBR-20", "OBR-18"], priority = ["OBR-5", "ORC-7.6"] }\n'
+        'values = { priority = { STAT = "S", "1" = "S", ROUTINE = "R" } }'
+    )
+    assert _problems(extra) == []
+
+
+def test_an_unknown_map_key_is_a_lint_error_naming_the_valid_keys() -> None:
+    (problem,) = _problems('map = { accesion = ["OBR-20"] }')
+    assert problem.startswith("channels.toml:7: channel[0].map.accesion: unknown key; valid keys:")
+    assert "accession" in problem and "patient_id" in problem
+
+
+def test_a_bad_path_in_the_map_is_a_lint_error_with_file_line_and_key() -> None:
+    (problem,) = _problems('map = { accession = ["OBR-20", "OBR20"] }')
+    assert problem.startswith("channels.toml:7: channel[0].map.accession: ")
+    assert "'OBR20' is not an HL7 field path" in problem
+
+
+def test_a_value_map_on_a_composite_key_is_a_lint_error() -> None:
+    (problem,) = _problems('values = { procedure_code = { A = "B" } }')
+    assert problem.startswith("channels.toml:7: channel[0].values.procedure_code: unknown key")
+
+
+def test_a_value_map_that_is_not_a_table_of_strings_is_a_lint_error() -> None:
+    (problem,) = _problems("values = { priority = { STAT = 1 } }")
+    assert "channel[0].values.priority: must be a table of strings" in problem
+
+
+def test_map_on_a_channel_that_does_not_map_orders_is_refused() -> None:
+    (problem,) = _problems('map = { accession = ["OBR-20"] }', process="forward")
+    assert problem == 'channels.toml:7: channel[0].map: is read only by process = "orders"'
+
+
+def test_the_accession_comes_from_the_first_mapped_path_that_holds_a_value() -> None:
+    extra = 'map = { accession = ["OBR-20", "OBR-18"] }'
+    obr = "OBR|1|PL1|FL1|C^T^L||||||||||||||ACC-18||ACC-20"
+    assert _map(extra, PID, "ORC|NW|PL1|FL1||SC", obr).orders[0].accession == "ACC-20"
+    obr_18_only = "OBR|1|PL1|FL1|C^T^L||||||||||||||ACC-18"
+    assert _map(extra, PID, "ORC|NW|PL1|FL1||SC", obr_18_only).orders[0].accession == "ACC-18"
+
+
+def test_the_priority_is_read_from_obr_5_through_the_value_map() -> None:
+    extra = (
+        'map = { priority = ["OBR-5", "ORC-7.6"] }\n'
+        'values = { priority = { STAT = "S", "1" = "S", ROUTINE = "R" } }'
+    )
+    stat = _map(extra, PID, "ORC|NW|PL1|FL1||SC", "OBR|1|PL1|FL1|C^T^L|stat")
+    one = _map(extra, PID, "ORC|NW|PL1|FL1||SC", "OBR|1|PL1|FL1|C^T^L|1")
+    assert (stat.orders[0].priority, one.orders[0].priority) == ("S", "S")
+
+
+def test_a_patient_in_pid_2_with_pid_3_empty_is_found_through_the_fallback() -> None:
+    extra = 'map = { patient_id = ["PID-3", "PID-2"] }'
+    event = _map(extra, "PID|1|P2^^^SITE^MR||||", "ORC|NW|PL1|FL1||SC", "OBR|1|PL1|FL1|C^T^L")
+    assert event.patient.identifiers[0].value == "P2"
+
+
+def test_keys_left_out_of_the_map_keep_the_defaults() -> None:
+    extra = 'map = { accession = ["OBR-20"] }'
+    event = _map(extra, PID, "ORC|NW|PL1|FL1||SC||^^^^^A", "OBR|1|PL1|FL1|C^T^L")
+    assert (event.orders[0].placer_number, event.orders[0].priority) == ("PL1", "A")
