@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from engine import registry
 from engine.config.schema import lint_text
 from engine.model import Message, Status
+from mappings.hl7v2.fieldmap import FieldPath
 from mappings.hl7v2.orders import OrderEvent
 
 MSH = "MSH|^~\\&|RIS|SITE|RADBRIDGE|SITE|20240101120000||ORM^O01|CTRL1|P|2.3"
@@ -103,3 +106,35 @@ def test_keys_left_out_of_the_map_keep_the_defaults() -> None:
     extra = 'map = { accession = ["OBR-20"] }'
     event = _map(extra, PID, "ORC|NW|PL1|FL1||SC||^^^^^A", "OBR|1|PL1|FL1|C^T^L")
     assert (event.orders[0].placer_number, event.orders[0].priority) == ("PL1", "A")
+
+
+def test_a_path_ending_in_bang_reads_the_field_whole_and_prints_back_the_same() -> None:
+    path = FieldPath.parse("obr-20!")
+    assert (path, str(path)) == (FieldPath("OBR", 20, whole=True), "OBR-20!")
+
+
+def test_a_bang_after_a_component_is_refused() -> None:
+    with pytest.raises(ValueError, match="is not an HL7 field path"):
+        FieldPath.parse("OBR-18.1!")
+
+
+def test_a_whole_read_on_a_composite_key_is_a_lint_error() -> None:
+    (problem,) = _problems('map = { patient_id = ["PID-3!"] }')
+    assert "channel[0].map.patient_id: PID-3! names a component or '!'" in problem
+
+
+def test_the_default_accession_reads_an_st_obr_18_whole_with_its_component_separator() -> None:
+    obr = "OBR|1|PL1|FL1|C^T^L||||||||||||||MR^20061213-0007|RP^1"
+    order = _map("", PID, "ORC|NW|PL1|FL1||SC", obr).orders[0]
+    assert (order.accession, order.requested_procedure_id) == ("MR^20061213-0007", "RP^1")
+
+
+def test_an_escaped_component_separator_in_a_whole_read_is_decoded() -> None:
+    obr = "OBR|1|PL1|FL1|C^T^L||||||||||||||MR\\S\\7~SECOND"
+    assert _map("", PID, "ORC|NW|PL1|FL1||SC", obr).orders[0].accession == "MR^7"
+
+
+def test_a_mapped_filler_field_is_read_whole() -> None:
+    extra = 'map = { accession = ["OBR-20!", "OBR-18!"] }'
+    obr = "OBR|1|PL1|FL1|C^T^L||||||||||||||ACC-18||CT^2024-9"
+    assert _map(extra, PID, "ORC|NW|PL1|FL1||SC", obr).orders[0].accession == "CT^2024-9"
