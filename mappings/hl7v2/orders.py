@@ -41,6 +41,19 @@ MERGE_EVENTS = frozenset({"A18", "A34", "A40"})
 ORDER_MESSAGES = frozenset({("ORM", "O01"), ("OMI", "O23")})
 _DEFAULT_TRIGGER = {"ORM": "O01", "OMI": "O23"}
 
+# HL7 table 0027 (priority): stat, ASAP, routine, pre-op, callback, timing critical.
+PRIORITY_CODES = frozenset({"S", "A", "R", "P", "C", "T"})
+# Words senders put in a priority field in place of the code.
+PRIORITY_WORDS = {
+    "STAT": "S",
+    "ASAP": "A",
+    "URGENT": "A",
+    "ROUTINE": "R",
+    "PREOP": "P",
+    "CALLBACK": "C",
+    "TIMING CRITICAL": "T",
+}
+
 _MSH_10 = FieldPath("MSH", 10)
 _MSH_18 = FieldPath("MSH", 18)
 _EVN_1 = FieldPath("EVN", 1)
@@ -315,10 +328,38 @@ def _order(scope: Scope, patient: Patient, fm: FieldMap, which: str) -> Order:
         procedure_code=component(code, 1),
         procedure_text=component(code, 2),
         procedure_system=component(code, 3),
-        priority=_read(scope, fm, "priority"),
+        priority=normalise_priority(_read(scope, fm, "priority")),
         status=_read(scope, fm, "order_status"),
         ordered_at=_timestamp(scope, fm.ordered_at, which),
     )
+
+
+def normalise_priority(value: str | None) -> str | None:
+    """A priority as its HL7 table 0027 code (``stat`` -> ``S``); any other value as given."""
+    if value is None:
+        return None
+    key = value.strip().upper()
+    if key in PRIORITY_CODES:
+        return key
+    return PRIORITY_WORDS.get(key, value)
+
+
+def priority_flags(event: OrderEvent, fieldmap: FieldMap | None = None) -> list[str]:
+    """What the priorities of *event* say that did not map: one sentence per order.
+
+    A priority that is neither an HL7 table 0027 code nor a value the channel's value map
+    produces was stored as sent; the sentence names the order, not patient data.
+    """
+    produced = set((fieldmap or FieldMap()).values.get("priority", {}).values())
+    many = len(event.orders) > 1
+    return [
+        f"priority {order.priority!r}{f' (order {n})' if many else ''} is not in HL7 table "
+        "0027 (S, A, R, P, C, T) nor the channel's value map; stored as sent"
+        for n, order in enumerate(event.orders, start=1)
+        if order.priority is not None
+        and order.priority not in PRIORITY_CODES
+        and order.priority not in produced
+    ]
 
 
 def _read(scope: Scope, fm: FieldMap, key: str) -> str | None:

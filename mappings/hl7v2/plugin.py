@@ -26,7 +26,13 @@ from engine.results.model import ResultBuild
 from engine.store.base import Outcome
 from engine.store.results import FinalReportEvent
 from mappings.hl7v2.fieldmap import FieldMap, check_options
-from mappings.hl7v2.orders import MappingError, OrderEvent, PatientEvent, map_message
+from mappings.hl7v2.orders import (
+    MappingError,
+    OrderEvent,
+    PatientEvent,
+    map_message,
+    priority_flags,
+)
 from mappings.hl7v2.reader import parse
 from mappings.hl7v2.readpath import compile_path
 
@@ -68,7 +74,11 @@ class OrdersProcessor:
             mapped: PatientEvent | OrderEvent = map_message(msg.raw, self.fieldmap)
         except MappingError as exc:
             return Outcome(msg.id, Status.ERROR, error=f"cannot map: {exc.reason}")
-        return Outcome(msg.id, Status.TRANSFORMED, layers={"mapped": _jsonable(mapped)},
+        layers = {"mapped": _jsonable(mapped)}
+        flags = priority_flags(mapped, self.fieldmap) if isinstance(mapped, OrderEvent) else []
+        if flags:  # what was mapped leniently, shown beside the mapped layer
+            layers["flags"] = json.dumps(flags).encode()
+        return Outcome(msg.id, Status.TRANSFORMED, layers=layers,
                        deliveries=[(dest, None) for dest in self.forward_to], domain=mapped)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -138,3 +139,51 @@ def test_a_mapped_filler_field_is_read_whole() -> None:
     extra = 'map = { accession = ["OBR-20!", "OBR-18!"] }'
     obr = "OBR|1|PL1|FL1|C^T^L||||||||||||||ACC-18||CT^2024-9"
     assert _map(extra, PID, "ORC|NW|PL1|FL1||SC", obr).orders[0].accession == "CT^2024-9"
+
+
+def _outcome(extra: str, *segments: str) -> Any:
+    config, problems = lint_text(_toml(extra), "channels.toml")
+    assert config is not None, problems
+    processor: Any = registry.processor("orders").factory(config.channel[0], config)
+    raw = "\r".join((MSH, *segments)).encode()
+    return processor.process(Message(1, "ris", 0.0, Status.RECEIVED, raw))
+
+
+@pytest.mark.parametrize(
+    ("sent", "stored"),
+    [("stat", "S"), ("ASAP", "A"), ("Routine", "R"), ("r", "R"), ("PREOP", "P"), ("T", "T")],
+)
+def test_a_priority_word_or_lower_case_code_is_stored_as_its_table_0027_code(
+    sent: str, stored: str
+) -> None:
+    orc = f"ORC|NW|PL1|FL1||SC||^^^^^{sent}"
+    outcome = _outcome("", PID, orc, "OBR|1|PL1|FL1|C^T^L")
+    assert outcome.domain.orders[0].priority == stored
+    assert "flags" not in outcome.layers
+
+
+def test_a_priority_that_does_not_map_is_stored_as_sent_and_flagged() -> None:
+    outcome = _outcome("", PID, "ORC|NW|PL1|FL1||SC||^^^^^D", "OBR|1|PL1|FL1|C^T^L")
+    assert outcome.domain.orders[0].priority == "D"
+    (flag,) = json.loads(outcome.layers["flags"])
+    assert flag.startswith("priority 'D' is not in HL7 table 0027")
+
+
+def test_the_channels_value_map_is_applied_before_the_table_and_is_not_flagged() -> None:
+    extra = 'values = { priority = { "3" = "R", "${PRIO}" = "R", D = "DEFERRED" } }'
+    for sent, stored in (("3", "R"), ("${PRIO}", "R"), ("D", "DEFERRED")):
+        orc = f"ORC|NW|PL1|FL1||SC||^^^^^{sent}"
+        outcome = _outcome(extra, PID, orc, "OBR|1|PL1|FL1|C^T^L")
+        assert (outcome.domain.orders[0].priority, "flags" in outcome.layers) == (stored, False)
+
+
+def test_an_unmapped_priority_of_one_of_several_orders_names_that_order() -> None:
+    segments = (
+        PID,
+        "ORC|NW|PL1|FL1||SC||^^^^^S",
+        "OBR|1|PL1|FL1|C^T^L",
+        "ORC|NW|PL2|FL2||SC||^^^^^9",
+        "OBR|2|PL2|FL2|C^T^L",
+    )
+    (flag,) = json.loads(_outcome("", *segments).layers["flags"])
+    assert flag.startswith("priority '9' (order 2) is not in HL7 table 0027")
