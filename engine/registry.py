@@ -82,6 +82,9 @@ def type_names(kind: Kind | None = None) -> set[str]:
 
 # ``factory(channel, config)`` → an ``engine.flow.pipeline.Processor`` for that channel.
 ProcessorFactory = Callable[[Any, Any], Any]
+# ``check(options)`` → (key path below the channel, message) for each problem in the channel
+# keys the processor reads beyond the common ones (``map``, ``values`` for ``orders``).
+OptionsCheck = Callable[[dict[str, Any]], list[tuple[tuple[str | int, ...], str]]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,18 +93,23 @@ class ProcessorSpec:
     factory: ProcessorFactory
     summary: str
     rank: int
+    options: tuple[str, ...] = ()
+    check: OptionsCheck | None = None
 
 
 _PROCESSORS: dict[str, ProcessorSpec] = {}
 
 
-def register_processor(name: str, summary: str, rank: int = 100
+def register_processor(name: str, summary: str, rank: int = 100, *,
+                       options: tuple[str, ...] = (), check: OptionsCheck | None = None
                        ) -> Callable[[ProcessorFactory], ProcessorFactory]:
     """Decorator: ``@register_processor("orders", "also map ...")`` on ``factory(channel,
-    config)``. *rank* orders the names where they are listed (lint messages, the docs)."""
+    config)``. *rank* orders the names where they are listed (lint messages, the docs).
+    *options* names the channel keys only this processor reads; lint passes them, as they
+    are in the document, to *check*."""
 
     def wrap(factory: ProcessorFactory) -> ProcessorFactory:
-        _PROCESSORS[name] = ProcessorSpec(name, factory, summary, rank)
+        _PROCESSORS[name] = ProcessorSpec(name, factory, summary, rank, options, check)
         return factory
 
     return wrap

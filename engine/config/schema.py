@@ -129,6 +129,13 @@ def _channel_model() -> type[BaseModel]:
                                   "a new instance (or when an order says CM, or on demand).")
         process: process_t = Field(  # type: ignore[valid-type]
             "forward", description=process_doc)
+        map: dict[str, Any] | None = Field(
+            None, description='process = "orders": where this site keeps each mapped value, '
+            'e.g. { accession = ["OBR-20", "OBR-18!"] }; each list is tried in order, the '
+            "first non-empty value wins; keys left out keep the defaults.")
+        values: dict[str, Any] | None = Field(
+            None, description='process = "orders": value maps applied after reading, e.g. '
+            '{ priority = { STAT = "S", "1" = "S" } }.')
 
         @property
         def destinations(self) -> list[str]:
@@ -294,7 +301,7 @@ def lint_text(text: str, file: str = "channels.toml", resolve_secrets: bool = Tr
     secrets = clear_secret_problems(doc, lambda path: line_for(index, path)[0], file)
     problems = check_topology(doc, index, file) + _check_admin(doc, index, file) + secrets
     problems += [ConfigProblem(file, line_for(index, loc)[0], _key_of(loc), msg)
-                 for loc, msg in check_rules(doc)]
+                 for loc, msg in check_rules(doc) + _check_processor_options(doc)]
     config = None
     try:
         context = {CHECK_FILES: check_files, **(RESOLVE if resolve_secrets else {})}
@@ -302,6 +309,25 @@ def lint_text(text: str, file: str = "channels.toml", resolve_secrets: bool = Tr
     except ValidationError as exc:
         problems.extend(_validation_problems(file, exc, index, doc, {p.key for p in secrets}))
     return (config if not problems else None), sorted(problems, key=lambda p: (p.line, p.key))
+
+
+def _check_processor_options(doc: dict[str, Any]) -> list[tuple[tuple[str | int, ...], str]]:
+    """Keys only one processor reads (``map``, ``values``): refused on a channel whose
+    processor does not read them, checked by the one that does."""
+    known = {spec.name: spec for spec in registry.processors()}
+    owners = {key: spec.name for spec in known.values() for key in spec.options}
+    channels = doc.get("channel", [])
+    problems: list[tuple[tuple[str | int, ...], str]] = []
+    for i, ch in enumerate(channels if isinstance(channels, list) else []):
+        if not isinstance(ch, dict):
+            continue
+        spec = known.get(str(ch.get("process", "forward")))
+        for key in sorted(k for k in owners if k in ch and (spec is None or k not in spec.options)):
+            problems.append((("channel", i, key), f'is read only by process = "{owners[key]}"'))
+        mine = {k: ch[k] for k in spec.options if k in ch} if spec is not None else {}
+        if mine and spec is not None and spec.check is not None:
+            problems += [(("channel", i, *loc), msg) for loc, msg in spec.check(mine)]
+    return problems
 
 
 def _check_admin(doc: dict[str, Any], index: dict[Any, int], file: str) -> list[ConfigProblem]:

@@ -14,7 +14,9 @@ from dataclasses import dataclass
 
 from engine.model import Order, Patient
 
-CANCEL_CONTROLS = frozenset({"CA", "DC", "OC", "OD"})
+# ORC-1: cancel (CA), cancelled as requested (CR), order cancelled (OC), discontinue (DC),
+# discontinued as requested (OD): each ends the order and its waiting case.
+CANCEL_CONTROLS = frozenset({"CA", "CR", "DC", "OC", "OD"})
 CANCEL_STATUSES = frozenset({"CA", "DC"})
 
 

@@ -27,15 +27,17 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
+    ValidationError,
     WithJsonSchema,
+    model_validator,
 )
 
 from mappings.hl7v2.reader import HEADER_SEGMENTS, Message, Segment
 from mappings.hl7v2.text import decode
 
 _NUMBER = r"([1-9][0-9]{0,2})"
-_PATH_RE = re.compile(rf"([A-Z][A-Z0-9]{{2}})-{_NUMBER}(?:\.{_NUMBER}(?:\.{_NUMBER})?)?")
-PATH_PATTERN = r"^[A-Za-z][A-Za-z0-9]{2}-[1-9][0-9]{0,2}(\.[1-9][0-9]{0,2}){0,2}$"
+_PATH_RE = re.compile(rf"([A-Z][A-Z0-9]{{2}})-{_NUMBER}(?:\.{_NUMBER}(?:\.{_NUMBER})?|(!))?")
+PATH_PATTERN = r"^[A-Za-z][A-Za-z0-9]{2}-[1-9][0-9]{0,2}((\.[1-9][0-9]{0,2}){0,2}|!)$"
 
 #: Repetitions -> components -> subcomponents, every leaf unescaped and stripped.
 Repetitions = list[list[list[str]]]
@@ -49,10 +51,14 @@ class FieldPath:
     field: int
     component: int | None = None
     subcomponent: int | None = None
+    whole: bool = False  # ``OBR-18!``: the first repetition whole, separators kept as data
 
     @classmethod
     def parse(cls, text: str) -> FieldPath:
-        """Parse ``"SEG-field[.component[.subcomponent]]"``; raise ValueError if malformed.
+        """Parse ``"SEG-field[.component[.subcomponent]]"`` or ``"SEG-field!"``; raise ValueError.
+
+        ``!`` reads the field whole: an ST field whose sender put a component separator in it
+        (``OBR-18`` = ``MR^20061213-0007``) reads as ``MR^20061213-0007``, not ``MR``.
 
         Segment ids are case-insensitive (``obr-18`` reads as ``OBR-18``);
         numbers are 1-based, as in the HL7 standard.
@@ -62,15 +68,18 @@ class FieldPath:
         match = _PATH_RE.fullmatch(text.strip().upper())
         if match is None:
             raise ValueError(
-                f"{text!r} is not an HL7 field path like 'OBR-18', 'ORC-7.6' or 'PID-3.4.1'"
+                f"{text!r} is not an HL7 field path like 'OBR-18', 'OBR-18!', 'ORC-7.6' or "
+                "'PID-3.4.1'"
             )
-        seg, fld, comp, sub = match.groups()
-        return cls(seg, int(fld), int(comp) if comp else None, int(sub) if sub else None)
+        seg, fld, comp, sub, whole = match.groups()
+        return cls(
+            seg, int(fld), int(comp) if comp else None, int(sub) if sub else None, bool(whole)
+        )
 
     def __str__(self) -> str:
         parts = [f"{self.segment}-{self.field}"]
         parts += [str(n) for n in (self.component, self.subcomponent) if n is not None]
-        return ".".join(parts)
+        return ".".join(parts) + ("!" if self.whole else "")
 
 
 def _to_paths(value: Any) -> Any:
@@ -83,8 +92,8 @@ def _to_paths(value: Any) -> Any:
 
 def _whole_fields(paths: tuple[FieldPath, ...]) -> tuple[FieldPath, ...]:
     for path in paths:
-        if path.component is not None:
-            raise ValueError(f"{path} names a component; this value reads a whole field")
+        if path.component is not None or path.whole:
+            raise ValueError(f"{path} names a component or '!'; this value reads a whole field")
     return paths
 
 
@@ -139,8 +148,9 @@ class FieldMap(BaseModel):
     filler_number: Paths = Field(
         default=_paths("ORC-3", "OBR-3"), description="filler order number"
     )
-    accession: Paths = Field(default=_paths("OBR-18", "IPC-1"), description="accession number")
-    requested_procedure_id: Paths = Field(default=_paths("OBR-19", "IPC-2"))
+    # OBR-18/19 are ST (placer fields): read whole, a "^" in them is data.
+    accession: Paths = Field(default=_paths("OBR-18!", "IPC-1"), description="accession number")
+    requested_procedure_id: Paths = Field(default=_paths("OBR-19!", "IPC-2"))
     study_instance_uid: Paths = Field(default=_paths("ZDS-1", "IPC-3"))
     modality: Paths = Field(default=_paths("OBR-24", "IPC-5"))
     procedure_code: FieldPaths = Field(
@@ -150,6 +160,74 @@ class FieldMap(BaseModel):
         default=_paths("ORC-7.6", "OBR-27.6", "TQ1-9"), description="S, A, R ..."
     )
     ordered_at: Paths = Field(default=_paths("ORC-9", "OBR-6"), description="HL7 DTM timestamp")
+    values: dict[str, dict[str, str]] = Field(
+        default_factory=dict, description="per key: value as read -> value stored"
+    )
+
+    @model_validator(mode="after")
+    def _values_name_single_values(self) -> FieldMap:
+        for key in self.values:
+            if key not in VALUE_KEYS:
+                raise ValueError(
+                    f"values.{key}: not a key with a single value; one of "
+                    f"{', '.join(sorted(VALUE_KEYS))}"
+                )
+        return self
+
+    def mapped(self, key: str, value: str | None) -> str | None:
+        """*value* as read for *key*, through the channel's value map (exact, then upper-case)."""
+        table = self.values.get(key)
+        if value is None or not table:
+            return value
+        return table.get(value, table.get(value.upper(), value))
+
+    @classmethod
+    def from_options(cls, paths: dict[str, Any] | None, values: dict[str, Any] | None) -> FieldMap:
+        """The field map of a channel's ``map`` and ``values`` (keys by name or alias)."""
+        fields = {ALIASES.get(k, k): v for k, v in (paths or {}).items()}
+        return cls(**fields, values={ALIASES.get(k, k): v for k, v in (values or {}).items()})
+
+
+#: Names a channel may use for a FieldMap key (``patient_id`` reads better in channels.toml).
+ALIASES = {"patient_id": "patient_identifiers"}
+PATH_KEYS = frozenset(k for k in FieldMap.model_fields if k != "values")
+#: Keys that read one value (the others read whole composites: identifiers, name, code).
+VALUE_KEYS = PATH_KEYS - {"patient_identifiers", "patient_name", "merged_from", "procedure_code"}
+
+
+def check_options(options: dict[str, Any]) -> list[tuple[tuple[str | int, ...], str]]:
+    """Lint a channel's ``map`` and ``values``: (key path, message) per problem."""
+    problems: list[tuple[tuple[str | int, ...], str]] = []
+    valid = ", ".join(sorted(PATH_KEYS | set(ALIASES)))
+    for section, keys in (("map", PATH_KEYS), ("values", VALUE_KEYS)):
+        table = options.get(section)
+        if table is None:
+            continue
+        if not isinstance(table, dict):
+            problems.append(((section,), "must be a table keyed by field-map key"))
+            continue
+        for key, value in table.items():
+            name = ALIASES.get(key, key)
+            if name not in keys:
+                shown = valid if section == "map" else ", ".join(sorted(keys))
+                problems.append(((section, key), f"unknown key; valid keys: {shown}"))
+            else:
+                problems += [((section, key), msg) for msg in _problems(section, name, value)]
+    return problems
+
+
+def _problems(section: str, name: str, value: Any) -> list[str]:
+    if section == "values":
+        if not isinstance(value, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+        ):
+            return ['must be a table of strings, e.g. { STAT = "S" }']
+        return []
+    try:
+        FieldMap.model_validate({name: value})
+    except ValidationError as exc:
+        return [str(e["msg"]).removeprefix("Value error, ") for e in exc.errors()]
+    return []
 
 
 def _subs(node: Any) -> list[str]:
@@ -185,7 +263,15 @@ class SegmentView:
     def value(self, path: FieldPath) -> str | None:
         """The value at *path* in the first repetition, or None when absent or empty."""
         reps = self.repetitions(path.field)
+        if path.whole:
+            return self._whole(reps[0]) if reps else None
         return component(reps[0], path.component or 1, path.subcomponent or 1) if reps else None
+
+    def _whole(self, rep: list[list[str]]) -> str | None:
+        """One repetition as its text: components and subcomponents joined by their separators."""
+        if not any(s for comp in rep for s in comp):
+            return None
+        return self._separators[3].join(self._separators[4].join(c) for c in rep)
 
     def _clean(self, text: str) -> str:
         text = self._unescape(text) if self._esc and self._esc in text else text
@@ -247,7 +333,10 @@ class ReaderSegmentView(SegmentView):
         if path.field >= len(fields):
             return None
         text = fields[path.field]
-        if not (self.name in HEADER_SEGMENTS and path.field <= 2):
+        if path.whole:
+            if self.name not in HEADER_SEGMENTS or path.field > 2:
+                text = _nth(text, msg.rep, 1)
+        elif not (self.name in HEADER_SEGMENTS and path.field <= 2):
             text = _nth(_nth(text, msg.rep, 1), msg.comp, path.component or 1)
             text = _nth(text, msg.sub, path.subcomponent or 1)
         elif (path.component or 1) != 1 or (path.subcomponent or 1) != 1:

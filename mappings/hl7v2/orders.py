@@ -41,6 +41,19 @@ MERGE_EVENTS = frozenset({"A18", "A34", "A40"})
 ORDER_MESSAGES = frozenset({("ORM", "O01"), ("OMI", "O23")})
 _DEFAULT_TRIGGER = {"ORM": "O01", "OMI": "O23"}
 
+# HL7 table 0027 (priority): stat, ASAP, routine, pre-op, callback, timing critical.
+PRIORITY_CODES = frozenset({"S", "A", "R", "P", "C", "T"})
+# Words senders put in a priority field in place of the code.
+PRIORITY_WORDS = {
+    "STAT": "S",
+    "ASAP": "A",
+    "URGENT": "A",
+    "ROUTINE": "R",
+    "PREOP": "P",
+    "CALLBACK": "C",
+    "TIMING CRITICAL": "T",
+}
+
 _MSH_10 = FieldPath("MSH", 10)
 _MSH_18 = FieldPath("MSH", 18)
 _EVN_1 = FieldPath("EVN", 1)
@@ -253,7 +266,7 @@ def _patient(scope: Scope, fm: FieldMap) -> Patient:
     if not identifiers:
         raise _missing(scope, fm.patient_identifiers)
     family, given = _name(scope.repetitions(fm.patient_name))
-    birth_date, _ = scope.value(fm.birth_date)
+    birth_date = _read(scope, fm, "birth_date")
     if birth_date and birth_date[:8].isdigit():
         birth_date = birth_date[:8]  # drop any time of birth; the date stays as sent
     return Patient(
@@ -261,9 +274,9 @@ def _patient(scope: Scope, fm: FieldMap) -> Patient:
         family_name=family,
         given_name=given,
         birth_date=birth_date,
-        sex=scope.value(fm.sex)[0],
-        patient_class=scope.value(fm.patient_class)[0],
-        location=scope.value(fm.location)[0],
+        sex=_read(scope, fm, "sex"),
+        patient_class=_read(scope, fm, "patient_class"),
+        location=_read(scope, fm, "location"),
     )
 
 
@@ -290,12 +303,12 @@ def _name(reps: Repetitions) -> tuple[str | None, str | None]:
 
 
 def _order(scope: Scope, patient: Patient, fm: FieldMap, which: str) -> Order:
-    control, _ = scope.value(fm.order_control)
+    control = _read(scope, fm, "order_control")
     if not control:
         raise _missing(scope, fm.order_control, which)
-    placer, _ = scope.value(fm.placer_number)
-    filler, _ = scope.value(fm.filler_number)
-    accession, _ = scope.value(fm.accession)
+    placer = _read(scope, fm, "placer_number")
+    filler = _read(scope, fm, "filler_number")
+    accession = _read(scope, fm, "accession")
     if not (placer or filler or accession):
         paths = ", ".join(map(str, (*fm.placer_number, *fm.filler_number, *fm.accession)))
         raise MappingError(
@@ -309,16 +322,49 @@ def _order(scope: Scope, patient: Patient, fm: FieldMap, which: str) -> Order:
         placer_number=placer,
         filler_number=filler,
         accession=accession,
-        requested_procedure_id=scope.value(fm.requested_procedure_id)[0],
-        study_instance_uid=scope.value(fm.study_instance_uid)[0],
-        modality=scope.value(fm.modality)[0],
+        requested_procedure_id=_read(scope, fm, "requested_procedure_id"),
+        study_instance_uid=_read(scope, fm, "study_instance_uid"),
+        modality=_read(scope, fm, "modality"),
         procedure_code=component(code, 1),
         procedure_text=component(code, 2),
         procedure_system=component(code, 3),
-        priority=scope.value(fm.priority)[0],
-        status=scope.value(fm.order_status)[0],
+        priority=normalise_priority(_read(scope, fm, "priority")),
+        status=_read(scope, fm, "order_status"),
         ordered_at=_timestamp(scope, fm.ordered_at, which),
     )
+
+
+def normalise_priority(value: str | None) -> str | None:
+    """A priority as its HL7 table 0027 code (``stat`` -> ``S``); any other value as given."""
+    if value is None:
+        return None
+    key = value.strip().upper()
+    if key in PRIORITY_CODES:
+        return key
+    return PRIORITY_WORDS.get(key, value)
+
+
+def priority_flags(event: OrderEvent, fieldmap: FieldMap | None = None) -> list[str]:
+    """What the priorities of *event* say that did not map: one sentence per order.
+
+    A priority that is neither an HL7 table 0027 code nor a value the channel's value map
+    produces was stored as sent; the sentence names the order, not patient data.
+    """
+    produced = set((fieldmap or FieldMap()).values.get("priority", {}).values())
+    many = len(event.orders) > 1
+    return [
+        f"priority {order.priority!r}{f' (order {n})' if many else ''} is not in HL7 table "
+        "0027 (S, A, R, P, C, T) nor the channel's value map; stored as sent"
+        for n, order in enumerate(event.orders, start=1)
+        if order.priority is not None
+        and order.priority not in PRIORITY_CODES
+        and order.priority not in produced
+    ]
+
+
+def _read(scope: Scope, fm: FieldMap, key: str) -> str | None:
+    """The value of FieldMap *key*: the first non-empty of its paths, through its value map."""
+    return fm.mapped(key, scope.value(getattr(fm, key))[0])
 
 
 def _timestamp(scope: Scope, paths: Sequence[FieldPath], which: str) -> datetime | None:

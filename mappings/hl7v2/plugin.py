@@ -25,8 +25,14 @@ from engine.registry import register_fields, register_payload, register_processo
 from engine.results.model import ResultBuild
 from engine.store.base import Outcome
 from engine.store.results import FinalReportEvent
-from mappings.hl7v2.fieldmap import FieldMap
-from mappings.hl7v2.orders import MappingError, OrderEvent, PatientEvent, map_message
+from mappings.hl7v2.fieldmap import FieldMap, check_options
+from mappings.hl7v2.orders import (
+    MappingError,
+    OrderEvent,
+    PatientEvent,
+    map_message,
+    priority_flags,
+)
 from mappings.hl7v2.reader import parse
 from mappings.hl7v2.readpath import compile_path
 
@@ -68,14 +74,21 @@ class OrdersProcessor:
             mapped: PatientEvent | OrderEvent = map_message(msg.raw, self.fieldmap)
         except MappingError as exc:
             return Outcome(msg.id, Status.ERROR, error=f"cannot map: {exc.reason}")
-        return Outcome(msg.id, Status.TRANSFORMED, layers={"mapped": _jsonable(mapped)},
+        layers = {"mapped": _jsonable(mapped)}
+        flags = priority_flags(mapped, self.fieldmap) if isinstance(mapped, OrderEvent) else []
+        if flags:  # what was mapped leniently, shown beside the mapped layer
+            layers["flags"] = json.dumps(flags).encode()
+        return Outcome(msg.id, Status.TRANSFORMED, layers=layers,
                        deliveries=[(dest, None) for dest in self.forward_to], domain=mapped)
 
 
 @register_processor("orders", "also map ADT/ORM/OMI into patients and orders and correlate "
-                              "them with studies", rank=10)
+                              "them with studies", rank=10, options=("map", "values"),
+                    check=check_options)
 def _orders(channel: Any, config: Any) -> OrdersProcessor:
-    return OrdersProcessor(channel.destinations)
+    fieldmap = FieldMap.from_options(getattr(channel, "map", None),
+                                     getattr(channel, "values", None))
+    return OrdersProcessor(channel.destinations, fieldmap)
 
 
 class FinalReportsProcessor:

@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from pydicom.uid import generate_uid
 
 from bench.hl7gen import orm_o01
@@ -132,6 +133,18 @@ async def test_a_cancelled_order_cancels_its_case(engine_factory: Any, db_url: s
     await send_study(ingest, uid, accession="ACC5")
     await wait_for(lambda: cases_of(engine, uid))
     await send_hl7(engine, orm("O5C", "ACC5", control="CA", status="CA"))
+    await wait_for(lambda: _case_state(engine, uid, "cancelled"))
+
+
+@pytest.mark.parametrize("control", ["CR", "OC", "DC"])
+async def test_an_order_control_of_cr_oc_or_dc_cancels_its_case_like_ca(
+        control: str, engine_factory: Any, db_url: str, tmp_path: Path) -> None:
+    engine, ingest = await start(engine_factory, db_url, tmp_path)
+    uid = generate_uid()
+    await send_hl7(engine, orm("O5", "ACC5"))
+    await send_study(ingest, uid, accession="ACC5")
+    await wait_for(lambda: cases_of(engine, uid))
+    await send_hl7(engine, orm("O5X", "ACC5", control=control, status="IP"))
     await wait_for(lambda: _case_state(engine, uid, "cancelled"))
 
 
