@@ -76,8 +76,8 @@ class OrdersProcessor:
             return Outcome(msg.id, Status.ERROR, error=f"cannot map: {exc.reason}")
         layers = {"mapped": _jsonable(mapped)}
         flags = priority_flags(mapped, self.fieldmap) if isinstance(mapped, OrderEvent) else []
-        if flags:  # what was mapped leniently, shown beside the mapped layer
-            layers["flags"] = json.dumps(flags).encode()
+        if flags:  # what was mapped leniently, beside the mapped layer (intake repairs: "flags")
+            layers["mapped-flags"] = json.dumps(flags).encode()
         return Outcome(msg.id, Status.TRANSFORMED, layers=layers,
                        deliveries=[(dest, None) for dest in self.forward_to], domain=mapped)
 

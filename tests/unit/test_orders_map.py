@@ -159,13 +159,13 @@ def test_a_priority_word_or_lower_case_code_is_stored_as_its_table_0027_code(
     orc = f"ORC|NW|PL1|FL1||SC||^^^^^{sent}"
     outcome = _outcome("", PID, orc, "OBR|1|PL1|FL1|C^T^L")
     assert outcome.domain.orders[0].priority == stored
-    assert "flags" not in outcome.layers
+    assert "mapped-flags" not in outcome.layers
 
 
 def test_a_priority_that_does_not_map_is_stored_as_sent_and_flagged() -> None:
     outcome = _outcome("", PID, "ORC|NW|PL1|FL1||SC||^^^^^D", "OBR|1|PL1|FL1|C^T^L")
     assert outcome.domain.orders[0].priority == "D"
-    (flag,) = json.loads(outcome.layers["flags"])
+    (flag,) = json.loads(outcome.layers["mapped-flags"])
     assert flag.startswith("priority 'D' is not in HL7 table 0027")
 
 
@@ -174,7 +174,7 @@ def test_the_channels_value_map_is_applied_before_the_table_and_is_not_flagged()
     for sent, stored in (("3", "R"), ("${PRIO}", "R"), ("D", "DEFERRED")):
         orc = f"ORC|NW|PL1|FL1||SC||^^^^^{sent}"
         outcome = _outcome(extra, PID, orc, "OBR|1|PL1|FL1|C^T^L")
-        assert (outcome.domain.orders[0].priority, "flags" in outcome.layers) == (stored, False)
+        assert (outcome.domain.orders[0].priority, "mapped-flags" in outcome.layers) == (stored, False)
 
 
 def test_an_unmapped_priority_of_one_of_several_orders_names_that_order() -> None:
@@ -185,5 +185,5 @@ def test_an_unmapped_priority_of_one_of_several_orders_names_that_order() -> Non
         "ORC|NW|PL2|FL2||SC||^^^^^9",
         "OBR|2|PL2|FL2|C^T^L",
     )
-    (flag,) = json.loads(_outcome("", *segments).layers["flags"])
+    (flag,) = json.loads(_outcome("", *segments).layers["mapped-flags"])
     assert flag.startswith("priority '9' (order 2) is not in HL7 table 0027")
