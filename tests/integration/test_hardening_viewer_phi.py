@@ -94,10 +94,12 @@ def phi_order(control: str, accession: str, placer: str) -> bytes:
 
 
 def bad_segment_message() -> bytes:
-    """Refused (AE): its third line is not a segment, and the reason quotes its first bytes."""
+    """Refused (AE): its third line is not a segment, and the reason quotes its first bytes.
+    (The control byte at its end keeps intake from reading it as the rest of a field that a
+    stray line break cut off, which it would join back and accept.)"""
     return (
         f"MSH|^~\\&|RIS|GENHOSP|RADBRIDGE|AI|20261130101600||ORM^O01^ORM_O01|{CONTROL}B|P|"
-        f"2.5.1\rPID|1||{MRN}\r{NAME_FAMILY} {NAME_GIVEN} {MRN} {DOB}"
+        f"2.5.1\rPID|1||{MRN}\r{NAME_FAMILY} {NAME_GIVEN} {MRN} {DOB}\x01"
     ).encode("latin-1")
 
 

@@ -45,7 +45,8 @@ async def test_a_stray_line_break_inside_a_field_is_answered_aa_and_flagged_in_t
     payload = adt("CR1").replace(b"DOE^JANE", b"DOE^JANE\rMARIE")
     assert (await send(engine, payload))[:2] == ("AA", "CR1")
     stored = await _stored(engine, "CR1")
-    assert stored.raw == payload and stored.status in ("RECEIVED", "PROCESSED")
+    # Accepted, not refused; how far the pipeline has taken it by now does not matter.
+    assert stored.raw == payload and stored.status != "ERROR"
     assert stored.layers[FLAGS_LAYER] == (
         b"line 4 is not a segment: joined onto PID as a line break inside a field"
     )
