@@ -115,6 +115,11 @@ class Header(Protocol):
     @property
     def patient_id(self) -> str | None: ...
 
+    @property
+    def flags(self) -> tuple[str, ...]:
+        """What lenient reading repaired (stored with the message as its ``flags`` layer)."""
+        ...
+
 
 class Answer(Protocol):
     """What to answer: ``code`` (accepted, error, rejected in the protocol's terms), the

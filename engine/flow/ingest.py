@@ -69,7 +69,7 @@ class Ingest:
         self.app, self.facility = app, facility
         self.answerer: Answerer = answerer or registry.answerer(
             "hl7", app, facility,
-            empty_control_id=getattr(channel, "empty_control_id", "reject"))
+            empty_control_id=channel.empty_control_id)
         self.on_stored = on_stored
         self.accept = frozenset(channel.accept) if channel.accept is not None else None
         self.duplicates = (DuplicateWindow(channel.duplicates.window_secs)
@@ -116,7 +116,7 @@ class Ingest:
             return
         msg = NewMessage(self.name, now, payload, Status.RECEIVED, header.control_id,
                          header.message_type, header.patient_id or None, duplicate,
-                         flags=getattr(header, "flags", ()))
+                         flags=header.flags)
         self.store.submit_insert(msg, self._on_commit(header, reply))
 
     def oversized(self, head: bytes, size: int, reply: Reply, peer: str) -> None:

@@ -175,23 +175,28 @@ async def _locked_message_of(tx: Tx, delivery_id: int) -> int | None:
     return int(message_id)
 
 
-async def end_op(tx: Tx, delivery_id: int, note: str) -> bool:
+async def _operate(tx: Tx, delivery_id: int, sql: str, note: str) -> tuple[int, float] | None:
+    """Run an operator's *sql* on one delivery under its message's lock: (message id, when),
+    or None when the delivery does not exist or is not in the status *sql* expects."""
     message_id = await _locked_message_of(tx, delivery_id)
     if message_id is None:
-        return False
+        return None
     now = time.time()
-    if not await tx.execute(END.format(claims=tx.unclaim), note, now, delivery_id):
-        return False
-    await _rollup(tx, message_id, now)
-    return True
+    if not await tx.execute(sql.format(claims=tx.unclaim), note, now, delivery_id):
+        return None
+    return message_id, now
+
+
+async def end_op(tx: Tx, delivery_id: int, note: str) -> bool:
+    done = await _operate(tx, delivery_id, END, note)
+    if done is not None:
+        await _rollup(tx, *done)
+    return done is not None
 
 
 async def requeue_op(tx: Tx, delivery_id: int, note: str) -> bool:
-    message_id = await _locked_message_of(tx, delivery_id)
-    if message_id is None:
-        return False
-    now = time.time()
-    if not await tx.execute(REQUEUE.format(claims=tx.unclaim), note, now, delivery_id):
-        return False
-    await tx.execute(MESSAGE_QUEUED, now, message_id)
-    return True
+    done = await _operate(tx, delivery_id, REQUEUE, note)
+    if done is not None:
+        message_id, now = done
+        await tx.execute(MESSAGE_QUEUED, now, message_id)
+    return done is not None
