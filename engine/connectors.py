@@ -30,12 +30,13 @@ A queue head that keeps failing transiently is shown as stalled (``/ready``,
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Literal, Protocol
 
 from engine.model import DeliveryRef
 
-Reply = Callable[[bytes | None], None]
+# An answer: one frame, several frames in order (one per message of a batch), or nothing.
+Reply = Callable[[bytes | tuple[bytes, ...] | None], None]
 
 
 class RawSink(Protocol):
@@ -135,11 +136,32 @@ class Answer(Protocol):
     def error_code(self) -> int | None: ...
 
 
+class Batch(Protocol):
+    """Several messages in one frame: each is decided and stored as if sent alone."""
+
+    @property
+    def messages(self) -> Sequence[bytes]: ...
+
+    @property
+    def notes(self) -> Sequence[str]:
+        """Per message, where in the batch it came (stored with it as a flag)."""
+        ...
+
+
 class Answerer(Protocol):
     """A protocol's answer policy for a raw-message source. Every method is total except
     ``build`` (the engine then sends ``fallback``, which must not raise)."""
 
     accepted: Answer
+
+    def unbatch(self, payload: bytes) -> Batch | None:
+        """The messages of a frame that carries several (a batch), or None for one message."""
+        ...
+
+    def batch_answer(self, batch: Any, answers: list[bytes | None]) -> bytes | tuple[bytes, ...]:
+        """The answer to a whole batch from each message's answer, in order (None: no answer
+        for that message). The engine calls it once every message is stored or refused."""
+        ...
 
     def read(self, payload: bytes) -> tuple[Any, Answer | None]:
         """The header (None: unreadable) and, if the message cannot be taken, the answer."""

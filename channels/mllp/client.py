@@ -61,6 +61,21 @@ class MLLPClient:
             await self.close()
             raise PeerUnavailable(f"connection to {self.host}:{self.port} lost: {exc!r}") from exc
 
+    async def receive(self) -> bytes:
+        """The next frame from the peer: a further answer to the frame last sent (a batch
+        answered with one ACK frame per message). Raises as ``send`` does."""
+        if self._reader is None:
+            raise PeerUnavailable(f"not connected to {self.host}:{self.port}")
+        try:
+            return await asyncio.wait_for(self._read_frame(), self.ack_timeout)
+        except TimeoutError as exc:
+            await self.close()
+            raise PeerTimeout(f"no answer from {self.host}:{self.port} in "
+                              f"{self.ack_timeout}s") from exc
+        except (OSError, ssl.SSLError, asyncio.IncompleteReadError) as exc:
+            await self.close()
+            raise PeerUnavailable(f"connection to {self.host}:{self.port} lost: {exc!r}") from exc
+
     async def _read_frame(self) -> bytes:
         assert self._reader is not None
         while not self._ready:

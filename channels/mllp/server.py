@@ -1,9 +1,10 @@
 """The MLLP listener: asyncio protocol per connection, replies in arrival order.
 
 The sink (the engine) answers each frame through a callback once the message
-is durable; replies are written in the order the frames arrived, whatever
-order the callbacks run in. A connection with too many unanswered frames
-stops reading until it catches up, so memory stays bounded.
+is durable (a batch frame may be answered with several frames, written together);
+replies are written in the order the frames arrived, whatever order the callbacks
+run in. A connection with too many unanswered frames stops reading until it
+catches up, so memory stays bounded.
 
 Slow or greedy peers are bounded too: a frame (or TLS handshake) must complete within
 ``frame_timeout_secs`` of its start byte, a connection with no frame started or answered for
@@ -131,7 +132,9 @@ class _Connection(asyncio.Protocol):
         out = []
         while self.replies and self.replies[0][0] is not _PENDING:
             response = self.replies.popleft()[0]
-            if response is not None:
+            if isinstance(response, tuple):  # several answers to one frame (a batch), in order
+                out += [frame(r) for r in response]
+            elif response is not None:
                 out.append(frame(response))  # type: ignore[arg-type]
         if out and self.transport is not None and not self.transport.is_closing():
             self.transport.write(b"".join(out))

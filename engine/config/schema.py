@@ -124,6 +124,11 @@ def _channel_model() -> type[BaseModel]:
             "reject", description="A message with an empty MSH-10: reject answers AR (101); "
                                   "generate accepts it with a control id made from its bytes, "
                                   "flagged, the ACK's MSA-2 echoing the empty MSH-10.")
+        batch_ack: Literal["batch", "per_message"] = Field(
+            "batch", description="A frame holding a batch of messages (HL7 FHS/BHS): each "
+                                 "message is stored as its own; batch answers with one batch "
+                                 "of their ACKs once all are stored; per_message with each ACK "
+                                 "as its own frame, in order.")
         study_quiet_secs: float = Field(
             30, gt=0, description="DICOM sources: a study is complete after this long without "
                                   "a new instance (or when an order says CM, or on demand).")

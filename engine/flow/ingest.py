@@ -15,6 +15,11 @@ Outcomes (MSA-1 in original mode; CA/CE/CR in enhanced mode per MSH-15):
       shed by the listener's buffer budget (207)
 * AE  MSH readable but a later segment is not (100)
 
+A batch frame (several messages, e.g. HL7 FHS/BHS) is split by the answerer; each message
+gets one of the outcomes above, stored as its own row, and the frame is answered once all
+are stored or refused (``Answerer.batch_answer``: one batch of answers, or one per message).
+A bad message never holds back the others' answers.
+
 Every frame gets an answer: a failure while deciding (MLLP-199) or storing (STORE-201) is
 answered AR 207, and one while building the ACK (MLLP-198) still sends a generic ACK with the
 same MSA-1 and MSA-2 (``_answer``), so a sender never waits for an ACK that will not come.
@@ -29,13 +34,15 @@ from collections.abc import Callable
 from typing import Any
 
 from engine import metrics, registry
-from engine.connectors import Answer, Answerer, Reply
+from engine.connectors import Answer, Answerer, Batch, Reply
 from engine.errors import StoreUnavailable
 from engine.logs import event
 from engine.model import Status
 from engine.store.base import NewMessage, Store
 
 log = logging.getLogger("radbridge.ingest")
+_PENDING = object()  # a batch message not answered yet
+_FAILED = object()  # unbatching raised: the frame is answered already
 
 
 class DuplicateWindow:
@@ -69,7 +76,7 @@ class Ingest:
         self.app, self.facility = app, facility
         self.answerer: Answerer = answerer or registry.answerer(
             "hl7", app, facility,
-            empty_control_id=channel.empty_control_id)
+            empty_control_id=channel.empty_control_id, batch_ack=channel.batch_ack)
         self.on_stored = on_stored
         self.accept = frozenset(channel.accept) if channel.accept is not None else None
         self.duplicates = (DuplicateWindow(channel.duplicates.window_secs)
@@ -84,8 +91,60 @@ class Ingest:
 
     # -- RawSink -------------------------------------------------------------
     def receive(self, payload: bytes, reply: Reply, peer: str) -> None:
-        """Decide and store; a bug in deciding becomes an AR 207, never a dropped connection."""
-        self._guarded(reply, lambda: self._receive(payload, reply))
+        """Decide and store; a bug in deciding becomes an AR 207, never a dropped connection.
+
+        A frame holding several messages (the answerer's ``unbatch``: an HL7 batch) is
+        decided and stored message by message, each its own row (bad ones as ERROR); the
+        frame is answered once, when the last of them is stored or refused.
+        """
+        batch = self._guarded_unbatch(payload, reply)
+        if batch is None:
+            self._guarded(reply, lambda: self._receive(payload, reply))
+        elif batch is not _FAILED:
+            self._receive_batch(batch, reply)
+
+    def _guarded_unbatch(self, payload: bytes, reply: Reply) -> Any:
+        """The frame's batch, None for one message, ``_FAILED`` (answered AR 207) on a bug."""
+        try:
+            return self.answerer.unbatch(payload)
+        except Exception as exc:
+            event(log, "MLLP-199", "ingest failed unexpectedly", channel=self.name,
+                  reason=type(exc).__name__, level=logging.ERROR)
+            self._store_failed(None, exc, reply)
+            return _FAILED
+
+    def _receive_batch(self, batch: Batch, reply: Reply) -> None:
+        """Each message of *batch* through the one-message path, its answer kept; the frame is
+        answered with ``answerer.batch_answer`` once every message has its answer."""
+        answers: list[Any] = [_PENDING] * len(batch.messages)
+        waiting = [len(answers)]
+
+        def part_reply(i: int) -> Reply:
+            def done(answer: Any) -> None:
+                if answers[i] is not _PENDING:
+                    return  # answered already (a late second answer changes nothing)
+                answers[i] = answer
+                waiting[0] -= 1
+                if waiting[0] == 0:
+                    self._answer_batch(batch, answers, reply)
+            return done
+
+        if not answers:
+            self._answer_batch(batch, answers, reply)
+        for i, (part, note) in enumerate(zip(batch.messages, batch.notes, strict=True)):
+            r = part_reply(i)
+            self._guarded(r, lambda part=part, r=r, note=note: self._receive(part, r, (note,)))
+
+    def _answer_batch(self, batch: Batch, answers: list[Any], reply: Reply) -> None:
+        """Answer a whole batch; if that answer cannot be built (MLLP-197), each message's
+        own answer goes as its own frame, so the sender still hears every outcome."""
+        try:
+            answer = self.answerer.batch_answer(batch, answers)
+        except Exception as exc:
+            event(log, "MLLP-197", "batch answer could not be built, per-message answers sent",
+                  channel=self.name, reason=type(exc).__name__, level=logging.ERROR)
+            answer = tuple(a for a in answers if a is not None)
+        reply(answer)
 
     def _guarded(self, reply: Reply, step: Callable[[], None]) -> None:
         """Run *step*; if it raises, log MLLP-199 and answer AR 207 (the sender resends)."""
@@ -96,27 +155,27 @@ class Ingest:
                   reason=type(exc).__name__, level=logging.ERROR)
             self._store_failed(None, exc, reply)
 
-    def _receive(self, payload: bytes, reply: Reply) -> None:
+    def _receive(self, payload: bytes, reply: Reply, notes: tuple[str, ...] = ()) -> None:
         now = time.time()
         self.stats["received"] += 1
         header, unreadable = self.answerer.read(payload)
         if unreadable is not None:
-            self._reject(payload, now, header, unreadable, reply)
+            self._reject(payload, now, header, unreadable, reply, notes=notes)
             return
         if self.accept is not None and header.message_type not in self.accept:
             reason = f"message type {header.message_type} is not accepted on channel {self.name}"
             self._reject(payload, now, header, self.answerer.refuse("not_accepted", reason),
-                         reply)
+                         reply, notes=notes)
             return
         duplicate = self.duplicates is not None and self.duplicates.seen(header.control_id, now)
         if duplicate and self.channel.duplicates.action == "reject":
             reason = f"duplicate message control id {header.control_id}"
             self._reject(payload, now, header, self.answerer.refuse("duplicate", reason),
-                         reply, duplicate=True)
+                         reply, duplicate=True, notes=notes)
             return
         msg = NewMessage(self.name, now, payload, Status.RECEIVED, header.control_id,
                          header.message_type, header.patient_id or None, duplicate,
-                         flags=header.flags)
+                         flags=header.flags + notes)
         self.store.submit_insert(msg, self._on_commit(header, reply))
 
     def oversized(self, head: bytes, size: int, reply: Reply, peer: str) -> None:
@@ -181,14 +240,15 @@ class Ingest:
             "store_failed", f"message not stored ({kind}); resend later"), reply)
 
     def _reject(self, raw: bytes, now: float, header: Any, spec: Answer, reply: Reply,
-                duplicate: bool = False) -> None:
+                duplicate: bool = False, notes: tuple[str, ...] = ()) -> None:
         """Store the refused message as ERROR with its reason, then NAK it."""
         self.stats[spec.code] += 1
         event(log, "MLLP-110", "message refused", channel=self.name, ack=spec.code,
               error=spec.error_code, control_id=header.control_id if header else None)
         msg = NewMessage(self.name, now, raw, Status.ERROR,
                          header.control_id if header else None,
-                         header.message_type if header else None, None, duplicate, spec.text)
+                         header.message_type if header else None, None, duplicate, spec.text,
+                         flags=notes)
 
         def done(msg_id: int | None, err: BaseException | None) -> None:
             if err is not None:

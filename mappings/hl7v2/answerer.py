@@ -14,6 +14,11 @@ oversized          AR    100 segment sequence error    MSH^1
 over_budget        AR    207 application error         MSH^1
 store_failed       AR    207 application error         (none)
 =================  ====  ============================  ==========
+
+A frame holding an HL7 batch (FHS/BHS) is split by :mod:`mappings.hl7v2.batch`; the engine
+decides and stores each message as above and answers them together, once all are stored:
+by default one batch whose messages are the ACKs (HL7 v2.5 §2.10.3.2), or each ACK as its
+own frame where the channel says ``batch_ack = "per_message"``.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from __future__ import annotations
 from engine.connectors import Refusal
 from engine.registry import register_answerer
 from mappings.hl7v2.ack import AckSpec, build_ack, fallback_ack
+from mappings.hl7v2.batch import Batch, BatchAck, batch_answer, split_batch
 from mappings.hl7v2.header import (
     APPLICATION_INTERNAL_ERROR,
     DUPLICATE_KEY,
@@ -46,13 +52,25 @@ class HL7Answerer:
 
     ``empty_control_id`` is the channel's option: ``reject`` answers an empty MSH-10 AR 101;
     ``generate`` takes it with a generated control id (``header.generated_id``), flagged.
+    ``batch_ack`` answers a batch frame with one batch of ACKs (``batch``) or with one ACK
+    frame per message (``per_message``).
     """
 
     accepted = AckSpec("AA")  # immutable: one for every accepted message
 
-    def __init__(self, app: str, facility: str, *, empty_control_id: str = "reject") -> None:
+    def __init__(self, app: str, facility: str, *, empty_control_id: str = "reject",
+                 batch_ack: BatchAck = "batch") -> None:
         self.app, self.facility = app, facility
         self.generate_control_id = empty_control_id == "generate"
+        self.batch_ack: BatchAck = batch_ack
+
+    def unbatch(self, payload: bytes) -> Batch | None:
+        """The messages of an FHS/BHS batch frame, or None when it holds one message."""
+        return split_batch(payload)
+
+    def batch_answer(self, batch: Batch, answers: list[bytes | None]) -> bytes | tuple[bytes, ...]:
+        """The answer to a whole batch, from its messages' answers in order."""
+        return batch_answer(batch, answers, self.batch_ack, app=self.app, facility=self.facility)
 
     def read(self, payload: bytes) -> tuple[Header | None, AckSpec | None]:
         """The MSH; AE if it was readable but a later segment is not, AR if it is not."""

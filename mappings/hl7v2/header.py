@@ -102,10 +102,10 @@ class Header(NamedTuple):
         return bool(self.accept_ack or self.app_ack)
 
 
-# One MLLP frame carries one message and one ACK answers it (MSA-2 names one MSH-10). A batch
-# would need a batch acknowledgement and per-message outcomes the sender could not see, so
-# batches and concatenated messages are refused whole (AR: resending as is will not help);
-# `radbridge send` and replay split batch files into single messages.
+# One MLLP frame carries one message and one ACK answers it (MSA-2 names one MSH-10). An HL7
+# batch (FHS/BHS) is split before the header is read (`mappings.hl7v2.batch`, called by the
+# answerer's `unbatch`) and answered as a batch; a batch reaching here whole (the kept head of
+# an oversized frame) and messages concatenated without a batch envelope are refused (AR).
 _BATCH_HEADS = (b"FHS", b"BHS")
 BATCH_REASON = ("an HL7 batch (FHS/BHS) in one MLLP frame is not accepted: "
                 "send one message per frame")
