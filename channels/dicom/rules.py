@@ -5,8 +5,9 @@ Every edge (C-STORE, STOW-RS, the pollers) reaches these through
 
 * ``uid_problem``: the UID grammar of PS3.5 9.1 (digits and dots, no empty
   component, no leading zero in a multi-digit component, at most 64
-  characters). A UID names a folder of the instance store, so this is also
-  what keeps ``..`` and ``/`` out of file paths.
+  characters), defined in ``mappings.uid`` (the HL7 orders mapping checks Study
+  Instance UIDs with it too) and re-exported here. A UID names a folder of the
+  instance store, so this is also what keeps ``..`` and ``/`` out of file paths.
 * ``pixel_data_required``: an instance must carry pixel data when its SOP
   class is an image storage class (the name says "Image Storage") or when it
   carries the Image Pixel module (Rows and Columns), unless the pixels are
@@ -21,7 +22,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-UID_MAX_CHARS = 64
+from mappings.uid import UID_MAX_CHARS as UID_MAX_CHARS  # re-exported: the edges' checks
+from mappings.uid import uid_problem as uid_problem
 
 # Transfer syntaxes whose pixel data is native (not encapsulated); deflate
 # compresses the whole data set, its pixel data stays native once inflated.
@@ -33,22 +35,6 @@ NATIVE_SYNTAXES = frozenset(
         "1.2.840.10008.1.2.1.99",  # deflated explicit VR little endian
     }
 )
-
-
-def uid_problem(uid: str) -> str | None:
-    """What makes *uid* break the DICOM UID grammar, or None when it is valid."""
-    if not uid:
-        return "empty"
-    if len(uid) > UID_MAX_CHARS:
-        return f"over {UID_MAX_CHARS} characters"
-    if not all(c in "0123456789." for c in uid):
-        return "not digits and dots"
-    components = uid.split(".")
-    if any(not c for c in components):
-        return "empty component"
-    if any(len(c) > 1 and c[0] == "0" for c in components):
-        return "leading zero"
-    return None
 
 
 def pixel_data_required(

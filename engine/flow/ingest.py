@@ -27,6 +27,7 @@ same MSA-1 and MSA-2 (``_answer``), so a sender never waits for an ACK that will
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections import Counter, OrderedDict
@@ -133,7 +134,7 @@ class Ingest:
             self._answer_batch(batch, answers, reply)
         for i, (part, note) in enumerate(zip(batch.messages, batch.notes, strict=True)):
             r = part_reply(i)
-            self._guarded(r, lambda part=part, r=r, note=note: self._receive(part, r, (note,)))
+            self._guarded(r, functools.partial(self._receive, part, r, (note,)))
 
     def _answer_batch(self, batch: Batch, answers: list[Any], reply: Reply) -> None:
         """Answer a whole batch; if that answer cannot be built (MLLP-197), each message's

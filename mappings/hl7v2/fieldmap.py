@@ -32,12 +32,15 @@ from pydantic import (
     model_validator,
 )
 
-from mappings.hl7v2.reader import HEADER_SEGMENTS, Message, Segment
+from mappings.hl7v2.reader import HEADER_SEGMENTS, Message, PathError, Segment, compile_path
 from mappings.hl7v2.text import decode
 
-_NUMBER = r"([1-9][0-9]{0,2})"
-_PATH_RE = re.compile(rf"([A-Z][A-Z0-9]{{2}})-{_NUMBER}(?:\.{_NUMBER}(?:\.{_NUMBER})?|(!))?")
-PATH_PATTERN = r"^[A-Za-z][A-Za-z0-9]{2}-[1-9][0-9]{0,2}((\.[1-9][0-9]{0,2}){0,2}|!)$"
+_N = r"[1-9][0-9]{0,2}"
+PATH_PATTERN = (
+    rf"^[A-Za-z][A-Za-z0-9]{{2}}(\[{_N}\])?-{_N}(\[({_N}|\.{_N}(\.{_N})?=[^\]]*)\])?"
+    rf"((\.{_N}){{0,2}}|!)$"
+)
+_EXAMPLES = "'OBR-18', 'OBR-18!', 'ORC-7.6', 'PID-3[.5=MR].1' or 'OBX[3]-5'"
 
 #: Repetitions -> components -> subcomponents, every leaf unescaped and stripped.
 Repetitions = list[list[list[str]]]
@@ -45,41 +48,65 @@ Repetitions = list[list[list[str]]]
 
 @dataclass(frozen=True, slots=True)
 class FieldPath:
-    """One HL7 field location: segment id, field, optional component and subcomponent."""
+    """One HL7 field location: segment id, field, optional component and subcomponent; which
+    occurrence of the segment (``OBX[3]``) and which repetition (``PID-3[2]``, or the one whose
+    component matches: ``PID-3[.5=MR]``); ``whole`` (``OBR-18!``) reads a repetition whole."""
 
     segment: str
     field: int
     component: int | None = None
     subcomponent: int | None = None
     whole: bool = False  # ``OBR-18!``: the first repetition whole, separators kept as data
+    occurrence: int | None = None  # ``OBX[3]-5``: the third OBX (of the nearest scope)
+    repetition: int | None = None  # ``PID-3[2]``
+    match: tuple[int, int | None, str] | None = None  # ``PID-3[.5=MR]``: (component, sub, value)
 
     @classmethod
     def parse(cls, text: str) -> FieldPath:
-        """Parse ``"SEG-field[.component[.subcomponent]]"`` or ``"SEG-field!"``; raise ValueError.
+        """Parse a field path of the reader's grammar (:mod:`mappings.hl7v2.readpath`) that
+        names a field; raise ValueError.
 
         ``!`` reads the field whole: an ST field whose sender put a component separator in it
         (``OBR-18`` = ``MR^20061213-0007``) reads as ``MR^20061213-0007``, not ``MR``.
 
-        Segment ids are case-insensitive (``obr-18`` reads as ``OBR-18``);
-        numbers are 1-based, as in the HL7 standard.
+        Segment ids are case-insensitive (``obr-18`` reads as ``OBR-18``); a ``[.5=MR]`` value
+        is compared as written. Numbers are 1-based, as in the HL7 standard.
         """
         if not isinstance(text, str):
             raise ValueError(f"an HL7 field path must be a string, not {type(text).__name__}")
-        match = _PATH_RE.fullmatch(text.strip().upper())
-        if match is None:
-            raise ValueError(
-                f"{text!r} is not an HL7 field path like 'OBR-18', 'OBR-18!', 'ORC-7.6' or "
-                "'PID-3.4.1'"
-            )
-        seg, fld, comp, sub, whole = match.groups()
-        return cls(
-            seg, int(fld), int(comp) if comp else None, int(sub) if sub else None, bool(whole)
-        )
+        try:
+            path = compile_path(text.strip())
+        except PathError as exc:
+            raise ValueError(f"{text!r} is not an HL7 field path like {_EXAMPLES}: "
+                             f"{exc.reason}") from None
+        if path.field is None:
+            raise ValueError(f"{text!r} is not an HL7 field path like {_EXAMPLES}: it names a "
+                             "segment, not a field")
+        return cls(path.segment, path.field, path.component, path.subcomponent, path.whole,
+                   path.occurrence, path.repetition, path.match)
 
     def __str__(self) -> str:
-        parts = [f"{self.segment}-{self.field}"]
-        parts += [str(n) for n in (self.component, self.subcomponent) if n is not None]
-        return ".".join(parts) + ("!" if self.whole else "")
+        occ = f"[{self.occurrence}]" if self.occurrence is not None else ""
+        sel = f"[{self.repetition}]" if self.repetition is not None else ""
+        if self.match is not None:
+            comp, sub, value = self.match
+            sel = f"[.{comp}{f'.{sub}' if sub else ''}={value}]"
+        parts = "".join(f".{n}" for n in (self.component, self.subcomponent) if n is not None)
+        return f"{self.segment}{occ}-{self.field}{sel}{parts}{'!' if self.whole else ''}"
+
+    @property
+    def selects(self) -> bool:
+        """Whether the path picks a repetition other than by default (``[2]``, ``[.5=MR]``)."""
+        return self.repetition is not None or self.match is not None
+
+    def pick(self, reps: Repetitions) -> Repetitions:
+        """The repetitions of one field this path selects (all of them without a selector)."""
+        if self.repetition is not None:
+            return reps[self.repetition - 1 : self.repetition]
+        if self.match is not None:
+            comp, sub, wanted = self.match
+            return [r for r in reps if (component(r, comp, sub or 1) or "") == wanted]
+        return reps
 
 
 def _to_paths(value: Any) -> Any:
@@ -93,7 +120,10 @@ def _to_paths(value: Any) -> Any:
 def _whole_fields(paths: tuple[FieldPath, ...]) -> tuple[FieldPath, ...]:
     for path in paths:
         if path.component is not None or path.whole:
-            raise ValueError(f"{path} names a component or '!'; this value reads a whole field")
+            hint = f" (select a repetition with {path.segment}-{path.field}[.5=MR])" \
+                if path.component is not None else ""
+            raise ValueError(f"{path} names a component or '!'; this value reads a whole "
+                             f"field{hint}")
     return paths
 
 
@@ -123,8 +153,10 @@ class FieldMap(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
+    # PID-2 (external id, retained for backward compatibility) holds the patient where a
+    # sender leaves PID-3 empty; reading it is flagged (``orders.map_message`` notes).
     patient_identifiers: FieldPaths = Field(
-        default=_paths("PID-3"), min_length=1, description="CX list"
+        default=_paths("PID-3", "PID-2"), min_length=1, description="CX list"
     )
     patient_name: FieldPaths = Field(
         default=_paths("PID-5"), description="XPN; legal name preferred"
@@ -377,20 +409,47 @@ class Scope:
                     return seg
         return None
 
+    def at(self, path: FieldPath) -> SegmentView | None:
+        """The segment *path* reads: its occurrence (``OBX[3]``) counted in the nearest layer
+        that holds the segment at all, else the first."""
+        if path.occurrence is None:
+            return self.find(path.segment)
+        for layer in self._layers:
+            found = [seg for seg in layer if seg.name == path.segment]
+            if found:
+                return found[path.occurrence - 1] if len(found) >= path.occurrence else None
+        return None
+
     def value(self, paths: Sequence[FieldPath]) -> tuple[str | None, FieldPath | None]:
         """The first non-empty value among *paths*, with the path it came from."""
         for path in paths:
-            seg = self.find(path.segment)
-            value = seg.value(path) if seg else None
+            seg = self.at(path)
+            if seg is None:
+                continue
+            value = _selected_value(seg, path) if path.selects else seg.value(path)
             if value is not None:
                 return value, path
         return None, None
 
     def repetitions(self, paths: Sequence[FieldPath]) -> Repetitions:
         """The repetitions of the first of *paths* whose field holds any text."""
+        return self.repetitions_from(paths)[0]
+
+    def repetitions_from(self, paths: Sequence[FieldPath]) -> tuple[Repetitions, FieldPath | None]:
+        """:meth:`repetitions` and the path they came from (None when every field is empty)."""
         for path in paths:
-            seg = self.find(path.segment)
-            reps = seg.repetitions(path.field) if seg else []
+            seg = self.at(path)
+            reps = path.pick(seg.repetitions(path.field)) if seg else []
             if any(s for rep in reps for comp in rep for s in comp):
-                return reps
-        return []
+                return reps, path
+        return [], None
+
+
+def _selected_value(seg: SegmentView, path: FieldPath) -> str | None:
+    """The value at *path* in the repetition it selects (``PID-3[.5=MR].1``), or None."""
+    reps = path.pick(seg.repetitions(path.field))
+    if not reps:
+        return None
+    if path.whole:
+        return seg._whole(reps[0])
+    return component(reps[0], path.component or 1, path.subcomponent or 1)

@@ -34,7 +34,9 @@ from mappings.hl7v2.fieldmap import (
     SegmentView,
     component,
 )
+from mappings.hl7v2.orderfix import unglue_orc
 from mappings.hl7v2.reader import Message, parse
+from mappings.uid import uid_problem
 
 ADT_EVENTS = frozenset(f"A{n:02d}" for n in (*range(1, 9), 11, 12, 13, 18, 28, 31, 34, 40))
 MERGE_EVENTS = frozenset({"A18", "A34", "A40"})
@@ -96,19 +98,24 @@ class OrderEvent:
     orders: list[Order]
 
 
-def map_message(raw: bytes, fieldmap: FieldMap | None = None) -> PatientEvent | OrderEvent:
+def map_message(
+    raw: bytes, fieldmap: FieldMap | None = None, notes: list[str] | None = None
+) -> PatientEvent | OrderEvent:
     """Map raw HL7 v2 bytes to a PatientEvent (ADT) or an OrderEvent (ORM^O01, OMI^O23).
 
     Raises MappingError, naming the field, for anything it cannot map: no MSH,
     unusable delimiters, an unsupported MSH-9, a missing PID-3 or order number.
+    What it mapped leniently is appended to *notes*, one sentence each, quoting no patient
+    data: the patient id read from a fallback path (PID-2), a Study Instance UID that breaks
+    the UID grammar (not stored), an ORC glued onto the segment before it.
     """
     msg = parse_message(raw)
     code, event = message_type(msg)
     if code == "ADT":
-        return map_patient(msg, fieldmap)
+        return map_patient(msg, fieldmap, notes)
     if (code, event) not in ORDER_MESSAGES:
         raise MappingError(f"MSH-9 {code}^{event} is not ADT, ORM^O01 or OMI^O23", "MSH-9")
-    orders = map_order(msg, fieldmap)
+    orders = map_order(msg, fieldmap, notes)
     control_id, _ = Scope(_views(msg)).value([_MSH_10])
     return OrderEvent(f"{code}^{event}", event, control_id, orders[0].patient, orders)
 
@@ -146,7 +153,9 @@ def message_type(msg: Message) -> tuple[str, str]:
     return code, trigger
 
 
-def map_patient(msg: Message, fieldmap: FieldMap | None = None) -> PatientEvent:
+def map_patient(
+    msg: Message, fieldmap: FieldMap | None = None, notes: list[str] | None = None
+) -> PatientEvent:
     """Map a parsed ADT message (A01, A04, A08, A03, A11, A40 merge ...) to a PatientEvent.
 
     For merges (A18, A34, A40) the MRG-1 identifiers become ``Patient.merged_from``;
@@ -158,7 +167,7 @@ def map_patient(msg: Message, fieldmap: FieldMap | None = None) -> PatientEvent:
         raise MappingError(f"MSH-9 {code}^{event} is not an ADT event this mapping reads", "MSH-9")
     views = _views(msg)
     scope = Scope(views)
-    patient = _patient(scope, fm)
+    patient = _patient(scope, fm, notes)
     if event in MERGE_EVENTS:
         if sum(v.name == "PID" for v in views) > 1:
             raise MappingError(f"{event} carries several PID/MRG pairs; send one each", "PID")
@@ -169,24 +178,31 @@ def map_patient(msg: Message, fieldmap: FieldMap | None = None) -> PatientEvent:
     return PatientEvent(f"ADT^{event}", event, control_id, patient)
 
 
-def map_order(msg: Message, fieldmap: FieldMap | None = None) -> list[Order]:
+def map_order(
+    msg: Message, fieldmap: FieldMap | None = None, notes: list[str] | None = None
+) -> list[Order]:
     """Map a parsed ORM^O01 or OMI^O23 to one Order per ORC group, each with the patient.
 
     Every order must carry an order control (ORC-1) and at least one of the
-    placer number, filler number or accession; otherwise MappingError.
+    placer number, filler number or accession; otherwise MappingError. An ORC glued onto
+    the segment before it (its terminator lost) is read where it starts
+    (:func:`mappings.hl7v2.orderfix.unglue_orc`), noted in *notes*.
     """
     fm = fieldmap or FieldMap()
     code, event = message_type(msg)
     if (code, event) not in ORDER_MESSAGES:
         raise MappingError(f"MSH-9 {code}^{event} is not an order this mapping reads", "MSH-9")
+    found = unglue_orc(msg)
+    if found is not None and notes is not None:
+        notes.append(found)
     views = _views(msg)
     header, groups = _order_groups(views)
     if not groups:
         raise MappingError(f"{code}^{event} has no ORC segment", "ORC")
-    patient = _patient(Scope(views), fm)
+    patient = _patient(Scope(views), fm, notes)
     many = len(groups) > 1
     return [
-        _order(Scope(group, header), patient, fm, f" (order {n})" if many else "")
+        _order(Scope(group, header), patient, fm, f" (order {n})" if many else "", notes)
         for n, group in enumerate(groups, start=1)
     ]
 
@@ -261,10 +277,14 @@ def _order_groups(
     return header, groups
 
 
-def _patient(scope: Scope, fm: FieldMap) -> Patient:
-    identifiers = _identifiers(scope.repetitions(fm.patient_identifiers))
+def _patient(scope: Scope, fm: FieldMap, notes: list[str] | None = None) -> Patient:
+    identifiers, path = _patient_ids(scope, fm.patient_identifiers)
     if not identifiers:
         raise _missing(scope, fm.patient_identifiers)
+    paths = fm.patient_identifiers
+    if path != paths[0] and notes is not None:
+        before = " / ".join(str(p) for p in paths[: paths.index(path)])
+        notes.append(f"patient id read from {path}: {before} held no identifier")
     family, given = _name(scope.repetitions(fm.patient_name))
     birth_date = _read(scope, fm, "birth_date")
     if birth_date and birth_date[:8].isdigit():
@@ -278,6 +298,18 @@ def _patient(scope: Scope, fm: FieldMap) -> Patient:
         patient_class=_read(scope, fm, "patient_class"),
         location=_read(scope, fm, "location"),
     )
+
+
+def _patient_ids(
+    scope: Scope, paths: Sequence[FieldPath]
+) -> tuple[list[Identifier], FieldPath | None]:
+    """The identifiers of the first of *paths* that holds one (a CX.1), with that path."""
+    for n in range(len(paths)):
+        reps, found = scope.repetitions_from(paths[n : n + 1])
+        identifiers = _identifiers(reps)
+        if identifiers:
+            return identifiers, found
+    return [], None
 
 
 def _identifiers(reps: Repetitions) -> list[Identifier]:
@@ -302,7 +334,9 @@ def _name(reps: Repetitions) -> tuple[str | None, str | None]:
     return component(rep, 1, 1), component(rep, 2)
 
 
-def _order(scope: Scope, patient: Patient, fm: FieldMap, which: str) -> Order:
+def _order(
+    scope: Scope, patient: Patient, fm: FieldMap, which: str, notes: list[str] | None = None
+) -> Order:
     control = _read(scope, fm, "order_control")
     if not control:
         raise _missing(scope, fm.order_control, which)
@@ -323,7 +357,7 @@ def _order(scope: Scope, patient: Patient, fm: FieldMap, which: str) -> Order:
         filler_number=filler,
         accession=accession,
         requested_procedure_id=_read(scope, fm, "requested_procedure_id"),
-        study_instance_uid=_read(scope, fm, "study_instance_uid"),
+        study_instance_uid=_study_uid(scope, fm, which, notes),
         modality=_read(scope, fm, "modality"),
         procedure_code=component(code, 1),
         procedure_text=component(code, 2),
@@ -360,6 +394,20 @@ def priority_flags(event: OrderEvent, fieldmap: FieldMap | None = None) -> list[
         and order.priority not in PRIORITY_CODES
         and order.priority not in produced
     ]
+
+
+def _study_uid(scope: Scope, fm: FieldMap, which: str, notes: list[str] | None) -> str | None:
+    """The Study Instance UID (ZDS-1, IPC-3), or None when it breaks the UID grammar (noted:
+    a bad UID stored would never meet its study, and could name a folder)."""
+    value, path = scope.value(fm.study_instance_uid)
+    uid = fm.mapped("study_instance_uid", value)
+    problem = uid_problem(uid) if uid is not None else None
+    if problem is None:
+        return uid
+    if notes is not None:
+        notes.append(f"study instance UID in {path}{which} is not a valid DICOM UID "
+                     f"({problem}): not stored")
+    return None
 
 
 def _read(scope: Scope, fm: FieldMap, key: str) -> str | None:

@@ -70,12 +70,14 @@ class OrdersProcessor:
         self.fieldmap = fieldmap or FieldMap()
 
     def process(self, msg: Message) -> Outcome:
+        flags: list[str] = []  # what was mapped leniently (map_message's notes, priorities)
         try:
-            mapped: PatientEvent | OrderEvent = map_message(msg.raw, self.fieldmap)
+            mapped: PatientEvent | OrderEvent = map_message(msg.raw, self.fieldmap, flags)
         except MappingError as exc:
             return Outcome(msg.id, Status.ERROR, error=f"cannot map: {exc.reason}")
         layers = {"mapped": _jsonable(mapped)}
-        flags = priority_flags(mapped, self.fieldmap) if isinstance(mapped, OrderEvent) else []
+        if isinstance(mapped, OrderEvent):
+            flags += priority_flags(mapped, self.fieldmap)
         if flags:  # what was mapped leniently, beside the mapped layer (intake repairs: "flags")
             layers["mapped-flags"] = json.dumps(flags).encode()
         return Outcome(msg.id, Status.TRANSFORMED, layers=layers,

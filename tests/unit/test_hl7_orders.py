@@ -265,7 +265,7 @@ def test_malformed_timestamps_are_rejected(text: str) -> None:
 
 def test_mapping_error_names_the_missing_field() -> None:
     err = _error(MSH_ORM, "PID|1||||TESTCASE^PAT", ORC, OBR)
-    assert (str(err), err.location) == ("PID-3 is empty", "PID-3")
+    assert (str(err), err.location) == ("PID-3 / PID-2 are empty", "PID-3")
 
 
 def test_mapping_error_names_a_missing_segment() -> None:
