@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from engine.config.schema import lint_text
 from mappings.hl7v2.ack import read_ack
 from mappings.hl7v2.answerer import HL7Answerer
@@ -89,3 +92,36 @@ def test_lint_takes_batch_ack_per_message() -> None:
                                  check_files=False)
     assert problems == [] and config is not None
     assert config.channel_named("ris").batch_ack == "per_message"
+
+
+# --- properties ---------------------------------------------------------------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from([b"FHS", b"BHS", _BOM + b"BHS", b"\r\nFHS|"]), st.binary(max_size=400))
+def test_splitting_and_answering_any_batch_frame_never_crashes(head: bytes, tail: bytes) -> None:
+    answerer = HL7Answerer("RB", "AI")
+    batch = answerer.unbatch(head + tail)
+    assert batch is not None and len(batch.notes) == len(batch.messages)
+    acks = []
+    for part in batch.messages:
+        header, refusal = answerer.read(part)
+        acks.append(answerer.build(header, refusal or answerer.accepted))
+    answer = answerer.batch_answer(batch, acks)
+    parsed = split_batch(answer if isinstance(answer, bytes) else b"")
+    assert parsed is not None and len(parsed.messages) == sum(a is not None for a in acks)
+
+
+_CID = st.text(alphabet="ABC0123456789", min_size=1, max_size=8)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_CID, max_size=6), st.booleans(), st.sampled_from(["\r", "\n", "\r\n"]))
+def test_a_batch_of_well_formed_messages_splits_back_into_exactly_those_messages(
+    cids: list[str], trailers: bool, terminator: str
+) -> None:
+    messages = [_msg(c) for c in cids]
+    lines = [b"FHS|^~\\&", b"BHS|^~\\&", *messages]
+    lines += [f"BTS|{len(cids)}".encode(), b"FTS|1"] if trailers else []
+    batch = split_batch(b"\r".join(lines).replace(b"\r", terminator.encode()))
+    assert batch is not None and batch.messages == messages

@@ -447,3 +447,71 @@ def test_the_orders_mapping_keeps_a_field_a_stray_line_break_split() -> None:
     assert isinstance(event, OrderEvent)
     assert event.orders[0].accession == "ACC\r1"
     assert event.orders[0].requested_procedure_id == "RP1"
+
+
+# --- properties, issue 14: escaped values round-trip; lenient repairs never crash ----------
+
+# Any text a field may mean: the delimiters, the escape character, line breaks, MLLP framing
+# bytes, non-ASCII (no surrogates: they cannot be sent).
+_MEANT = st.text(
+    alphabet=st.one_of(st.sampled_from("|^~\\&#\r\n\x0b\x1c \tAZaz09.-"), st.characters()),
+    max_size=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_MEANT, min_size=1, max_size=6), st.sampled_from(["^~\\&", "^~\\&#"]))
+def test_escaped_values_read_back_as_meant_and_the_message_re_encodes_unchanged(
+    values: list[str], encoding: str
+) -> None:
+    head = parse(MSH.replace("^~\\&", encoding))
+    fields = [head.escape(v) for v in values]
+    text = "\r".join([head.encode(), "ZVV|" + "|".join(fields), "ZZZ|end"])
+    msg = parse(text.encode("utf-8"))
+    assert msg.flags == []
+    for n, value in enumerate(values, start=1):
+        assert compile_path(f"ZVV-{n}!").get(msg) == value
+    assert msg.encode() == text and parse(msg.to_bytes()).encode() == text
+
+
+# ORC ids, order control codes and separators, so that glued-ORC repairs are tried often.
+_GLUE_FIELD = st.one_of(st.sampled_from(["ORC", "xORC", "NW", "CA", "", "OBR"]), _VALUE)
+_GLUE_SEGMENT = st.tuples(
+    st.sampled_from(["PID", "PV1", "ORC", "OBR", "OBX", "ZDS", "IPC", "NTE"]),
+    st.lists(_GLUE_FIELD, max_size=8),
+).map(lambda t: "|".join([t[0], *t[1]]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_GLUE_SEGMENT, max_size=8))
+def test_the_orders_mapping_repairs_or_refuses_but_never_crashes(segments: list[str]) -> None:
+    from mappings.hl7v2.orders import MappingError, OrderEvent, map_message
+
+    notes: list[str] = []
+    try:
+        event = map_message("\r".join([MSH, *segments]).encode(), notes=notes)
+    except MappingError as exc:
+        assert exc.reason
+        return
+    assert isinstance(event, OrderEvent) and all(isinstance(n, str) and n for n in notes)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_GLUE_SEGMENT, max_size=8))
+def test_ungluing_an_orc_keeps_every_character_but_the_separator_it_replaces(
+    segments: list[str],
+) -> None:
+    from mappings.hl7v2.orderfix import unglue_orc
+
+    msg = parse("\r".join([MSH, *segments]))
+    before = msg.encode()
+    note = unglue_orc(msg)
+    after = msg.encode()
+    if note is None:
+        assert after == before
+        return
+    # "|ORC|NW" -> "\rORC|NW" (a separator became a terminator) or "xORC|NW" -> "x\rORC|NW"
+    at = next(i for i, (a, b) in enumerate(zip(after, before, strict=False)) if a != b)
+    assert after[at] == "\r" and after[at + 1 : at + 4] == "ORC"
+    replaced = before[at] == "|" and after[at + 1 :] == before[at + 1 :]
+    assert replaced or after[at + 1 :] == before[at:]
