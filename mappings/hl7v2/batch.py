@@ -23,6 +23,10 @@ if one came, a BHS/BTS per batch received).
 A channel may instead answer ``per_message``: each message's ACK as its own MLLP frame, in
 order (for senders that match ACKs one by one by MSA-2); a batch with no message still gets
 the (empty) batch answer, so the sender always hears something.
+
+There is no file *source* yet (``channels/file`` is a destination only): one would hand each
+file to the same ``unbatch`` path. Replay and ``radbridge send`` split batch files with
+:mod:`mappings.hl7v2.logfile`.
 """
 
 from __future__ import annotations
