@@ -104,14 +104,22 @@ def _parts(msg: Message, deliveries: Sequence[Delivery], outcome: Outcome,
              for dest in dict.fromkeys([*old, *new])]
     for name in _COMPARED_LAYERS:
         if name in msg.layers or name in outcome.layers:
-            parts.append(Part(f"layer {name}",
-                              [pretty(msg.layers[name])] if name in msg.layers else [],
-                              [pretty(outcome.layers[name])] if name in outcome.layers else []))
+            parts.append(Part(f"layer {name}", [msg.layers[name]] if name in msg.layers else [],
+                              [outcome.layers[name]] if name in outcome.layers else []))
     for part in parts:
         if part.state == CHANGED:
             for a, b in zip(part.before, part.after, strict=False):
-                part.changes += differ(a, b, False)
+                part.changes += _changes(part.name, a, b, differ)
     return parts
+
+
+def _changes(name: str, before: bytes, after: bytes, differ: Any) -> list[dict[str, Any]]:
+    if name.startswith("layer "):
+        try:
+            return json_changes(before, after)
+        except ValueError:
+            pass
+    return differ(before, after, False)  # type: ignore[no-any-return]
 
 
 def compare(msg: Message, deliveries: Sequence[Delivery], channel: Any, config: Any,
@@ -179,9 +187,21 @@ def as_json(v: Verdict) -> dict[str, Any]:
                              for p in v.parts if p.state != UNCHANGED]}
 
 
-def pretty(data: bytes) -> bytes:
-    """JSON layers re-indented for a line diff; anything else as it is."""
-    try:
-        return json.dumps(json.loads(data), indent=1, sort_keys=True).encode()
-    except ValueError:
-        return data
+def _flat(value: Any, path: str, out: dict[str, str]) -> dict[str, str]:
+    if isinstance(value, dict) and value:
+        for key, item in value.items():
+            _flat(item, f"{path}.{key}" if path else str(key), out)
+    elif isinstance(value, list) and value:
+        for i, item in enumerate(value):
+            _flat(item, f"{path}[{i}]", out)
+    else:
+        out[path or "(value)"] = value if isinstance(value, str) else json.dumps(value)
+    return out
+
+
+def json_changes(before: bytes, after: bytes) -> list[dict[str, Any]]:
+    """A JSON layer's changes key by key (``orders[0].accession``), like the message diff;
+    raises ``ValueError`` when either is not JSON."""
+    a, b = _flat(json.loads(before), "", {}), _flat(json.loads(after), "", {})
+    return [{"path": key, "kind": "changed", "before": a.get(key), "after": b.get(key)}
+            for key in dict.fromkeys([*b, *a]) if a.get(key) != b.get(key)]
