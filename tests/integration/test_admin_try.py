@@ -1,4 +1,4 @@
-"""The tester's API: POST /api/channels/{name}/try, pasted or stored, audited, masked for viewers."""
+"""The tester API: POST /api/channels/{name}/try, pasted or stored, audited, masked for viewers."""
 
 from __future__ import annotations
 
