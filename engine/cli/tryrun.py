@@ -23,7 +23,7 @@ from typing import Any
 from channels.mllp.logfile import split_messages
 from engine.config.schema import load_config
 from engine.errors import ConfigErrors, ConfigProblem
-from engine.flow.dryrun import Tried, report, try_message
+from engine.flow.dryrun import Tried, flat_json, report, try_message
 from engine.flow.processors import processor_for
 
 ARROW = "→"
@@ -76,7 +76,7 @@ def read_messages(files: list[str]) -> list[tuple[str, int, bytes]]:
     return out
 
 
-def _quote(value: str | None) -> str:
+def _quote(value: Any) -> str:
     return "-" if value is None else json.dumps(value, ensure_ascii=False)
 
 
@@ -132,10 +132,13 @@ def text_report(file: str, number: int, body: dict[str, Any]) -> list[str]:
 
 
 def _pretty(text: str) -> str:
+    """A JSON layer one value a line (``orders[0].accession: "ACC1"``); other text as is."""
     try:
-        return json.dumps(json.loads(text), indent=2, ensure_ascii=False)
+        flat = flat_json(json.loads(text))
     except ValueError:
         return text
+    return "\n".join(f"{key}: {json.dumps(value, ensure_ascii=False)}"
+                     for key, value in flat.items())
 
 
 def _load(args: argparse.Namespace) -> tuple[Any, Any, list[tuple[str, int, bytes]]]:

@@ -113,3 +113,17 @@ def report(tried: Tried, masked: bool = False) -> dict[str, Any]:
                        for dest, payload in outcome.deliveries],
         "layers": [render(name, data, masked) for name, data in outcome.layers.items()],
     }
+
+
+def flat_json(value: Any, path: str = "", out: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A JSON value as its leaves by path: ``{"orders[0].accession": "ACC1"}``."""
+    out = {} if out is None else out
+    if isinstance(value, dict) and value:
+        for key, item in value.items():
+            flat_json(item, f"{path}.{key}" if path else str(key), out)
+    elif isinstance(value, list) and value:
+        for i, item in enumerate(value):
+            flat_json(item, f"{path}[{i}]", out)
+    else:
+        out[path or "(value)"] = value
+    return out

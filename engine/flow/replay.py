@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine import registry
-from engine.flow.dryrun import try_message
+from engine.flow.dryrun import flat_json, try_message
 from engine.flow.processors import processor_for
 from engine.model import Message, Status
 from engine.store.base import Delivery, MessageQuery, Outcome
@@ -131,7 +131,8 @@ def compare(msg: Message, deliveries: Sequence[Delivery], channel: Any, config: 
         return Verdict(msg.id, msg.channel, SKIPPED, before, before)
     tried = try_message(channel, config, msg.raw, msg.id, processor)
     outcome = tried.outcome
-    after = (tried.status, outcome.error)
+    queued = outcome.status == Status.TRANSFORMED and outcome.deliveries
+    after = (str(Status.QUEUED) if queued else tried.status, outcome.error)  # as it would store
     now = _new_kind(outcome)
     parts = _parts(msg, deliveries if was == "passed" else [], outcome,
                    registry.view("message_diff"))
@@ -187,21 +188,9 @@ def as_json(v: Verdict) -> dict[str, Any]:
                              for p in v.parts if p.state != UNCHANGED]}
 
 
-def _flat(value: Any, path: str, out: dict[str, str]) -> dict[str, str]:
-    if isinstance(value, dict) and value:
-        for key, item in value.items():
-            _flat(item, f"{path}.{key}" if path else str(key), out)
-    elif isinstance(value, list) and value:
-        for i, item in enumerate(value):
-            _flat(item, f"{path}[{i}]", out)
-    else:
-        out[path or "(value)"] = value if isinstance(value, str) else json.dumps(value)
-    return out
-
-
 def json_changes(before: bytes, after: bytes) -> list[dict[str, Any]]:
     """A JSON layer's changes key by key (``orders[0].accession``), like the message diff;
     raises ``ValueError`` when either is not JSON."""
-    a, b = _flat(json.loads(before), "", {}), _flat(json.loads(after), "", {})
+    a, b = flat_json(json.loads(before)), flat_json(json.loads(after))
     return [{"path": key, "kind": "changed", "before": a.get(key), "after": b.get(key)}
             for key in dict.fromkeys([*b, *a]) if a.get(key) != b.get(key)]

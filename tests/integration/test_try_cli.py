@@ -74,7 +74,7 @@ def test_try_shows_each_rule_the_outcome_and_the_payload_and_stores_nothing(
     assert "  outcome: TRANSFORMED, 2 destination(s)" in out
     assert "  → ct-mr (the message as received):" in out
     assert any(line.strip().startswith("PID|1||MRNC1^^^GENHOSP^MR") for line in out)
-    assert "  layer mapped:" in out and '    "accession": "ACCC1",' in "\n".join(out)
+    assert "  layer mapped:" in out and '      orders[0].accession: "ACCC1"' in out
     assert out[-1] == "1 message(s) tried on ris: 0 in ERROR; nothing stored or sent"
     assert not (tmp_path / "never-made.db").exists()
     assert not (tmp_path / "others").exists() and not (tmp_path / "by-class").exists()
