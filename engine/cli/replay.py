@@ -56,7 +56,8 @@ def _setup(args: argparse.Namespace) -> tuple[Any, list[str], str]:
                                  if args.store_config else config.store.url)
     except ConfigErrors as exc:
         raise Usage(exc.problems) from None
-    names = args.channel or [ch.name for ch in config.channel if ch.source is not None]
+    every: list[Any] = list(config.channel)  # ChannelConfig is built at run time
+    names = args.channel or [ch.name for ch in every if ch.source is not None]
     for name in names:
         channel_of(config, args.config, name)
     return config, names, url

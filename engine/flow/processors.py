@@ -76,14 +76,14 @@ class Filtered:
         steps += inner
         kept = []
         for dest, payload in outcome.deliveries:
-            rule = self.routes.get(dest)
-            result = PASSED if rule is None else _rule_result(rule, view)
-            if rule is not None:
-                steps.append(StepTrace(dest, rule.name, raw, raw, result))
+            route = self.routes.get(dest)
+            result = PASSED if route is None else _rule_result(route, view)
+            if route is not None:
+                steps.append(StepTrace(dest, route.name, raw, raw, result))
             if result == PASSED:
                 kept.append((dest, payload))
             elif result != FILTERED:
-                return _stopped(msg, rule, result), steps
+                return _stopped(msg, route, result), steps
         return dataclasses.replace(outcome, deliveries=kept), steps
 
 
