@@ -28,6 +28,7 @@ def load() -> None:
     import engine.results.channel  # noqa: F401
     import inference.service  # noqa: F401
     import mappings.hl7v2.answerer  # noqa: F401
+    import mappings.hl7v2.diff  # noqa: F401
     import mappings.hl7v2.plugin  # noqa: F401
     import mappings.hl7v2.view  # noqa: F401
     import mappings.sr_plugin  # noqa: F401

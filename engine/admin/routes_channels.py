@@ -16,6 +16,7 @@ from engine.admin.http import AdminState, audit, fail, ok, read_json, state, who
 from engine.admin.routing import Panel, Router, register_panel
 from engine.config.schema import lint_text
 from engine.config.secrets import redact
+from engine.flow import dryrun
 from engine.flow.controls import plan_reload
 
 router = Router("channels")
@@ -207,3 +208,53 @@ async def reload_config(request: web.Request) -> web.Response:
     plan = await st.engine.controls.reload(config)
     await st.sampler.refresh()
     return ok({"applied": True, **dataclasses.asdict(plan)})
+
+
+# -- the tester: a message through a channel's steps, nothing stored or sent -----------------
+
+READERS = ("admin", "analyst", "viewer")
+_TRY_BODY = {
+    "type": "object", "additionalProperties": False,
+    "description": "a message pasted (message) or a stored one (message_id)",
+    "properties": {"message": {"type": "string", "maxLength": 1_048_576},
+                   "message_id": {"type": "integer", "minimum": 1, "maximum": 2**63 - 1}}}
+# step and change values were masked for viewers by the message_diff view, payloads and
+# layers by the message_layer view; errors and reasons (they may quote the message) are not
+_TRY_VIEW = phi.view({"status", "masked", "message_type", "steps", "scope", "name", "result",
+                      "changes", "path", "kind", "before", "after", "deliveries",
+                      "destination", "raw", "payload"}, phi.LAYERS)
+
+
+async def _try_input(request: web.Request, body: dict[str, Any], channel: str) -> bytes:
+    """The message to try: pasted, or read from the store (a PHI view: audited first)."""
+    masked = who(request).masked
+    if body.get("message_id") is not None:
+        message_id = int(body["message_id"])
+        found = await state(request).engine.store.get_message(message_id)
+        if found is None:
+            fail(404, f"no message {message_id}")
+        await audit(request, "message.try", str(message_id), channel=channel, masked=masked)
+        return found[0].raw
+    if not body.get("message"):
+        fail(400, "give a message (its text) or a message_id")
+    await audit(request, "channel.try", channel, masked=masked)
+    return str(body["message"]).encode("utf-8")
+
+
+@router.post("/api/channels/{name}/try", roles=READERS, audited=True, body=_TRY_BODY,
+             viewer=_TRY_VIEW,
+             summary="Dry-run one message (pasted, or a stored one by id) through the "
+                     "channel's steps: each step's changes and the outcome; nothing is "
+                     "stored or sent",
+             responses={200: "the trace", 400: "no message given", 404: "no such channel or "
+                        "message"})
+async def try_channel(request: web.Request) -> web.Response:
+    st = state(request)
+    ch = _find(st, request.match_info["name"])
+    raw = await _try_input(request, await read_json(request), ch.name)
+    masked = who(request).masked
+
+    def dry_run() -> dict[str, Any]:
+        return dryrun.report(dryrun.try_message(ch, st.engine.config, raw), masked)
+
+    return ok({"channel": ch.name, **await asyncio.to_thread(dry_run)})

@@ -12,6 +12,8 @@
     radbridge studies [list | complete UID | proceed UID]
     radbridge audit [--case N] [--model NAME] | findings [--case N] | jobs | models
     radbridge demo [channels.toml]          a DEMO order and study through the running engine
+    radbridge try CHANNEL FILE... [--json]  dry-run messages through a channel's steps
+    radbridge replay --config CANDIDATE.toml [--channel C] [--since T] [--until T] --diff
 """
 
 from __future__ import annotations
@@ -109,7 +111,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 def build_parser() -> Parser:
     """Every subcommand and its options (their value types: ``engine.cli.args``)."""
-    from engine.cli import clinical, deliveries, demo, inference, messages, send
+    from engine.cli import clinical, deliveries, demo, inference, messages, replay, send, tryrun
 
     parser = Parser(prog="radbridge", description=__doc__,
                     formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -124,6 +126,8 @@ def build_parser() -> Parser:
     clinical.add_parsers(sub)
     inference.add_parsers(sub)
     demo.add_parser(sub)
+    tryrun.add_parser(sub)
+    replay.add_parser(sub)
     return parser
 
 

@@ -20,6 +20,7 @@ from typing import Any
 from engine import registry
 from engine.config.rules import Rule, RuleError, compile_filter, compile_routes, field_language
 from engine.flow.pipeline import Passthrough, Processor
+from engine.flow.trace import FILTERED, PASSED, StepTrace
 from engine.model import Message, Status
 from engine.store.base import Outcome
 
@@ -59,6 +60,55 @@ class Filtered:
             name = rule.name if rule is not None else "filter"
             return Outcome(msg.id, Status.ERROR, error=f"rule {name} failed: {exc}")
         return dataclasses.replace(outcome, deliveries=kept)
+
+    # -- the dry run (engine.flow.trace): the same decisions as process, each one recorded --
+
+    def trace(self, msg: Message) -> tuple[Outcome, list[StepTrace]]:
+        """What :meth:`process` gives, with one step per filter rule, the inner processor's
+        own steps (when it traces) and one per route; stores and sends nothing."""
+        view, raw, steps = self.fields.parse(msg.raw), msg.raw, []
+        for rule in self.rules:
+            result = _rule_result(rule, view)
+            steps.append(StepTrace("channel", f"filter {rule.name}", raw, raw, result))
+            if result != PASSED:
+                return _stopped(msg, rule, result), steps
+        outcome, inner = trace_of(self.inner, msg)
+        steps += inner
+        kept = []
+        for dest, payload in outcome.deliveries:
+            route = self.routes.get(dest)
+            result = PASSED if route is None else _rule_result(route, view)
+            if route is not None:
+                steps.append(StepTrace(dest, route.name, raw, raw, result))
+            if result == PASSED:
+                kept.append((dest, payload))
+            elif result != FILTERED:
+                return _stopped(msg, route, result), steps
+        return dataclasses.replace(outcome, deliveries=kept), steps
+
+
+def _rule_result(rule: Rule, view: Any) -> str:
+    """A rule's result as a step records it (an evaluation failure: ``error: <reason>``)."""
+    try:
+        return PASSED if rule.test(view) else FILTERED
+    except RuleError as exc:
+        return f"error: {exc}"
+
+
+def _stopped(msg: Message, rule: Any, result: str) -> Outcome:
+    """The outcome of a filter that stopped a message, or of a rule that failed (as process)."""
+    if result == FILTERED:
+        return Outcome(msg.id, Status.FILTERED, error=f"filtered by {rule.name}")
+    return Outcome(msg.id, Status.ERROR,
+                   error=f"rule {rule.name} failed: {result.removeprefix('error: ')}")
+
+
+def trace_of(processor: Any, msg: Message) -> tuple[Outcome, list[StepTrace]]:
+    """``processor.trace(msg)`` where it has one, else ``process(msg)`` and no steps."""
+    trace = getattr(processor, "trace", None)  # optional: engine.flow.trace.Traceable
+    if trace is not None:
+        return trace(msg)  # type: ignore[no-any-return]
+    return processor.process(msg), []
 
 
 def processor_for(channel: Any, config: Any = None) -> Processor:

@@ -113,6 +113,13 @@ class Store(ClinicalStore, InferenceStore, ResultsStore, FhirStore, DeliveryStor
         it cannot create the file or its schema."""
 
     @abc.abstractmethod
+    async def open_reads(self) -> None:
+        """Open for reads only, beside the engines that own the store (``radbridge replay``):
+        no schema made, no writer, no leases; the database refuses every write on these
+        connections. Raises ``StoreUnavailable`` when there is no such store or it cannot be
+        reached, ``StoreError`` for another database failure."""
+
+    @abc.abstractmethod
     async def close(self) -> None:
         """Stop the writer (after its last group commits) and close connections. Raises
         nothing."""

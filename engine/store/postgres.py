@@ -181,6 +181,7 @@ class PostgresStore(ClinicalWrites, PgInference, ResultsWrites, FhirWrites,
         self._pool: asyncpg.Pool | None = None
         self._writer: Writer | None = None
         self._heartbeat: asyncio.Task[None] | None = None
+        self._reads_only = False  # opened by open_reads: no writer, no claims
 
     @classmethod
     def from_url(cls, url: str) -> PostgresStore:
@@ -202,6 +203,15 @@ class PostgresStore(ClinicalWrites, PgInference, ResultsWrites, FhirWrites,
         self._writer.start()
         self._heartbeat = asyncio.create_task(self._renew_leases(), name="radbridge-pg-leases")
 
+    async def open_reads(self) -> None:
+        try:  # every transaction on these connections is read-only: the server refuses writes
+            self._pool = await asyncpg.create_pool(
+                self.dsn, min_size=1, max_size=2,
+                server_settings={"default_transaction_read_only": "on"})
+        except DB_ERRORS as exc:
+            raise to_store_error(exc) from exc
+        self._reads_only = True
+
     async def close(self) -> None:
         if self._heartbeat is not None:
             self._heartbeat.cancel()
@@ -212,9 +222,10 @@ class PostgresStore(ClinicalWrites, PgInference, ResultsWrites, FhirWrites,
             await self._writer.stop()
             self._writer = None
         if self._pool is not None:
-            with contextlib.suppress(*DB_ERRORS):
-                async with self._pool.acquire() as conn:
-                    await pg_claims.release(conn, self.owner)
+            if not self._reads_only:  # a reader holds no claims (and may not write)
+                with contextlib.suppress(*DB_ERRORS):
+                    async with self._pool.acquire() as conn:
+                        await pg_claims.release(conn, self.owner)
             await self._pool.close()
             self._pool = None
 

@@ -421,6 +421,7 @@ class SQLiteStore(ClinicalWrites, SQLiteInference, ResultsWrites, FhirWrites,
     _on_writer = staticmethod(on_sqlite)
     wal_restart_bytes = _WAL_LIMIT  # a WAL larger than this is started over (_Checkpointer)
     checkpoint_secs = 0.5  # how often the checkpointer runs
+    _query_only = False  # opened by open_reads: reads only, beside the owning engine
 
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
@@ -447,6 +448,11 @@ class SQLiteStore(ClinicalWrites, SQLiteInference, ResultsWrites, FhirWrites,
         self._checkpointer = _Checkpointer(self.path, self.checkpoint_secs,
                                            restart_bytes=self.wal_restart_bytes)
         self._checkpointer.start()
+
+    async def open_reads(self) -> None:
+        if not await asyncio.to_thread(Path(self.path).is_file):
+            raise StoreUnavailable(f"no SQLite database at {self.path}")
+        self._query_only = True  # each reader connection refuses writes (PRAGMA query_only)
 
     def _create_schema(self) -> None:
         conn = _connect(self.path)
@@ -601,6 +607,8 @@ class SQLiteStore(ClinicalWrites, SQLiteInference, ResultsWrites, FhirWrites,
         conn = getattr(self._local, "conn", None)
         if conn is None:
             conn = _connect(self.path)
+            if self._query_only:
+                conn.execute("PRAGMA query_only=ON")
             self._local.conn = conn
             with self._conns_lock:
                 self._conns.append(conn)

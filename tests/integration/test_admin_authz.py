@@ -129,6 +129,7 @@ EXAMPLES: dict[str, Example] = {
     "stop_channel": fixed("/api/channels/spare/stop"),
     "start_channel": fixed("/api/channels/spare/start"),
     "redeploy_channel": fixed("/api/channels/spare/redeploy"),
+    "try_channel": fixed("/api/channels/ris/try", {"message_id": 1}),
     "get_stats": fixed("/api/stats"),
     "list_queues": fixed("/api/queues"),
     "pause_queue": fixed("/api/queues/archive/pause"),

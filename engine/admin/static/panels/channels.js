@@ -1,6 +1,9 @@
 // Channel grid: state, counts and rates, refreshed every 2 s; errors link to their messages.
+// A channel's page (#/channels/<name>): its settings and the tester (paste a message or pick
+// a stored one, see each step's effect; nothing is stored or sent).
 import { query } from "../js/api.js";
 import { clear, h, pill, rate, table, when } from "../js/dom.js";
+import { renderTrace } from "../js/trace.js";
 
 const POLL_MS = 2000;
 
@@ -33,7 +36,8 @@ function actions(ch, ctx, refresh) {
 function columns(ctx, refresh) {
   const num = (key) => (ch) => h("span", { "data-testid": key }, String(ch.totals[key]));
   return [
-    { title: "Channel", value: (ch) => h("div", {}, h("strong", {}, ch.name),
+    { title: "Channel", value: (ch) => h("div", {}, h("strong", {}, h("a", {
+      href: `#/channels/${encodeURIComponent(ch.name)}`, "data-testid": "channel-link" }, ch.name)),
       ch.description ? h("div", { class: "muted" }, ch.description) : "") },
     { title: "State", value: (ch) => h("span", {}, pill(ch.state),
       ch.paused ? [" ", pill("paused", "stopped")] : "") },
@@ -50,7 +54,45 @@ function columns(ctx, refresh) {
   ];
 }
 
+function tryPanel(ctx, name) {
+  const text = h("textarea", { rows: 8, cols: 100, "data-testid": "try-message",
+    placeholder: "paste an HL7 message (segments on separate lines)" });
+  const id = h("input", { size: 10, "data-testid": "try-message-id", placeholder: "message id" });
+  const note = h("span", { class: "muted", "data-testid": "try-note" });
+  const result = h("div", {});
+  const run = async () => {
+    const body = id.value.trim() ? { message_id: Number(id.value.trim()) }
+      : { message: text.value.replace(/\r?\n/g, "\r") };
+    note.textContent = "running…";
+    try {
+      const t = await ctx.api(`/api/channels/${encodeURIComponent(name)}/try`, { method: "POST", body });
+      note.textContent = "nothing was stored or sent";
+      result.replaceChildren(renderTrace(t));
+    } catch (err) {
+      note.textContent = `cannot try: ${err.message}`;
+      result.replaceChildren();
+    }
+  };
+  return h("div", { class: "card", "data-testid": "try-panel" }, h("h3", {}, "Try a message"),
+    text, h("div", { class: "toolbar" }, h("label", {}, "or a stored message", id),
+      h("button", { class: "primary", onclick: run, "data-testid": "try-run" }, "Try"), note),
+    result);
+}
+
+async function channelView(root, ctx, name) {
+  const ch = await ctx.api(`/api/channels/${encodeURIComponent(name)}`);
+  const kv = [["State", pill(ch.state)], ["Kind", [ch.source, ch.destination].filter(Boolean).join(" → ")],
+    ["Address", ch.address], ["Accepts", (ch.accept || []).join(", ")],
+    ["Forwards to", (ch.forward_to || []).join(", ")]];
+  root.append(h("div", { class: "toolbar" }, h("h2", {}, `Channel ${ch.name}`),
+    h("a", { href: `#/messages${query({ channel: ch.name })}` }, "its messages")),
+  h("div", { class: "card" }, h("dl", { class: "kv" }, kv.filter(([, v]) => v)
+    .map(([k, v]) => [h("dt", {}, k), h("dd", {}, v)]))));
+  if (ctx.can("try_channel")) root.append(tryPanel(ctx, ch.name));
+}
+
 export async function render(root, ctx) {
+  if (ctx.route.rest[0]) return channelView(root, ctx, ctx.route.rest[0]);
   const grid = h("div", { class: "card" });
   const stamp = h("span", { class: "muted", "data-testid": "sampled-at" });
   root.append(h("div", { class: "toolbar" }, h("h2", {}, "Channels"), stamp), grid);
