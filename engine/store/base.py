@@ -62,7 +62,8 @@ class Outcome:
     layers: dict[str, bytes] = field(default_factory=dict)
     # (destination, payload); a payload of None sends the raw message unchanged.
     deliveries: list[tuple[str, bytes | None]] = field(default_factory=list)
-    # A mapped domain event (PatientEvent / OrderEvent), applied in the same transaction.
+    # A domain event (``engine.model`` PatientEvent / OrderEvent, or a results event),
+    # applied in the same transaction.
     domain: Any = None
 
 
