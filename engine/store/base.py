@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.model import DeliveryStatus, Message, Status
-from engine.store.clinical import CaseRow, ClinicalStore
+from engine.store.clinical import ClinicalStore
 from engine.store.deliveries import DeliveryStore
 from engine.store.fhir import FhirStore
 from engine.store.inference import InferenceStore
@@ -118,11 +118,6 @@ class Store(ClinicalStore, InferenceStore, ResultsStore, FhirStore, DeliveryStor
         """Stop the writer (after its last group commits) and close connections. Raises
         nothing."""
 
-    @abc.abstractmethod
-    def submit_insert(self, msg: NewMessage, callback: InsertCallback) -> None:
-        """Queue *msg* for the next group commit; *callback(id, error)* runs on the loop after it.
-        Raises nothing: a failure reaches *callback* as ``StoreUnavailable`` or ``StoreError``."""
-
     async def insert_message(self, msg: NewMessage) -> int:
         """Insert one message and wait for its commit; its id.
         Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
@@ -147,12 +142,6 @@ class Store(ClinicalStore, InferenceStore, ResultsStore, FhirStore, DeliveryStor
     async def fetch_received(self, channel: str, limit: int, with_raw: bool = True
                              ) -> list[Message]:
         """Oldest RECEIVED messages of *channel*, in arrival order (``raw`` empty unless asked).
-        Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
-
-    @abc.abstractmethod
-    async def apply_outcomes(self, outcomes: Sequence[Outcome]) -> list[CaseRow]:
-        """Record statuses, layers, deliveries and domain events of a processed batch in one
-        transaction; return the cases that the domain events created.
         Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
 
     @abc.abstractmethod
