@@ -117,6 +117,30 @@ class Order:
 
 
 @dataclass(slots=True)
+class PatientEvent:
+    """A patient changed (admitted, updated, merged...): ``event`` is the sender's trigger
+    (``A01``, ``A08``, ``A40``...). What the orders processor hands the store, which applies
+    it in the transaction that records its message."""
+
+    message_type: str
+    event: str
+    control_id: str | None
+    patient: Patient
+
+
+@dataclass(slots=True)
+class OrderEvent:
+    """Orders placed or changed for one patient: the patient and every order the message
+    carries (applied by the store like ``PatientEvent``, then correlated with studies)."""
+
+    message_type: str
+    event: str
+    control_id: str | None
+    patient: Patient
+    orders: list[Order]
+
+
+@dataclass(slots=True)
 class Study:
     study_instance_uid: str
     accession: str | None = None

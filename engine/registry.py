@@ -11,6 +11,7 @@ plugin loader (``engine.plugins``) imports the built-in packages so that they do
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
@@ -28,7 +29,7 @@ Payload = Literal["hl7", "dicom", "fhir", "json"]
 class ConnectorSpec:
     kind: Kind
     type: str
-    config: type[BaseModel]
+    config: builtins.type[BaseModel]  # ``type`` is the field above, here
     factory: Callable[..., Any]
     summary: str
     sink: Payload = "hl7"

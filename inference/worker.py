@@ -27,15 +27,16 @@ from engine.store.base import open_store
 async def run_worker(config_path: str) -> int:
     import logging
 
-    from inference.service import InferenceService
+    from inference.service import InferenceService, ResultListener
 
     log = logging.getLogger("radbridge.worker")
     config = load_config(config_path)
     store = open_store(config.store.url)
     await store.open()
-    listeners = [ResultsIngest(ch.name, store, config.model, lambda: None).submit
-                 for ch in config.channel
-                 if ch.enabled and ch.source is not None and ch.source.type == "ai_results"]
+    listeners: list[ResultListener] = [
+        ResultsIngest(ch.name, store, config.model, lambda: None).submit
+        for ch in config.channel
+        if ch.enabled and ch.source is not None and ch.source.type == "ai_results"]
     service = InferenceService(config, store, listeners)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

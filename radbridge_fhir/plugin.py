@@ -14,8 +14,11 @@ from engine.results.model import ResultBuild
 
 
 def record_bundle(job: ResultBuild) -> None:
-    """Build the report's Bundle once: the ``fhir`` layer and the case's resources."""
+    """Build the report's Bundle once: the ``fhir`` layer and the case's resources, as the
+    store keeps them (ids set, references resolved: ``ids.storable``).
+    Raises ``ValueError`` for a resource without an id or business key."""
     from radbridge_fhir.bundle import build_bundle
+    from radbridge_fhir.ids import storable
     from radbridge_fhir.task import priority_task
 
     bundle = build_bundle(job.report)
@@ -23,7 +26,7 @@ def record_bundle(job: ResultBuild) -> None:
         bundle.setdefault("entry", []).append(
             priority_task(bundle, job.report, job.priority, job.reason or ""))
     job.layers["fhir"] = json.dumps(bundle, sort_keys=True).encode()
-    job.resources[:] = [e["resource"] for e in bundle.get("entry", [])]
+    job.resources[:] = storable([e["resource"] for e in bundle.get("entry", [])])
 
 
 @register_payload("fhir", "a transaction Bundle (with a priority Task when AI raised the case)",

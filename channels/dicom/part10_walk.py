@@ -151,7 +151,8 @@ def _elements(
     while pos < end:
         if layout is not None and end - pos < 8 and not any(buf[pos:end]):
             return end  # a few zero bytes of trailing padding
-        tag, start, length, vr = _header(buf, pos, end, enc)
+        tag, start, size, vr = _header(buf, pos, end, enc)
+        length: int | None = size  # None below: undefined length (the pixel layout says so)
         if tag[0] == 0xFFFE:
             if in_item and tag[1] == _ITEM_END:
                 return start
@@ -160,10 +161,10 @@ def _elements(
             sub = _Enc(True, True) if vr == b"UN" else enc  # UN of undefined length: PS3.5 6.2.2
             pos = _items(buf, start, end, sub, depth + 1, tag)
             length = None
-        elif start + length > end:
-            raise Broken(f"truncated: {_tag(tag)} needs {length} bytes, {end - start} left")
+        elif start + size > end:
+            raise Broken(f"truncated: {_tag(tag)} needs {size} bytes, {end - start} left")
         else:
-            pos = start + length
+            pos = start + size
         if layout is not None and tag in PIXEL_TAGS:
             layout.pixel_tag, layout.pixel_length = tag, length
     if in_item:

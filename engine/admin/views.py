@@ -11,14 +11,16 @@ import re
 from typing import Any
 
 from engine.model import Message
-from engine.store.base import Delivery, Store
+from engine.store.base import Delivery
 from engine.store.clinical import CaseRow, OrderRow, StudyRow
+from engine.store.protocols import AdminReads
 
 
 class StoreViews:
-    """The admin's reads; each is a ``Store`` method (kept as one seam for the routes)."""
+    """The admin's reads; each is a store method (``AdminReads``, kept as one seam for the
+    routes)."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: AdminReads) -> None:
         self.store = store
 
     async def delivery_counts(self) -> dict[tuple[str, str], int]:

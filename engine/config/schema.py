@@ -10,10 +10,10 @@ from __future__ import annotations
 import re
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from engine import registry
 from engine.config.base import CHECK_FILES, Strict, TLSConfig, check_hostport, parse_hostport
@@ -94,63 +94,75 @@ def _processors() -> tuple[Any, str]:
     return Literal[names], doc  # type: ignore[valid-type]
 
 
-def _channel_model() -> type[BaseModel]:
+class ChannelFields(Strict):
+    """A ``[[channel]]`` as the code reads it: ``ChannelConfig`` (made at import, below) is
+    this with ``source``, ``destination`` and ``process`` narrowed to what is registered."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$",
+                      description="Unique, lower-case; used in URLs and the CLI.")
+    description: str = ""
+    enabled: bool = True
+    source: Any = None
+    destination: Any = None
+    accept: list[str] | None = Field(
+        None, description='Message types answered AA, e.g. ["ADT^A01", "ORM^O01"]; '
+                          "others get AR. Absent: accept all.")
+    ack: Literal["after_store"] = "after_store"
+    forward_to: list[str | ForwardRoute] = Field(
+        default_factory=list, description='Destination channels fed by this one: a name, '
+        'or { to = "name", when = <rule> } to send only what passes the rule.')
+    filter: Any = Field(
+        None, description="Rules a message must pass before it is processed (a rule or a "
+                          "list of rules: field tests, not, all, any, expr in CEL); one "
+                          "that does not pass ends FILTERED, naming the rule.")
+    key: Literal["patient_id", "none"] = Field(
+        "patient_id", description="Order is kept per key; different keys run in parallel.")
+    duplicates: DuplicatesConfig = DuplicatesConfig()
+    empty_control_id: Literal["reject", "generate"] = Field(
+        "reject", description="A message with an empty MSH-10: reject answers AR (101); "
+                              "generate accepts it with a control id made from its bytes, "
+                              "flagged, the ACK's MSA-2 echoing the empty MSH-10.")
+    batch_ack: Literal["batch", "per_message"] = Field(
+        "batch", description="A frame holding a batch of messages (HL7 FHS/BHS): each "
+                             "message is stored as its own; batch answers with one batch "
+                             "of their ACKs once all are stored; per_message with each ACK "
+                             "as its own frame, in order.")
+    study_quiet_secs: float = Field(
+        30, gt=0, description="DICOM sources: a study is complete after this long without "
+                              "a new instance (or when an order says CM, or on demand).")
+    process: str = "forward"
+    map: dict[str, Any] | None = Field(
+        None, description='process = "orders": where this site keeps each mapped value, '
+        'e.g. { accession = ["OBR-20", "OBR-18!"] }; each list is tried in order, the '
+        "first non-empty value wins; keys left out keep the defaults.")
+    values: dict[str, Any] | None = Field(
+        None, description='process = "orders": value maps applied after reading, e.g. '
+        '{ priority = { STAT = "S", "1" = "S" } }.')
+
+    @property
+    def destinations(self) -> list[str]:
+        """The names of the destination channels in ``forward_to``."""
+        return [t if isinstance(t, str) else t.to for t in self.forward_to]
+
+
+def _channel_model() -> type[ChannelFields]:
     source_t = _union("source")
     dest_t = _union("destination")
     process_t, process_doc = _processors()
 
-    class ChannelConfig(Strict):
-        name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$",
-                          description="Unique, lower-case; used in URLs and the CLI.")
-        description: str = ""
-        enabled: bool = True
+    class ChannelConfig(ChannelFields):
         source: source_t | None = None  # type: ignore[valid-type]
         destination: dest_t | None = None  # type: ignore[valid-type]
-        accept: list[str] | None = Field(
-            None, description='Message types answered AA, e.g. ["ADT^A01", "ORM^O01"]; '
-                              "others get AR. Absent: accept all.")
-        ack: Literal["after_store"] = "after_store"
-        forward_to: list[str | ForwardRoute] = Field(
-            default_factory=list, description='Destination channels fed by this one: a name, '
-            'or { to = "name", when = <rule> } to send only what passes the rule.')
-        filter: Any = Field(
-            None, description="Rules a message must pass before it is processed (a rule or a "
-                              "list of rules: field tests, not, all, any, expr in CEL); one "
-                              "that does not pass ends FILTERED, naming the rule.")
-        key: Literal["patient_id", "none"] = Field(
-            "patient_id", description="Order is kept per key; different keys run in parallel.")
-        duplicates: DuplicatesConfig = DuplicatesConfig()
-        empty_control_id: Literal["reject", "generate"] = Field(
-            "reject", description="A message with an empty MSH-10: reject answers AR (101); "
-                                  "generate accepts it with a control id made from its bytes, "
-                                  "flagged, the ACK's MSA-2 echoing the empty MSH-10.")
-        batch_ack: Literal["batch", "per_message"] = Field(
-            "batch", description="A frame holding a batch of messages (HL7 FHS/BHS): each "
-                                 "message is stored as its own; batch answers with one batch "
-                                 "of their ACKs once all are stored; per_message with each ACK "
-                                 "as its own frame, in order.")
-        study_quiet_secs: float = Field(
-            30, gt=0, description="DICOM sources: a study is complete after this long without "
-                                  "a new instance (or when an order says CM, or on demand).")
         process: process_t = Field(  # type: ignore[valid-type]
             "forward", description=process_doc)
-        map: dict[str, Any] | None = Field(
-            None, description='process = "orders": where this site keeps each mapped value, '
-            'e.g. { accession = ["OBR-20", "OBR-18!"] }; each list is tried in order, the '
-            "first non-empty value wins; keys left out keep the defaults.")
-        values: dict[str, Any] | None = Field(
-            None, description='process = "orders": value maps applied after reading, e.g. '
-            '{ priority = { STAT = "S", "1" = "S" } }.')
-
-        @property
-        def destinations(self) -> list[str]:
-            """The names of the destination channels in ``forward_to``."""
-            return [t if isinstance(t, str) else t.to for t in self.forward_to]
 
     return ChannelConfig
 
 
-ChannelConfig = _channel_model()
+if TYPE_CHECKING:
+    ChannelConfig = ChannelFields
+else:
+    ChannelConfig = _channel_model()
 
 # Secret-looking keys (password, token ...) are refused in every section by
 # engine.config.secrets; these name admin credentials without looking like secrets.
@@ -226,7 +238,7 @@ class AdminConfig(HTTPLimitsConfig):
 class Config(Strict):
     store: StoreConfig = StoreConfig()
     engine: EngineSection = EngineSection()
-    channel: list[ChannelConfig] = Field(default_factory=list)  # type: ignore[valid-type]
+    channel: list[ChannelConfig] = Field(default_factory=list)
     route: list[RouteConfig] = Field(default_factory=list)
     model: list[ModelConfig] = Field(default_factory=list)
     escalation: list[EscalationRule] = Field(

@@ -39,7 +39,8 @@ from engine.connectors import Answer, Answerer, Batch, Reply
 from engine.errors import StoreUnavailable
 from engine.logs import event
 from engine.model import Status
-from engine.store.base import NewMessage, Store
+from engine.store.base import NewMessage
+from engine.store.protocols import MessageIntake
 
 log = logging.getLogger("radbridge.ingest")
 _PENDING = object()  # a batch message not answered yet
@@ -69,7 +70,7 @@ class DuplicateWindow:
 class Ingest:
     """The ``RawSink`` of one channel."""
 
-    def __init__(self, channel: Any, store: Store, *, app: str, facility: str,
+    def __init__(self, channel: Any, store: MessageIntake, *, app: str, facility: str,
                  on_stored: Callable[[], None], answerer: Answerer | None = None) -> None:
         self.channel = channel
         self.name: str = channel.name

@@ -14,7 +14,8 @@ from typing import Any
 from engine.flow.instances import is_under
 from engine.logs import event
 from engine.store.archive import ArchiveError
-from engine.store.base import PruneResult, Store
+from engine.store.base import PruneResult
+from engine.store.protocols import RetentionWork
 
 log = logging.getLogger("radbridge.retention")
 DAY = 86400
@@ -67,7 +68,7 @@ class Retention:
     message run that stopped at the store's cap (a backlog) is followed after *again_secs*.
     *instances_root*: only files under it are ever deleted (the engine always passes it)."""
 
-    def __init__(self, store: Store, days: float | None, every_secs: float = 3600, *,
+    def __init__(self, store: RetentionWork, days: float | None, every_secs: float = 3600, *,
                  message_days: float | None = None, archive_dir: Path | None = None,
                  again_secs: float = AGAIN_SECS, instances_root: Path | None = None) -> None:
         self.store = store

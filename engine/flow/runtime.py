@@ -251,8 +251,8 @@ class Engine:
         self._tasks.clear()
         self._channel_tasks.clear()
         self.started = False
-        for exc in failures:
-            event(log, "ENG-509", "failure while stopping", reason=repr(exc),
+        for failure in failures:
+            event(log, "ENG-509", "failure while stopping", reason=repr(failure),
                   level=logging.WARNING)
         event(log, "ENG-503", "engine stopped")
 

@@ -17,7 +17,7 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 
 from engine.logs import event
-from engine.store.base import Store
+from engine.store.protocols import SignalFeed
 from engine.store.signals import Signal
 
 log = logging.getLogger("radbridge.signals")
@@ -29,7 +29,7 @@ class SignalWatcher:
     """Polls ``signals`` and hands each topic's new rows to its handler."""
 
     def __init__(
-        self, store: Store, handlers: Mapping[str, Handler], poll_secs: float = 1.0
+        self, store: SignalFeed, handlers: Mapping[str, Handler], poll_secs: float = 1.0
     ) -> None:
         self.store = store
         self.handlers = dict(handlers)

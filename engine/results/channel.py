@@ -34,8 +34,9 @@ from engine.logs import event
 from engine.model import Finding, Message, Status
 from engine.registry import register
 from engine.results.model import REPORT_MESSAGE_TYPE, AIReport, ModelRun, ResultBuild
-from engine.store.base import MessageQuery, NewMessage, Outcome, Store
+from engine.store.base import MessageQuery, NewMessage, Outcome
 from engine.store.inference import CaseResult, JobState
+from engine.store.protocols import ReportIntake
 from engine.store.results import (
     WorklistUpdate,
     order_priority,
@@ -73,7 +74,7 @@ class ResultsIngest:
     """Builds the ``AIReport`` of a finished case and stores it (idempotent per revision);
     ``submit`` is the result listener, ``on_stored`` wakes the channel's pipeline."""
 
-    def __init__(self, channel: str, store: Store, models: Sequence[Any],
+    def __init__(self, channel: str, store: ReportIntake, models: Sequence[Any],
                  on_stored: Callable[[], None]) -> None:
         self.channel = channel
         self.store = store

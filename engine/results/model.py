@@ -140,7 +140,7 @@ class ResultBuild:
     reason it was raised, None: not raised), the ``ai_results`` source's settings, our MSH-3
     and MSH-4, and what is built so far, shared so that a payload is built once per report:
     ``layers`` (kept with the message) and ``resources`` (the FHIR resources of the case,
-    kept with the worklist)."""
+    kept with the worklist, each with its ``id``: see ``FhirStore.save_fhir_resources``)."""
 
     report: AIReport
     priority: str

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.model import DeliveryStatus, Message, Status
-from engine.store.clinical import CaseRow, ClinicalStore
+from engine.store.clinical import ClinicalStore
 from engine.store.deliveries import DeliveryStore
 from engine.store.fhir import FhirStore
 from engine.store.inference import InferenceStore
@@ -62,7 +62,8 @@ class Outcome:
     layers: dict[str, bytes] = field(default_factory=dict)
     # (destination, payload); a payload of None sends the raw message unchanged.
     deliveries: list[tuple[str, bytes | None]] = field(default_factory=list)
-    # A mapped domain event (PatientEvent / OrderEvent), applied in the same transaction.
+    # A domain event (``engine.model`` PatientEvent / OrderEvent, or a results event),
+    # applied in the same transaction.
     domain: Any = None
 
 
@@ -124,11 +125,6 @@ class Store(ClinicalStore, InferenceStore, ResultsStore, FhirStore, DeliveryStor
         """Stop the writer (after its last group commits) and close connections. Raises
         nothing."""
 
-    @abc.abstractmethod
-    def submit_insert(self, msg: NewMessage, callback: InsertCallback) -> None:
-        """Queue *msg* for the next group commit; *callback(id, error)* runs on the loop after it.
-        Raises nothing: a failure reaches *callback* as ``StoreUnavailable`` or ``StoreError``."""
-
     async def insert_message(self, msg: NewMessage) -> int:
         """Insert one message and wait for its commit; its id.
         Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
@@ -153,12 +149,6 @@ class Store(ClinicalStore, InferenceStore, ResultsStore, FhirStore, DeliveryStor
     async def fetch_received(self, channel: str, limit: int, with_raw: bool = True
                              ) -> list[Message]:
         """Oldest RECEIVED messages of *channel*, in arrival order (``raw`` empty unless asked).
-        Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
-
-    @abc.abstractmethod
-    async def apply_outcomes(self, outcomes: Sequence[Outcome]) -> list[CaseRow]:
-        """Record statuses, layers, deliveries and domain events of a processed batch in one
-        transaction; return the cases that the domain events created.
         Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
 
     @abc.abstractmethod

@@ -14,7 +14,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from engine.model import Order, Patient
+from engine.model import Order, OrderEvent, Patient, PatientEvent
 from engine.store.clinical import (
     CANCEL_CONTROLS,
     CANCEL_STATUSES,
@@ -304,7 +304,6 @@ async def _correlate_order(tx: Tx, order_id: int, completed: bool) -> list[CaseR
 async def apply_domain_events(tx: Tx, outcomes: Sequence[Any]) -> list[CaseRow]:
     """Apply the mapped events of a pipeline batch (inside its transaction), in message order."""
     from engine.store.results_sql import apply_results_events
-    from mappings.hl7v2.orders import OrderEvent, PatientEvent
 
     cases: list[CaseRow] = []
     for o in outcomes:

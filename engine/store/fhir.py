@@ -5,9 +5,11 @@ resources here (in the same transaction as the worklist update, see
 ``engine.store.results_sql``); the admin API serves them read-only under
 ``/fhir`` (``engine.admin.routes_fhir``). A resource is kept as the FHIR JSON a
 server would hold: its ``id`` is the uuid of its bundle ``fullUrl`` and its
-``urn:uuid:`` references are rewritten to ``Type/id`` (``radbridge_fhir.ids``),
-so a replay of a report replaces its resources, and every report of one
-patient points at one Patient.
+``urn:uuid:`` references are rewritten to ``Type/id``. The FHIR package does that
+(``radbridge_fhir.ids.storable``, in the ``fhir`` payload's preparation) before the
+store sees them; the store only keeps and indexes what it is given, by (type, id).
+So a replay of a report replaces its resources, and every report of one patient
+points at one Patient.
 """
 
 from __future__ import annotations
@@ -21,8 +23,10 @@ class FhirStore(abc.ABC):
     @abc.abstractmethod
     async def save_fhir_resources(self, case_id: int, resources: Sequence[dict[str, Any]]
                                   ) -> None:
-        """Upsert *resources* (bundle entries' resources, ``id`` optional) by (type, id).
-        Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
+        """Upsert *resources* by (type, id): each as a server holds it, ``id`` set and
+        references ``Type/id`` (``radbridge_fhir.ids.storable`` makes them so).
+        Raises ``ValueError`` for a resource without ``resourceType`` or ``id`` (nothing is
+        saved), ``StoreUnavailable`` (retry later) or ``StoreError``."""
 
     @abc.abstractmethod
     async def search_fhir(self, resource_type: str, *, resource_id: str | None = None,

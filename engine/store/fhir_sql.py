@@ -9,6 +9,7 @@ its targets' patients). Writes run on the writer's ``Tx`` in its transaction.
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -17,7 +18,6 @@ from typing import Any
 
 from engine.store.fhir import FhirStore
 from engine.store.tx import Tx, WriterStore
-from radbridge_fhir.ids import storable
 
 FHIR_SCHEMA = """
 CREATE TABLE IF NOT EXISTS fhir_resources (
@@ -51,7 +51,7 @@ def _patient_of(res: dict[str, Any]) -> str | None:
 
 
 def index_rows(resources: Sequence[dict[str, Any]]) -> list[tuple[Any, ...]]:
-    """The search keys of *resources* (already ``storable``)."""
+    """The search keys of *resources* (each with its ``id``)."""
     patients = {f"{r['resourceType']}/{r['id']}": _patient_of(r) for r in resources}
     rows: list[tuple[Any, ...]] = []
     for res in resources:
@@ -68,10 +68,11 @@ def index_rows(resources: Sequence[dict[str, Any]]) -> list[tuple[Any, ...]]:
 
 async def save_fhir_op(tx: Tx, case_id: int | None, resources: Sequence[dict[str, Any]]
                        ) -> None:
-    """Upsert *resources* and their search keys (in the writer's transaction)."""
+    """Upsert *resources* (each with its ``id``: see ``FhirStore.save_fhir_resources``) and
+    their search keys (in the writer's transaction)."""
     now = time.time()
     stamp = datetime.fromtimestamp(now, UTC).isoformat(timespec="milliseconds")
-    stored = storable(resources)
+    stored = copy.deepcopy(list(resources))
     for res in stored:
         res.setdefault("meta", {})["lastUpdated"] = stamp
         await tx.execute(UPSERT, res["resourceType"], res["id"], case_id,
@@ -145,7 +146,9 @@ class FhirReads(FhirStore):
 class FhirWrites(FhirReads, WriterStore):
     """The shared search, and saves in the store's writer transaction (``_transact``)."""
 
-
     async def save_fhir_resources(self, case_id: int, resources: Sequence[dict[str, Any]]
                                   ) -> None:
+        for res in resources:
+            if not res.get("resourceType") or not res.get("id"):
+                raise ValueError(f"{res.get('resourceType') or 'a resource'} has no id")
         await self._transact(save_fhir_op, case_id, list(resources))

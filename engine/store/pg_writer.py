@@ -23,6 +23,7 @@ import asyncpg
 from engine.errors import StoreError, StoreUnavailable
 from engine.store import pg_schema
 from engine.store.base import FLAGS_LAYER, flag_rows
+from engine.store.tx import new_message
 
 _MAX_GROUP = 4096
 Done = Callable[[Any, BaseException | None], None]
@@ -48,7 +49,7 @@ def to_store_error(exc: BaseException) -> StoreError:
 
 @dataclass(slots=True)
 class Item:
-    op: Op | None  # None: insert a message (args[0] is the NewMessage)
+    op: Op  # ``tx.new_message``: insert a message (args[0] is the NewMessage)
     args: tuple[Any, ...]
     done: Done
     needs_lock: bool = False
@@ -161,7 +162,7 @@ class Writer:
         return self._conn
 
     async def _ensure_days(self, conn: asyncpg.Connection, batch: list[Item]) -> None:
-        days = {pg_schema.day_of(i.args[0].received_at) for i in batch if i.op is None}
+        days = {pg_schema.day_of(i.args[0].received_at) for i in batch if i.op is new_message}
         missing = days - self._days
         if not missing:
             return
@@ -177,7 +178,7 @@ class Writer:
 
     async def _group_transaction(self, conn: asyncpg.Connection, batch: list[Item]
                                  ) -> list[tuple[Done, Any, BaseException | None]]:
-        inserts = [i for i in batch if i.op is None]
+        inserts = [i for i in batch if i.op is new_message]
         out: list[tuple[Done, Any, BaseException | None]] = []
         async with conn.transaction():
             if any(i.needs_lock for i in batch):
@@ -186,7 +187,7 @@ class Writer:
                 ids = await insert_messages(conn, [i.args[0] for i in inserts])
                 out += [(i.done, mid, None) for i, mid in zip(inserts, ids, strict=True)]
             for item in batch:
-                if item.op is not None:
+                if item.op is not new_message:
                     out.append((item.done, await item.op(conn, *item.args), None))
         return out
 
@@ -196,7 +197,7 @@ class Writer:
             async with conn.transaction():
                 if item.needs_lock:
                     await pg_schema.lock(conn, "clinical")
-                if item.op is None:
+                if item.op is new_message:
                     value: Any = (await insert_messages(conn, [item.args[0]]))[0]
                 else:
                     value = await item.op(conn, *item.args)

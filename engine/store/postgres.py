@@ -34,7 +34,7 @@ import asyncpg
 
 from engine.errors import StoreUnavailable
 from engine.logs import event
-from engine.model import Message, Status
+from engine.model import Message
 from engine.store import pg_claims, pg_schema
 from engine.store.archive import Item as Archive
 from engine.store.archive import write_archive
@@ -43,21 +43,17 @@ from engine.store.base import (
     PRUNE_BATCH,
     WAITING_DELIVERY,
     Delivery,
-    InsertCallback,
-    NewMessage,
-    Outcome,
     PruneResult,
     Store,
 )
-from engine.store.clinical import CaseRow
-from engine.store.clinical_sql import ClinicalWrites, apply_domain_events
+from engine.store.clinical_sql import ClinicalWrites
 from engine.store.fhir_sql import FhirWrites
 from engine.store.pg_inference import PgInference
 from engine.store.pg_writer import DB_ERRORS, Item, Writer, to_store_error
 from engine.store.records import delivery_row, message_row
 from engine.store.results_sql import ResultsWrites
 from engine.store.signals import NOTIFY_CHANNEL
-from engine.store.tx import PgTx, on_pg, pg_sql
+from engine.store.tx import on_pg, pg_sql
 
 log = logging.getLogger("radbridge.store")
 LEASE_SECS = 30.0
@@ -67,39 +63,6 @@ _MSG_FROM = "messages m JOIN message_raw r ON r.id = m.id AND r.received_at = m.
 _DLV_COLS = ("d.id, d.message_id, d.destination, d.status, d.attempts,"
              " coalesce(d.payload, (SELECT raw FROM message_raw r WHERE r.id = d.message_id"
              " AND r.received_at = d.received_at)), d.response, d.error, d.msg_key")
-async def _outcomes_op(conn: asyncpg.Connection, outcomes: Sequence[Outcome]) -> list[CaseRow]:
-    now = time.time()
-    ordered = sorted(outcomes, key=lambda o: o.message_id)
-    layers = [(o.message_id, layer, data) for o in ordered for layer, data in o.layers.items()]
-    if layers:
-        await conn.execute(
-            "INSERT INTO content (message_id, received_at, layer, data, created_at)"
-            " SELECT m.id, m.received_at, u.layer, u.data, $4 FROM unnest($1::bigint[],"
-            " $2::text[], $3::bytea[]) AS u(mid, layer, data) JOIN messages m ON m.id = u.mid"
-            " ON CONFLICT (message_id, layer, received_at) DO UPDATE SET data = excluded.data,"
-            " created_at = excluded.created_at", *map(list, zip(*layers, strict=True)), now)
-    forwarded = [o for o in ordered if o.deliveries]
-    if forwarded:
-        await conn.execute("DELETE FROM deliveries WHERE message_id = ANY($1::bigint[]) AND"
-                           " status = 'QUEUED'", [o.message_id for o in forwarded])
-        rows = [(o.message_id, dest, payload) for o in forwarded for dest, payload in o.deliveries]
-        # Ids follow the outcome order (message order): the order each destination sends in.
-        await conn.execute(
-            "INSERT INTO deliveries (id, message_id, received_at, destination, status, attempts,"
-            " payload, updated_at, msg_key) SELECT nextval(pg_get_serial_sequence('deliveries',"
-            " 'id')), s.* FROM (SELECT m.id, m.received_at, u.dest, 'QUEUED', 0, u.payload,"
-            " $4::float8,"
-            " m.msg_key FROM unnest($1::bigint[], $2::text[], $3::bytea[]) WITH ORDINALITY"
-            " AS u(mid, dest, payload, ord) JOIN messages m ON m.id = u.mid ORDER BY u.ord"
-            " OFFSET 0) s", *map(list, zip(*rows, strict=True)), now)
-    await conn.execute(
-        "UPDATE messages m SET status = u.status, error = u.error, updated_at = $4,"
-        " claimed_by = NULL, lease_until = NULL FROM unnest($1::bigint[], $2::text[], $3::text[])"
-        " AS u(id, status, error) WHERE m.id = u.id",
-        [o.message_id for o in ordered],
-        [str(Status.QUEUED if o.deliveries else o.status) for o in ordered],
-        [o.error for o in ordered], now)
-    return await apply_domain_events(PgTx(conn), ordered)
 
 
 # A message retention may delete ($1: final statuses): nothing of it waits any more.
@@ -285,15 +248,6 @@ class PostgresStore(ClinicalWrites, PgInference, ResultsWrites, FhirWrites,
             raise to_store_error(exc) from exc
 
     # -- writes ----------------------------------------------------------------------------
-    def submit_insert(self, msg: NewMessage, callback: InsertCallback) -> None:
-        self._submit(None, (msg,), callback)
-
-    async def apply_outcomes(self, outcomes: Sequence[Outcome]) -> list[CaseRow]:
-        if not outcomes:
-            return []
-        return await self._write(_outcomes_op, list(outcomes),
-                                 lock=any(o.domain is not None for o in outcomes))
-
     async def drop_message_days(self, before: float) -> list[int]:
         """Drop every day of messages, raw bytes, layers and deliveries that ended at or
         before *before* and holds nothing unfinished (whole partitions: the disk is freed at

@@ -14,7 +14,12 @@ each consumer module calls nothing on its store outside its protocol.
 * ``StudyAssembly``: ``engine.flow.assembly.StudyAssembler`` (due studies, complete one);
 * ``JobWork``: ``inference.runner.JobRunner`` (one claimed job to its end);
 * ``JobQueue``: ``inference.service.InferenceService`` (route, claim, report; it includes
-  ``JobWork`` because the service hands its store to its runner).
+  ``JobWork`` because the service hands its store to its runner);
+* ``MessageIntake``: ``engine.flow.ingest.Ingest`` (store, then answer);
+* ``SignalFeed``: ``engine.flow.signals.SignalWatcher`` (other processes' changes);
+* ``RetentionWork``: ``engine.flow.retention.Retention`` (old instances and messages);
+* ``ReportIntake``: ``engine.results.channel.ResultsIngest`` (a finished case's report);
+* ``AdminReads``: ``engine.admin.views.StoreViews`` (the dashboard's counts and rows).
 
 What a method raises is in its docstring (``engine.errors``): ``StoreUnavailable`` when the
 database cannot be reached or take writes now (retry later), ``StoreError`` for any other
@@ -23,12 +28,13 @@ database failure.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import Protocol
 
 from engine.model import DeliveryStatus, Finding, Message
-from engine.store.base import Outcome
-from engine.store.clinical import CaseRow, StudyRow
+from engine.store.base import InsertCallback, NewMessage, Outcome, PruneResult
+from engine.store.clinical import CaseRow, OrderRow, StudyRow
 from engine.store.deliveries import DeliveryInfo
 from engine.store.inference import (
     AuditEntry,
@@ -38,7 +44,9 @@ from engine.store.inference import (
     ModelLoad,
     StoredFinding,
 )
-from engine.store.records import Delivery
+from engine.store.records import Delivery, MessageQuery
+from engine.store.results import ReportContext
+from engine.store.signals import Signal
 
 
 class MessageQueue(Protocol):
@@ -222,5 +230,96 @@ class JobQueue(JobWork, Protocol):
 
     async def mark_notified(self, case_id: int) -> None:
         """Record that a case's results were reported.
+        Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
+        ...
+
+
+class MessageIntake(Protocol):
+    """Where a source's messages are stored before they are answered."""
+
+    def submit_insert(self, msg: NewMessage, callback: InsertCallback) -> None:
+        """Queue *msg* for the next group commit; *callback(id, error)* runs on the loop after it.
+        Raises nothing: a failure reaches *callback* as ``StoreUnavailable`` or ``StoreError``."""
+        ...
+
+
+class SignalFeed(Protocol):
+    """The changes other processes announce in the store (``engine.store.signals``)."""
+
+    async def signal_cursor(self) -> int:
+        """The newest signal's id (0 when none): an engine acts on what comes after it.
+        Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
+        ...
+
+    async def signals_after(self, cursor: int, limit: int = 500) -> list[Signal]:
+        """Signals committed after *cursor*, oldest first.
+        Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
+        ...
+
+    async def listen_signals(self, wake: Callable[[], None]) -> Callable[[], Awaitable[None]]:
+        """Call *wake* as soon as another process signals, where the database can say so;
+        returns the coroutine function that stops listening. Raises nothing."""
+        ...
+
+
+class RetentionWork(Protocol):
+    """What retention forgets: old instances (their files are deleted by the caller) and old
+    final messages."""
+
+    async def prune_instances(self, before: float) -> list[str]:
+        """Forget instances received before *before*; returns their file paths to delete.
+        Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
+        ...
+
+    async def prune_messages(self, before: float, archive: Path | None = None) -> PruneResult:
+        """Forget final messages received before *before* (archived first under *archive*).
+        Raises ``ArchiveError`` when the archive cannot be written (nothing is deleted),
+        ``StoreUnavailable`` (retry later) or ``StoreError``."""
+        ...
+
+
+class ReportIntake(Protocol):
+    """Where the ``ai_results`` source reads a finished case and stores its report."""
+
+    async def report_context(self, case_id: int) -> ReportContext | None:
+        """The patient, order and stored instances of a case (None: no such case).
+        Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
+        ...
+
+    async def query_messages(self, query: MessageQuery) -> list[Message]:
+        """Messages matching *query*, newest first. Raises ``StoreError`` when the database
+        cannot be read."""
+        ...
+
+    async def insert_message(self, msg: NewMessage) -> int:
+        """Insert one message and wait for its commit; its id.
+        Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
+        ...
+
+
+class AdminReads(Protocol):
+    """The admin dashboard's counts and single rows (``engine.admin.views``)."""
+
+    async def delivery_counts(self) -> dict[tuple[str, str], int]:
+        """Deliveries by (destination, status).
+        Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
+        ...
+
+    async def oldest_queued(self, destinations: Sequence[str]) -> dict[str, float]:
+        """When the message behind each destination's oldest waiting delivery arrived.
+        Raises ``StoreError`` when the database cannot be read."""
+        ...
+
+    async def study_counts(self) -> dict[str, int]:
+        """Studies by state. Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
+        ...
+
+    async def get_case(self, case_id: int) -> CaseRow | None:
+        """One case (None: no such case).
+        Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
+        ...
+
+    async def get_order(self, order_id: int) -> tuple[OrderRow, int | None] | None:
+        """An order and the id of the message that last changed it.
         Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
         ...

@@ -90,7 +90,8 @@ def context_from_rows(row: Sequence[Any], instances: Sequence[Sequence[Any]]) ->
     order = (ReportOrder(placer, filler, accession, rp_id, proc_code, proc_text, None, priority,
                          modality) if order_id is not None else None)
     return ReportContext(case_id, study_uid, revision, patient, order,
-                         [SourceInstance(*i, modality=modality) for i in instances],
+                         [SourceInstance(series, sop, sop_class, path, modality=modality)
+                          for series, sop, sop_class, path in instances],
                          accession, modality, body_part, completed_at)
 
 

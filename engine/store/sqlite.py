@@ -9,6 +9,7 @@ reader connections (WAL lets them run beside the writer).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import sqlite3
@@ -22,7 +23,7 @@ from typing import Any, TypeVar
 from engine.errors import StoreError, StoreUnavailable
 from engine.fsmode import private_database
 from engine.logs import event
-from engine.model import Message, Status
+from engine.model import Message
 from engine.store.archive import Item, write_archive
 from engine.store.base import (
     FINAL_STATUSES,
@@ -30,15 +31,12 @@ from engine.store.base import (
     PRUNE_BATCH,
     WAITING_DELIVERY,
     Delivery,
-    InsertCallback,
     NewMessage,
-    Outcome,
     PruneResult,
     Store,
     flag_rows,
 )
-from engine.store.clinical import CaseRow
-from engine.store.clinical_sql import CLINICAL_SCHEMA, ClinicalWrites, apply_domain_events
+from engine.store.clinical_sql import CLINICAL_SCHEMA, ClinicalWrites
 from engine.store.fhir_sql import FHIR_SCHEMA, FhirWrites
 from engine.store.inference_sql import INFERENCE_SCHEMA
 from engine.store.records import delivery_row, message_row
@@ -46,7 +44,7 @@ from engine.store.results_sql import RESULTS_SCHEMA, ResultsWrites
 from engine.store.schema import SQLITE_SCHEMA, migrate_sqlite
 from engine.store.signals import SQLITE_SIGNALS_SCHEMA
 from engine.store.sqlite_claims import SQLiteInference
-from engine.store.tx import SQLiteTx, on_sqlite, run_sync
+from engine.store.tx import new_message, on_sqlite
 
 T = TypeVar("T")
 log = logging.getLogger("radbridge.store")
@@ -183,10 +181,8 @@ class _Writer(threading.Thread):
             self._next = None  # the transaction may have added messages by its own ids
         self.groups += 1
         self.ops += len(batch)
-        try:
+        with contextlib.suppress(RuntimeError):  # loop closed at shutdown: nobody waits now
             self._loop.call_soon_threadsafe(_deliver, results)
-        except RuntimeError:  # loop closed during shutdown: nobody is waiting any more
-            pass
 
     def _insert_alone(self, conn: sqlite3.Connection, batch: list[Any]
                       ) -> list[tuple[Callable[..., None], Any, BaseException | None]] | None:
@@ -197,7 +193,7 @@ class _Writer(threading.Thread):
         (the transaction path then retries it row by row).
         """
         if (len(batch) > _ROWS_PER_INSERT or conn.in_transaction  # never ACK uncommitted rows
-                or any(op is not _insert_op or args[0].flags for op, args, _ in batch)):
+                or any(op is not new_message or args[0].flags for op, args, _ in batch)):
             return None  # a flagged message also writes a content row: not one statement
         try:
             first = self._next if self._next is not None else _next_id(conn)
@@ -215,7 +211,7 @@ class _Writer(threading.Thread):
             conn.execute("BEGIN IMMEDIATE")
             inserts: list[tuple[NewMessage, Callable[..., None]]] = []
             for op, args, done in batch:
-                if op is _insert_op:
+                if op is new_message:
                     inserts.append((args[0], done))
                     continue
                 if inserts:
@@ -305,41 +301,6 @@ def _deliver(results: list[tuple[Callable[..., None], Any, BaseException | None]
 
 def _insert_op(conn: sqlite3.Connection, m: NewMessage) -> int:
     return _insert_rows(conn, [m], _next_id(conn))
-
-
-def _outcomes_op(conn: sqlite3.Connection, outcomes: Sequence[Outcome]) -> list[CaseRow]:
-    now = time.time()
-    ordered = sorted(outcomes, key=lambda o: o.message_id)
-    layers = [(o.message_id, layer, data, now) for o in ordered for layer, data in o.layers.items()]
-    if layers:
-        conn.executemany("INSERT OR REPLACE INTO content (message_id, layer, data, created_at)"
-                         " VALUES (?,?,?,?)", layers)
-    forwarded = [o for o in ordered if o.deliveries]
-    if forwarded:
-        conn.executemany("DELETE FROM deliveries WHERE message_id=? AND status='QUEUED'",
-                         [(o.message_id,) for o in forwarded])
-        # A payload of NULL means "the raw message": forwarding needs no copy.
-        conn.executemany("INSERT INTO deliveries (message_id, destination, status, attempts,"
-                         " payload, updated_at) VALUES (?,?,'QUEUED',0,?,?)",
-                         [(o.message_id, dest, payload, now) for o in forwarded
-                          for dest, payload in o.deliveries])
-    _set_statuses(conn, ordered, now)
-    if not any(o.domain is not None for o in ordered):
-        return []
-    return run_sync(apply_domain_events(SQLiteTx(conn), ordered))
-
-
-def _set_statuses(conn: sqlite3.Connection, ordered: Sequence[Outcome], now: float) -> None:
-    """One UPDATE per (status, error) and chunk of ids, not one statement step per message."""
-    by_result: dict[tuple[str, str | None], list[int]] = {}
-    for o in ordered:
-        status = str(Status.QUEUED if o.deliveries else o.status)
-        by_result.setdefault((status, o.error), []).append(o.message_id)
-    for (status, error), ids in by_result.items():
-        for start in range(0, len(ids), _IDS_PER_UPDATE):
-            chunk = ids[start:start + _IDS_PER_UPDATE]
-            conn.execute("UPDATE messages SET status=?, error=?, updated_at=? WHERE id IN"
-                         f" ({','.join(['?'] * len(chunk))})", (status, error, now, *chunk))
 
 
 # A message retention may delete: final, none of its deliveries waiting, and not the newest
@@ -495,14 +456,6 @@ class SQLiteStore(ClinicalWrites, SQLiteInference, ResultsWrites, FhirWrites,
             done(None, StoreUnavailable("store is not open"))
             return
         self._writer.q.put((op, args, done))
-
-    def submit_insert(self, msg: NewMessage, callback: InsertCallback) -> None:
-        self._submit(_insert_op, (msg,), callback)
-
-    async def apply_outcomes(self, outcomes: Sequence[Outcome]) -> list[CaseRow]:
-        if not outcomes:
-            return []
-        return await self._write(_outcomes_op, list(outcomes))
 
     # -- retention -------------------------------------------------------------
     async def prune_messages(self, before: float, archive: Path | None = None) -> PruneResult:

@@ -3,7 +3,11 @@
 An operation is written once, as ``async def op(tx: Tx, *args)``, in portable SQL
 (``?`` placeholders; both databases take ``ON CONFLICT``, ``coalesce``, ``CASE``).
 Where the dialects must differ, the difference is a hook of the transaction
-(``for_update``, ``lock``, ``signal``, ``insert``), not a second copy of the rule.
+(``for_update``, ``unclaim``, ``lock``, ``signal``, ``insert``, ``ids_in``, ``many``), not
+a second copy of the rule. ``many`` runs one statement over many rows the fastest way each
+database has (SQLite: the row's statement per row; PostgreSQL: one statement over
+``unnest`` arrays), so a ``Many`` carries that statement in both forms: SQL per dialect
+only where it must differ.
 
 How an operation runs is each store's own concurrency model, unchanged:
 
@@ -27,6 +31,7 @@ import asyncio
 import functools
 import sqlite3
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 import asyncpg
@@ -36,6 +41,25 @@ from engine.store.signals import SubjectsOf, Topic
 
 T = TypeVar("T")
 Row = Sequence[Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Many:
+    """One statement over many rows, in each database's form (``Tx.many``).
+
+    ``sqlite``: the statement for one row, ``?`` for the row's values then the extras.
+    ``pg``: one statement over every row, ``$1``... ``$n`` a column array each (in the row's
+    order, cast: ``$1::bigint[]``), then ``$n+1``... the extras."""
+
+    sqlite: str
+    pg: str
+
+
+async def new_message(tx: Tx, msg: Any) -> int:
+    """The op that marks a queued message insert (``WriterStore.submit_insert``). Never run:
+    each writer batches the inserts of a group its own fastest way (``sqlite``: multi-row
+    VALUES; ``pg_writer``: ``unnest``). Raises ``RuntimeError`` if it is."""
+    raise RuntimeError("new_message is a marker: the writer inserts messages itself")
 
 
 class Tx(Protocol):
@@ -61,6 +85,14 @@ class Tx(Protocol):
 
     async def insert(self, sql: str, *params: Any) -> int:
         """Run an INSERT of one row into a table with an ``id`` key; that id."""
+
+    async def many(self, stmt: Many, rows: Sequence[Sequence[Any]], *extra: Any) -> None:
+        """Run *stmt* over *rows* (none: nothing), *extra* after each row's values."""
+
+    def ids_in(self, ids: Sequence[int]) -> tuple[str, list[Any]]:
+        """``id IN (...)`` for these ids: the SQL that follows the column and its parameters
+        (``IN (?,?,?)`` on SQLite; ``= ANY(?::bigint[])`` on PostgreSQL, one statement
+        however many ids)."""
 
     async def lock(self, name: str) -> None:
         """Hold a named lock until the transaction ends (across processes where that can
@@ -106,6 +138,13 @@ class SQLiteTx:
         rowid = self.conn.execute(sql, params).lastrowid
         assert rowid is not None
         return rowid
+
+    async def many(self, stmt: Many, rows: Sequence[Sequence[Any]], *extra: Any) -> None:
+        if rows:
+            self.conn.executemany(stmt.sqlite, [(*row, *extra) for row in rows])
+
+    def ids_in(self, ids: Sequence[int]) -> tuple[str, list[Any]]:
+        return f"IN ({','.join('?' * len(ids))})", list(ids)
 
     async def lock(self, name: str) -> None:
         return None  # the writer thread is the only writer
@@ -157,6 +196,13 @@ class PgTx:
 
     async def insert(self, sql: str, *params: Any) -> int:
         return int(await self.conn.fetchval(pg_sql(sql + " RETURNING id"), *params))
+
+    async def many(self, stmt: Many, rows: Sequence[Sequence[Any]], *extra: Any) -> None:
+        if rows:
+            await self.conn.execute(stmt.pg, *map(list, zip(*rows, strict=True)), *extra)
+
+    def ids_in(self, ids: Sequence[int]) -> tuple[str, list[Any]]:
+        return "= ANY(?::bigint[])", [list(ids)]
 
     async def lock(self, name: str) -> None:
         await pg_schema.lock(self.conn, name)
@@ -243,3 +289,4 @@ class WriterStore(abc.ABC):
         """Run an operation written once (``async def op(tx, *args)``) in the writer's next
         group transaction: what the shared mixins call."""
         return await self._write(self._on_writer(op), *args, lock=lock)
+

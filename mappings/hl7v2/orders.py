@@ -4,7 +4,8 @@ Pure functions, no I/O. ``map_message(raw)`` is the one entry point: it reads
 the bytes leniently (any segment terminator, the message's own delimiters from
 MSH-1/MSH-2, MSH-18 charset, Z-segments anywhere, missing optional segments),
 dispatches on MSH-9 and returns a :class:`PatientEvent` or an
-:class:`OrderEvent`. Anything it cannot map raises :class:`MappingError`, whose
+:class:`OrderEvent` (domain events of ``engine.model``, which the store applies).
+Anything it cannot map raises :class:`MappingError`, whose
 text names the segment or field at fault and quotes no message content
 beyond a well-formed message type (``ORU^R01``).
 
@@ -21,10 +22,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
-from engine.model import Identifier, Order, Patient
+from engine.model import Identifier, Order, OrderEvent, Patient, PatientEvent
 from mappings.hl7v2.fieldmap import (
     FieldMap,
     FieldPath,
@@ -75,27 +75,6 @@ class MappingError(ValueError):
         super().__init__(reason)
         self.reason = reason
         self.location = location
-
-
-@dataclass(slots=True)
-class PatientEvent:
-    """An ADT message mapped: ``event`` is the trigger (A01, A08, A40 ...)."""
-
-    message_type: str
-    event: str
-    control_id: str | None
-    patient: Patient
-
-
-@dataclass(slots=True)
-class OrderEvent:
-    """An ORM^O01 or OMI^O23 message mapped: the patient and every order it carries."""
-
-    message_type: str
-    event: str
-    control_id: str | None
-    patient: Patient
-    orders: list[Order]
 
 
 def map_message(

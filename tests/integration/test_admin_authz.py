@@ -107,11 +107,11 @@ def delivery_action(action: str) -> Example:
 
 async def fhir_resource(env: Env) -> tuple[str, Any]:
     """A stored FHIR resource to read (the read-only /fhir API)."""
-    from radbridge_fhir.ids import resource_id
+    from radbridge_fhir.ids import resource_id, storable
 
     device = {"resourceType": "Device",
               "identifier": [{"system": "urn:radbridge:model", "value": "authz:1.0"}]}
-    await env.engine.store.save_fhir_resources(env.case_id, [device])
+    await env.engine.store.save_fhir_resources(env.case_id, storable([device]))
     return f"/fhir/Device/{resource_id(device)}", None
 
 

@@ -19,7 +19,7 @@ from fhir.resources.R4B.capabilitystatement import CapabilityStatement
 
 from engine.store.sqlite import SQLiteStore
 from radbridge_fhir.bundle import build_bundle
-from radbridge_fhir.ids import resource_id
+from radbridge_fhir.ids import resource_id, storable
 from tests.e2e.support import Started, admin_engine
 from tests.fixtures.reports import PATIENT_ID, sample_report
 
@@ -27,7 +27,8 @@ __all__ = ["admin_engine"]  # the fixture, imported for pytest
 
 
 def _resources(tmp_path: Path, **kw: Any) -> list[dict[str, Any]]:
-    return [e["resource"] for e in build_bundle(sample_report(tmp_path, **kw))["entry"]]
+    """A report's resources as the ``fhir`` payload hands them to the store (``storable``)."""
+    return storable([e["resource"] for e in build_bundle(sample_report(tmp_path, **kw))["entry"]])
 
 
 def _id_of(resources: list[dict[str, Any]], rtype: str) -> str:
@@ -80,7 +81,8 @@ async def test_search_by_patient_reference_id_or_identifier(store: SQLiteStore,
         report.patient, patient_id="SOMEONE-ELSE"))
     other = [e["resource"] for e in build_bundle(someone)["entry"]]
     await store.save_fhir_resources(1, mine)
-    await store.save_fhir_resources(2, [r for r in other if r["resourceType"] != "Device"])
+    await store.save_fhir_resources(2, storable([r for r in other
+                                                 if r["resourceType"] != "Device"]))
     pid = _id_of(mine, "Patient")
     for query in (f"Patient/{pid}", pid, PATIENT_ID, f"urn:radbridge:issuer:HOSP|{PATIENT_ID}"):
         found = await store.search_fhir("DiagnosticReport", patient=query)
@@ -94,7 +96,7 @@ async def test_search_by_patient_reference_id_or_identifier(store: SQLiteStore,
 
 async def test_search_by_identifier_token_or_value(store: SQLiteStore, tmp_path: Path) -> None:
     report = sample_report(tmp_path)
-    resources = [e["resource"] for e in build_bundle(report)["entry"]]
+    resources = storable([e["resource"] for e in build_bundle(report)["entry"]])
     await store.save_fhir_resources(17, resources)
     rid = report.report_id
     for token in (f"urn:radbridge:report|{rid}", rid):
@@ -105,6 +107,15 @@ async def test_search_by_identifier_token_or_value(store: SQLiteStore, tmp_path:
     (study,) = await store.search_fhir("ImagingStudy",
                                        identifier=f"urn:dicom:uid|urn:oid:{report.study_uid}")
     assert study["series"][0]["instance"][0]["uid"] == report.instances[0].sop_uid
+
+
+async def test_a_resource_without_an_id_is_refused_and_nothing_is_saved(
+        store: SQLiteStore, tmp_path: Path) -> None:
+    keyed = _resources(tmp_path)
+    bare = {"resourceType": "Observation", "status": "final"}
+    with pytest.raises(ValueError, match="Observation has no id"):
+        await store.save_fhir_resources(17, [*keyed, bare])
+    assert await store.search_fhir("Patient") == []
 
 
 # -- /fhir through the admin server --------------------------------------------------------

@@ -65,7 +65,7 @@ async def env(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Env]:
 
 
 async def _fhir_resource(engine: Any, case_id: int) -> str:
-    from radbridge_fhir.ids import resource_id
+    from radbridge_fhir.ids import resource_id, storable
 
     obs = {
         "resourceType": "Observation",
@@ -73,7 +73,7 @@ async def _fhir_resource(engine: Any, case_id: int) -> str:
         "subject": {"reference": "Patient/p1"},
         "identifier": [{"system": "urn:radbridge:test", "value": "o1"}],
     }
-    await engine.store.save_fhir_resources(case_id, [obs])
+    await engine.store.save_fhir_resources(case_id, storable([obs]))
     return resource_id(obs)
 
 

@@ -26,12 +26,7 @@ FORBIDDEN_IN_ENGINE = PACKAGES | PROTOCOL_LIBRARIES
 COMPOSITION_ROOT = ("engine/cli/*.py", "engine/plugins.py")
 
 # (module, imported module) → why it is still allowed. Delete an entry with its import.
-EXCEPTIONS: dict[tuple[str, str], str] = {
-    ("engine/store/clinical_sql.py", "mappings.hl7v2.orders"):
-        "the store applies mapped OrderEvent/PatientEvent (written once, for both stores)",
-    ("engine/store/fhir_sql.py", "radbridge_fhir.ids"):
-        "the FHIR facade's resource ids (written once, for both stores)",
-}
+EXCEPTIONS: dict[tuple[str, str], str] = {}
 
 
 def imports(path: Path) -> Iterator[tuple[int, str]]:

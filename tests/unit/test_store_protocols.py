@@ -1,7 +1,8 @@
 """The narrow store protocols: both stores satisfy them, and no consumer steps outside its own.
 
 Each consumer of the store (the pipeline, the delivery worker and operator actions, the study
-assembler, the inference service and runner) is typed with a small protocol from
+assembler, the inference service and runner, ingest, the signal watcher, retention, the results
+channel's report intake and the admin's reads) is typed with a small protocol from
 ``engine.store.protocols``. These tests keep that from rotting: every member of every protocol
 exists on ``SQLiteStore`` and ``PostgresStore`` with a compatible signature, and an ast scan of
 each consumer module finds no call on its store outside the protocol its annotation names.
@@ -38,6 +39,11 @@ CONSUMERS = {
     "engine/flow/assembly.py": {"StudyAssembler": "StudyAssembly"},
     "inference/service.py": {"InferenceService": "JobQueue"},
     "inference/runner.py": {"JobRunner": "JobWork"},
+    "engine/flow/ingest.py": {"Ingest": "MessageIntake"},
+    "engine/flow/signals.py": {"SignalWatcher": "SignalFeed"},
+    "engine/flow/retention.py": {"Retention": "RetentionWork"},
+    "engine/results/channel.py": {"ResultsIngest": "ReportIntake"},
+    "engine/admin/views.py": {"StoreViews": "AdminReads"},
 }
 
 
@@ -111,6 +117,18 @@ def test_each_store_has_every_protocol_member_with_a_compatible_signature(
 def test_every_protocol_member_is_a_method_of_the_store_interface() -> None:
     outside = {p: sorted(members(cls) - set(dir(Store))) for p, cls in PROTOCOLS.items()}
     assert not any(outside.values()), outside
+
+
+@pytest.mark.parametrize("store", STORES, ids=lambda c: c.__name__)
+def test_every_public_store_method_says_what_it_raises(store: type) -> None:
+    silent = [
+        name
+        for name in dir(store)
+        if not name.startswith("_")
+        and inspect.isroutine(getattr(store, name))
+        and "raise" not in (inspect.getdoc(getattr(store, name)) or "").lower()
+    ]
+    assert not silent, f"{store.__name__}: no 'Raises ...' in the docstring of {silent}"
 
 
 def test_the_job_queue_includes_what_the_runner_it_hands_its_store_to_needs() -> None:
