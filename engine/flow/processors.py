@@ -7,21 +7,25 @@ package that owns their protocol (``orders`` and ``final_reports`` in
 outcome (status, layers, deliveries, mapped domain event) is applied by the
 store in one transaction; mapping never runs on the ACK path.
 
-A channel's ``filter`` runs before its processor (a message that does not pass ends
-FILTERED, naming the rule, with no destination and no domain event) and the ``when`` of
-its ``forward_to`` entries after it (``Filtered``; rules in ``engine.config.rules``).
+A channel's ``filter`` and ``transform`` run before its processor, the ``when`` of its
+``forward_to`` entries after it, and each destination channel's ``filter`` and ``transform``
+on what is queued for it: :class:`engine.flow.steps.StepRunner`, built here from the
+configuration (rules in ``engine.config.rules``, steps in ``engine.config.steps``).
 """
 
 from __future__ import annotations
 
-import dataclasses
+from pathlib import Path
 from typing import Any
 
 from engine import registry
-from engine.config.rules import Rule, RuleError, compile_filter, compile_routes, field_language
+from engine.config.lookups import LookupTable, load_table
+from engine.config.rules import compile_filter, compile_routes, field_language
+from engine.config.steps import compile_steps
 from engine.flow.pipeline import Passthrough, Processor
-from engine.model import Message, Status
-from engine.store.base import Outcome
+from engine.flow.steps import Stage, StepRunner
+
+Filtered = StepRunner  # the name it had when it ran filters and routes only
 
 
 @registry.register_processor("forward", "pass messages on unchanged", rank=0)
@@ -29,49 +33,44 @@ def _forward(channel: Any, config: Any) -> Processor:
     return Passthrough(channel.destinations)
 
 
-class Filtered:
-    """A processor behind a channel's filter, its deliveries kept where their route passes."""
-
-    cpu_bound = True  # reads the message
-    needs_raw = True
-
-    def __init__(
-        self, inner: Processor, rules: list[Rule], routes: dict[str, Rule], fields: Any
-    ) -> None:
-        self.inner, self.rules, self.routes, self.fields = inner, rules, routes, fields
-
-    def process(self, msg: Message) -> Outcome:
-        view = self.fields.parse(msg.raw)
-        rule = None
-        try:
-            for rule in self.rules:
-                if not rule.test(view):
-                    return Outcome(msg.id, Status.FILTERED, error=f"filtered by {rule.name}")
-            outcome = self.inner.process(msg)
-            if not self.routes or not outcome.deliveries:
-                return outcome
-            kept = []
-            for dest, payload in outcome.deliveries:
-                rule = self.routes.get(dest)
-                if rule is None or rule.test(view):
-                    kept.append((dest, payload))
-        except RuleError as exc:
-            name = rule.name if rule is not None else "filter"
-            return Outcome(msg.id, Status.ERROR, error=f"rule {name} failed: {exc}")
-        return dataclasses.replace(outcome, deliveries=kept)
-
-
 def processor_for(channel: Any, config: Any = None) -> Processor:
     """The processor a channel's ``process`` names (an ``ai_results`` source: ``results``),
-    behind the channel's filter and routes when it has any (compiled here, once per start)."""
+    behind the channel's steps and its destinations' when there are any (compiled here,
+    once per start; a function of *config* and the files it names alone)."""
+    runner = runner_for(channel, config)
+    return runner.inner if runner.plain else runner
+
+
+def runner_for(channel: Any, config: Any = None) -> StepRunner:
+    """:func:`processor_for` always wrapped in a :class:`StepRunner`, even with no step, so
+    that ``trace`` can be asked of any channel (``radbridge try``, ``replay --diff``)."""
     name = channel.process
     if channel.source is not None and channel.source.type == "ai_results":
         name = "results"
     inner: Processor = registry.processor(name).factory(channel, config)
-    raw_routes = [r.model_dump() if not isinstance(r, str) else r for r in channel.forward_to]
-    if channel.filter is None and all(isinstance(r, str) for r in raw_routes):
-        return inner
     fields = field_language()
-    rules = compile_filter(channel.filter, ("filter",), fields)[0] if channel.filter else []
+    tables, base_dir = _tables(config), getattr(config, "base_dir", Path())
+    raw_routes = [r.model_dump() if not isinstance(r, str) else r for r in channel.forward_to]
     routes = compile_routes(raw_routes, ("forward_to",), fields)[0]
-    return Filtered(inner, rules, routes, fields)
+    own = _stage(channel, fields, tables, base_dir)
+    targets = {c.name: c for c in getattr(config, "channel", [])
+               if c.name in channel.destinations and c.source is None}
+    others = {name: _stage(ch, fields, tables, base_dir) for name, ch in targets.items()}
+    return StepRunner(inner, fields, own, routes, others)
+
+
+def _stage(channel: Any, fields: Any, tables: dict[str, LookupTable], base_dir: Path) -> Stage:
+    rules = compile_filter(channel.filter, ("filter",), fields)[0] if channel.filter else []
+    steps = compile_steps(channel.transform, ("transform",), "hl7", fields, tables,
+                          base_dir)[0] if channel.transform else []
+    return Stage(tuple(rules), tuple(steps))
+
+
+def _tables(config: Any) -> dict[str, LookupTable]:
+    """The lookup tables as loaded with *config*; read now if it was read without files."""
+    if config is None:
+        return {}
+    if config.files_read:
+        return dict(config.tables)
+    return {spec.name: load_table(spec, config.base_dir, ("lookup", i))
+            for i, spec in enumerate(config.lookup)}
