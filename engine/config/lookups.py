@@ -1,8 +1,9 @@
 """Lookup tables: the code tables (``[[lookup]]``) that ``map`` steps translate values through.
 
 A table comes from a CSV file with a header row (``file``, relative to the directory of
-``channels.toml``) or from inline ``rows`` (tables of column = value) or, for one key and one
-value, an inline ``table`` (``{ "CT1" = "RPID16" }``)::
+``channels.toml``; lines starting with ``#`` before the header are comments), from inline
+``rows`` (tables of column = value) or, for one key and one value, from an inline ``table``
+(``{ "CT1" = "RPID16" }``)::
 
     [[lookup]]
     name = "procedures"
@@ -31,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError
 
 from engine.config.base import Strict
 
@@ -55,16 +56,6 @@ class LookupConfig(Strict):
     on_missing: OnMissing = Field("keep", description="A key with no row: keep the field, "
                                   "write default, ERROR or FILTERED (a map step may override).")
     default: str | None = Field(None, description='What on_missing = "default" writes.')
-
-    @model_validator(mode="after")
-    def _one_source(self) -> LookupConfig:
-        given = [k for k in ("file", "rows", "table") if getattr(self, k) is not None]
-        if len(given) != 1:
-            raise ValueError(f"give exactly one of file, rows, table (found: "
-                             f"{', '.join(given) or 'none'})")
-        if self.on_missing == "default" and self.default is None:
-            raise ValueError('on_missing = "default" needs default')
-        return self
 
     @property
     def keys(self) -> tuple[str, ...]:
@@ -107,7 +98,10 @@ class LookupTable:
 
 
 def _rows_from_csv(text: str, loc: Loc) -> tuple[tuple[str, ...], list[dict[str, str]]]:
-    reader = csv.DictReader(io.StringIO(text))
+    lines = text.splitlines(keepends=True)
+    while lines and lines[0].startswith("#"):  # comment lines before the header
+        lines.pop(0)
+    reader = csv.DictReader(io.StringIO("".join(lines)))
     header = tuple((c or "").strip() for c in reader.fieldnames or ())
     if not header or any(not c for c in header):
         raise TableProblem(loc, "the CSV needs a header row naming every column")
@@ -140,9 +134,19 @@ def _read_file(spec: LookupConfig, base_dir: Path, loc: Loc) -> str:
         raise TableProblem(loc, f"cannot read {path}: {exc}") from None
 
 
+def _check_spec(spec: LookupConfig, loc: Loc) -> None:
+    given = [k for k in ("file", "rows", "table") if getattr(spec, k) is not None]
+    if len(given) != 1:
+        raise TableProblem(loc, f"give exactly one of file, rows, table (found: "
+                                f"{', '.join(given) or 'none'})")
+    if spec.on_missing == "default" and spec.default is None:
+        raise TableProblem(loc + ("on_missing",), '"default" needs default = "..."')
+
+
 def load_table(spec: LookupConfig, base_dir: Path, loc: Loc, read_files: bool = True
                ) -> LookupTable:
     """The table *spec* names, read now; raise :class:`TableProblem`."""
+    _check_spec(spec, loc)
     columns: tuple[str, ...] | None
     if spec.table is not None:
         columns, rows = (spec.keys[0], spec.value), [
@@ -199,4 +203,6 @@ def check_lookups(doc: dict[str, Any], base_dir: Path, read_files: bool
             tables[spec.name] = load_table(spec, base_dir, loc, read_files)
         except TableProblem as exc:
             problems.append((exc.loc, exc.message))
+            # known by name, columns unknown: its steps are checked without a second report
+            tables[spec.name] = LookupTable(spec.name, spec.keys, spec.value, None, {})
     return tables, problems

@@ -169,7 +169,7 @@ def compile_step(raw: Any, loc: Loc, where: str, sink: str, fields: Any,
     ctx = StepContext(raw, loc, fields, lookups, base_dir, load)
     for key in raw:
         if key not in (kind, *_COMMON, *spec.keys):
-            ctx.problem(key, f"unknown key for a {kind} step (known: "
+            ctx.problem(key, f"unknown key (a {kind} step knows: "
                              f"{', '.join((kind, *_COMMON, *spec.keys))})")
     if "name" in raw and not isinstance(raw["name"], str):
         ctx.problem("name", "must be a string")
