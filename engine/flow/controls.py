@@ -60,7 +60,8 @@ def plan_reload(old: Config, new: Config) -> ReloadPlan:
     for name, ch in after.items():
         if name not in before:
             plan.added.append(name)
-        elif before[name] != ch or step_inputs(old, before[name]) != step_inputs(new, ch):
+        elif before[name] != ch or (ch.source is not None and step_inputs(old, before[name])
+                                    != step_inputs(new, ch)):
             plan.changed.append(name)
         else:
             plan.unchanged.append(name)
