@@ -202,8 +202,8 @@ def _set(raw: dict[str, Any], ctx: StepContext) -> Apply:
     return apply
 
 
-@register_step("hl7", "copy", "copy a field (whole, when both paths name whole fields) to "
-                              "another: to", keys=("to",))
+@register_step("hl7", "copy", "copy a field to another (whole, with its repetitions and "
+                              "components, when both paths name whole fields)", keys=("to",))
 def _copy(raw: dict[str, Any], ctx: StepContext) -> Apply:
     src, dst = _path(ctx, "copy"), _path(ctx, "to", write=True)
     if src is None or dst is None:

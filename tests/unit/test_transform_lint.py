@@ -234,3 +234,14 @@ def test_reload_refuses_a_lookup_file_that_disappeared_naming_it(tmp_path: Path)
         load_config(path)
     assert [p.key for p in err.value.problems] == ["lookup[0].file"]
     assert old.tables["procedures"].find(("CT1",)) == "RPID16"  # what runs keeps its table
+
+
+def test_radbridge_list_names_every_step_type_with_its_keys(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from engine.cli import main
+
+    assert main(["list"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("step ")]
+    assert [line.split()[1] for line in lines] == sorted(registry.steps("hl7"))
+    assert "step map [lookup, to, column, on_missing, default]: " in "\n".join(lines)
