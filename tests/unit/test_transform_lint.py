@@ -243,5 +243,5 @@ def test_radbridge_list_names_every_step_type_with_its_keys(
 
     assert main(["list"]) == 0
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("step ")]
-    assert [line.split()[1] for line in lines] == sorted(registry.steps("hl7"))
+    assert [line.split()[1].rstrip(":") for line in lines] == sorted(registry.steps("hl7"))
     assert "step map [lookup, to, column, on_missing, default]: " in "\n".join(lines)
