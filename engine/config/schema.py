@@ -126,7 +126,7 @@ def _channel_model() -> type[BaseModel]:
                               "list of rules: field tests, not, all, any, expr in CEL); one "
                               "that does not pass ends FILTERED, naming the rule. On a "
                               "destination channel: only that delivery is dropped.")
-        transform: list[dict[str, Any]] | None = Field(
+        transform: Any = Field(
             None, description="Ordered steps that change the message (set, copy, map, delete, "
                               "add_segment, move, format_date, replace, upper, lower, script; "
                               "see README \"Transformers\"): after the filter, before the "

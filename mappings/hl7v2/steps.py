@@ -32,172 +32,40 @@ from typing import Any
 from engine.config.steps import StepContext, StepError, lookup_or_raise
 from engine.registry import register_step
 from mappings.hl7v2 import dates
-from mappings.hl7v2.reader import Group, Message, Segment
-from mappings.hl7v2.readpath import Path, PathError, compile_path
+from mappings.hl7v2 import stepkit as kit
+from mappings.hl7v2.reader import Message, Segment
+from mappings.hl7v2.readpath import Path
+from mappings.hl7v2.stepkit import Apply, Scope
 
-Scope = Message | Group
-Apply = Callable[[Message], Message | None]
-_HEADERS = frozenset({"MSH", "FHS", "BHS"})
-_REF = re.compile(r"\{\{|\}\}|\{([^{}]*)\}")
 _SEGMENT_TEXT = re.compile(r"[A-Z][A-Z0-9]{2}(\||\Z)")
-
-
-def _noop(message: Message) -> None:
-    return None
-
-
-def _atomic(path: Path) -> bool:
-    return path.segment in _HEADERS and path.field in (1, 2)
-
-
-def _path(ctx: StepContext, key: str, *, segment: bool = False, write: bool = False,
-          text: str | None = None) -> Path | None:
-    """The path at *key* (or *text*), compiled; a segment path only where *segment*."""
-    text = ctx.string(key) if text is None else text
-    if text is None:
-        return None
-    try:
-        path = compile_path(text)
-    except PathError as exc:
-        ctx.problem(key, str(exc))
-        return None
-    if segment and path.field is not None:
-        ctx.problem(key, f"{text} names a field: give a segment (NTE, OBX[2])")
-        return None
-    if not segment and path.field is None:
-        ctx.problem(key, f"{text} names a segment: give a field (PID-3, OBX-5.1)")
-        return None
-    if write and _atomic(path):
-        ctx.problem(key, f"{text} holds the delimiters and is not written")
-        return None
-    return path
-
-
-def _scopes(path: Path, msg: Message, create: bool) -> list[Scope]:
-    """Each occurrence of *path*'s segment as a scope of its own (see the module docstring)."""
-    if path.occurrence is not None:
-        return [msg]
-    segs = msg.find(path.segment)
-    if len(segs) <= 1:
-        return [msg] if segs or create else []
-    return [Group(msg, [seg]) for seg in segs]
-
-
-def _source(src: Path, target: Path, scope: Scope, msg: Message) -> Scope:
-    """Where *src* is read when writing *target* in *scope*: the same occurrence, if it can."""
-    return scope if src.segment == target.segment and src.occurrence is None else msg
-
-
-def _write(path: Path, scope: Scope, text: str) -> None:
-    """Write encoded *text*; nothing is padded or created to write an empty value."""
-    if not text and not path.get(scope):
-        return
-    try:
-        path.set(scope, text, encoded=True)
-    except ValueError as exc:  # readpath's reasons name paths, never values
-        raise StepError(str(exc)) from None
-
-
-def _value_path(path: Path) -> Path:
-    """Where a value changed in place is written: a field path's first component."""
-    if path.component is None and not path.whole:
-        return compile_path(f"{path.text}.1")
-    return path
-
-
-def _slot(path: Path, scope: Scope) -> tuple[Segment, list[str]] | None:
-    """The segment *path* names in *scope* and its fields (None: absent)."""
-    segs = scope.find(path.segment)
-    n = path.occurrence or 1
-    if len(segs) < n:
-        return None
-    fields = segs[n - 1].fields(scope.msg.fs)
-    return (segs[n - 1], fields) if path.field is not None and path.field < len(fields) else None
-
-
-def _encoded(path: Path, scope: Scope) -> str:
-    """The field *path* names, as encoded (every repetition and component)."""
-    slot = _slot(path, scope)
-    return slot[1][path.field or 0] if slot is not None else ""
-
-
-def _literal(msg: Message, text: str) -> str:
-    """HL7 text from the config, with what can never be inside a field escaped."""
-    if msg.fs in text:
-        text = text.replace(msg.fs, f"{msg.esc}F{msg.esc}" if msg.esc else " ")
-    return text.replace("\r", " ").replace("\n", " ")
-
-
-# --- templates ---------------------------------------------------------------------------------
-
-
-def _template(ctx: StepContext, key: str) -> list[str | Path] | None:
-    """``"{PID-3} {OBR-4.2}"`` as literal parts and compiled paths (``{{`` is a brace)."""
-    text = ctx.string(key)
-    if text is None:
-        return None
-    parts: list[str | Path] = []
-    pos = 0
-    for match in [*_REF.finditer(text), None]:
-        chunk = text[pos:match.start() if match else len(text)]
-        if "{" in chunk or "}" in chunk:
-            ctx.problem(key, "a lone { or }: a field reference is {PID-3}; write {{ or }} for "
-                             "a brace")
-            return None
-        parts.append(chunk)
-        if match is None:
-            break
-        pos = match.end()
-        if match.group(1) is None:
-            parts.append(match.group(0)[0])
-            continue
-        path = _path(ctx, key, text=match.group(1).strip())
-        if path is None:
-            return None
-        parts.append(path)
-    return [p for p in parts if p != ""]
-
-
-def _render(parts: list[str | Path], target: Path | None, scope: Scope, msg: Message) -> str:
-    out = []
-    for part in parts:
-        if isinstance(part, str):
-            out.append(part)
-        else:
-            where = _source(part, target, scope, msg) if target is not None else msg
-            out.append(msg.escape(part.get(where)))
-    return "".join(out)
-
-
-# --- the steps ---------------------------------------------------------------------------------
 
 
 @register_step("hl7", "set", "write a field: value (HL7 text), template (with {PID-3} "
                              "references) or expr (CEL)", keys=("value", "template", "expr"))
 def _set(raw: dict[str, Any], ctx: StepContext) -> Apply:
-    target = _path(ctx, "set", write=True)
+    target = kit.path_at(ctx, "set", write=True)
     given = [k for k in ("value", "template", "expr") if k in raw]
     if len(given) != 1:
         ctx.problem(None, f"a set step needs exactly one of value, template, expr "
                           f"(found: {', '.join(given) or 'none'})")
-        return _noop
+        return kit.noop
     make: Callable[[Scope, Message], str] | None = None
     if given[0] == "value":
         text = ctx.string("value")
-        make = None if text is None else (lambda scope, msg: _literal(msg, text))
+        make = None if text is None else (lambda scope, msg: kit.literal(msg, text))
     elif given[0] == "template":
-        parts = _template(ctx, "template")
+        parts = kit.template(ctx, "template")
         make = None if parts is None else (
-            lambda scope, msg: _literal(msg, _render(parts, target, scope, msg)))
+            lambda scope, msg: kit.literal(msg, kit.render(parts, target, scope, msg)))
     else:
         value = ctx.value("expr")
         make = None if value is None else (lambda scope, msg: msg.escape(value(msg)))
     if target is None or make is None:
-        return _noop
+        return kit.noop
 
     def apply(msg: Message) -> None:
-        for scope in _scopes(target, msg, create=True):
-            _write(target, scope, make(scope, msg))
+        for scope in kit.scopes(target, msg, create=True):
+            kit.write(target, scope, make(scope, msg))
 
     return apply
 
@@ -205,16 +73,16 @@ def _set(raw: dict[str, Any], ctx: StepContext) -> Apply:
 @register_step("hl7", "copy", "copy a field to another (whole, with its repetitions and "
                               "components, when both paths name whole fields)", keys=("to",))
 def _copy(raw: dict[str, Any], ctx: StepContext) -> Apply:
-    src, dst = _path(ctx, "copy"), _path(ctx, "to", write=True)
+    src, dst = kit.path_at(ctx, "copy"), kit.path_at(ctx, "to", write=True)
     if src is None or dst is None:
-        return _noop
+        return kit.noop
     whole = all(p.component is None and p.repetition is None and p.match is None
-                and not p.whole and not _atomic(p) for p in (src, dst))
+                and not p.whole and not kit.atomic(p) for p in (src, dst))
 
     def apply(msg: Message) -> None:
-        for scope in _scopes(dst, msg, create=True):
-            where = _source(src, dst, scope, msg)
-            _write(dst, scope, _encoded(src, where) if whole else msg.escape(src.get(where)))
+        for scope in kit.scopes(dst, msg, create=True):
+            where = kit.source_of(src, dst, scope, msg)
+            kit.write(dst, scope, kit.encoded(src, where) if whole else msg.escape(src.get(where)))
 
     return apply
 
@@ -224,12 +92,12 @@ def _copy(raw: dict[str, Any], ctx: StepContext) -> Apply:
                keys=("lookup", "to", "column", "on_missing", "default"))
 def _map(raw: dict[str, Any], ctx: StepContext) -> Apply:
     texts = ctx.strings("map") or []
-    sources = [_path(ctx, "map", text=t) for t in texts]
+    sources = [kit.path_at(ctx, "map", text=t) for t in texts]
     table = ctx.lookup()
     if len(texts) > 1 and "to" not in raw:
         ctx.problem(None, "a map step with several key fields needs to (where the value goes)")
-    target = (_path(ctx, "to", write=True) if "to" in raw
-              else _value_path(sources[0]) if sources and sources[0] is not None else None)
+    target = (kit.path_at(ctx, "to", write=True) if "to" in raw
+              else kit.value_path(sources[0]) if sources and sources[0] is not None else None)
     column = ctx.string("column", "") or None
     how = {"column": column,
            "on_missing": ctx.choice("on_missing", ("keep", "default", "error", "filter"), None),
@@ -242,17 +110,17 @@ def _map(raw: dict[str, Any], ctx: StepContext) -> Apply:
             ctx.problem("column", f"no column {column!r} in lookup {table.name} (columns: "
                                   f"{', '.join(table.columns)})")
     if table is None or target is None or None in sources or not sources:
-        return _noop
+        return kit.noop
     keys = [p for p in sources if p is not None]
 
     def apply(msg: Message) -> None:
-        for scope in _scopes(target, msg, create="to" in raw):
-            key = tuple(p.get(_source(p, target, scope, msg)) for p in keys)
+        for scope in kit.scopes(target, msg, create="to" in raw):
+            key = tuple(p.get(kit.source_of(p, target, scope, msg)) for p in keys)
             if not any(key):
                 continue
             value = lookup_or_raise(table, key, **how)
             if value is not None:
-                _write(target, scope, msg.escape(value))
+                kit.write(target, scope, msg.escape(value))
 
     return apply
 
@@ -261,46 +129,41 @@ def _map(raw: dict[str, Any], ctx: StepContext) -> Apply:
                                 "PID-3[.5=SS]) or clear a field or component")
 def _delete(raw: dict[str, Any], ctx: StepContext) -> Apply:
     text = ctx.string("delete")
-    path = _path(ctx, "delete", segment=text is not None and "-" not in text, write=True)
+    path = kit.path_at(ctx, "delete", segment=text is not None and "-" not in text, write=True)
     if path is None:
-        return _noop
-    if path.field is None and path.segment in _HEADERS:
+        return kit.noop
+    if path.field is None and path.segment in kit.HEADERS:
         ctx.problem("delete", f"{path.segment} is the message header and is not deleted")
-        return _noop
+        return kit.noop
     return lambda msg: path.delete(msg)
 
 
 def _anchor(ctx: StepContext, key: str) -> Path | None:
-    path = _path(ctx, key, segment=True)
-    if path is not None and key == "before" and path.segment in _HEADERS:
+    path = kit.path_at(ctx, key, segment=True)
+    if path is not None and key == "before" and path.segment in kit.HEADERS:
         ctx.problem(key, f"nothing goes before {path.segment}")
         return None
     return path
-
-
-def _occurrences(path: Path, msg: Message) -> list[Segment]:
-    segs = msg.find(path.segment)
-    return segs if path.occurrence is None else segs[path.occurrence - 1:path.occurrence]
 
 
 @register_step("hl7", "add_segment", "add a segment (a template of HL7 text: "
                                      "\"ZRB|{MSH-10}\") after a segment, else at the end",
                keys=("after",))
 def _add_segment(raw: dict[str, Any], ctx: StepContext) -> Apply:
-    parts = _template(ctx, "add_segment")
+    parts = kit.template(ctx, "add_segment")
     head = parts[0] if parts else ""
     if parts is not None and not (isinstance(head, str) and _SEGMENT_TEXT.match(head)):
         ctx.problem("add_segment", "the text starts with a segment id and |: \"ZRB|...\"")
-        return _noop
+        return kit.noop
     after = _anchor(ctx, "after") if "after" in raw else None
     if parts is None:
-        return _noop
+        return kit.noop
 
     def apply(msg: Message) -> None:
-        text = _render(parts, None, msg, msg)
+        text = kit.render(parts, None, msg, msg)
         if msg.fs != "|":
             text = text.replace("|", msg.fs)
-        anchors = _occurrences(after, msg) if after is not None else []
+        anchors = kit.occurrences(after, msg) if after is not None else []
         try:
             msg.add_segment(text.replace("\r", " "), after=anchors[-1] if anchors else None)
         except ValueError as exc:
@@ -312,22 +175,22 @@ def _add_segment(raw: dict[str, Any], ctx: StepContext) -> Apply:
 @register_step("hl7", "move", "move segments after (the last of) or before (the first of) "
                               "another: reorder OBX rows, move an NTE", keys=("after", "before"))
 def _move(raw: dict[str, Any], ctx: StepContext) -> Apply:
-    what = _path(ctx, "move", segment=True)
+    what = kit.path_at(ctx, "move", segment=True)
     given = [k for k in ("after", "before") if k in raw]
     if len(given) != 1:
         ctx.problem(None, "a move step needs exactly one of after, before")
-        return _noop
+        return kit.noop
     anchor = _anchor(ctx, given[0])
-    if what is not None and what.segment in _HEADERS:
+    if what is not None and what.segment in kit.HEADERS:
         ctx.problem("move", f"{what.segment} is the message header and stays first")
-        return _noop
+        return kit.noop
     if what is None or anchor is None:
-        return _noop
+        return kit.noop
     after = given[0] == "after"
 
     def apply(msg: Message) -> None:
-        moving = _occurrences(what, msg)
-        anchors = [s for s in _occurrences(anchor, msg) if s not in moving]
+        moving = kit.occurrences(what, msg)
+        anchors = [s for s in kit.occurrences(anchor, msg) if s not in moving]
         if not moving or not anchors:
             return
         texts = [s.text for s in moving]
@@ -348,21 +211,21 @@ def _previous(msg: Message, seg: Segment) -> Segment:
 @register_step("hl7", "format_date", "rewrite a date: from and to are DTM (HL7) or strftime "
                                      "formats", keys=("from", "to", "on_invalid"))
 def _format_date(raw: dict[str, Any], ctx: StepContext) -> Apply:
-    path = _path(ctx, "format_date", write=True)
+    path = kit.path_at(ctx, "format_date", write=True)
     formats = [ctx.string("from", dates.DTM), ctx.string("to", dates.DTM)]
     for key, fmt in zip(("from", "to"), formats, strict=True):
         why = dates.check_format(fmt) if fmt is not None else None
         if why:
             ctx.problem(key, why)
-            return _noop
+            return kit.noop
     keep = ctx.choice("on_invalid", ("error", "keep"), "error") == "keep"
     src, dst = formats
     if path is None or src is None or dst is None:
-        return _noop
-    target = _value_path(path)
+        return kit.noop
+    target = kit.value_path(path)
 
     def apply(msg: Message) -> None:
-        for scope in _scopes(target, msg, create=False):
+        for scope in kit.scopes(target, msg, create=False):
             value = target.get(scope)
             if not value:
                 continue
@@ -372,55 +235,9 @@ def _format_date(raw: dict[str, Any], ctx: StepContext) -> Apply:
                 if keep:
                     continue
                 raise StepError(f"{path.text}: {exc}") from None
-            _write(target, scope, msg.escape(out))
+            kit.write(target, scope, msg.escape(out))
 
     return apply
-
-
-def _in_place(ctx: StepContext, key: str, change: Callable[[str], str]) -> Apply:
-    """A step that changes a value in place, part by part (see the module docstring)."""
-    path = _path(ctx, key, write=True)
-    if path is None:
-        return _noop
-
-    def apply(msg: Message) -> None:
-        for scope in _scopes(path, msg, create=False):
-            if path.component is not None:
-                value = path.get(scope)
-                new = change(value)
-                if new != value:
-                    _write(path, scope, msg.escape(new))
-                continue
-            slot = _slot(path, scope)
-            if slot is not None and slot[1][path.field or 0]:
-                _change_field(msg, path, slot, change)
-
-    return apply
-
-
-def _change_field(msg: Message, path: Path, slot: tuple[Segment, list[str]],
-                  change: Callable[[str], str]) -> None:
-    seg, fields = slot
-    index = path.field or 0
-    reps = fields[index].split(msg.rep) if msg.rep else [fields[index]]
-    chosen = set(path._chosen(msg, reps))  # noqa: SLF001  (the same package's selection)
-
-    def part(text: str) -> str:
-        value = msg.unescape(text)
-        new = change(value)
-        return text if new == value else msg.escape(new)
-
-    def split(text: str, seps: list[str]) -> str:
-        if not seps or not seps[0]:
-            return part(text)
-        return seps[0].join(split(piece, seps[1:]) for piece in text.split(seps[0]))
-
-    new = [split(r, [msg.comp, msg.sub]) if i in chosen else r for i, r in enumerate(reps)]
-    joined = (msg.rep or "").join(new)
-    if joined != fields[index]:
-        fields = list(fields)
-        fields[index] = joined
-        seg.store(fields, msg.fs)
 
 
 @register_step("hl7", "replace", "regex replace in a field: pattern, with (\\1 for a group)",
@@ -428,28 +245,28 @@ def _change_field(msg: Message, path: Path, slot: tuple[Segment, list[str]],
 def _replace(raw: dict[str, Any], ctx: StepContext) -> Apply:
     pattern, repl = ctx.string("pattern"), ctx.string("with", "")
     if pattern is None or repl is None:
-        return _noop
+        return kit.noop
     try:
         regex = re.compile(pattern)
     except re.error as exc:
         ctx.problem("pattern", f"regex does not compile: {exc}")
-        return _noop
+        return kit.noop
     try:
         regex.sub(repl, "")
     except (re.error, IndexError) as exc:
         ctx.problem("with", f"the replacement does not fit the pattern: {exc}")
-        return _noop
-    return _in_place(ctx, "replace", lambda value: regex.sub(repl, value))
+        return kit.noop
+    return kit.in_place(ctx, "replace", lambda value: regex.sub(repl, value))
 
 
 @register_step("hl7", "upper", "upper-case a field (every component) or a component")
 def _upper(raw: dict[str, Any], ctx: StepContext) -> Apply:
-    return _in_place(ctx, "upper", str.upper)
+    return kit.in_place(ctx, "upper", str.upper)
 
 
 @register_step("hl7", "lower", "lower-case a field (every component) or a component")
 def _lower(raw: dict[str, Any], ctx: StepContext) -> Apply:
-    return _in_place(ctx, "lower", str.lower)
+    return kit.in_place(ctx, "lower", str.lower)
 
 
 @register_step("hl7", "script", "call a Python function module:function(message) -> message "
@@ -457,22 +274,22 @@ def _lower(raw: dict[str, Any], ctx: StepContext) -> Apply:
 def _script(raw: dict[str, Any], ctx: StepContext) -> Apply:
     ref = ctx.string("script")
     if ref is None:
-        return _noop
+        return kit.noop
     module_name, _, name = ref.partition(":")
     if not module_name or not name.isidentifier():
         ctx.problem("script", "must name module:function (sitesteps:fix_pid)")
-        return _noop
+        return kit.noop
     if not ctx.load:
         return _unloaded(ref)
     try:
         module = _import(module_name, ctx.base_dir)
     except Exception as exc:  # whatever importing the site's code raises
         ctx.problem("script", f"cannot import {module_name}: {type(exc).__name__}: {exc}")
-        return _noop
+        return kit.noop
     function = getattr(module, name, None)
     if not callable(function):
         ctx.problem("script", f"{module_name} has no function {name}")
-        return _noop
+        return kit.noop
 
     def apply(msg: Message) -> Message | None:
         out = function(msg)
