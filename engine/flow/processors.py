@@ -60,17 +60,24 @@ def runner_for(channel: Any, config: Any = None) -> StepRunner:
 
 
 def _stage(channel: Any, fields: Any, tables: dict[str, LookupTable], base_dir: Path) -> Stage:
-    rules = compile_filter(channel.filter, ("filter",), fields)[0] if channel.filter else []
-    steps = compile_steps(channel.transform, ("transform",), "hl7", fields, tables,
-                          base_dir)[0] if channel.transform else []
+    """A channel's filter and steps; raise ValueError if they do not compile (a configuration
+    that was not linted, or whose files changed since): a step is never silently skipped."""
+    rules, problems = (compile_filter(channel.filter, ("filter",), fields) if channel.filter
+                       else ([], []))
+    steps, more = (compile_steps(channel.transform, ("transform",), "hl7", fields, tables,
+                                 base_dir) if channel.transform else ([], []))
+    if problems or more:
+        loc, message = (problems + more)[0]
+        where = ".".join(str(part) for part in loc)
+        raise ValueError(f"channel {channel.name}: {where}: {message}")
     return Stage(tuple(rules), tuple(steps))
 
 
 def _tables(config: Any) -> dict[str, LookupTable]:
-    """The lookup tables as loaded with *config*; read now if it was read without files."""
+    """The lookup tables as loaded with *config*; any it does not hold (read without files,
+    or a copy that lost them) are read now. Raises ``TableProblem``."""
     if config is None:
         return {}
-    if config.files_read:
-        return dict(config.tables)
-    return {spec.name: load_table(spec, config.base_dir, ("lookup", i))
+    held = config.tables if config.files_read else {}
+    return {spec.name: held.get(spec.name) or load_table(spec, config.base_dir, ("lookup", i))
             for i, spec in enumerate(config.lookup)}

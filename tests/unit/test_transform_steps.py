@@ -352,3 +352,10 @@ def test_steps_never_crash_on_arbitrary_segment_text(segments: list[tuple[str, s
 
 
 _EVERY = lint_ok(config(EVERY_STEP, LOOKUP))
+
+
+def test_a_processor_is_never_built_with_a_step_it_cannot_compile() -> None:
+    conf = lint_ok(config('{ map = "OBR-4.1", lookup = "procedures" }', LOOKUP))
+    broken = conf.model_copy(update={"lookup": []})  # the table gone since lint
+    with pytest.raises(ValueError, match="channel ris: transform.0.lookup: unknown lookup"):
+        processor_for(broken.channel[0], broken)
