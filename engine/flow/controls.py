@@ -43,7 +43,8 @@ def step_inputs(config: Config, ch: Any) -> tuple[Any, ...]:
     ``transform`` of the destinations it feeds (their steps run in its pipeline) and the
     lookup tables its steps and theirs name, as loaded (a changed CSV changes them)."""
     names = set(ch.destinations)
-    dests = [c for c in config.channel if c.name in names and c.source is None]
+    channels: list[Any] = list(config.channel)
+    dests = [c for c in channels if c.name in names and c.source is None]
     stages = [(d.name, d.filter, d.transform) for d in dests]
     used = {str(step.get("lookup")) for c in [ch, *dests] for step in (c.transform or [])
             if isinstance(step, dict) and "lookup" in step}
