@@ -29,6 +29,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import socket
 import sqlite3
 import subprocess
@@ -251,6 +252,7 @@ def shipped_config(tmp: Path, store_url: str, sink_port: int) -> Path:
     sub(r'endpoint = "127\.0\.0\.1:6661"', f'endpoint = "127.0.0.1:{sink_port}"', 1)
     sub(r'listen = "127\.0\.0\.1:\d+"', lambda _m: f'listen = "127.0.0.1:{free_port()}"')
     (tmp / "var").mkdir(exist_ok=True)
+    shutil.copytree(ROOT / "lookups", tmp / "lookups", dirs_exist_ok=True)  # its lookup tables
     path = tmp / "channels.toml"
     path.write_text(text)
     return path

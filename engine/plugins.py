@@ -30,6 +30,7 @@ def load() -> None:
     import mappings.hl7v2.answerer  # noqa: F401
     import mappings.hl7v2.diff  # noqa: F401
     import mappings.hl7v2.plugin  # noqa: F401
+    import mappings.hl7v2.steps  # noqa: F401
     import mappings.hl7v2.view  # noqa: F401
     import mappings.sr_plugin  # noqa: F401
     import radbridge_fhir.plugin  # noqa: F401

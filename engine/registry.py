@@ -284,3 +284,42 @@ def fields(sink: Payload) -> Any:
     """The field language registered for *sink*."""
     load_builtins()
     return _FIELDS[sink]
+
+
+# -- analyst steps: the transformers a field language offers ----------------------------------
+
+# ``compile(raw, ctx)`` → ``apply(message)``: *raw* is the step's table from ``channels.toml``
+# (``{ set = "MSH-5", value = "EHR" }``), *ctx* an ``engine.config.steps.StepContext`` (paths,
+# lookups, CEL values, problems reported with their key); ``apply`` changes the parsed message
+# in place and raises ``engine.config.steps.StepError`` or ``StepFiltered`` (a raise of another
+# type is a script's: the message ends ERROR naming its type).
+StepCompiler = Callable[[dict[str, Any], Any], Callable[[Any], Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class StepSpec:
+    kind: str
+    compile: StepCompiler
+    summary: str
+    keys: tuple[str, ...]  # the keys a step of this kind may carry beside its kind, name, when
+
+
+_STEPS: dict[tuple[str, str], StepSpec] = {}
+
+
+def register_step(sink: Payload, kind: str, summary: str, keys: tuple[str, ...] = ()
+                  ) -> Callable[[StepCompiler], StepCompiler]:
+    """Decorator: ``@register_step("hl7", "set", "write a field", keys=("value", ...))`` on
+    the step's compiler, for the messages of the field language *sink*."""
+
+    def wrap(compile: StepCompiler) -> StepCompiler:
+        _STEPS[(sink, kind)] = StepSpec(kind, compile, summary, keys)
+        return compile
+
+    return wrap
+
+
+def steps(sink: Payload) -> dict[str, StepSpec]:
+    """The step kinds registered for *sink*, by kind (empty when its messages have none)."""
+    load_builtins()
+    return {kind: spec for (s, kind), spec in _STEPS.items() if s == sink}

@@ -106,6 +106,9 @@ def _cmd_list(args: argparse.Namespace) -> int:
         print(f"process {proc.name}: {proc.summary}")
     for payload in registry.payloads():
         print(f"payload {payload.name}: {payload.summary}")
+    for kind, step in sorted(registry.steps("hl7").items()):
+        keys = f" [{', '.join(step.keys)}]" if step.keys else ""
+        print(f"step {kind}{keys}: {step.summary}")
     return 0
 
 

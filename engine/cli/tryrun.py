@@ -24,7 +24,7 @@ from channels.mllp.logfile import split_messages
 from engine.config.schema import load_config
 from engine.errors import ConfigErrors, ConfigProblem
 from engine.flow.dryrun import Tried, flat_json, report, try_message
-from engine.flow.processors import processor_for
+from engine.flow.processors import runner_for
 
 ARROW = "→"
 
@@ -156,7 +156,7 @@ def cmd_try(args: argparse.Namespace) -> int:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         return 2
-    processor = processor_for(channel, config)
+    processor = runner_for(channel, config)
     results: list[tuple[str, int, Tried]] = [
         (file, n, try_message(channel, config, raw, i, processor))
         for i, (file, n, raw) in enumerate(messages, start=1)]

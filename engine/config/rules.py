@@ -139,40 +139,87 @@ class _Compiler:
         return None
 
     def expr(self, raw: Any, loc: Loc) -> Test:
+        compiled = self.program(raw, loc)
+        if compiled is None:
+            return lambda m: False
+        return _cel_test(*compiled)
+
+    def program(self, raw: Any, loc: Loc) -> tuple[Any, dict[str, Callable[[Any], str]]] | None:
+        """A CEL program over ``msg`` and the readers of the paths it names (None: problems)."""
         if not isinstance(raw, str):
-            return self.fail(loc, "a CEL expression is a string")
+            self.problems.append((loc, "a CEL expression is a string"))
+            return None
         import cel
 
         try:
             program = cel.compile(raw)
         except ValueError as exc:
-            return self.fail(loc, f"CEL does not compile: {str(exc).splitlines()[0]}")
+            self.problems.append((loc, f"CEL does not compile: {str(exc).splitlines()[0]}"))
+            return None
         unknown = sorted(set(program.variables()) - {"msg"})
         if unknown:
-            return self.fail(loc, f"unknown variable {unknown[0]!r} (the message is msg)")
+            self.problems.append((loc, f"unknown variable {unknown[0]!r} (the message is msg)"))
+            return None
         paths: dict[str, Callable[[Any], str]] = {}
         for match in _CEL_PATH.finditer(raw):
             text = match.group(1) if match.group(1) is not None else match.group(2)
             get = self.path(text, loc)
             if get is None:
-                return lambda m: False
+                return None
             paths[text] = get
-        return _cel_test(program, paths)
+        return program, paths
+
+
+def _run_cel(program: Any, paths: dict[str, Callable[[Any], str]], message: Any) -> Any:
+    context = {"msg": {text: get(message) for text, get in paths.items()}}
+    try:
+        return program.execute(context)
+    except Exception as exc:  # the CEL runtime's errors are plain exceptions
+        # its text may quote field values (patient data): only the type is kept
+        raise RuleError(f"the expression failed ({type(exc).__name__})") from None
 
 
 def _cel_test(program: Any, paths: dict[str, Callable[[Any], str]]) -> Test:
     def test(message: Any) -> bool:
-        context = {"msg": {text: get(message) for text, get in paths.items()}}
-        try:
-            result = program.execute(context)
-        except Exception as exc:  # the CEL runtime's errors are plain exceptions
-            # its text may quote field values (patient data): only the type is kept
-            raise RuleError(f"the expression failed ({type(exc).__name__})") from None
+        result = _run_cel(program, paths, message)
         if not isinstance(result, bool):
             raise RuleError(f"the expression gave {type(result).__name__}, not a boolean")
         return result
 
     return test
+
+
+def _cel_value(program: Any, paths: dict[str, Callable[[Any], str]]) -> Callable[[Any], str]:
+    def value(message: Any) -> str:
+        result = _run_cel(program, paths, message)
+        if isinstance(result, bool):
+            return "true" if result else "false"
+        if result is None:
+            return ""
+        if isinstance(result, str | int | float):
+            return str(result)
+        raise RuleError(f"the expression gave {type(result).__name__}, not a value")
+
+    return value
+
+
+def compile_when(raw: Any, loc: Loc, fields: Any) -> tuple[Test, list[tuple[Loc, str]]]:
+    """A step's ``when`` (a rule, or a CEL string: *loc* ends with ``when``) and its problems."""
+    compiler = _Compiler(fields, [])
+    return compiler.rule(raw, loc), compiler.problems
+
+
+def compile_value(raw: Any, loc: Loc, fields: Any
+                  ) -> tuple[Callable[[Any], str], list[tuple[Loc, str]]]:
+    """A CEL expression whose result is written as text (a step's ``expr``), and problems.
+
+    A string is written as is, a number or boolean as CEL prints it, null as empty; a list
+    or map raises RuleError when run, as does a runtime error (naming only its type)."""
+    compiler = _Compiler(fields, [])
+    compiled = compiler.program(raw, loc)
+    if compiled is None:
+        return (lambda m: ""), compiler.problems
+    return _cel_value(*compiled), compiler.problems
 
 
 def compile_filter(raw: Any, loc: Loc, fields: Any) -> tuple[list[Rule], list[tuple[Loc, str]]]:

@@ -13,11 +13,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 from urllib.parse import urlsplit
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from engine import registry
 from engine.config.base import CHECK_FILES, Strict, TLSConfig, check_hostport, parse_hostport
 from engine.config.inference import ModelConfig, RouteConfig
+from engine.config.lookups import LookupConfig, LookupTable
 from engine.config.results import EscalationRule
 from engine.config.secrets import RESOLVE, clear_secret_problems
 from engine.config.tomlindex import index_lines, line_for
@@ -114,7 +122,14 @@ class ChannelFields(Strict):
     filter: Any = Field(
         None, description="Rules a message must pass before it is processed (a rule or a "
                           "list of rules: field tests, not, all, any, expr in CEL); one "
-                          "that does not pass ends FILTERED, naming the rule.")
+                          "that does not pass ends FILTERED, naming the rule. On a "
+                          "destination channel: only that delivery is dropped.")
+    transform: Any = Field(
+        None, description="Ordered steps that change the message (set, copy, map, delete, "
+                          "add_segment, move, format_date, replace, upper, lower, script; "
+                          "see README \"Transformers\"): after the filter, before the "
+                          "processor; on a destination channel, on each payload queued "
+                          "for it.")
     key: Literal["patient_id", "none"] = Field(
         "patient_id", description="Order is kept per key; different keys run in parallel.")
     duplicates: DuplicatesConfig = DuplicatesConfig()
@@ -245,6 +260,29 @@ class Config(Strict):
         default_factory=list, description="Worklist escalation rules (default: critical "
         "findings → STAT, high → URGENT).")
     admin: AdminConfig | None = Field(None, description="Absent: no admin API.")
+    lookup: list[LookupConfig] = Field(
+        default_factory=list, description="Lookup tables that map steps translate through "
+        "(a CSV file, or inline rows).")
+    # Set by lint_text: the directory relative lookup files and scripts are found in, the
+    # tables as loaded (files read once per load: a reload reads them again), and whether
+    # files were read at all (lint of documentation reads none).
+    _base_dir: Path = PrivateAttr(default_factory=Path)
+    _tables: dict[str, LookupTable] = PrivateAttr(default_factory=dict)
+    _files_read: bool = PrivateAttr(default=True)
+
+    @property
+    def base_dir(self) -> Path:
+        """The directory of the file this configuration was read from."""
+        return self._base_dir
+
+    @property
+    def tables(self) -> dict[str, LookupTable]:
+        """The ``[[lookup]]`` tables as loaded with this configuration, by name."""
+        return self._tables
+
+    @property
+    def files_read(self) -> bool:
+        return self._files_read
 
     def channel_named(self, name: str) -> Any:
         return next(c for c in self.channel if c.name == name)
@@ -305,8 +343,12 @@ def lint_text(text: str, file: str = "channels.toml", resolve_secrets: bool = Tr
     ``radbridge lint`` on the engine's host). Without it only the shape is checked.
     Files the config names (TLS certificates, keys, CA bundles) must exist and be readable,
     relative to the working directory; ``check_files=False`` skips that (documentation).
+    Lookup files and script modules are found relative to the directory of *file*; they are
+    read (and scripts imported) here, unless ``check_files=False``.
     """
+    from engine.config.lookups import check_lookups
     from engine.config.rules import check_rules
+    from engine.config.steps import check_steps
     from engine.config.topology import check_topology
 
     try:
@@ -317,14 +359,20 @@ def lint_text(text: str, file: str = "channels.toml", resolve_secrets: bool = Tr
     index = index_lines(text)
     secrets = clear_secret_problems(doc, lambda path: line_for(index, path)[0], file)
     problems = check_topology(doc, index, file) + _check_admin(doc, index, file) + secrets
+    base_dir = Path(file).parent
+    tables, table_problems = check_lookups(doc, base_dir, check_files)
+    step_problems = check_steps(doc, tables, base_dir, check_files)
     problems += [ConfigProblem(file, line_for(index, loc)[0], _key_of(loc), msg)
-                 for loc, msg in check_rules(doc) + _check_processor_options(doc)]
+                 for loc, msg in check_rules(doc) + _check_processor_options(doc)
+                 + table_problems + step_problems]
     config = None
     try:
         context = {CHECK_FILES: check_files, **(RESOLVE if resolve_secrets else {})}
         config = Config.model_validate(doc, context=context)
     except ValidationError as exc:
         problems.extend(_validation_problems(file, exc, index, doc, {p.key for p in secrets}))
+    if config is not None:
+        config._base_dir, config._tables, config._files_read = base_dir, tables, check_files
     return (config if not problems else None), sorted(problems, key=lambda p: (p.line, p.key))
 
 

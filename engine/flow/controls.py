@@ -38,8 +38,22 @@ class ReloadPlan:
     failed: dict[str, str] = field(default_factory=dict)  # channel -> why it did not start
 
 
+def step_inputs(config: Config, ch: Any) -> tuple[Any, ...]:
+    """What a channel's processor is built from beyond its own keys: the ``filter`` and
+    ``transform`` of the destinations it feeds (their steps run in its pipeline) and the
+    lookup tables its steps and theirs name, as loaded (a changed CSV changes them)."""
+    names = set(ch.destinations)
+    channels: list[Any] = list(config.channel)
+    dests = [c for c in channels if c.name in names and c.source is None]
+    stages = [(d.name, d.filter, d.transform) for d in dests]
+    used = {str(step.get("lookup")) for c in [ch, *dests] for step in (c.transform or [])
+            if isinstance(step, dict) and "lookup" in step}
+    return tuple(stages), tuple((n, config.tables.get(n)) for n in sorted(used))
+
+
 def plan_reload(old: Config, new: Config) -> ReloadPlan:
-    """Compare two configurations; a channel is changed when any of its keys differ."""
+    """Compare two configurations; a channel is changed when any of its keys differ, or what
+    its steps are built from (:func:`step_inputs`): then its pipeline restarts with them."""
     before: dict[str, Any] = {c.name: c for c in old.channel}
     after: dict[str, Any] = {c.name: c for c in new.channel}
     plan = ReloadPlan(restart_required=[s for s in _RESTART_SECTIONS
@@ -47,7 +61,8 @@ def plan_reload(old: Config, new: Config) -> ReloadPlan:
     for name, ch in after.items():
         if name not in before:
             plan.added.append(name)
-        elif before[name] != ch:
+        elif before[name] != ch or (ch.source is not None and step_inputs(old, before[name])
+                                    != step_inputs(new, ch)):
             plan.changed.append(name)
         else:
             plan.unchanged.append(name)
@@ -152,7 +167,10 @@ class ChannelControls:
             return plan
 
     async def reload_file(self, path: str | None = None) -> ReloadPlan:
-        """Lint ``channels.toml`` and apply it; raise ``ConfigErrors`` (nothing changes)."""
+        """Lint ``channels.toml`` and apply it; raise ``ConfigErrors`` (nothing changes).
+
+        Lookup files are read again: one that is missing or broken is a lint problem, so the
+        running tables stay and the error names the file."""
         target = path or self.engine.config_path
         if target is None:
             raise ValueError("this engine was not started from a configuration file")

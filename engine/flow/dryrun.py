@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine import registry
-from engine.flow.processors import processor_for, trace_of
+from engine.flow.processors import runner_for, trace_of
 from engine.flow.trace import StepTrace
 from engine.model import Message, Status
 from engine.store.base import Outcome
@@ -85,7 +85,7 @@ def try_message(channel: Any, config: Any, raw: bytes, number: int = 0,
     msg, refused = intake(channel, config, raw, number)
     if refused is not None:
         return Tried(msg, Outcome(msg.id, Status.ERROR, error=refused), [], refused)
-    outcome, steps = run(processor or processor_for(channel, config), msg)
+    outcome, steps = run(processor or runner_for(channel, config), msg)
     return Tried(msg, outcome, steps)
 
 

@@ -7,22 +7,28 @@ package that owns their protocol (``orders`` and ``final_reports`` in
 outcome (status, layers, deliveries, mapped domain event) is applied by the
 store in one transaction; mapping never runs on the ACK path.
 
-A channel's ``filter`` runs before its processor (a message that does not pass ends
-FILTERED, naming the rule, with no destination and no domain event) and the ``when`` of
-its ``forward_to`` entries after it (``Filtered``; rules in ``engine.config.rules``).
+A channel's ``filter`` and ``transform`` run before its processor, the ``when`` of its
+``forward_to`` entries after it, and each destination channel's ``filter`` and ``transform``
+on what is queued for it: :class:`engine.flow.steps.StepRunner`, built here from the
+configuration (rules in ``engine.config.rules``, steps in ``engine.config.steps``).
 """
 
 from __future__ import annotations
 
-import dataclasses
+from pathlib import Path
 from typing import Any
 
 from engine import registry
-from engine.config.rules import Rule, RuleError, compile_filter, compile_routes, field_language
+from engine.config.lookups import LookupTable, load_table
+from engine.config.rules import compile_filter, compile_routes, field_language
+from engine.config.steps import compile_steps
 from engine.flow.pipeline import Passthrough, Processor
-from engine.flow.trace import FILTERED, PASSED, StepTrace
-from engine.model import Message, Status
+from engine.flow.steps import Stage, StepRunner
+from engine.flow.trace import StepTrace
+from engine.model import Message
 from engine.store.base import Outcome
+
+Filtered = StepRunner  # the name it had when it ran filters and routes only
 
 
 @registry.register_processor("forward", "pass messages on unchanged", rank=0)
@@ -30,77 +36,54 @@ def _forward(channel: Any, config: Any) -> Processor:
     return Passthrough(channel.destinations)
 
 
-class Filtered:
-    """A processor behind a channel's filter, its deliveries kept where their route passes."""
-
-    cpu_bound = True  # reads the message
-    needs_raw = True
-
-    def __init__(
-        self, inner: Processor, rules: list[Rule], routes: dict[str, Rule], fields: Any
-    ) -> None:
-        self.inner, self.rules, self.routes, self.fields = inner, rules, routes, fields
-
-    def process(self, msg: Message) -> Outcome:
-        view = self.fields.parse(msg.raw)
-        rule = None
-        try:
-            for rule in self.rules:
-                if not rule.test(view):
-                    return Outcome(msg.id, Status.FILTERED, error=f"filtered by {rule.name}")
-            outcome = self.inner.process(msg)
-            if not self.routes or not outcome.deliveries:
-                return outcome
-            kept = []
-            for dest, payload in outcome.deliveries:
-                rule = self.routes.get(dest)
-                if rule is None or rule.test(view):
-                    kept.append((dest, payload))
-        except RuleError as exc:
-            name = rule.name if rule is not None else "filter"
-            return Outcome(msg.id, Status.ERROR, error=f"rule {name} failed: {exc}")
-        return dataclasses.replace(outcome, deliveries=kept)
-
-    # -- the dry run (engine.flow.trace): the same decisions as process, each one recorded --
-
-    def trace(self, msg: Message) -> tuple[Outcome, list[StepTrace]]:
-        """What :meth:`process` gives, with one step per filter rule, the inner processor's
-        own steps (when it traces) and one per route; stores and sends nothing."""
-        view, raw, steps = self.fields.parse(msg.raw), msg.raw, []
-        for rule in self.rules:
-            result = _rule_result(rule, view)
-            steps.append(StepTrace("channel", f"filter {rule.name}", raw, raw, result))
-            if result != PASSED:
-                return _stopped(msg, rule, result), steps
-        outcome, inner = trace_of(self.inner, msg)
-        steps += inner
-        kept = []
-        for dest, payload in outcome.deliveries:
-            route = self.routes.get(dest)
-            result = PASSED if route is None else _rule_result(route, view)
-            if route is not None:
-                steps.append(StepTrace(dest, route.name, raw, raw, result))
-            if result == PASSED:
-                kept.append((dest, payload))
-            elif result != FILTERED:
-                return _stopped(msg, route, result), steps
-        return dataclasses.replace(outcome, deliveries=kept), steps
+def processor_for(channel: Any, config: Any = None) -> Processor:
+    """The processor a channel's ``process`` names (an ``ai_results`` source: ``results``),
+    behind the channel's steps and its destinations' when there are any (compiled here,
+    once per start; a function of *config* and the files it names alone)."""
+    runner = runner_for(channel, config)
+    return runner.inner if runner.plain else runner
 
 
-def _rule_result(rule: Rule, view: Any) -> str:
-    """A rule's result as a step records it (an evaluation failure: ``error: <reason>``)."""
-    try:
-        return PASSED if rule.test(view) else FILTERED
-    except RuleError as exc:
-        return f"error: {exc}"
+def runner_for(channel: Any, config: Any = None) -> StepRunner:
+    """:func:`processor_for` always wrapped in a :class:`StepRunner`, even with no step, so
+    that ``trace`` can be asked of any channel (``radbridge try``, ``replay --diff``)."""
+    name = channel.process
+    if channel.source is not None and channel.source.type == "ai_results":
+        name = "results"
+    inner: Processor = registry.processor(name).factory(channel, config)
+    fields = field_language()
+    tables, base_dir = _tables(config), getattr(config, "base_dir", Path())
+    raw_routes = [r.model_dump() if not isinstance(r, str) else r for r in channel.forward_to]
+    routes = compile_routes(raw_routes, ("forward_to",), fields)[0]
+    own = _stage(channel, fields, tables, base_dir)
+    targets = {c.name: c for c in getattr(config, "channel", [])
+               if c.name in channel.destinations and c.source is None}
+    others = {name: _stage(ch, fields, tables, base_dir) for name, ch in targets.items()}
+    return StepRunner(inner, fields, own, routes, others)
 
 
-def _stopped(msg: Message, rule: Any, result: str) -> Outcome:
-    """The outcome of a filter that stopped a message, or of a rule that failed (as process)."""
-    if result == FILTERED:
-        return Outcome(msg.id, Status.FILTERED, error=f"filtered by {rule.name}")
-    return Outcome(msg.id, Status.ERROR,
-                   error=f"rule {rule.name} failed: {result.removeprefix('error: ')}")
+def _stage(channel: Any, fields: Any, tables: dict[str, LookupTable], base_dir: Path) -> Stage:
+    """A channel's filter and steps; raise ValueError if they do not compile (a configuration
+    that was not linted, or whose files changed since): a step is never silently skipped."""
+    rules, problems = (compile_filter(channel.filter, ("filter",), fields) if channel.filter
+                       else ([], []))
+    steps, more = (compile_steps(channel.transform, ("transform",), "hl7", fields, tables,
+                                 base_dir) if channel.transform else ([], []))
+    if problems or more:
+        loc, message = (problems + more)[0]
+        where = ".".join(str(part) for part in loc)
+        raise ValueError(f"channel {channel.name}: {where}: {message}")
+    return Stage(tuple(rules), tuple(steps))
+
+
+def _tables(config: Any) -> dict[str, LookupTable]:
+    """The lookup tables as loaded with *config*; any it does not hold (read without files,
+    or a copy that lost them) are read now. Raises ``TableProblem``."""
+    if config is None:
+        return {}
+    held = config.tables if config.files_read else {}
+    return {spec.name: held.get(spec.name) or load_table(spec, config.base_dir, ("lookup", i))
+            for i, spec in enumerate(config.lookup)}
 
 
 def trace_of(processor: Any, msg: Message) -> tuple[Outcome, list[StepTrace]]:
@@ -109,19 +92,3 @@ def trace_of(processor: Any, msg: Message) -> tuple[Outcome, list[StepTrace]]:
     if trace is not None:
         return trace(msg)  # type: ignore[no-any-return]
     return processor.process(msg), []
-
-
-def processor_for(channel: Any, config: Any = None) -> Processor:
-    """The processor a channel's ``process`` names (an ``ai_results`` source: ``results``),
-    behind the channel's filter and routes when it has any (compiled here, once per start)."""
-    name = channel.process
-    if channel.source is not None and channel.source.type == "ai_results":
-        name = "results"
-    inner: Processor = registry.processor(name).factory(channel, config)
-    raw_routes = [r.model_dump() if not isinstance(r, str) else r for r in channel.forward_to]
-    if channel.filter is None and all(isinstance(r, str) for r in raw_routes):
-        return inner
-    fields = field_language()
-    rules = compile_filter(channel.filter, ("filter",), fields)[0] if channel.filter else []
-    routes = compile_routes(raw_routes, ("forward_to",), fields)[0]
-    return Filtered(inner, rules, routes, fields)

@@ -177,6 +177,27 @@ def check_structure(text: str, *, omi: bool, priority: str, priority_field: str,
         _parse_alone(seg, version)
 
 
+def check_sent(text: str) -> None:
+    """What we built and a destination's steps then changed, checked again before it leaves:
+    ORU^R01 and OMI^O23 in full by hl7apy, an ORM^O01 order update as ``check_structure``
+    does (the segment order, required fields, each segment alone) save the priority, which
+    the steps may have moved. Raises OutboundInvalid."""
+    fields = text.split("\r", 1)[0].split("|")
+    kind = fields[8].split("^")[:2] if len(fields) > 8 else []
+    version = fields[11] if len(fields) > 11 else "2.5.1"
+    if kind != ["ORM", "O01"]:
+        validate(text)
+        return
+    names = [seg[:3] for seg in text.split("\r")]
+    _check_order(names, omi=False)
+    segments = {seg[:3]: seg.split("|") for seg in text.split("\r")}
+    for name, number in _REQUIRED:
+        if not _field(segments[name], name, number):
+            raise OutboundInvalid(f"{name}-{number} is empty", f"{name}-{number}")
+    for seg in text.split("\r")[1:]:
+        _parse_alone(seg, version or "2.5.1")
+
+
 def _check_order(names: list[str], omi: bool) -> None:
     position = 0
     for name in names:

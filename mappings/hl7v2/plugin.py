@@ -8,7 +8,8 @@
   AI findings of the case (agreement per model version: the drift signal).
 * payload ``hl7``: the ORU^R01 of an AI report; payload ``order_update``: the RIS order
   update (ORM^O01 or OMI^O23) when AI raised the case's priority.
-* field language ``hl7``: the reader's compiled paths, for channel filters and routes.
+* field language ``hl7``: the reader's compiled paths, for channel filters and routes, and the
+  message that transformer steps (``mappings.hl7v2.steps``) change.
 
 The builders import their HL7 writers when first used, so loading the plugins stays cheap.
 """
@@ -55,8 +56,21 @@ class HL7Fields:
 
     @staticmethod
     def parse(raw: bytes) -> Any:
-        """The message the compiled readers read."""
+        """The message the compiled readers read (and transformer steps change)."""
         return parse(raw)
+
+    @staticmethod
+    def encode(message: Any) -> bytes:
+        """A parsed (perhaps changed) message as bytes, in the codec it was read with."""
+        return message.to_bytes()  # type: ignore[no-any-return]
+
+    @staticmethod
+    def validate(data: bytes) -> None:
+        """Check a message we built (an ORU, an order update) again after a destination's
+        steps changed it; raise ValueError (``OutboundInvalid``) with the reason."""
+        from mappings.hl7v2.order_update import check_sent
+
+        check_sent(parse(data).encode())
 
 
 class OrdersProcessor:
