@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 from urllib.parse import urlsplit
 
 from pydantic import (
-    BaseModel,
     Field,
     PrivateAttr,
     ValidationError,
