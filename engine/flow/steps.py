@@ -102,7 +102,7 @@ class StepRunner:
     def _steps(self, msg: Message, log: list[StepTrace] | None) -> Outcome:
         view = self.fields.parse(msg.raw) if self.channel or self.routes else None
         for rule in self.channel.rules:
-            if not self._test(CHANNEL, rule, view, msg.id, log):
+            if not self._test(CHANNEL, rule, view, msg.id, log, "filter "):
                 raise _Ended(Outcome(msg.id, Status.FILTERED, error=f"filtered by {rule.name}"))
         layers: dict[str, bytes] = {}
         if self.channel.steps:
@@ -123,7 +123,8 @@ class StepRunner:
         dropped: dict[str, str] = {}
         for dest, payload in outcome.deliveries:
             route = self.routes.get(dest)
-            if route is not None and not self._test(CHANNEL, route, view, msg.id, log):
+            if route is not None and not self._test(CHANNEL, route, view, msg.id, log,
+                                                    trace_scope=dest):
                 continue
             data = payload if payload is not None else (msg.raw if transformed else None)
             stage = self.destinations.get(dest)
@@ -143,7 +144,7 @@ class StepRunner:
         """(the payload *dest* gets, None) or (None, why its filter dropped it)."""
         view = self.fields.parse(data if data is not None else msg.raw)
         for rule in stage.rules:
-            if not self._test(dest, rule, view, msg.id, log):
+            if not self._test(dest, rule, view, msg.id, log, "filter "):
                 return None, f"filtered by {rule.name}"
         if not stage.steps:
             return data, None
@@ -159,14 +160,18 @@ class StepRunner:
         return changed, None
 
     def _test(self, scope: str, rule: Rule, view: Any, message_id: int,
-              log: list[StepTrace] | None) -> bool:
+              log: list[StepTrace] | None, label: str = "", trace_scope: str = "") -> bool:
+        """Whether *rule* passes; traced as ``<label><name>`` under *trace_scope* (a route
+        is traced under the destination it decides, though it is the channel's rule)."""
+        named = rule.name.startswith(label.strip()) if label else True  # "filter[1]" as is
+        shown, under = rule.name if named else f"{label}{rule.name}", trace_scope or scope
         try:
             passed = rule.test(view)
         except RuleError as exc:
-            self._record(log, scope, rule.name, view, view, f"error: {exc}")
+            self._record(log, under, shown, view, view, f"error: {exc}")
             raise _Ended(Outcome(message_id, Status.ERROR,
                                  error=f"rule {rule.name}{_where(scope)} failed: {exc}")) from None
-        self._record(log, scope, rule.name, view, view, PASSED if passed else FILTERED)
+        self._record(log, under, shown, view, view, PASSED if passed else FILTERED)
         return passed
 
     def _transform(self, scope: str, steps: tuple[Step, ...], view: Any, message_id: int,

@@ -118,13 +118,13 @@ def order(mode: str = "P", modality: str = "CT", pv1_class: str = "E") -> Messag
 
 @pytest.mark.parametrize(("msg", "steps"), [
     (order(), [("channel", "filter no-test-traffic", "passed"),
-               ("channel", "filter filter[1]", "error: the expression failed (RuntimeError)")]),
+               ("channel", "filter[1]", "error: the expression failed (RuntimeError)")]),
     (order(mode="T"), [("channel", "filter no-test-traffic", "filtered")]),
     (order(pv1_class="1"), [("channel", "filter no-test-traffic", "passed"),
-                            ("channel", "filter filter[1]", "passed"),
+                            ("channel", "filter[1]", "passed"),
                             ("ct", "forward_to[0].when", "passed")]),
     (order(pv1_class="1", modality="MR"), [("channel", "filter no-test-traffic", "passed"),
-                                           ("channel", "filter filter[1]", "passed"),
+                                           ("channel", "filter[1]", "passed"),
                                            ("ct", "forward_to[0].when", "filtered")]),
 ])
 def test_a_trace_gives_the_outcome_process_gives_with_each_rule_as_a_step(
