@@ -199,9 +199,7 @@ class WorkerPool:
                         ) -> list[list[Outcome]]:
         """Each lane's outcomes, in order. Lanes lost with a worker run again in quarantine.
         Raises what building the processor raised (nothing is applied then)."""
-        executor = await self._pool()
-        futures: list[Future[list[Outcome]]] = [executor.submit(work, recipe, lane)
-                                                for lane in lanes]
+        executor, futures = await self._submit(recipe, lanes)
         done = await asyncio.gather(*(asyncio.wrap_future(f) for f in futures),
                                     return_exceptions=True)
         out: list[list[Outcome]] = []
@@ -213,6 +211,17 @@ class WorkerPool:
                 raise res
             out.append(res)
         return out
+
+    async def _submit(self, recipe: Recipe, lanes: list[list[Message]]
+                      ) -> tuple[ProcessPoolExecutor, list[Future[list[Outcome]]]]:
+        """Every lane submitted to a pool that was not broken when they were: a worker that
+        died while idle (the OOM killer) is noticed here, and its pool replaced."""
+        while True:
+            executor = await self._pool()
+            try:
+                return executor, [executor.submit(work, recipe, lane) for lane in lanes]
+            except BrokenProcessPool:
+                self._broken(executor)
 
     async def close(self) -> None:
         """Shut the processes down and wait for them (work in progress finishes first)."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -121,6 +122,22 @@ async def test_orders_are_mapped_in_worker_processes_and_none_are_left_after_sto
     assert pool is not None and pool.pids and os.getpid() not in pool.pids
     await engine.stop()
     assert not [pid for pid in pool.pids if alive(pid)]
+
+
+async def test_a_worker_killed_while_idle_is_replaced_and_the_next_messages_are_processed(
+        tmp_path: Path, engine_factory: Any) -> None:
+    engine = await engine_factory(orders(f"sqlite:///{tmp_path / 'rb.db'}",
+                                         "pipeline_workers = 1"))
+    assert await send(engine.address("ris"), [orm_o01("O1")]) == ["AA"]
+    await wait_for(lambda: all_final(engine.store, 1), timeout=60)
+    first = set(engine.pool.pids)
+    for pid in first:
+        os.kill(pid, signal.SIGKILL)  # as the OOM killer would, between two batches
+    await wait_for(lambda: not any(alive(pid) for pid in first), timeout=60)
+    assert await send(engine.address("ris"), [orm_o01("O2"), adt_a01("A3")]) == ["AA"] * 2
+    await wait_for(lambda: all_final(engine.store, 3), timeout=60)
+    assert set((await statuses(engine.store, range(1, 4))).values()) == {("TRANSFORMED", None)}
+    assert engine.pool.restarts == 1 and engine.pool.pids - first
 
 
 async def test_a_reload_builds_the_changed_channel_again_in_the_workers(
