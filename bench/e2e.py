@@ -2,6 +2,7 @@
 
     .venv/bin/python -m bench.e2e [--seconds 5] [--connections 1,8,64]
                                   [--stores sqlite,postgresql] [--patients 4000]
+                                  [--pipeline-workers shipped,0] [--hostile]
 
 Runs the repository's ``channels.toml`` as shipped (orders mapped, archived, the analyst
 steps it carries), copied to a temporary directory with only its ports (free ones), its
@@ -14,11 +15,22 @@ in another; for each connection count the engine's run (load, then the drain unt
 message is final) alternates with the store's bare reference (``bench.bare_server``,
 ``bench.bare_pg_server``: group commit before each ACK), so that both meet the same machine.
 
+``--pipeline-workers`` runs the engine once per value (``shipped``: as channels.toml says,
+i.e. the default, one worker process per CPU less one; ``0``: the pipeline in threads of the
+engine's own process, as before issue 15; a number: that many worker processes), each
+against the same reference, so a before/after comparison meets the same machine.
+``--hostile`` adds, for each engine, a run at the highest connection count during which
+another sender sends one 5 MB message of 200,000 segments (over ``[engine] max_segments``:
+it must end ERROR without delaying the others' ACKs); its row is marked ``+H``.
+
 Prints, per store and connection count: ingest msg/s and ACK p50/p99 while the pipeline runs;
 end-to-end msg/s (first send to the last message final); CPU seconds of the engine (its
-process tree, and of that its main thread: the event loop), the load generator and the sink
-over the run; the engine's peak RSS; and the ratios to the reference. At the end it checks
-that every ACKed message is stored, final, reached the sink, and did so in order per patient.
+process tree; of that its own process, ``main``, and of that its main thread, the event loop;
+the rest, ``wrk``, is the pipeline's worker processes), the load generator and the sink over
+the run; the event loop's share of the engine's CPU and how busy it was (``loop busy``: its CPU
+seconds over the run's wall seconds: near 100% the loop is the bottleneck); the engine's peak
+RSS; and the ratios to the reference. At the end it checks that every ACKed message is
+stored, final, reached the sink, and did so in order per patient.
 """
 
 from __future__ import annotations
@@ -35,13 +47,16 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.hl7gen import orm_o01
 from bench.loadgen import patient_of
+from channels.mllp.framing import frame
 from engine.store.base import FINAL_STATUSES
 
 PY = sys.executable
@@ -115,13 +130,13 @@ def _tree(pid: int) -> list[int]:
     return out
 
 
-def cpu_seconds(pid: int, *, thread: int | None = None) -> float:
-    """CPU seconds (user + system) of *pid*'s process tree, or of one of its threads."""
-    paths = (
-        [f"/proc/{pid}/task/{thread}/stat"]
-        if thread is not None
-        else [f"/proc/{p}/stat" for p in _tree(pid)]
-    )
+def cpu_seconds(pid: int, *, thread: int | None = None, alone: bool = False) -> float:
+    """CPU seconds (user + system) of *pid*'s process tree, of *pid* alone (all its threads),
+    or of one of its threads."""
+    if thread is not None:
+        paths = [f"/proc/{pid}/task/{thread}/stat"]
+    else:
+        paths = [f"/proc/{p}/stat" for p in ([pid] if alone else _tree(pid))]
     total = 0
     for path in paths:
         try:
@@ -235,9 +250,10 @@ Probe = SqliteProbe | PostgresProbe
 # -- the shipped configuration -----------------------------------------------------------------
 
 
-def shipped_config(tmp: Path, store_url: str, sink_port: int) -> Path:
+def shipped_config(tmp: Path, store_url: str, sink_port: int, workers: str = "shipped") -> Path:
     """channels.toml as shipped, with only ports, data_dir and the store URL rewritten, and
-    ``ehr-results`` added to ``ris-orders``' forward_to (its endpoint: the sink)."""
+    ``ehr-results`` added to ``ris-orders``' forward_to (its endpoint: the sink); *workers*
+    other than ``shipped`` sets ``[engine] pipeline_workers``."""
     text = (ROOT / "channels.toml").read_text()
 
     def sub(pattern: str, repl: Any, count: int = 0) -> None:
@@ -251,9 +267,11 @@ def shipped_config(tmp: Path, store_url: str, sink_port: int) -> Path:
     sub(r'^forward_to = \["order-archive"\]', 'forward_to = ["order-archive", "ehr-results"]', 1)
     sub(r'endpoint = "127\.0\.0\.1:6661"', f'endpoint = "127.0.0.1:{sink_port}"', 1)
     sub(r'listen = "127\.0\.0\.1:\d+"', lambda _m: f'listen = "127.0.0.1:{free_port()}"')
+    if workers != "shipped":
+        sub(r"^\[engine\]$", f"[engine]\npipeline_workers = {int(workers)}", 1)
     (tmp / "var").mkdir(exist_ok=True)
     shutil.copytree(ROOT / "lookups", tmp / "lookups", dirs_exist_ok=True)  # its lookup tables
-    path = tmp / "channels.toml"
+    path = tmp / f"channels-{workers}.toml"
     path.write_text(text)
     return path
 
@@ -269,8 +287,10 @@ class Run:
     server: str
     prefix: str
     load: dict[str, Any]
+    hostile: str = ""  # the hostile message's answer and final status, when one was sent
     e2e_rate: float = float("nan")
     drain_s: float = float("nan")
+    wall_s: float = float("nan")
     cpu: dict[str, float] = field(default_factory=dict)
     rss_mb: float = float("nan")
 
@@ -314,26 +334,70 @@ def drain(probe: Probe, limit: float) -> float:
     return float("nan")
 
 
+HOSTILE_SEGMENTS = 200_000  # about 5 MB: over [engine] max_segments (50,000)
+
+
+class HostileSender(threading.Thread):
+    """Sends one huge message after *delay* seconds on its own connection; keeps its answer
+    (MSA-1) and how long the ACK took."""
+
+    def __init__(self, addr: tuple[str, int], control_id: str, delay: float) -> None:
+        super().__init__(daemon=True)
+        self.addr, self.control_id, self.delay = addr, control_id, delay
+        self.answer, self.ack_s, self.size = "none", float("nan"), 0
+
+    def run(self) -> None:
+        payload = orm_o01(self.control_id) + b"".join(
+            b"\rNTE|%d||hostile line of text" % i for i in range(HOSTILE_SEGMENTS))
+        self.size = len(payload)
+        time.sleep(self.delay)
+        # From another loopback address: the load already holds the per-peer connection limit.
+        with socket.create_connection(self.addr, 120, ("127.0.0.2", 0)) as sock:
+            t0 = time.perf_counter()
+            sock.sendall(frame(payload))
+            got = b""
+            while not got.endswith(b"\x1c\r"):
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                got += chunk
+            self.ack_s = time.perf_counter() - t0
+        msa = got.find(b"\rMSA|")
+        self.answer = got[msa + 5 : msa + 7].decode() if msa >= 0 else "none"
+
+
 def engine_run(
-    probe: Probe, engine: Proc, sink: Proc, conns: int, args: argparse.Namespace, prefix: str
+    probe: Probe, engine: Proc, sink: Proc, conns: int, args: argparse.Namespace, prefix: str,
+    label: str, hostile: bool = False,
 ) -> Run:
     before = {
         "engine": cpu_seconds(engine.pid),
+        "main": cpu_seconds(engine.pid, alone=True),
         "loop": cpu_seconds(engine.pid, thread=engine.pid),
         "sink": cpu_seconds(sink.pid),
     }
+    sender = None
+    if hostile:
+        sender = HostileSender(engine.listeners["ris-orders"], f"HOSTILE{prefix}",
+                               args.seconds / 3)
+        sender.start()
     load = run_load(engine.listeners["ris-orders"], conns, args.seconds, args.patients, prefix)
     done = drain(probe, args.drain_limit)
-    run = Run(probe.label, "radbridge", prefix, load)
+    run = Run(probe.label, label, prefix, load)
     run.drain_s = done - (load["start_wall"] + load["seconds"])
-    run.e2e_rate = run.acked / (done - load["start_wall"])
-    run.cpu = {
-        "engine": cpu_seconds(engine.pid) - before["engine"],
-        "loop": cpu_seconds(engine.pid, thread=engine.pid) - before["loop"],
-        "sink": cpu_seconds(sink.pid) - before["sink"],
-        "loadgen": load["cpu_s"],
-    }
+    run.wall_s = done - load["start_wall"]
+    run.e2e_rate = run.acked / run.wall_s
+    after = {"engine": cpu_seconds(engine.pid), "main": cpu_seconds(engine.pid, alone=True),
+             "loop": cpu_seconds(engine.pid, thread=engine.pid), "sink": cpu_seconds(sink.pid)}
+    run.cpu = {k: after[k] - before[k] for k in after}
+    run.cpu["workers"] = run.cpu["engine"] - run.cpu["main"]
+    run.cpu["loadgen"] = load["cpu_s"]
     run.rss_mb = peak_rss_mb(engine.pid)
+    if sender is not None:
+        sender.join(120)
+        final = {cid: (status, mid) for cid, status, mid in probe.rows()}.get(sender.control_id)
+        run.hostile = (f"{sender.size / 1e6:.1f} MB message: {sender.answer} in "
+                       f"{sender.ack_s * 1000:.0f} ms, final {final[0] if final else 'not stored'}")
     return run
 
 
@@ -346,30 +410,46 @@ def ref_run(probe: Probe, ref: Proc, conns: int, args: argparse.Namespace, prefi
     return run
 
 
+def engine_label(workers: str) -> str:
+    return "radbridge" if workers == "shipped" else f"rb w={workers}"
+
+
 def bench_store(
     probe: Probe, tmp: Path, conns: list[int], args: argparse.Namespace
 ) -> tuple[list[Run], list[str]]:
-    """Every connection count on one store, the engine and the reference alternating."""
+    """Every connection count on one store: for each engine variant (``--pipeline-workers``)
+    its runs, each followed by the reference's at the same count; then the hostile runs."""
     sink_out = tmp / "sink.txt"
     procs: list[Proc] = []
     runs: list[Run] = []
+    variants = args.pipeline_workers.split(",")
     try:
         sink = start([PY, "-m", "bench.ehr_sink", str(sink_out)])
         procs.append(sink)
-        cfg = shipped_config(tmp, probe.url, sink.listeners["sink"][1])
-        engine = start([PY, "-m", "engine.cli", "run", str(cfg), "--log-level", "WARNING"], cwd=tmp)
-        procs.append(engine)
         ref = start(probe.ref_cmd)
         procs.append(ref)
-        for i, n in enumerate(conns):
-            time.sleep(SETTLE_SECS)
-            runs.append(engine_run(probe, engine, sink, n, args, chr(ord("A") + i)))
-            time.sleep(SETTLE_SECS)
-            runs.append(ref_run(probe, ref, n, args, chr(ord("a") + i)))
+        for v, workers in enumerate(variants):
+            cfg = shipped_config(tmp, probe.url, sink.listeners["sink"][1], workers)
+            cmd = [PY, "-m", "engine.cli", "run", str(cfg), "--log-level", "WARNING"]
+            engine = start(cmd, cwd=tmp)
+            try:
+                for i, n in enumerate(conns):
+                    time.sleep(SETTLE_SECS)
+                    prefix = f"{'ABCDEFGH'[v]}{'ABCDEFGH'[i]}"
+                    runs.append(engine_run(probe, engine, sink, n, args, prefix,
+                                           engine_label(workers)))
+                    time.sleep(SETTLE_SECS)
+                    runs.append(ref_run(probe, ref, n, args, prefix.lower()))
+                if args.hostile:
+                    time.sleep(SETTLE_SECS)
+                    runs.append(engine_run(probe, engine, sink, conns[-1], args,
+                                           f"{'ABCDEFGH'[v]}H", engine_label(workers), True))
+            finally:
+                engine.stop()
     finally:
         for proc in reversed(procs):
             proc.stop()
-    problems = check(probe, [r for r in runs if r.server == "radbridge"], sink_out)
+    problems = check(probe, [r for r in runs if r.server != "reference"], sink_out)
     ref_acked = sum(r.acked for r in runs if r.server == "reference")
     if probe.ref_count() < ref_acked:
         problems.append(f"{probe.label} reference: {ref_acked} ACKed, fewer stored")
@@ -434,37 +514,46 @@ def _f(x: float, fmt: str) -> str:
 
 def print_table(runs: list[Run]) -> None:
     print(
-        f"{'store':10} {'server':9} {'conns':>5} {'ingest/s':>9} {'p50 ms':>7} {'p99 ms':>8}"
-        f" {'e2e/s':>7} {'drain s':>7} {'cpu eng':>7} {'(loop)':>7} {'loop %':>6} {'cpu gen':>7}"
-        f" {'cpu sink':>8} {'RSS MB':>7}  check"
+        f"{'store':10} {'server':10} {'conns':>5} {'ingest/s':>9} {'p50 ms':>7} {'p99 ms':>8}"
+        f" {'e2e/s':>7} {'drain s':>7} {'cpu eng':>7} {'main':>6} {'(loop)':>6} {'wrk':>6}"
+        f" {'loop %':>6} {'busy %':>6} {'cpu gen':>7} {'cpu sink':>8} {'RSS MB':>7}  check"
     )
+    nan = float("nan")
     for r in runs:
         ld, c = r.load, r.cpu
-        loop = c.get("loop", float("nan"))
-        share = 100 * loop / c["engine"] if c.get("engine") else float("nan")
+        loop = c.get("loop", nan)
+        share = 100 * loop / c["engine"] if c.get("engine") else nan
+        busy = 100 * loop / r.wall_s if r.wall_s == r.wall_s else nan
+        conns = f"{ld['connections']}{'+H' if r.hostile else ''}"
         print(
-            f"{r.store:10} {r.server:9} {ld['connections']:>5} {ld['rate']:>9.0f}"
+            f"{r.store:10} {r.server:10} {conns:>5} {ld['rate']:>9.0f}"
             f" {ld['p50_ms']:>7.1f} {ld['p99_ms']:>8.1f} {_f(r.e2e_rate, '.0f'):>7}"
             f" {_f(r.drain_s, '.1f'):>7} {c.get('engine', 0):>7.1f}"
-            f" {_f(loop, '.1f'):>7} {_f(share, '.0f'):>6}"
+            f" {_f(c.get('main', nan), '.1f'):>6} {_f(loop, '.1f'):>6}"
+            f" {_f(c.get('workers', nan), '.1f'):>6} {_f(share, '.0f'):>6} {_f(busy, '.0f'):>6}"
             f" {c.get('loadgen', 0):>7.1f}"
-            f" {_f(c.get('sink', float('nan')), '.1f'):>8} {r.rss_mb:>7.0f}"
+            f" {_f(c.get('sink', nan), '.1f'):>8} {r.rss_mb:>7.0f}"
             f"  {ld.get('check', 'stored' if r.server == 'reference' else '?')}"
         )
+    for r in runs:
+        if r.hostile:
+            print(f"  {r.store} {r.server} +H: {r.hostile}")
 
 
 def print_ratios(runs: list[Run]) -> None:
-    ours = [r for r in runs if r.server == "radbridge"]
-    refs = [r for r in runs if r.server == "reference"]
+    refs = {(r.store, r.load["connections"]): r for r in runs if r.server == "reference"}
     print()
     print(
-        "ratios to the same store's reference (targets at 64 connections: ingest >= 0.5,"
-        " p99 <= 2x, end to end >= 0.25 of the reference's ingest)"
+        "ratios to the same store's reference at the same connection count (targets at 64"
+        " connections: ingest >= 0.5, p99 <= 2x, end to end >= 0.25 of the reference's ingest)"
     )
-    for a, b in zip(ours, refs, strict=True):
+    for a in runs:
+        b = refs.get((a.store, a.load["connections"]))
+        if a.server == "reference" or b is None:
+            continue
         print(
-            f"  {a.store:10} {a.load['connections']:>3} connections: ingest"
-            f" {a.load['rate'] / b.load['rate']:.2f}x,"
+            f"  {a.store:10} {a.server:10} {a.load['connections']:>3} connections"
+            f"{' +H' if a.hostile else '   '}: ingest {a.load['rate'] / b.load['rate']:.2f}x,"
             f" p99 {a.load['p99_ms'] / b.load['p99_ms']:.1f}x,"
             f" end to end {a.e2e_rate / b.load['rate']:.2f}x"
         )
@@ -476,6 +565,17 @@ def main() -> int:
     ap.add_argument("--connections", default="1,8,64")
     ap.add_argument("--stores", default="sqlite,postgresql")
     ap.add_argument("--patients", type=int, default=4000, help="patient ids in the mixed feed")
+    ap.add_argument(
+        "--pipeline-workers",
+        default="shipped",
+        help="engine variants, comma-separated: shipped (channels.toml as is), 0 (threads, the"
+        " pre-issue-15 pipeline) or a number of worker processes (default: shipped)",
+    )
+    ap.add_argument(
+        "--hostile",
+        action="store_true",
+        help="add a run per engine with one 5 MB, 200,000-segment message among the load",
+    )
     ap.add_argument(
         "--drain-limit",
         type=float,
@@ -500,15 +600,17 @@ def main() -> int:
     print_ratios(runs)
     print()
     for r in runs:
-        if r.server == "radbridge":
+        if r.server != "reference":
             print(
-                f"{r.store} {r.load['connections']} connections: {r.acked} ACKed "
+                f"{r.store} {r.server} {r.load['connections']} connections: {r.acked} ACKed "
                 f"({r.load['codes']}); final statuses {r.load.get('statuses')}"
             )
     print(
-        "CPU: seconds over the run (load and drain); (loop) is the engine's main thread, the"
-        " event loop (loop %: its share of the engine's CPU). The PostgreSQL server's own CPU"
-        " is not counted. RSS: the engine's peak so far."
+        "CPU: seconds over the run (load and drain): cpu eng is the engine's process tree, main"
+        " its own process, (loop) of that its main thread (the event loop), wrk the pipeline's"
+        " worker processes; loop %: the loop's share of the engine's CPU; busy %: the loop's CPU"
+        " over the run's wall time. The PostgreSQL server's own CPU is not counted. RSS: the"
+        " engine's peak so far (its processes summed)."
     )
     for p in problems:
         print(f"PROBLEM: {p}")

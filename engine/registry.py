@@ -271,6 +271,8 @@ def view(name: str) -> Callable[..., Any]:
 
 # ``hl7``: ``compile(path)`` → a reader of one field (raises ``ValueError`` on a bad path) and
 # ``parse(raw)`` → the message those readers read; used by channel filters and routes.
+# ``measure(raw)`` → what processing *raw* will cost, as counts (``{"segments": n, "fields":
+# m}``) found without parsing; ``engine.flow.bounds`` refuses a message over the limits.
 _FIELDS: dict[str, Any] = {}
 
 

@@ -62,6 +62,17 @@ class EngineSection(Strict):
         1.0, gt=0, description="How often the engine looks for changes other processes made "
                                "(`radbridge studies complete`, `messages reprocess`); on "
                                "PostgreSQL a NOTIFY also wakes it at once.")
+    pipeline_workers: int | None = Field(
+        None, ge=0, description="Processes that run the channels' processing (mapping, the "
+                                "analyst steps, results building) off the event loop that "
+                                "reads frames and answers ACKs. Default: one less than the "
+                                "CPUs, at least 1; 0 runs it in threads of the engine's own "
+                                "process (debugging: the ACK path then competes with it).")
+    max_segments: int = Field(
+        50_000, gt=0, description="A message with more segments ends ERROR, naming the count, "
+                                  "before anything parses it: its cost is bounded.")
+    max_fields: int = Field(
+        1_000_000, gt=0, description="Likewise for its fields (field separators).")
     inference: Literal["local", "workers"] = Field(
         "local", description="local: this process runs the models; workers: it only routes "
                              "cases into the job queue, and `radbridge worker` processes (on "

@@ -3,18 +3,22 @@
 A pipeline per channel pulls RECEIVED messages in arrival order, processes
 them in lanes (one lane per key, e.g. the patient id, so that order holds per
 key while keys run in parallel), and records every outcome of the batch in
-one transaction. Transform work runs in an executor: the event loop never
-parses. At start-up the same loop picks up whatever was left RECEIVED.
+one transaction. Transform work runs in worker processes (``engine.flow.workers``;
+with ``[engine] pipeline_workers = 0`` in threads): the event loop never parses, and
+never waits on the GIL of a thread that does. At start-up the same loop picks up
+whatever was left RECEIVED.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import zlib
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
+from engine.flow.workers import Recipe, WorkerPool, run_lane
 from engine.logs import event
 from engine.model import Message, Status
 from engine.store.base import Outcome
@@ -63,23 +67,18 @@ def _lane_of(msg: Message) -> int:
     return zlib.crc32(key.encode()) % LANES
 
 
-def _run_lane(processor: Processor, msgs: list[Message]) -> list[Outcome]:
-    out = []
-    for msg in msgs:
-        try:
-            out.append(processor.process(msg))
-        except Exception as exc:  # a processor bug fails the message, never the pipeline
-            out.append(Outcome(msg.id, Status.ERROR, error=f"{type(exc).__name__}: {exc}"))
-    return out
-
-
 class Pipeline:
+    """One channel's loop. With a worker *pool* and the *recipe* that builds the processor
+    there, cpu_bound work runs in the pool's processes; otherwise in threads."""
+
     def __init__(self, channel: str, store: MessageQueue, processor: Processor,
                  on_queued: Callable[[], None],
-                 on_cases: Callable[[list[CaseRow]], None] | None = None) -> None:
+                 on_cases: Callable[[list[CaseRow]], None] | None = None,
+                 pool: WorkerPool | None = None, recipe: Recipe | None = None) -> None:
         self.channel = channel
         self.store: MessageQueue = store
         self.processor = processor
+        self.pool, self.recipe = pool, recipe
         self.on_queued = on_queued
         self.on_cases = on_cases
         self._wake = asyncio.Event()
@@ -103,21 +102,23 @@ class Pipeline:
                       reason=type(exc).__name__, level=logging.ERROR)
                 await asyncio.sleep(1.0)
             self._wake.clear()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), RESCAN_SECS)
-            except TimeoutError:
-                pass
 
     async def _process(self, msgs: list[Message]) -> None:
         if self.processor.cpu_bound:
             lanes: dict[int, list[Message]] = {}
             for msg in msgs:
                 lanes.setdefault(_lane_of(msg), []).append(msg)
-            loop = asyncio.get_running_loop()
-            results = await asyncio.gather(*(loop.run_in_executor(None, _run_lane, self.processor,
-                                                                  lane) for lane in lanes.values()))
+            if self.pool is not None and self.recipe is not None:
+                results = await self.pool.run_lanes(self.recipe, list(lanes.values()))
+            else:
+                loop = asyncio.get_running_loop()
+                results = await asyncio.gather(*(
+                    loop.run_in_executor(None, run_lane, self.processor, lane)
+                    for lane in lanes.values()))
         else:  # inline, in arrival order: lanes only matter when they run in parallel
-            results = [_run_lane(self.processor, msgs)]
+            results = [run_lane(self.processor, msgs)]
         outcomes = [o for lane in results for o in lane]
         cases = await self.store.apply_outcomes(outcomes)
         self.processed += len(outcomes)

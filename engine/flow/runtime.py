@@ -22,13 +22,14 @@ from typing import Any
 
 from engine import registry
 from engine.config.schema import Config
+from engine.flow import workers as pipeline_workers
 from engine.flow.assembly import StudyAssembler
+from engine.flow.bounds import bounded_processor
 from engine.flow.controls import ChannelControls
 from engine.flow.delivery import DeliveryWorker
 from engine.flow.ingest import Ingest
 from engine.flow.instances import InstanceIngest, instances_root
 from engine.flow.pipeline import Pipeline
-from engine.flow.processors import processor_for
 from engine.flow.retention import Retention
 from engine.flow.signals import SignalWatcher
 from engine.logs import event
@@ -51,6 +52,7 @@ class Engine:
         self.ingests: dict[str, Ingest | InstanceIngest] = {}
         self.pipelines: dict[str, Pipeline] = {}
         self.workers: dict[str, DeliveryWorker] = {}
+        self.pool: pipeline_workers.WorkerPool | None = None  # the pipelines' processes
         self._tasks: list[asyncio.Task[None]] = []
         self.started = False
         self.case_listeners: list[Callable[[Sequence[CaseRow]], None]] = []
@@ -96,6 +98,7 @@ class Engine:
         await self.store.open()
         try:
             await self.signals.open()  # before recovery: later changes arrive as signals
+            self._acquire_pool()
             self._start_destinations()
             self._start_pipelines()
             self._spawn(self.assembler.run(), "assembly")
@@ -150,8 +153,12 @@ class Engine:
                 if name in self.workers:
                     self.workers[name].wake()
 
-        pipeline = Pipeline(ch.name, self.store, processor_for(ch, self.config), on_queued,
-                            self._on_cases)
+        processor = bounded_processor(ch, self.config)
+        recipe = None
+        if self.pool is not None and processor.cpu_bound:  # built again in each worker
+            recipe = pipeline_workers.channel_recipe(self.config, ch.name)
+        pipeline = Pipeline(ch.name, self.store, processor, on_queued, self._on_cases,
+                            self.pool, recipe)
         self.pipelines[ch.name] = pipeline
         # The loop starts with whatever is left RECEIVED: that is the recovery.
         self._spawn(pipeline.run(), f"pipeline:{ch.name}", ch.name)
@@ -247,6 +254,7 @@ class Engine:
             await self.store.close()
         except Exception as exc:
             failures.append(exc)
+        await self._release_pool(failures)
         self.sources.clear()
         self._tasks.clear()
         self._channel_tasks.clear()
@@ -335,6 +343,22 @@ class Engine:
         for failure in failures:
             event(log, "ENG-509", "failure while stopping", channel=name, reason=repr(failure),
                   level=logging.WARNING)
+
+    # -- the pipelines' worker processes ---------------------------------------------------
+    def _acquire_pool(self) -> None:
+        """The process's shared pool, unless ``[engine] pipeline_workers = 0`` (threads)."""
+        n = self.config.engine.pipeline_workers
+        n = pipeline_workers.default_workers() if n is None else n
+        if n > 0 and self.pool is None:
+            self.pool = pipeline_workers.acquire(n)
+
+    async def _release_pool(self, failures: list[BaseException]) -> None:
+        pool, self.pool = self.pool, None
+        if pool is not None:
+            try:
+                await pipeline_workers.release(pool)
+            except Exception as exc:
+                failures.append(exc)
 
     # -- admin ------------------------------------------------------------------------------
     def _prepare_admin(self) -> None:

@@ -72,6 +72,14 @@ class HL7Fields:
 
         check_sent(parse(data).encode())
 
+    @staticmethod
+    def measure(raw: bytes) -> dict[str, int]:
+        """Segments (lines, whatever the terminator) and fields (field separators, MSH-1's)
+        of *raw*: a few passes over the bytes in C, however hostile the message."""
+        fs = raw[3:4] if raw.startswith(b"MSH") and len(raw) > 3 else b"|"
+        lines = raw.count(b"\r") + raw.count(b"\n") - raw.count(b"\r\n") + 1
+        return {"segments": lines, "fields": raw.count(fs)}
+
 
 class OrdersProcessor:
     """Map to domain objects, then forward like ``Passthrough``."""
