@@ -294,6 +294,12 @@ class Config(Strict):
     def files_read(self) -> bool:
         return self._files_read
 
+    def loaded_from(self, base_dir: Path, tables: dict[str, LookupTable]) -> None:
+        """Give a copy rebuilt from plain data (a worker's snapshot) what the load gave the
+        original: its directory and its tables as read (a table it lacks is read when a
+        processor is built from it)."""
+        self._base_dir, self._tables, self._files_read = base_dir, dict(tables), True
+
     def channel_named(self, name: str) -> Any:
         return next(c for c in self.channel if c.name == name)
 

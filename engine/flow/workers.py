@@ -42,6 +42,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from engine.logs import event
@@ -66,20 +67,30 @@ class Recipe:
 
 
 def channel_recipe(config: Any, channel: str) -> Recipe:
-    """The recipe of *channel*'s processor under *config* (any change to it: a new key)."""
-    snapshot = pickle.dumps(config.model_dump(by_alias=True), protocol=pickle.HIGHEST_PROTOCOL)
+    """The recipe of *channel*'s processor under *config* (any change to it: a new key).
+
+    The snapshot carries what the engine loaded with the configuration beside its plain data:
+    the directory it was read from and its lookup tables as read (a worker never reads a
+    table file itself, so a file changed or gone since the load cannot differ between the
+    engine and its workers)."""
+    data = (config.model_dump(by_alias=True), str(getattr(config, "base_dir", "")),
+            dict(getattr(config, "tables", {})) if getattr(config, "files_read", False) else {})
+    snapshot = pickle.dumps(data, protocol=pickle.HIGHEST_PROTOCOL)
     key = f"{hashlib.sha256(snapshot).hexdigest()[:16]}:{channel}"
     return Recipe(build_channel_processor, (snapshot, channel), key)
 
 
 def build_channel_processor(snapshot: bytes, channel: str) -> Any:
     """In a worker: the configuration validated again from its snapshot (files and secrets
-    are the engine's business: not looked at), and the channel's processor built from it."""
+    are the engine's business: not looked at), with the engine's directory and lookup tables,
+    and the channel's processor built from it."""
     from engine.config.base import CHECK_FILES
     from engine.config.schema import Config
     from engine.flow.bounds import bounded_processor
 
-    config = Config.model_validate(pickle.loads(snapshot), context={CHECK_FILES: False})
+    data, base_dir, tables = pickle.loads(snapshot)
+    config = Config.model_validate(data, context={CHECK_FILES: False})
+    config.loaded_from(Path(base_dir), tables)
     return bounded_processor(config.channel_named(channel), config)
 
 
