@@ -10,6 +10,7 @@ Screenshots land in ``test-artifacts/demo/``.
 from __future__ import annotations
 
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -46,6 +47,7 @@ def shipped_config(tmp: Path) -> Path:
     ):
         assert old in text, f"channels.toml has no {old}: update this test"
         text = text.replace(old, new)
+    shutil.copytree(REPO / "lookups", tmp / "lookups")  # the tables it names, beside it
     path = tmp / "channels.toml"
     path.write_text(text, encoding="utf-8")
     return path
