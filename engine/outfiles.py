@@ -7,6 +7,9 @@ Every destination that writes files (``channels.file``) goes through here:
   file is never overwritten, and a reader never sees a half-written one. A name already
   taken by the same bytes is our own earlier write (a resend after a crash): it counts as
   written. A name taken by other bytes moves on to ``<stem>.1``, ``<stem>.2``...
+  The directory is fsynced after the link, so the name is durable when ``write_new``
+  returns; a batch of files passes ``sync_dir=False`` to each and calls ``fsync_dir`` once
+  at the end, and only then counts any of them as written.
 * ``os_delivery_error`` turns the ``OSError`` of a write into the engine's error tree
   (``engine.errors``), by errno:
 
@@ -55,8 +58,11 @@ def os_delivery_error(exc: OSError, directory: Path) -> DeliveryError:
     return PeerUnavailable(reason)
 
 
-def write_new(directory: Path, stem: str, suffix: str, payload: bytes, fsync: bool) -> Path:
-    """Write *payload* as ``directory/<stem><suffix>`` atomically, never replacing a file.
+def write_new(directory: Path, stem: str, suffix: str, payload: bytes, fsync: bool, *,
+              sync_dir: bool = True) -> Path:
+    """Write *payload* as ``directory/<stem><suffix>`` atomically, never replacing a file;
+    *fsync*: the file's bytes, then (unless not *sync_dir*) the directory entry, are on disk
+    when it returns (with ``sync_dir=False`` the caller owes a ``fsync_dir``).
 
     Raises ``OSError`` (classify it with ``os_delivery_error``); a ``FileExistsError``
     when ``MAX_NAME_TRIES`` names are all taken by other bytes.
@@ -68,8 +74,8 @@ def write_new(directory: Path, stem: str, suffix: str, payload: bytes, fsync: bo
         for n in range(MAX_NAME_TRIES):
             final = directory / (f"{stem}{suffix}" if n == 0 else f"{stem}.{n}{suffix}")
             if _place(tmp, final, payload):
-                if fsync:
-                    _fsync_dir(directory)
+                if fsync and sync_dir:
+                    fsync_dir(directory)
                 return final
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -108,7 +114,8 @@ def _same(path: Path, payload: bytes) -> bool:
         return False
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
+    """Make the names created in *directory* durable. Raises ``OSError``."""
     fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(fd)

@@ -169,11 +169,11 @@ async def test_a_file_the_file_system_refuses_ends_error_with_the_reason_and_the
     real = write_new
 
     def refuse_poison(directory: Path, stem: str, suffix: str, payload: bytes,
-                      fsync: bool) -> Path:
+                      fsync: bool, **kw: Any) -> Path:
         if b"POISON" in payload:
             raise OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG),
                           str(directory / ("x" * 300)))
-        return real(directory, stem, suffix, payload, fsync)
+        return real(directory, stem, suffix, payload, fsync, **kw)
 
     monkeypatch.setattr("channels.file.write_new", refuse_poison)
     archive = tmp_path / "archive"
@@ -194,10 +194,10 @@ async def test_a_full_disk_keeps_the_head_queued_and_retried_then_all_follow_in_
     real, failures = write_new, iter(range(3))
 
     def full_twice(directory: Path, stem: str, suffix: str, payload: bytes,
-                   fsync: bool) -> Path:
+                   fsync: bool, **kw: Any) -> Path:
         if next(failures, None) is not None:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return real(directory, stem, suffix, payload, fsync)
+        return real(directory, stem, suffix, payload, fsync, **kw)
 
     monkeypatch.setattr("channels.file.write_new", full_twice)
     monkeypatch.setattr("channels.file.FileDestination.retry_initial_secs", 0.05)
