@@ -230,13 +230,13 @@ class DeliveryWorker:
         except Exception as exc:  # decided by its type in _send_one
             return exc
 
-    async def _send_one(self, d: Delivery, first: Exception) -> _Result | None:
-        """Carry *d*, whose try just raised *first*, until it is sent or fails for good;
-        None when an operator ended it meanwhile."""
+    async def _send_one(self, d: Delivery, first: Exception | None = None) -> _Result | None:
+        """Send *d* (whose try just raised *first*, if given) until it is sent or fails for
+        good; None when an operator ended it meanwhile."""
         initial = self.destination.retry_initial_secs
         ceiling = self.destination.retry_max_secs
         delay, waited = initial, False
-        outcome: bytes | Exception = first
+        outcome = first if first is not None else await self._attempt(d)
         while True:
             if isinstance(outcome, bytes):
                 self._delivered()
