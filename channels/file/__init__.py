@@ -14,7 +14,7 @@ from engine.config.base import Strict
 from engine.connectors import BatchSent, DestinationBase
 from engine.fsmode import private_dir
 from engine.model import DeliveryRef
-from engine.outfiles import fsync_dir, os_delivery_error, write_new
+from engine.outfiles import os_delivery_error, write_batch, write_new
 from engine.registry import register
 
 
@@ -46,9 +46,10 @@ class FileDestination(DestinationBase):
     that can never be written (``PermanentDeliveryError``) ends that delivery as ERROR
     and the queue moves on.
 
-    ``send_batch`` writes up to ``max_batch`` files in one worker thread, each fsynced
-    before it is linked under its name, stopping at the first that fails, then fsyncs the
-    directory once: none is reported written before its bytes and its name are durable.
+    ``send_batch`` writes up to ``max_batch`` files in one worker thread
+    (``engine.outfiles.write_batch``: each fsynced before it is linked under its name, the
+    fsyncs in flight together, stopping at the first that fails, then one directory fsync):
+    none is reported written before its bytes and its name are durable.
     A crash before the directory fsync leaves files whose deliveries are still QUEUED; the
     resend finds its own bytes under the name and counts them written, never a copy.
     """
@@ -77,22 +78,11 @@ class FileDestination(DestinationBase):
         return await asyncio.to_thread(self._write_batch, items)
 
     def _write_batch(self, items: Sequence[tuple[bytes, DeliveryRef]]) -> BatchSent:
-        """In a worker thread: the files of *items* in order, then one directory fsync."""
-        sent = BatchSent()
-        for payload, ref in items:
-            try:
-                path = write_new(self.dir, file_stem(ref), self.config.suffix, payload,
-                                 self.config.fsync, sync_dir=False)
-            except OSError as exc:
-                sent.error = os_delivery_error(exc, self.dir)
-                break
-            sent.responses.append(f"written {path.name}".encode())
-        if sent.responses and self.config.fsync:
-            try:
-                fsync_dir(self.dir)
-            except OSError as exc:  # no name is known durable: the first is retried
-                return BatchSent([], os_delivery_error(exc, self.dir))
-        return sent
+        """In a worker thread: the files of *items* in order (``write_batch``)."""
+        paths, error = write_batch(self.dir, [(file_stem(ref), payload) for payload, ref in items],
+                                   self.config.suffix, self.config.fsync)
+        return BatchSent([f"written {p.name}".encode() for p in paths],
+                         os_delivery_error(error, self.dir) if error is not None else None)
 
     async def close(self) -> None:
         return None
