@@ -160,10 +160,10 @@ async def drain(url: str, dest: FileDestination | MLLPDestination, mode: str,
         worker = DeliveryWorker("out", dest, counted)  # type: ignore[arg-type]
         started = time.perf_counter()
         task = asyncio.create_task(worker.run())
-        while (await store.counts()).get(("ris", "SENT"), 0) < len(ids):
+        while worker.sent < len(ids) or await _sent(store) < len(ids):  # cheap check first
             if task.done():
                 task.result()
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.005)
         took = time.perf_counter() - started
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
@@ -171,6 +171,10 @@ async def drain(url: str, dest: FileDestination | MLLPDestination, mode: str,
         return took, counted.transactions
     finally:
         await store.close()
+
+
+async def _sent(store: Any) -> int:
+    return int((await store.counts()).get(("ris", "SENT"), 0))
 
 
 def run_file(stores: Stores, mode: str, ids: list[str], tmp: Path) -> tuple[float, int]:
