@@ -24,6 +24,15 @@ A source of raw messages (``sink="hl7"``) is answered by its protocol's **answer
 the engine stores, decides and says *why* it refuses; the answerer reads the header and
 builds the answer bytes (for HL7: ``mappings.hl7v2.answerer``).
 
+A destination may also take a **batch** (``send_batch``, up to ``max_batch`` deliveries of
+its queue, in order) where its peer allows it: the file destination writes a batch's files
+and fsyncs their directory once. It delivers them in order and stops at the first that
+fails: ``BatchSent`` says how many reached the peer (their answers) and what the one after
+raised; the rest were not tried and stay queued behind it, so a failure never reorders the
+queue. The worker then treats that failure as ``send``'s, for that delivery alone.
+``DestinationBase.send_batch`` is the plain loop over ``send`` (``max_batch`` 1): a peer
+that takes one message at a time (MLLP: one ACK at a time, in order) needs nothing more.
+
 A queue head that keeps failing transiently is shown as stalled (``/ready``,
 ``/metrics``) and an operator may skip it (``radbridge deliveries skip``).
 """
@@ -31,6 +40,7 @@ A queue head that keeps failing transiently is shown as stalled (``/ready``,
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from engine.model import DeliveryRef
@@ -64,7 +74,22 @@ class Source(Protocol):
         ...
 
 
+@dataclass(slots=True)
+class BatchSent:
+    """What ``send_batch`` did with ``items``: ``responses[i]`` is the peer's answer to
+    ``items[i]`` for the first ``len(responses)``, all delivered; ``error`` is what sending
+    the next one raised (None: none failed); any after it were not tried."""
+
+    responses: list[bytes] = field(default_factory=list)
+    error: Exception | None = None
+
+
 class Destination(Protocol):
+    @property
+    def max_batch(self) -> int:
+        """The most deliveries ``send_batch`` takes at once (1: one at a time)."""
+        ...
+
     @property
     def retry_initial_secs(self) -> float:
         """Seconds to wait after the first transient failure (then doubled each time)."""
@@ -86,6 +111,11 @@ class Destination(Protocol):
         """
         ...
 
+    async def send_batch(self, items: Sequence[tuple[bytes, DeliveryRef]]) -> BatchSent:
+        """Deliver *items* (payload, ref) in order, stopping at the first that fails; never
+        raises for a delivery's failure (it is ``BatchSent.error``, typed as ``send``'s)."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -95,6 +125,21 @@ class DestinationBase:
 
     retry_initial_secs: float = 0.5
     retry_max_secs: float = 60.0
+    max_batch: int = 1
+
+    async def send(self, payload: bytes, ref: DeliveryRef | None = None) -> bytes:
+        raise NotImplementedError
+
+    async def send_batch(self, items: Sequence[tuple[bytes, DeliveryRef]]) -> BatchSent:
+        """One ``send`` after the other, stopping at the first that raises."""
+        sent = BatchSent()
+        for payload, ref in items:
+            try:
+                sent.responses.append(await self.send(payload, ref))
+            except Exception as exc:  # the worker decides by its type, as for send
+                sent.error = exc
+                break
+        return sent
 
 
 # Why the engine refuses a message it could read (the answerer turns it into its protocol's

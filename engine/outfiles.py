@@ -7,6 +7,9 @@ Every destination that writes files (``channels.file``) goes through here:
   file is never overwritten, and a reader never sees a half-written one. A name already
   taken by the same bytes is our own earlier write (a resend after a crash): it counts as
   written. A name taken by other bytes moves on to ``<stem>.1``, ``<stem>.2``...
+  The directory is fsynced after the link, so the name is durable when ``write_new``
+  returns. ``write_batch`` does the same for many files with one directory fsync, their
+  own fsyncs in flight together, and counts none written before both are done.
 * ``os_delivery_error`` turns the ``OSError`` of a write into the engine's error tree
   (``engine.errors``), by errno:
 
@@ -30,7 +33,11 @@ import contextlib
 import errno
 import os
 import secrets
+import threading
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import IO
 
 from engine.errors import DeliveryError, PeerUnavailable, PermanentDeliveryError
 from engine.fsmode import open_private_file, private_dir
@@ -42,6 +49,7 @@ _ACCESS = frozenset({errno.EACCES, errno.EPERM})
 # File systems that refuse hard links answer one of these to ``link``.
 _NO_LINKS = frozenset({errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK})
 MAX_NAME_TRIES = 100
+SYNC_THREADS = 8  # fsyncs of one batch in flight at once
 
 
 def os_delivery_error(exc: OSError, directory: Path) -> DeliveryError:
@@ -56,33 +64,126 @@ def os_delivery_error(exc: OSError, directory: Path) -> DeliveryError:
 
 
 def write_new(directory: Path, stem: str, suffix: str, payload: bytes, fsync: bool) -> Path:
-    """Write *payload* as ``directory/<stem><suffix>`` atomically, never replacing a file.
+    """Write *payload* as ``directory/<stem><suffix>`` atomically, never replacing a file;
+    *fsync*: its bytes, then its name, are on disk when it returns.
 
     Raises ``OSError`` (classify it with ``os_delivery_error``); a ``FileExistsError``
     when ``MAX_NAME_TRIES`` names are all taken by other bytes.
     """
-    private_dir(directory)
-    tmp = directory / f".{stem}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    paths, error = write_batch(directory, [(stem, payload)], suffix, fsync)
+    if error is not None:
+        raise error
+    return paths[0]
+
+
+def write_batch(directory: Path, files: Sequence[tuple[str, bytes]], suffix: str, fsync: bool
+                ) -> tuple[list[Path], OSError | None]:
+    """Write each (stem, payload) of *files* as ``write_new`` does, in order, stopping at the
+    first that fails. *fsync*: every file's bytes are on disk before it gets its name (the
+    files are fsynced concurrently: the file system commits them together), and the names
+    with one directory fsync at the end.
+
+    Returns the paths written, for a prefix of *files*, and the ``OSError`` that stopped
+    the batch there (None: all written). When the directory cannot be made or fsynced, none
+    counts as written: ``([], that error)``. Never raises ``OSError``.
+    """
+    handles: list[tuple[Path, IO[bytes]]] = []
     try:
-        _write_tmp(tmp, payload, fsync)
-        for n in range(MAX_NAME_TRIES):
-            final = directory / (f"{stem}{suffix}" if n == 0 else f"{stem}.{n}{suffix}")
-            if _place(tmp, final, payload):
-                if fsync:
-                    _fsync_dir(directory)
-                return final
+        private_dir(directory)
+        ready, error = _write_tmps(directory, files, handles, fsync)
+        paths: list[Path] = []
+        for (stem, payload), (tmp, _) in zip(files[:ready], handles, strict=False):
+            try:
+                paths.append(_link_new(directory, stem, suffix, tmp, payload))
+            except OSError as exc:
+                error = exc
+                break
+        if paths and fsync:
+            fsync_dir(directory)
+        return paths, error
+    except OSError as exc:  # the directory itself
+        return [], exc
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-    raise FileExistsError(errno.EEXIST, f"{MAX_NAME_TRIES} names taken", str(directory / stem))
+        for tmp, fh in handles:
+            fh.close()
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
 
 
-def _write_tmp(tmp: Path, payload: bytes, fsync: bool) -> None:
-    with open_private_file(tmp, exclusive=True) as fh:  # 0600: messages hold patient data
+def _write_tmps(directory: Path, files: Sequence[tuple[str, bytes]],
+                handles: list[tuple[Path, IO[bytes]]], fsync: bool) -> tuple[int, OSError | None]:
+    """Write each payload to a new temporary file (kept open in *handles*), then fsync them
+    when asked: how many, in order, are ready to be named, and the error that stopped there."""
+    error: OSError | None = None
+    for stem, payload in files:
+        tmp = directory / f".{stem}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+        try:
+            handles.append((tmp, _write_tmp(tmp, payload)))
+        except OSError as exc:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            error = exc
+            break
+    if not fsync:
+        return len(handles), error
+    synced, sync_error = _fsync_all([fh for _, fh in handles])
+    return (synced, sync_error) if sync_error is not None else (synced, error)
+
+
+def _write_tmp(tmp: Path, payload: bytes) -> IO[bytes]:
+    """*payload* in the new file *tmp* (0600: messages hold patient data), flushed to the OS
+    and left open. Raises ``OSError``."""
+    fh = open_private_file(tmp, exclusive=True)
+    try:
         fh.write(payload)
-        if fsync:
-            fh.flush()
-            os.fsync(fh.fileno())
+        fh.flush()
+    except BaseException:
+        fh.close()
+        raise
+    return fh
+
+
+def _fsync_all(handles: list[IO[bytes]]) -> tuple[int, OSError | None]:
+    """fsync every file, several at once (ext4 commits concurrent fsyncs in one journal
+    commit: about 4x fewer per file than one after the other): how many, in order, are
+    durable before the first that failed, and its error."""
+    if len(handles) > 1:
+        errors = list(_sync_pool().map(_fsync, handles))
+    else:
+        errors = [_fsync(fh) for fh in handles]
+    for i, err in enumerate(errors):
+        if err is not None:
+            return i, err
+    return len(handles), None
+
+
+def _fsync(fh: IO[bytes]) -> OSError | None:
+    try:
+        os.fsync(fh.fileno())
+    except OSError as exc:
+        return exc
+    return None
+
+
+_POOL_LOCK = threading.Lock()
+_POOL: list[ThreadPoolExecutor] = []
+
+
+def _sync_pool() -> ThreadPoolExecutor:
+    with _POOL_LOCK:
+        if not _POOL:
+            _POOL.append(ThreadPoolExecutor(SYNC_THREADS, thread_name_prefix="radbridge-fsync"))
+        return _POOL[0]
+
+
+def _link_new(directory: Path, stem: str, suffix: str, tmp: Path, payload: bytes) -> Path:
+    """Give *tmp* the first name ``<stem><suffix>``, ``<stem>.1<suffix>``... not taken by
+    other bytes. Raises ``OSError``; ``FileExistsError`` when all are taken."""
+    for n in range(MAX_NAME_TRIES):
+        final = directory / (f"{stem}{suffix}" if n == 0 else f"{stem}.{n}{suffix}")
+        if _place(tmp, final, payload):
+            return final
+    raise FileExistsError(errno.EEXIST, f"{MAX_NAME_TRIES} names taken", str(directory / stem))
 
 
 def _place(tmp: Path, final: Path, payload: bytes) -> bool:
@@ -108,7 +209,8 @@ def _same(path: Path, payload: bytes) -> bool:
         return False
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
+    """Make the names created in *directory* durable. Raises ``OSError``."""
     fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(fd)

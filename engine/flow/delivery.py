@@ -19,6 +19,13 @@ rather than sending the rest of a batch read before the wait. A send already
 under way finishes; if it reaches the peer, SENT is recorded (the truth wins
 over the skip), otherwise the operator's ERROR stands.
 
+A destination that takes batches (``max_batch`` > 1, ``send_batch``) is handed up to that
+many of its queue at once; one that fails stops the batch there and is carried alone, as
+above, then the rest follow in order. Results are recorded by ``_Recorder``: one store
+transaction in flight per queue, carrying every result that came while the previous one
+committed; the next send never waits for it. The queue is read again only once every
+result is committed (a QUEUED row must not be handed out twice).
+
 ``head`` and ``head_age()`` say which delivery the worker is on and for how
 long (its injected ``clock``): ``/ready`` and ``/metrics`` call a queue whose
 head has not moved for ``[engine] stalled_queue_secs`` stalled.
@@ -30,14 +37,22 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from engine.connectors import BatchSent
 from engine.errors import PeerRejected, PermanentDeliveryError, TransientDeliveryError
 from engine.logs import event
 from engine.model import DeliveryRef, DeliveryStatus
-from engine.store.deliveries import CANCELLED, MAX_NOTE, SKIPPED, DeliveryInfo, operator_note
+from engine.store.deliveries import (
+    CANCELLED,
+    MAX_NOTE,
+    SKIPPED,
+    DeliveryInfo,
+    Finished,
+    operator_note,
+)
 from engine.store.protocols import DeliveryActions, DeliveryQueue
 from engine.store.records import Delivery
 
@@ -56,6 +71,51 @@ class _Result:
     response: bytes | None
     error: str | None
     waited: bool  # a retry wait happened: the rest of the batch may be stale
+
+
+class _Recorder:
+    """Records one queue's results, one store transaction in flight at a time: what is sent
+    while one commits goes in the next, so the worker never waits on the store between
+    sends and a fast peer's results are written in groups (one transaction for many).
+
+    A result is recorded only after the peer has it, so a crash loses at most the results
+    still waiting here or committing: those deliveries are still QUEUED and are sent again
+    at start (at least once, as the contract has always said; a file already written with the
+    same bytes counts as written). When a write fails, ``add`` raises it: the worker stops
+    sending, and the batch is read again from the store.
+    """
+
+    def __init__(self, write: Callable[[list[Finished]], Awaitable[None]]) -> None:
+        self._write_rows = write  # the store's finish_deliveries
+        self._rows: list[Finished] = []
+        self._task: asyncio.Task[None] | None = None
+        self._failed: BaseException | None = None
+
+    def add(self, d: Delivery, status: DeliveryStatus, response: bytes | None,
+            error: str | None) -> None:
+        """Queue *d*'s result; a write in flight takes it next. Raises what a write raised."""
+        if self._failed is not None:
+            raise self._failed
+        self._rows.append((d, status, response, error))
+        if self._task is None:
+            self._task = asyncio.ensure_future(self._write())
+
+    async def _write(self) -> None:
+        try:
+            while self._rows:
+                rows, self._rows = self._rows, []
+                await self._write_rows(rows)
+        except Exception as exc:  # StoreUnavailable, StoreError: the rows stay QUEUED
+            self._failed, self._rows = exc, []
+        finally:
+            self._task = None
+
+    async def drain(self) -> None:
+        """Wait until every result added is committed. Raises what a write raised."""
+        while self._task is not None:
+            await asyncio.shield(self._task)
+        if self._failed is not None:
+            raise self._failed
 
 
 class DeliveryWorker:
@@ -121,57 +181,94 @@ class DeliveryWorker:
         self.head = delivery
 
     async def _send_batch(self, batch: list[Delivery]) -> None:
-        pending: list[asyncio.Future[None]] = []
+        recorder = _Recorder(self.store.finish_deliveries)
         try:
-            for delivery in batch:
-                self._set_head(delivery)
-                result = await self._send_one(delivery)
-                if result is None:  # an operator ended it: read the queue again
+            rest = batch
+            while rest:
+                done = await self._send_some(rest, recorder)
+                if done is None:  # an operator ended the head, or a retry waited: read again
                     return
-                # Recording is group-committed; the next send need not wait for it.
-                pending.append(asyncio.ensure_future(self.store.finish_delivery(
-                    delivery, result.status, result.response, result.error)))
-                if result.waited:
-                    return
+                rest = rest[done:]
         finally:
-            if pending:
-                await asyncio.gather(*pending)
+            await recorder.drain()
 
-    async def _send_one(self, d: Delivery) -> _Result | None:
-        """Send *d* until it is sent or fails for good; None when an operator ended it."""
+    async def _send_some(self, rest: list[Delivery], recorder: _Recorder) -> int | None:
+        """Send the head of *rest* (up to ``max_batch`` at once) and record what happened:
+        how many of *rest* are done, or None when the queue must be read again."""
+        chunk = rest[:max(1, self.destination.max_batch)]
+        self._set_head(chunk[0])
+        sent = await self._try_batch(chunk)
+        for d, response in zip(chunk, sent.responses, strict=False):
+            self._delivered()
+            recorder.add(d, DeliveryStatus.SENT, response, None)
+        n = min(len(sent.responses), len(chunk))
+        if sent.error is None:
+            return n
+        failed = chunk[n]
+        self._set_head(failed)
+        result = await self._send_one(failed, sent.error)
+        if result is None:
+            return None
+        recorder.add(failed, result.status, result.response, result.error)
+        return None if result.waited else n + 1
+
+    async def _try_batch(self, chunk: list[Delivery]) -> BatchSent:
+        """``send_batch`` of *chunk*; a batch that raises, or returns without sending or
+        failing, is a connector bug charged to the first delivery."""
+        try:
+            sent = await self.destination.send_batch(
+                [(d.payload, DeliveryRef(d.message_id, d.id)) for d in chunk])
+        except Exception as exc:
+            return BatchSent([], exc)
+        if not sent.responses and sent.error is None:
+            return BatchSent([], RuntimeError("send_batch sent nothing"))
+        return sent
+
+    async def _attempt(self, d: Delivery) -> bytes | Exception:
+        try:
+            return await self.destination.send(d.payload, DeliveryRef(d.message_id, d.id))
+        except Exception as exc:  # decided by its type in _send_one
+            return exc
+
+    async def _send_one(self, d: Delivery, first: Exception | None = None) -> _Result | None:
+        """Send *d* (whose try just raised *first*, if given) until it is sent or fails for
+        good; None when an operator ended it meanwhile."""
         initial = self.destination.retry_initial_secs
         ceiling = self.destination.retry_max_secs
         delay, waited = initial, False
-        ref = DeliveryRef(d.message_id, d.id)
+        outcome = first if first is not None else await self._attempt(d)
         while True:
-            try:
-                response = await self.destination.send(d.payload, ref)
-            except TransientDeliveryError as exc:
-                # A peer's Retry-After wins over the backoff, capped at the ceiling.
-                after = exc.retry_after
-                wait = delay if after is None else min(max(after, 0.0), ceiling)
-                self._retrying(d, exc, wait)
-                await self.store.record_attempt(d, str(exc))
-                if not await self._still_queued(d, wait):
-                    return None
-                delay, waited = min(delay * 2, ceiling), True
-                continue
-            except PermanentDeliveryError as exc:
-                self.errors += 1
-                event(log, "DLV-410", "delivery failed for good, queue moves on",
-                      destination=self.name, message_id=d.message_id,
-                      reason=type(exc).__name__,
-                      code=exc.code if isinstance(exc, PeerRejected) else None)
-                return _Result(DeliveryStatus.ERROR, exc.response, str(exc), waited)
-            except Exception as exc:  # a connector bug: fail this message, keep the queue moving
-                self.errors += 1
-                event(log, "DLV-499", "destination raised unexpectedly", destination=self.name,
-                      message_id=d.message_id, reason=type(exc).__name__, level=logging.ERROR)
-                return _Result(DeliveryStatus.ERROR, None, f"{type(exc).__name__}: {exc}",
-                               waited)
-            self.sent += 1
-            self.backoff = 0.0
-            return _Result(DeliveryStatus.SENT, response, None, waited)
+            if isinstance(outcome, bytes):
+                self._delivered()
+                return _Result(DeliveryStatus.SENT, outcome, None, waited)
+            if not isinstance(outcome, TransientDeliveryError):
+                return self._failed(d, outcome, waited)
+            # A peer's Retry-After wins over the backoff, capped at the ceiling.
+            after = outcome.retry_after
+            wait = delay if after is None else min(max(after, 0.0), ceiling)
+            self._retrying(d, outcome, wait)
+            await self.store.record_attempt(d, str(outcome))
+            if not await self._still_queued(d, wait):
+                return None
+            delay, waited = min(delay * 2, ceiling), True
+            outcome = await self._attempt(d)
+
+    def _delivered(self) -> None:
+        self.sent += 1
+        self.backoff = 0.0
+
+    def _failed(self, d: Delivery, exc: Exception, waited: bool) -> _Result:
+        """ERROR for *d*: the peer refused it or it can never be sent (DLV-410), or the
+        destination raised something outside the contract, a bug (DLV-499)."""
+        self.errors += 1
+        if isinstance(exc, PermanentDeliveryError):
+            event(log, "DLV-410", "delivery failed for good, queue moves on",
+                  destination=self.name, message_id=d.message_id, reason=type(exc).__name__,
+                  code=exc.code if isinstance(exc, PeerRejected) else None)
+            return _Result(DeliveryStatus.ERROR, exc.response, str(exc), waited)
+        event(log, "DLV-499", "destination raised unexpectedly", destination=self.name,
+              message_id=d.message_id, reason=type(exc).__name__, level=logging.ERROR)
+        return _Result(DeliveryStatus.ERROR, None, f"{type(exc).__name__}: {exc}", waited)
 
     def _retrying(self, d: Delivery, exc: Exception, wait: float) -> None:
         self.retries += 1

@@ -3,10 +3,10 @@
 The rules, in portable SQL, run on the writer's ``Tx`` (``engine.store.tx``; PostgreSQL
 adds its claim columns and locks the message row first):
 
-* **finish** (the worker): SENT always stands (the peer has it, whatever an
-  operator decided meanwhile); ERROR only replaces a row still QUEUED, so an
-  operator's skip is not overwritten by a late failure. A transient **attempt**
-  is counted only on a QUEUED row.
+* **finish** (the worker, many results in one transaction): SENT always
+  stands (the peer has it, whatever an operator decided meanwhile); ERROR only
+  replaces a row still QUEUED, so an operator's skip is not overwritten by a
+  late failure. A transient **attempt** is counted only on a QUEUED row.
 * **end** (an operator's skip or cancel): QUEUED → ERROR with a note naming
   who and why (``SKIPPED by ann: why``); the queue moves on.
 * **requeue** (an operator's retry): ERROR → QUEUED. The delivery keeps its
@@ -20,17 +20,17 @@ puts its message back to QUEUED.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from engine.model import DeliveryStatus
+from engine.store.records import Delivery
 from engine.store.tx import Tx, WriterStore
 
-if TYPE_CHECKING:
-    from engine.store.records import Delivery
-
 SKIPPED, CANCELLED = "SKIPPED", "CANCELLED"
+# What the worker records of one delivery: (delivery, status, response, error).
+Finished = tuple[Delivery, DeliveryStatus, bytes | None, str | None]
 
 # {claims}: PostgreSQL hands a claim back with the row (", claimed_by = NULL, ...").
 FINISH = ("UPDATE deliveries SET status = ?, response = ?, error = ?, attempts = attempts + 1,"
@@ -95,8 +95,14 @@ class DeliveryStore(WriterStore):
         """Record a final delivery result and roll the message status up when all are final.
         SENT always stands; ERROR does not replace an operator's decision (module docstring).
         Raises ``StoreUnavailable`` (try again later) or ``StoreError``."""
-        await self._transact(finish_op, delivery.id, delivery.message_id, str(status),
-                             response, error)
+        await self.finish_deliveries([(delivery, status, response, error)])
+
+    async def finish_deliveries(self, results: Sequence[Finished]) -> None:
+        """``finish_delivery`` for each of *results*, all in one transaction (none recorded if
+        it fails). Raises ``StoreUnavailable`` (try again later) or ``StoreError``."""
+        if results:
+            await self._transact(finish_op, [(d.id, d.message_id, str(status), response, error)
+                                             for d, status, response, error in results])
 
     async def record_attempt(self, delivery: Delivery, error: str) -> None:
         """Record a failed (transient) attempt on a delivery still QUEUED. Raises
@@ -155,12 +161,20 @@ async def _rollup(tx: Tx, message_id: int, now: float) -> None:
     await tx.execute(ROLLUP, now, message_id, message_id, message_id, message_id)
 
 
-async def finish_op(tx: Tx, delivery_id: int, message_id: int, status: str,
-                    response: bytes | None, error: str | None) -> None:
+async def finish_op(tx: Tx, results: list[tuple[int, int, str, bytes | None, str | None]]
+                    ) -> None:
+    """Record (delivery id, message id, status, response, error) for each of *results*, then
+    roll each message up once. Message rows are locked in id order, so two processes
+    finishing overlapping messages never deadlock."""
     now = time.time()
-    await tx.lock_rows(LOCK_MESSAGE, message_id)
-    await tx.execute(finish_sql(status, tx.unclaim), status, response, error, now, delivery_id)
-    await _rollup(tx, message_id, now)
+    messages = sorted({r[1] for r in results})
+    for message_id in messages:
+        await tx.lock_rows(LOCK_MESSAGE, message_id)
+    for status in (DeliveryStatus.SENT, DeliveryStatus.ERROR):
+        await tx.executemany(finish_sql(status, tx.unclaim),
+                             [(s, response, error, now, did)
+                              for did, _, s, response, error in results if s == status])
+    await tx.executemany(ROLLUP, [(now, m, m, m, m) for m in messages])
 
 
 async def attempt_op(tx: Tx, delivery_id: int, error: str) -> None:

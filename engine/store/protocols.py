@@ -35,7 +35,7 @@ from typing import Protocol
 from engine.model import DeliveryStatus, Finding, Message
 from engine.store.base import InsertCallback, NewMessage, Outcome, PruneResult
 from engine.store.clinical import CaseRow, OrderRow, StudyRow
-from engine.store.deliveries import DeliveryInfo
+from engine.store.deliveries import DeliveryInfo, Finished
 from engine.store.inference import (
     AuditEntry,
     CaseContext,
@@ -74,11 +74,10 @@ class DeliveryQueue(Protocol):
         Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
         ...
 
-    async def finish_delivery(
-        self, delivery: Delivery, status: DeliveryStatus, response: bytes | None, error: str | None
-    ) -> None:
-        """Record a final delivery result and roll the message status up when all are final.
-        SENT always stands; ERROR does not replace an operator's decision.
+    async def finish_deliveries(self, results: Sequence[Finished]) -> None:
+        """Record each (delivery, status, response, error), all in one transaction, and roll
+        each message's status up once all its deliveries are final. SENT always stands;
+        ERROR does not replace an operator's decision.
         Raises ``StoreUnavailable`` (try again later) or ``StoreError``."""
         ...
 

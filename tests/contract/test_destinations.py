@@ -10,7 +10,12 @@ each registered destination type is driven through the same cases:
   ``PeerRejected``) that carries the peer's reason;
 * ``slow_peer``: the peer takes longer than the configured timeout: ``PeerTimeout``;
 * ``busy_peer``: the peer says "later" with ``Retry-After: 7``: ``RetryLater``, 7 s;
-* ``reopen``: ``close``, then ``send`` again opens a new connection by itself.
+* ``reopen``: ``close``, then ``send`` again opens a new connection by itself;
+* ``batch``: ``send_batch`` delivers every item in order, one answer each;
+* ``batch_stops``: the peer refuses the first item of a batch: ``send_batch`` returns the
+  refusal (typed as ``send`` raises it) without raising, and does not try the next one;
+* ``batch_peer_down``: nothing at the peer's address: the batch returns a
+  ``TransientDeliveryError`` for its first item, nothing delivered.
 
 A case that cannot apply to a type is listed in ``NOT_APPLICABLE`` with the reason; the
 matrix test fails when a registered type and a case are neither run nor explained. Peers:
@@ -49,12 +54,14 @@ from tests.fixtures.peers import HL7Sink
 from tests.fixtures.reports import sample_report
 from tests.integration.test_sr_pacs import REFUSED_SOCKET, ScriptedSCP, ScriptedStow
 
-CASES = ("send", "peer_down", "peer_rejects", "slow_peer", "busy_peer", "reopen")
+CASES = ("send", "peer_down", "peer_rejects", "slow_peer", "busy_peer", "reopen", "batch",
+         "batch_stops", "batch_peer_down")
 HTTP_ONLY = "Retry-After is HTTP's; this protocol's 'later' is typed by its own codes"
 NOT_APPLICABLE: dict[tuple[str, str], str] = {
     ("file", "peer_down"): "a directory has no peer to be down; ENOSPC, EIO, EROFS... are "
     "classified by errno once, in engine.outfiles (test_hardening_poison)",
     ("file", "slow_peer"): "a local write waits on no peer and has no timeout",
+    ("file", "batch_peer_down"): "a directory has no peer to be down (see file-peer_down)",
     ("file", "busy_peer"): HTTP_ONLY,
     ("mllp", "busy_peer"): HTTP_ONLY + " (retry_on ACK codes, test_forwarding)",
     ("dicom", "busy_peer"): HTTP_ONLY + " (0xA7xx out of resources, test_sr_pacs)",
@@ -311,6 +318,7 @@ KINDS: dict[str, Kind] = {
 # -- the cases ------------------------------------------------------------------------------
 
 REF = DeliveryRef(1, 1)
+REF2 = DeliveryRef(2, 2)
 
 
 async def case_send(kind: Kind, tmp: Path) -> None:
@@ -358,6 +366,33 @@ async def case_reopen(kind: Kind, tmp: Path) -> None:
         assert await live.held() == 2
 
 
+async def case_batch(kind: Kind, tmp: Path) -> None:
+    async with kind.peer("ok", tmp) as live:
+        items = [(live.payload(), DeliveryRef(1, i)) for i in (1, 2, 3)]
+        sent = await live.dest.send_batch(items)
+        assert sent.error is None
+        assert len(sent.responses) == 3 and all(isinstance(r, bytes) and r for r in sent.responses)
+        assert await live.held() == 3
+
+
+async def case_batch_stops(kind: Kind, tmp: Path) -> None:
+    async with kind.peer("reject", tmp) as live:
+        before = await live.held()
+        sent = await live.dest.send_batch([(live.payload(), REF), (live.payload(), REF2)])
+        assert sent.responses == []
+        assert isinstance(sent.error, PermanentDeliveryError)
+        assert live.reason in str(sent.error)
+        assert await live.held() - before <= 1  # the refused one at most: the next not tried
+
+
+async def case_batch_peer_down(kind: Kind, tmp: Path) -> None:
+    async with kind.peer("down", tmp) as live:
+        sent = await live.dest.send_batch([(live.payload(), REF), (live.payload(), REF2)])
+        assert sent.responses == []
+        assert isinstance(sent.error, TransientDeliveryError)
+        assert not isinstance(sent.error, PermanentDeliveryError)
+
+
 RUN: dict[str, Callable[[Kind, Path], Awaitable[None]]] = {
     "send": case_send,
     "peer_down": case_peer_down,
@@ -365,6 +400,9 @@ RUN: dict[str, Callable[[Kind, Path], Awaitable[None]]] = {
     "slow_peer": case_slow_peer,
     "busy_peer": case_busy_peer,
     "reopen": case_reopen,
+    "batch": case_batch,
+    "batch_stops": case_batch_stops,
+    "batch_peer_down": case_batch_peer_down,
 }
 
 
@@ -374,7 +412,7 @@ def matrix() -> list[Any]:
         for case in CASES:
             if (type_name, case) in NOT_APPLICABLE:
                 continue
-            refused = type_name == "dicom" and case == "peer_down"
+            refused = type_name == "dicom" and case in ("peer_down", "batch_peer_down")
             params.append(
                 pytest.param(
                     type_name,
@@ -405,9 +443,10 @@ def test_every_destination_has_the_whole_contract(tmp_path: Path) -> None:
     assert set(configs) == registry.type_names("destination")
     for type_name, config in configs.items():
         dest = make(type_name, **config)
-        for method in ("connect", "send", "close"):
+        for method in ("connect", "send", "send_batch", "close"):
             assert callable(getattr(dest, method)), (type_name, method)
         assert 0 < dest.retry_initial_secs <= dest.retry_max_secs, type_name
+        assert dest.max_batch >= 1, type_name
 
 
 @pytest.mark.parametrize(("type_name", "case"), matrix())

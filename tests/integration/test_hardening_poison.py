@@ -19,13 +19,14 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import hl7
 import pytest
 
 from bench.hl7gen import adt_a01
 from channels.mllp.client import MLLPClient
+from engine import outfiles
 from engine.admin.audit import AuditLog
 from engine.config.schema import lint_text
 from engine.errors import PeerUnavailable, PermanentDeliveryError
@@ -165,17 +166,17 @@ async def test_repeated_control_ids_never_overwrite_an_earlier_archive_file(
 async def test_a_file_the_file_system_refuses_ends_error_with_the_reason_and_the_50_behind_follow(
         engine_factory: Any, db_url: str, tmp_path: Path, monkeypatch: Any) -> None:
     """ENAMETOOLONG (what the review's name gave) is deterministic: ERROR, the queue moves on.
-    Names no longer come from the message, so the OS answer is injected at the write."""
-    real = write_new
+    Names no longer come from the message, so the OS answer is injected where the bytes are
+    written (``engine.outfiles._write_tmp``, under ``send`` and ``send_batch`` alike)."""
+    real = outfiles._write_tmp
 
-    def refuse_poison(directory: Path, stem: str, suffix: str, payload: bytes,
-                      fsync: bool) -> Path:
+    def refuse_poison(tmp: Path, payload: bytes) -> IO[bytes]:
         if b"POISON" in payload:
             raise OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG),
-                          str(directory / ("x" * 300)))
-        return real(directory, stem, suffix, payload, fsync)
+                          str(tmp.parent / ("x" * 300)))
+        return real(tmp, payload)
 
-    monkeypatch.setattr("channels.file.write_new", refuse_poison)
+    monkeypatch.setattr(outfiles, "_write_tmp", refuse_poison)
     archive = tmp_path / "archive"
     engine = await engine_factory(forwarding(db_url, f'type = "file", directory = "{archive}"'))
     ids = ["POISON"] + [f"N{i}" for i in range(50)]
@@ -191,15 +192,14 @@ async def test_a_file_the_file_system_refuses_ends_error_with_the_reason_and_the
 
 async def test_a_full_disk_keeps_the_head_queued_and_retried_then_all_follow_in_order(
         engine_factory: Any, tmp_path: Path, monkeypatch: Any) -> None:
-    real, failures = write_new, iter(range(3))
+    real, failures = outfiles._write_tmp, iter(range(3))
 
-    def full_twice(directory: Path, stem: str, suffix: str, payload: bytes,
-                   fsync: bool) -> Path:
+    def full_twice(tmp: Path, payload: bytes) -> IO[bytes]:
         if next(failures, None) is not None:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return real(directory, stem, suffix, payload, fsync)
+        return real(tmp, payload)
 
-    monkeypatch.setattr("channels.file.write_new", full_twice)
+    monkeypatch.setattr(outfiles, "_write_tmp", full_twice)
     monkeypatch.setattr("channels.file.FileDestination.retry_initial_secs", 0.05)
     archive = tmp_path / "archive"
     engine = await engine_factory(forwarding(f"sqlite:///{tmp_path / 'rb.db'}",
