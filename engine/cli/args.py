@@ -84,3 +84,12 @@ def number(lo: float = 0.0, hi: float = 1e12, above: bool = False) -> Callable[[
 
     parse.__name__ = "number"
     return parse
+
+
+def config_after_action(group: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Let every action of a command group also take ``--config`` after its name
+    (``radbridge messages list --config c.toml``, as ``radbridge orders --config`` does), not
+    only before it; given there, it wins."""
+    for action in group.choices.values():
+        action.add_argument("--config", default=argparse.SUPPRESS,
+                            help="channels.toml (default: ./channels.toml)")

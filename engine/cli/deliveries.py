@@ -21,7 +21,7 @@ from typing import Any
 
 from engine.admin.audit import AuditLog
 from engine.admin.auth import Principal
-from engine.cli.args import integer
+from engine.cli.args import config_after_action, integer
 from engine.config.schema import Config, load_config
 from engine.flow.delivery import clean_reason, operate
 from engine.model import DeliveryStatus
@@ -52,6 +52,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
                                                        "in the audit log")
         a.add_argument("--user", default=None, help="who (default: your login name)")
         a.set_defaults(func=cmd_act)
+    config_after_action(dsub)
 
 
 def _login() -> str:

@@ -17,7 +17,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from engine.cli.args import MAX_ID, integer, iso_time, number
+from engine.cli.args import MAX_ID, config_after_action, integer, iso_time, number
 from engine.config.schema import load_config
 from engine.store.archive import ArchiveError
 from engine.store.base import MessageQuery, Store, open_store
@@ -49,6 +49,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     vac = msub.add_parser("vacuum", help="SQLite: rebuild the file so that pruning shrinks it "
                                          "(engine stopped)")
     vac.set_defaults(func=cmd_vacuum)
+    config_after_action(msub)
 
 
 def _filters(p: argparse.ArgumentParser) -> None:

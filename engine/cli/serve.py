@@ -58,14 +58,31 @@ async def _main(config_path: str) -> int:
 
 
 async def _reload(engine: Any) -> None:
-    """Lint channels.toml again and apply it (problems go to stderr; nothing changes)."""
+    """Lint channels.toml again and apply it: one ``reloaded:`` line on stdout saying what
+    changed (scripts and tests wait for it), what did not apply on stderr; problems go to
+    stderr and nothing changes."""
     try:
-        await engine.controls.reload_file()
+        plan = await engine.controls.reload_file()
+        print(reload_line(plan), flush=True)
+        for section in plan.restart_required:
+            print(f"radbridge run: reload: [{section}] changed: applied at the next start",
+                  file=sys.stderr)
+        for name, why in plan.failed.items():
+            print(f"radbridge run: reload: channel {name} did not start: {why}", file=sys.stderr)
     except ConfigErrors as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
     except Exception as exc:
         print(f"radbridge run: reload failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+
+
+def reload_line(plan: Any) -> str:
+    """``reloaded: changed ris, archive (steps swapped in place: ris); added -; removed -``."""
+    def names(items: list[str]) -> str:
+        return ", ".join(items) or "-"
+
+    return (f"reloaded: changed {names(plan.changed)} (steps swapped in place: "
+            f"{names(plan.swapped)}); added {names(plan.added)}; removed {names(plan.removed)}")
 
 
 def serve(config_path: str, log_level: str = "INFO") -> int:

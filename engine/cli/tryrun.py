@@ -81,13 +81,16 @@ def _quote(value: Any) -> str:
 
 
 def change_lines(changes: list[dict[str, Any]], indent: str) -> list[str]:
-    """One line per change: ``PID-5.1: "DOE" → "SMITH"``, ``+ ZDS: "ZDS|..."``, ``- NTE: ...``."""
+    """One line per change: ``PID-5.1: "DOE" → "SMITH"``, ``+ ZDS: "ZDS|..."``, ``- NTE: ...``,
+    ``~ NTE[1]: after OBR → after OBX[8]`` for a segment moved."""
     out = []
     for c in changes:
         if c["kind"] == "segment added":
             out.append(f"{indent}+ {c['path']}: {_quote(c['after'])}")
         elif c["kind"] == "segment removed":
             out.append(f"{indent}- {c['path']}: {_quote(c['before'])}")
+        elif c["kind"] == "segment moved":
+            out.append(f"{indent}~ {c['path']}: {c['before']} {ARROW} {c['after']}")
         else:
             out.append(f"{indent}{c['path']}: {_quote(c['before'])} {ARROW} {_quote(c['after'])}")
     return out

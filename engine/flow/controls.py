@@ -2,7 +2,10 @@
 
 One channel can be stopped, started or redeployed without touching the others, a
 destination's queue paused and resumed, and a linted configuration applied while running
-(``reload``): only the channels whose configuration changed are restarted. These operations
+(``reload``): only the channels whose configuration changed are touched. A channel whose
+change is in its steps alone (``STEP_KEYS``, its destinations' steps, the lookup tables they
+use) keeps its listener, its connections and its queue: its pipeline's processor is swapped
+between two batches (``Engine.swap_steps``); any other change restarts it. These operations
 are serialised by one lock. What an operator stopped or paused is remembered here (and
 survives a reload); how a channel's parts start and stop in order is the lifecycle's
 business (``engine.flow.runtime.Engine``).
@@ -24,6 +27,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("radbridge.engine")
 # Sections that a running engine cannot swap: a change is reported, applied at the next start.
 _RESTART_SECTIONS = ("store", "engine", "admin", "route", "model")
+# What a channel's processor alone is built from: a change here swaps it in place.
+STEP_KEYS = frozenset({"filter", "transform", "forward_to", "map", "values"})
 
 
 @dataclass(slots=True)
@@ -33,6 +38,7 @@ class ReloadPlan:
     added: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
     changed: list[str] = field(default_factory=list)
+    swapped: list[str] = field(default_factory=list)  # of changed: steps only, no restart
     unchanged: list[str] = field(default_factory=list)
     restart_required: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)  # channel -> why it did not start
@@ -51,9 +57,16 @@ def step_inputs(config: Config, ch: Any) -> tuple[Any, ...]:
     return tuple(stages), tuple((n, config.tables.get(n)) for n in sorted(used))
 
 
+def steps_only(before: Any, after: Any) -> bool:
+    """Whether two versions of a channel differ in ``STEP_KEYS`` at most."""
+    return bool(before.model_dump(exclude=STEP_KEYS) == after.model_dump(exclude=STEP_KEYS))
+
+
 def plan_reload(old: Config, new: Config) -> ReloadPlan:
     """Compare two configurations; a channel is changed when any of its keys differ, or what
-    its steps are built from (:func:`step_inputs`): then its pipeline restarts with them."""
+    its steps are built from (:func:`step_inputs`). A changed channel whose difference is in
+    ``STEP_KEYS`` alone (or only in what its steps are built from) is also ``swapped``: its
+    steps change in place; any other change restarts it."""
     before: dict[str, Any] = {c.name: c for c in old.channel}
     after: dict[str, Any] = {c.name: c for c in new.channel}
     plan = ReloadPlan(restart_required=[s for s in _RESTART_SECTIONS
@@ -64,6 +77,8 @@ def plan_reload(old: Config, new: Config) -> ReloadPlan:
         elif before[name] != ch or (ch.source is not None and step_inputs(old, before[name])
                                     != step_inputs(new, ch)):
             plan.changed.append(name)
+            if steps_only(before[name], ch):
+                plan.swapped.append(name)
         else:
             plan.unchanged.append(name)
     plan.removed = [name for name in before if name not in after]
@@ -138,33 +153,59 @@ class ChannelControls:
             event(log, "ENG-514", "queue resumed", channel=name)
 
     async def reload(self, config: Config) -> ReloadPlan:
-        """Apply a linted configuration: restart only the channels whose configuration changed.
+        """Apply a linted configuration: touch only the channels whose configuration changed.
 
-        Sections that cannot change while running (store, engine, admin, routes, models)
-        keep their running values and are listed in ``restart_required``. A channel that
-        fails to start is listed in ``failed`` and left stopped; the others go on.
+        A channel whose steps alone changed (``swapped``) gets them from its pipeline's next
+        batch, and this returns once it uses them; its listener and connections stay open
+        and its queue keeps its order. Other changed channels restart. Sections that cannot
+        change while running (store, engine, admin, routes, models) keep their running
+        values and are listed in ``restart_required``. A channel that fails to start (or
+        whose steps fail to build) is listed in ``failed`` and left stopped; the others go on.
         """
         async with self._lock:
             engine = self.engine
             plan = plan_reload(engine.config, config)
-            for name in plan.removed + plan.changed:
+            restart = [name for name in plan.changed if name not in plan.swapped]
+            for name in plan.removed + restart:
                 await engine.stop_channel_parts(name)
             self.stopped -= set(plan.removed)
             self.paused -= set(plan.removed)
             keep = {s: getattr(engine.config, s) for s in plan.restart_required}
             engine.config = config.model_copy(update=keep) if keep else config
-            for name in plan.changed + plan.added:
-                ch = engine.config.channel_named(name)
-                if name in self.stopped or not ch.enabled:
-                    continue
-                try:
-                    await engine.start_channel_parts(ch)
-                except Exception as exc:
-                    plan.failed[name] = f"{type(exc).__name__}: {exc}"
+            for name in restart + plan.added:
+                await self._start(name, plan)
+            for name in plan.swapped:
+                await self._swap(name, plan)
             event(log, "ENG-515", "configuration reloaded", added=len(plan.added),
                   removed=len(plan.removed), changed=len(plan.changed),
-                  failed=len(plan.failed) or None)
+                  swapped=len(plan.swapped) or None, failed=len(plan.failed) or None)
             return plan
+
+    async def _start(self, name: str, plan: ReloadPlan) -> None:
+        """Start channel *name* as configured now, unless stopped or disabled."""
+        ch = self.engine.config.channel_named(name)
+        if name in self.stopped or not ch.enabled:
+            return
+        try:
+            await self.engine.start_channel_parts(ch)
+        except Exception as exc:
+            plan.failed[name] = f"{type(exc).__name__}: {exc}"
+
+    async def _swap(self, name: str, plan: ReloadPlan) -> None:
+        """Swap the steps of channel *name*'s running pipeline (a destination has none: the
+        pipelines feeding it are swapped); one that is not running is restarted instead."""
+        ch = self.engine.config.channel_named(name)
+        if ch.source is None or name in self.stopped or not ch.enabled:
+            return
+        try:
+            if await self.engine.swap_steps(name):
+                return
+        except Exception as exc:
+            await self.engine.stop_channel_parts(name)
+            plan.failed[name] = f"{type(exc).__name__}: {exc}"
+            return
+        await self.engine.stop_channel_parts(name)
+        await self._start(name, plan)
 
     async def reload_file(self, path: str | None = None) -> ReloadPlan:
         """Lint ``channels.toml`` and apply it; raise ``ConfigErrors`` (nothing changes).

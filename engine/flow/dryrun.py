@@ -50,11 +50,13 @@ def intake(channel: Any, config: Any, raw: bytes, number: int = 0) -> tuple[Mess
     """The message as intake would store it, and why intake would refuse it (None: taken).
 
     Only a channel whose source hands over raw HL7 has intake checks (its header, ``accept``);
-    the duplicate window is left out: a dry run has no history. Raises nothing."""
+    the duplicate window is left out: a dry run has no history. A destination channel (its
+    steps read HL7 v2: an ORU it would be sent, say) has its header read, never refused.
+    Raises nothing."""
     msg = Message(id=number, channel=channel.name, received_at=time.time(),
                   status=Status.RECEIVED, raw=raw)
     source = channel.source
-    if source is None or registry.get("source", source.type).sink != "hl7":
+    if source is not None and registry.get("source", source.type).sink != "hl7":
         return msg, None
     answerer = registry.answerer("hl7", config.engine.app_name, config.engine.facility,
                                  empty_control_id=channel.empty_control_id)
@@ -62,6 +64,8 @@ def intake(channel: Any, config: Any, raw: bytes, number: int = 0) -> tuple[Mess
     if header is not None:
         msg.control_id, msg.message_type = header.control_id, header.message_type
         msg.key = header.patient_id or None
+    if source is None:
+        return msg, None
     if refusal is not None:
         return msg, refusal.text
     if channel.accept is not None and msg.message_type not in channel.accept:

@@ -83,12 +83,28 @@ class Pipeline:
         self.on_cases = on_cases
         self._wake = asyncio.Event()
         self.processed = 0
+        self._next: tuple[Processor, Recipe | None, asyncio.Future[None]] | None = None
 
     def wake(self) -> None:
         self._wake.set()
 
+    def swap(self, processor: Processor, recipe: Recipe | None = None) -> asyncio.Future[None]:
+        """Process with *processor* (built in workers from *recipe*) from the next batch on;
+        the future is done once it is in use. The batch in hand finishes with the processor it
+        was fetched for; the queue and its order are untouched (a reload that changed only a
+        channel's steps: ``engine.flow.controls``). Raises nothing."""
+        if self._next is not None:  # superseded before it was taken up
+            self._next[2].set_result(None)
+        self._next = (processor, recipe, asyncio.get_running_loop().create_future())
+        self.wake()
+        return self._next[2]
+
     async def run(self) -> None:
         while True:
+            if self._next is not None:  # between batches: a swapped processor takes over
+                self.processor, self.recipe, taken = self._next
+                self._next = None
+                taken.set_result(None)
             try:
                 msgs = await self.store.fetch_received(self.channel, BATCH,
                                                        self.processor.needs_raw)

@@ -145,23 +145,46 @@ class Engine:
                 self._start_pipeline(ch)
 
     def _start_pipeline(self, ch: Any) -> None:
-        targets = tuple(ch.destinations)
+        channel = ch.name
 
         def on_queued() -> None:
-            # Looked up when called: a redeployed destination has a new worker.
-            for name in targets:
+            # Looked up when called: a redeployed destination has a new worker, and a reload
+            # may have swapped the channel's routes (its forward_to) in place.
+            current = next((c for c in self.config.channel if c.name == channel), ch)
+            for name in current.destinations:
                 if name in self.workers:
                     self.workers[name].wake()
 
-        processor = bounded_processor(ch, self.config)
-        recipe = None
-        if self.pool is not None and processor.cpu_bound:  # built again in each worker
-            recipe = pipeline_workers.channel_recipe(self.config, ch.name)
+        processor, recipe = self._processor_of(ch)
         pipeline = Pipeline(ch.name, self.store, processor, on_queued, self._on_cases,
                             self.pool, recipe)
         self.pipelines[ch.name] = pipeline
         # The loop starts with whatever is left RECEIVED: that is the recovery.
         self._spawn(pipeline.run(), f"pipeline:{ch.name}", ch.name)
+
+    def _processor_of(self, ch: Any) -> tuple[Any, pipeline_workers.Recipe | None]:
+        """Channel *ch*'s processor under the running configuration, and the recipe its
+        worker processes build it from (None: it runs here). Raises what compiling raises."""
+        processor = bounded_processor(ch, self.config)
+        recipe = None
+        if self.pool is not None and processor.cpu_bound:  # built again in each worker
+            recipe = pipeline_workers.channel_recipe(self.config, ch.name)
+        return processor, recipe
+
+    async def swap_steps(self, name: str) -> bool:
+        """Give channel *name*'s running pipeline the processor its configuration builds now
+        (filters, steps, routes, mapping, its destinations' steps), and return once the
+        pipeline uses it: from its next batch; the listener, its connections and the queues
+        stay. False when no pipeline of it runs (nothing swapped). Raises what compiling
+        the channel's steps raises (nothing swapped then)."""
+        pipeline = self.pipelines.get(name)
+        task = self._channel_tasks.get(name, {}).get("pipeline")
+        if pipeline is None or task is None or task.done():
+            return False
+        processor, recipe = self._processor_of(self.channel(name))
+        taken = pipeline.swap(processor, recipe)
+        await asyncio.wait({taken, task}, return_when=asyncio.FIRST_COMPLETED)
+        return taken.done()
 
     def _spawn(self, coro: Any, name: str, channel: str | None = None) -> None:
         task = asyncio.create_task(coro, name=name)

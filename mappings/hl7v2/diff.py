@@ -5,8 +5,11 @@ destination would get now against what it got; the engine reaches it through the
 (the ``message_diff`` view), since it knows no HL7.
 
 Segments are paired by id and occurrence (the second OBX before with the second OBX after);
-a segment with no partner was added or removed. In a paired segment each field that differs
-is split into repetitions, components and subcomponents only as far as the two differ, so
+a segment with no partner was added or removed, and a paired segment whose place among the
+others changed was moved (``NTE[1]``: ``after OBR`` → ``after OBX[8]``). Segments of one id
+reordered among themselves (OBX rows) pair by occurrence, so they read as changed fields.
+In a paired segment each field that differs is split into repetitions, components and
+subcomponents only as far as the two differ, so
 a change reads at the finest path that names it: ``PID-5.1: "DOE" → "SMITH"``,
 ``PID-3[2].5: "SS" → "MR"``. A segment id that occurs more than once in either message is
 named with its occurrence (``OBX[2]-5``), like the paths of :mod:`mappings.hl7v2.readpath`.
@@ -30,7 +33,7 @@ from mappings.hl7v2.reader import HEADER_SEGMENTS, Message, Segment, parse
 from mappings.hl7v2.view import decode_layer, looks_like_hl7, mask_text
 
 Change = dict[str, Any]  # {"path", "kind", "before", "after"}
-CHANGED, ADDED, REMOVED = "changed", "segment added", "segment removed"
+CHANGED, ADDED, REMOVED, MOVED = "changed", "segment added", "segment removed", "segment moved"
 
 
 def _change(path: str, kind: str, before: str | None, after: str | None) -> Change:
@@ -112,9 +115,47 @@ def _segment_text(seg: Segment, masked: bool) -> str:
     return mask_text(seg.text) if masked else seg.text
 
 
+def _keys(msg: Message) -> list[tuple[str, int]]:
+    """Each segment as (id, occurrence): how segments are paired."""
+    seen: dict[str, int] = {}
+    out = []
+    for seg in msg:
+        seen[seg.id] = seen.get(seg.id, 0) + 1
+        out.append((seg.id, seen[seg.id]))
+    return out
+
+
+def _places(msg: Message, counts: dict[str, int]) -> dict[tuple[str, int], str]:
+    """Where each segment stands: ``after <the segment before it>``, or ``first``."""
+    labels = _labels(msg, counts)
+    return {key: f"after {labels[i - 1]}" if i else "first"
+            for i, key in enumerate(_keys(msg))}
+
+
+def _moves(before: Message, after: Message, counts: dict[str, int]) -> list[Change]:
+    """The paired segments whose order among the paired ones changed (the fewest that
+    explain it: the longest run kept in order is not moved) and whose neighbour before them
+    changed with it, in the order of *after*."""
+    kb, ka = _keys(before), _keys(after)
+    both = set(kb) & set(ka)
+    sb, sa = [k for k in kb if k in both], [k for k in ka if k in both]
+    if sb == sa:
+        return []
+    moved: set[tuple[str, int]] = set()
+    for tag, _, _, j1, j2 in difflib.SequenceMatcher(None, sb, sa,
+                                                     autojunk=False).get_opcodes():
+        if tag != "equal":
+            moved.update(sa[j1:j2])
+    was, now = _places(before, counts), _places(after, counts)
+    return [_change(label, MOVED, was[key], now[key])
+            for key, label in zip(ka, _labels(after, counts), strict=True)
+            if key in moved and was[key] != now[key]]  # a run moved whole: its head
+
+
 def hl7_diff(before: Message, after: Message, masked: bool = False) -> list[Change]:
     """The changes from *before* to *after*: paired segments field by field, in the order of
-    *after*, then the segments *before* had that *after* lacks."""
+    *after*, then the segments that moved, then the segments *before* had that *after*
+    lacks."""
     counts = _counts(before, after)
     pairs: dict[tuple[str, int], Segment] = {}
     seen: dict[str, int] = {}
@@ -130,6 +171,7 @@ def hl7_diff(before: Message, after: Message, masked: bool = False) -> list[Chan
             out.append(_change(label, ADDED, None, _segment_text(seg, masked)))
         else:
             out += _field_changes(before, after, old, seg, label, masked)
+    out += _moves(before, after, counts)
     labels = dict(zip(map(id, before), _labels(before, counts), strict=True))
     for old in pairs.values():
         out.append(_change(labels[id(old)], REMOVED, _segment_text(old, masked), None))

@@ -3,6 +3,7 @@ one message only, and a hot reload that swaps steps without losing or reordering
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from bench.hl7gen import orm_o01
@@ -81,6 +82,7 @@ async def test_hot_reload_swaps_steps_without_losing_or_reordering_queued_messag
     await wait_for(lambda: all_final(engine, 1, 5))
     plan = await engine.controls.reload(make_config(config(db_url, sink.endpoint, "V2")))
     assert sorted(plan.changed) == ["ehr", "ris"] and not plan.failed
+    assert sorted(plan.swapped) == ["ehr", "ris"]  # steps only: nothing restarted
     after = [f"Q{i}" for i in range(1, 6)]
     await send(engine, *(orm_o01(c, patient_id="MRN9") for c in after))
     await wait_for(lambda: all_final(engine, 6, 10))
@@ -90,3 +92,53 @@ async def test_hot_reload_swaps_steps_without_losing_or_reordering_queued_messag
     assert sink.control_ids == before + after  # nothing lost, nothing reordered
     versions = [field(raw, 6) for raw in sink.received]
     assert versions == ["V1"] * 5 + ["V2"] * 5  # queued payloads keep the steps they met
+
+
+async def test_a_connection_open_across_a_steps_only_reload_keeps_working_in_order(
+    engine_factory: Any, db_url: str, sink: HL7Sink
+) -> None:
+    """One MLLP connection sends before, during and after a reload that changes only steps:
+    every message is answered on it, none is lost, the EHR gets them in the order sent, and
+    the steps change once, between two messages (never back)."""
+    engine = await engine_factory(config(db_url, sink.endpoint, "V1"))
+    address, listener = engine.address("ris"), engine.sources["ris"]
+    client = MLLPClient(*address)
+    sent: list[str] = []
+
+    async def send_on_it(prefix: str, count: int) -> None:
+        for i in range(1, count + 1):
+            sent.append(f"{prefix}{i}")
+            ack = read_ack(await client.send(orm_o01(sent[-1], patient_id="MRN7")))
+            assert ack[0] in ("AA", "CA")
+
+    try:
+        await send_on_it("A", 5)
+        await wait_for(lambda: all_final(engine, 1, 5), timeout=30)  # built with V1
+        plan, _ = await asyncio.gather(
+            engine.controls.reload(make_config(config(db_url, sink.endpoint, "V2"))),
+            send_on_it("B", 20))
+        assert sorted(plan.swapped) == ["ehr", "ris"] and not plan.failed
+        await send_on_it("C", 5)  # the same connection, after the reload
+    finally:
+        await client.close()
+    assert engine.address("ris") == address and engine.sources["ris"] is listener
+    await wait_for(lambda: len(sink.control_ids) == len(sent), timeout=60)
+    assert sink.control_ids == sent  # nothing lost, nothing reordered
+    versions = [field(raw, 6) for raw in sink.received]
+    assert versions == sorted(versions)  # V1 ... V1 V2 ... V2: never back to the old steps
+    assert versions[:5] == ["V1"] * 5 and versions[-5:] == ["V2"] * 5
+
+
+async def test_a_change_beside_the_steps_still_restarts_the_channel(
+    engine_factory: Any, db_url: str, sink: HL7Sink
+) -> None:
+    engine = await engine_factory(config(db_url, sink.endpoint, "V1"))
+    listener = engine.sources["ris"]
+    changed = config(db_url, sink.endpoint, "V2").replace(
+        'forward_to = ["ehr"]', 'forward_to = ["ehr"]\naccept = ["ORM^O01"]')
+    plan = await engine.controls.reload(make_config(changed))
+    assert plan.changed == ["ris", "ehr"] and plan.swapped == ["ehr"] and not plan.failed
+    assert engine.sources["ris"] is not listener  # a new listener: accept is intake's
+    await send(engine, orm_o01("R1", patient_id="MRN8"))
+    await wait_for(lambda: sink.control_ids == ["R1"], timeout=30)
+    assert field(sink.received[0], 6) == "V2"

@@ -66,6 +66,17 @@ def test_repeated_segments_are_paired_by_occurrence_and_named_with_it() -> None:
     ]
 
 
+def test_a_moved_segment_is_named_with_where_it_stood_and_where_it_stands() -> None:
+    obr, obx = "OBR|1|PL1|FL1", ["OBX|1|TX|A||a", "OBX|2|TX|B||b", "OBX|3|TX|C||c"]
+    before = hl7(obr, "NTE|1|O|disclaimer", "NTE|2|O|demo", *obx)
+    after = hl7(obr, *obx, "NTE|1|O|disclaimer", "NTE|2|O|demo")
+    # the two NTEs moved as a run: its head says so, the other kept its neighbour
+    assert changes(before, after) == [("NTE[1]", "segment moved", "after OBR", "after OBX[3]")]
+    zds = "ZDS|1.2.3^RADBRIDGE"
+    assert changes(hl7(PID, obr, zds), hl7(PID, zds, obr.replace("PL1", "PL2"))) == [
+        ("OBR-2", "changed", "PL1", "PL2"), ("ZDS", "segment moved", "after OBR", "after PID")]
+
+
 def test_values_are_shown_unescaped() -> None:
     before, after = hl7("NTE|1||a \\T\\ b"), hl7("NTE|1||a \\F\\ c")
     assert changes(before, after) == [("NTE-3", "changed", "a & b", "a | c")]

@@ -14,6 +14,10 @@ function changeRow(c) {
     return h("tr", { class: "removed" }, h("td", { class: "field" }, c.path),
       h("td", { colspan: 2 }, `segment removed: ${c.before}`));
   }
+  if (c.kind === "segment moved") {
+    return h("tr", {}, h("td", { class: "field" }, c.path),
+      h("td", { colspan: 2 }, `segment moved: ${c.before} → ${c.after}`));
+  }
   return h("tr", {}, h("td", { class: "field" }, c.path), h("td", { class: "value" }, show(c.before)),
     h("td", { class: "value" }, `→ ${show(c.after)}`));
 }
