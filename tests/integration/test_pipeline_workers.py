@@ -29,6 +29,8 @@ from tests.conftest import REPO, make_config, wait_for
 from tests.fixtures.crashing import CrashingProcessor, crashing_processor
 from tests.unit.test_config_lint import _readme_toml_blocks
 
+README = (REPO / "README.md").read_text(encoding="utf-8")
+
 
 def orders(db_url: str, engine: str = "", extra: str = "") -> str:
     return f"""
@@ -202,9 +204,13 @@ async def test_the_limits_come_from_the_engine_section_in_threads_and_in_workers
 
 @pytest.mark.parametrize("text", [(REPO / "channels.toml").read_text(), *_readme_toml_blocks()])
 def test_every_documented_configuration_builds_its_processors_from_the_snapshot(
-        text: str, monkeypatch: pytest.MonkeyPatch) -> None:
+        text: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     for name in re.findall(r'\w+_env\s*=\s*"(\w+)"', text):
         monkeypatch.setenv(name, "a-secret-the-example-refers-to")
+    # a script step names a site's module: the README's own example, on the path as at a site
+    for code in re.findall(r"```python\n(# sitesteps\.py.*?)```", README, flags=re.S):
+        (tmp_path / "sitesteps.py").write_text(code)
+        monkeypatch.syspath_prepend(str(tmp_path))
     from engine.config.schema import lint_text
     config, problems = lint_text(text, "channels.toml", check_files=False)
     assert config is not None, problems
