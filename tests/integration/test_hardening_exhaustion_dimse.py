@@ -1,15 +1,22 @@
-"""Exhaustion over DIMSE: a PDU declaring more than we accept is aborted after its header.
+"""Exhaustion over DIMSE: a PDU declaring more than we accept is aborted after its header;
+one sender cannot take every association; an address off the allow-list is not read.
 
 pynetdicom alone buffers whatever length a PDU header declares (96 MiB sent
 held +122 MiB). The SCP's ``PduGuard`` counts every byte read from each
 connection, so these tests assert on bytes consumed, not on memory: a
 96 MiB A-ASSOCIATE-RQ or P-DATA-TF is refused after its 6-byte header with
-an A-ABORT, and the listener goes on serving.
+an A-ABORT, and the listener goes on serving. The same guard reads a PACS's
+answers to our C-STORE SCU: a hostile PACS (a socket server here) answering
+with a 96 MiB PDU fails the send as "peer unavailable" (retried), unread.
+
+Per-peer limits and the allow-list (``engine.peers``, like MLLP's and the
+HTTP listeners'): a second loopback address, 127.0.0.2, is the other peer.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import struct
 from pathlib import Path
@@ -24,14 +31,16 @@ from tests.conftest import wait_for
 from tests.fixtures.dicom import CT_IMAGE, synth_instance, write
 from tests.integration.test_dicom_ingest import tool
 
+OTHER = "127.0.0.2"  # a second loopback address: another peer
+
 DECLARED = 96 * 1024 * 1024
 A_ASSOCIATE_RQ, P_DATA_TF = 0x01, 0x04
 
 
-def config(db_url: str, data_dir: Path, max_pdu: int) -> str:
+def config(db_url: str, data_dir: Path, max_pdu: int, extra: str = "") -> str:
     source = (
         f'type = "dicom", ae_title = "RADBRIDGE", listen = "127.0.0.1:0", '
-        f"max_pdu = {max_pdu}, acse_timeout_secs = 600"
+        f"max_pdu = {max_pdu}, acse_timeout_secs = 600{extra}"
     )
     return f"""
 [store]
@@ -159,3 +168,99 @@ def test_the_limit_is_our_max_pdu_for_data_and_at_least_a_mebibyte_for_the_rest(
     pdu_type: int | None, max_pdu: int, limit: int
 ) -> None:
     assert pdu_limit(pdu_type, max_pdu) == limit
+
+
+# --- the listener: per-peer limit and allow-list -------------------------------------------
+
+
+def associate(address: tuple[str, int], source: str = "127.0.0.1") -> Any:
+    """A pynetdicom association from *source* (established or rejected; the caller ends it)."""
+    ae = AE(ae_title="PYSCU")
+    ae.add_requested_context(CT_IMAGE, ExplicitVRLittleEndian)
+    return ae.associate(*address, ae_title="RADBRIDGE", bind_address=(source, 0))
+
+
+def end(assoc: Any) -> None:
+    """Release an established association; close the socket pynetdicom leaves open after a
+    rejection or a closed connection."""
+    if assoc.is_established:
+        assoc.release()
+    sock = assoc.dul.socket
+    if sock is not None and sock.socket is not None:
+        sock.socket.close()
+
+
+def rejection(assoc: Any) -> tuple[int, int, int] | None:
+    """(result, source, reason) of an A-ASSOCIATE-RJ, or None if not rejected."""
+    if not assoc.is_rejected:
+        return None
+    rj = assoc.acceptor.primitive
+    return rj.result, rj.result_source, rj.diagnostic
+
+
+async def test_one_address_holding_its_associations_cannot_block_a_second_address(
+    engine_factory: Any, db_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="radbridge")
+    engine = await engine_factory(config(
+        db_url, tmp_path / "data", 16384, ", max_associations = 4, max_connections_per_peer = 2"))
+    addr = engine.address("pacs")
+    held = [await asyncio.to_thread(associate, addr) for _ in range(2)]
+    try:
+        assert all(a.is_established for a in held)
+        third = await asyncio.to_thread(associate, addr)
+        # rejected-transient, service-provider (presentation), local limit exceeded
+        await asyncio.to_thread(end, third)
+        assert rejection(third) == (0x02, 0x03, 0x02)
+        other = await asyncio.to_thread(associate, addr, OTHER)
+        await asyncio.to_thread(end, other)
+        assert other.is_released
+    finally:
+        for assoc in held:
+            await asyncio.to_thread(end, assoc)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("DCM-208")]
+    assert len(lines) == 1 and "peer=127.0.0.1:" in lines[0] and "limit=2" in lines[0]
+    gate = engine.sources["pacs"].peers.gate
+    await wait_for(lambda: gate.total == 0)  # every slot given back as its thread ended
+    again = await asyncio.to_thread(associate, addr)  # a freed slot is usable again
+    await asyncio.to_thread(end, again)
+    assert again.is_released
+
+
+async def test_associations_over_max_associations_are_rejected_transient_from_any_address(
+    engine_factory: Any, db_url: str, tmp_path: Path
+) -> None:
+    engine = await engine_factory(config(db_url, tmp_path / "data", 16384,
+                                         ", max_associations = 1"))
+    addr = engine.address("pacs")
+    first = await asyncio.to_thread(associate, addr)
+    try:
+        assert first.is_established
+        over = await asyncio.to_thread(associate, addr, OTHER)
+        await asyncio.to_thread(end, over)
+        assert rejection(over) == (0x02, 0x03, 0x02)
+    finally:
+        await asyncio.to_thread(end, first)
+
+
+async def test_the_dicom_allow_list_closes_other_addresses_before_reading_a_byte(
+    engine_factory: Any, db_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="radbridge")
+    engine = await engine_factory(config(db_url, tmp_path / "data", 16384,
+                                         f', allow = ["{OTHER}/32", "10.0.0.0/8"]'))
+    addr = engine.address("pacs")
+    refused = await asyncio.to_thread(associate, addr)  # 127.0.0.1: not on the list
+    await asyncio.to_thread(end, refused)
+    assert not refused.is_established and not refused.is_rejected  # closed, never answered
+    with socket.create_connection(addr, timeout=30) as sock:  # a 96 MiB header, unread
+        sock.sendall(header(A_ASSOCIATE_RQ, DECLARED))
+        assert await asyncio.to_thread(read_to_eof, sock) == b""
+    allowed = await asyncio.to_thread(associate, addr, OTHER)
+    await asyncio.to_thread(end, allowed)
+    assert allowed.is_released
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("DCM-207")]
+    assert len(lines) == 2 and all("peer=127.0.0.1:" in line for line in lines)
+    source = engine.sources["pacs"]
+    assert source.pdu_guard.refusals == []  # the PDU guard never saw them: nothing read
+    assert source.peers.gate.refused["not allowed"] == 2
