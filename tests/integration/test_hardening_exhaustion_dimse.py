@@ -16,6 +16,7 @@ HTTP listeners'): a second loopback address, 127.0.0.2, is the other peer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import struct
@@ -24,11 +25,13 @@ from typing import Any
 
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-from pynetdicom import AE
+from pynetdicom import AE, evt
 
 from channels.dicom.pdu_guard import CONTROL_LIMIT, Refusal, abort_pdu, pdu_limit
+from channels.dicom.scu import StoreSCUConfig, StoreSCUDestination
+from engine.errors import PeerUnavailable
 from tests.conftest import wait_for
-from tests.fixtures.dicom import CT_IMAGE, synth_instance, write
+from tests.fixtures.dicom import CT_IMAGE, part10, synth_instance, write
 from tests.integration.test_dicom_ingest import tool
 
 OTHER = "127.0.0.2"  # a second loopback address: another peer
@@ -264,3 +267,114 @@ async def test_the_dicom_allow_list_closes_other_addresses_before_reading_a_byte
     source = engine.sources["pacs"]
     assert source.pdu_guard.refusals == []  # the PDU guard never saw them: nothing read
     assert source.peers.gate.refused["not allowed"] == 2
+
+
+# --- our C-STORE SCU: a hostile PACS's PDUs are bounded too --------------------------------
+
+A_ASSOCIATE_AC = 0x02
+
+
+def scu_to(port: int, **config: Any) -> StoreSCUDestination:
+    return StoreSCUDestination("pacs-out", StoreSCUConfig.model_validate(
+        {"type": "dicom", "endpoint": f"127.0.0.1:{port}", "called_ae": "PACS", **config}))
+
+
+def ct_part10() -> bytes:
+    return part10(synth_instance(generate_uid(), generate_uid(), 1))
+
+
+class HostileAcceptor:
+    """A raw socket 'PACS' that reads the A-ASSOCIATE-RQ and answers with an A-ASSOCIATE-AC
+    declaring 96 MiB, then streams its body for as long as the connection takes it."""
+
+    def __init__(self) -> None:
+        self.sent = 0  # bytes of the body handed to the connection before it closed
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readexactly(6)
+        await reader.readexactly(struct.unpack(">L", head[2:])[0])  # the A-ASSOCIATE-RQ
+        writer.write(header(A_ASSOCIATE_AC, DECLARED))
+        block = b"\0" * 65536
+        try:
+            while self.sent < DECLARED:
+                writer.write(block)
+                await writer.drain()
+                self.sent += len(block)
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+
+
+async def test_a_pacs_answering_a_96_mib_associate_pdu_fails_the_send_as_unavailable_unread(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="radbridge")
+    pacs = HostileAcceptor()
+    scu = scu_to(await pacs.start(), max_pdu=16384)
+    try:
+        with pytest.raises(PeerUnavailable, match="no association with PACS@"):
+            await scu.send(ct_part10())  # retried by the delivery worker, like a PACS down
+    finally:
+        await scu.close()
+        await pacs.stop()
+    assert scu.pdu_guard.refusals == [Refusal(A_ASSOCIATE_AC, DECLARED, CONTROL_LIMIT, 6)]
+    assert pacs.sent < DECLARED  # the connection closed under the sender, its body unread
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("DCM-205")]
+    assert "destination=pacs-out" in line and "channel=" not in line
+
+
+class HostileStoreSCP:
+    """A pynetdicom SCP whose first C-STORE is answered with a P-DATA-TF header declaring
+    96 MiB (written on the association's socket behind pynetdicom's back); later ones are
+    answered 0x0000."""
+
+    def __init__(self) -> None:
+        self.stores = 0
+        self.hostile: socket.socket | None = None
+        ae = AE(ae_title="PACS")
+        ae.add_supported_context(CT_IMAGE, ExplicitVRLittleEndian)
+        self.server = ae.start_server(("127.0.0.1", 0), block=False,
+                                      evt_handlers=[(evt.EVT_C_STORE, self._on_store)])
+        self.port = int(self.server.server_address[1])
+
+    def _on_store(self, ev: Any) -> int:
+        self.stores += 1
+        if self.stores == 1:
+            self.hostile = ev.assoc.dul.socket.socket
+            with contextlib.suppress(OSError):
+                self.hostile.sendall(header(P_DATA_TF, DECLARED) + b"\0" * 65536)
+        return 0x0000
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        if self.hostile is not None:  # pynetdicom leaves it open after the SCU's A-ABORT
+            self.hostile.close()
+
+
+async def test_a_pacs_answering_a_c_store_with_a_96_mib_pdu_is_aborted_then_the_retry_works(
+) -> None:
+    pacs = HostileStoreSCP()
+    scu = scu_to(pacs.port, max_pdu=16384)
+    try:
+        with pytest.raises(PeerUnavailable, match="aborted before the C-STORE response"):
+            await scu.send(ct_part10())
+        (refusal,) = scu.pdu_guard.refusals
+        assert (refusal.pdu_type, refusal.declared, refusal.limit) == (P_DATA_TF, DECLARED, 16384)
+        assert refusal.bytes_read < 16384  # the association answer and the 6-byte header
+        answer = await scu.send(ct_part10())  # the delivery worker's retry: a new association
+        assert answer.startswith(b"0x0000 Success")
+    finally:
+        await scu.close()
+        await asyncio.to_thread(pacs.stop)
+    assert pacs.stores == 2
