@@ -14,9 +14,15 @@
     documented place to reject a request; the rejection ends as pynetdicom's own does
     (``kill``: the RJ is sent and the peer's close, or the ARTIM timer, awaited).
 
-  An admitted connection holds its slot until its association thread ends, however it
-  ends (released, aborted, rejected for its AE titles, timed out). The gate is shared by
-  the accepting thread and the association threads, so every use of it holds a lock.
+  A connection is counted as it starts, before its TLS handshake, so handshakes too are
+  bounded per peer; an admitted one holds its slot until its association thread ends,
+  however it ends (released, aborted, rejected for its AE titles, timed out). The gate is
+  shared by the accepting thread and the connection threads, so every use holds a lock.
+
+* **TLS**: pynetdicom shakes hands in its accepting thread, without a timeout, so one
+  client that connects and sends nothing stopped every later connection (and the
+  engine's stop). Here the handshake runs in the connection's own thread within
+  ``acse_timeout``; one that fails or times out closes the connection (DCM-210).
 
 ``GuardedServer`` is pynetdicom's threaded server with a request handler that puts each
 association's socket under the PDU guard and through the gate; ``start_guarded`` starts
@@ -28,6 +34,7 @@ from __future__ import annotations
 import logging
 import socket
 import socketserver
+import ssl
 import threading
 from datetime import datetime
 from typing import Any
@@ -104,9 +111,46 @@ def _reject_over_limit(ev: Any) -> None:
 
 
 class GuardedHandler(RequestHandler):
-    """pynetdicom's request handler, with the socket under the PDU guard and the gate."""
+    """pynetdicom's request handler, with the socket under the PDU guard and the gate.
+    Runs in the connection's own thread (``ThreadingMixIn``), until the association's
+    thread starts."""
 
     server: GuardedServer
+    refusal: str | None = None
+    assoc: Association | None = None
+
+    def handle(self) -> None:
+        peers, ip = self.server.peers, peer_ip(self.client_address)
+        self.refusal = peers.admit(self.client_address)
+        try:
+            if not self._handshake():
+                self.request.close()
+                if self.refusal is None:
+                    peers.release(ip)
+                return
+            super().handle()  # _create_association, then the association's thread starts
+        except BaseException:
+            if self.refusal is None and (self.assoc is None or self.assoc.ident is None):
+                peers.release(ip)  # not started: its run() will never give the slot back
+            raise
+
+    def _handshake(self) -> bool:
+        """The TLS handshake (deferred by ``GuardedServer.get_request``) within acse_timeout;
+        False, logged, when it fails. True at once without TLS."""
+        sock = self.request
+        if not isinstance(sock, ssl.SSLSocket):
+            return True
+        before = sock.gettimeout()
+        try:
+            sock.settimeout(self.ae.acse_timeout)
+            sock.do_handshake()
+            sock.settimeout(before)
+        except OSError as exc:  # ssl.SSLError and TimeoutError among them
+            event(log, "DCM-210", "TLS handshake failed, connection closed",
+                  channel=self.server.peers.channel, peer=_peer(self.client_address),
+                  reason=type(exc).__name__, level=logging.WARNING)
+            return False
+        return True
 
     def _create_association(self) -> Any:
         assoc = super()._create_association()
@@ -117,7 +161,8 @@ class GuardedHandler(RequestHandler):
         sock.__class__ = GuardedSocket
         assert isinstance(sock, GuardedSocket)
         sock.watch(self.server.pdu_guard)
-        if self.server.peers.admit(self.client_address) is not None:
+        self.assoc = assoc
+        if self.refusal is not None:
             assoc.bind(evt.EVT_REQUESTED, _reject_over_limit)
             return assoc
         # Not started yet: the same object, given a run() that frees its slot at the end.
@@ -136,6 +181,7 @@ class GuardedServer(ThreadedAssociationServer):
 
     def get_request(self) -> tuple[socket.socket, Any]:
         """Accept a connection; one off the allow-list is closed before TLS or any read.
+        With TLS the socket is wrapped, its handshake left to the connection's thread.
 
         Raises ``OSError`` for a refused connection (``socketserver`` then drops it).
         """
@@ -146,7 +192,8 @@ class GuardedServer(ThreadedAssociationServer):
             raise ConnectionRefusedError("address not allowed")
         if self.ssl_context:
             try:
-                client = self.ssl_context.wrap_socket(client, server_side=True)
+                client = self.ssl_context.wrap_socket(
+                    client, server_side=True, do_handshake_on_connect=False)
             except OSError:
                 client.close()
                 raise

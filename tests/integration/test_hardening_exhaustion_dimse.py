@@ -31,8 +31,9 @@ from channels.dicom.pdu_guard import CONTROL_LIMIT, Refusal, abort_pdu, pdu_limi
 from channels.dicom.scu import StoreSCUConfig, StoreSCUDestination
 from engine.errors import PeerUnavailable
 from tests.conftest import wait_for
+from tests.fixtures.certs import make_pki
 from tests.fixtures.dicom import CT_IMAGE, part10, synth_instance, write
-from tests.integration.test_dicom_ingest import tool
+from tests.integration.test_dicom_ingest import start, tool
 
 OTHER = "127.0.0.2"  # a second loopback address: another peer
 
@@ -378,3 +379,33 @@ async def test_a_pacs_answering_a_c_store_with_a_96_mib_pdu_is_aborted_then_the_
         await scu.close()
         await asyncio.to_thread(pacs.stop)
     assert pacs.stores == 2
+
+
+# --- TLS: a client that never shakes hands ----------------------------------------------------
+
+
+async def test_a_silent_tls_client_neither_blocks_other_associations_nor_outlives_acse_timeout(
+    engine_factory: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # pynetdicom shakes hands in its accepting thread, without a timeout: one silent TCP
+    # connection stopped every later association, and the engine's stop, for ever.
+    caplog.set_level(logging.INFO, logger="radbridge")
+    pki = make_pki(tmp_path)
+    engine = await start(
+        engine_factory, f"sqlite:///{tmp_path / 'rb.db'}", tmp_path,
+        f', tls = {{ cert = "{pki.server_cert}", key = "{pki.server_key}", '
+        f'client_ca = "{pki.ca_cert}" }}, acse_timeout_secs = 2',
+    )
+    host, port = engine.address("pacs")
+    with socket.create_connection((host, port), timeout=60) as silent:
+        rc, out = await tool(
+            "echoscu", "+tls", pki.client_key, pki.client_cert, "+cf", pki.ca_cert,
+            "-aet", "MODALITY", "-aec", "RADBRIDGE", "-to", "30", "-ta", "30",
+            "localhost", str(port),
+        )
+        assert rc == 0, out  # served while the silent one still waits
+        assert await asyncio.to_thread(read_to_eof, silent) == b""  # closed by us, in time
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("DCM-210")]
+    assert len(lines) == 1 and "reason=TimeoutError" in lines[0]
+    gate = engine.sources["pacs"].peers.gate
+    await wait_for(lambda: gate.total == 0)  # the silent one's slot is free again
