@@ -9,12 +9,15 @@ HTTP answers 503 for a limit) and logs it with its own event code. Three checks,
 * ``allow``: when set, only these addresses or CIDR networks may connect; any other is
   refused at once (``NOT_ALLOWED``), before it can send a byte that is read.
 * ``max_connections``: the listener's total (``LIMIT``).
-* ``max_connections_per_peer``: one address cannot hold every slot (``PEER_LIMIT``), so a
+* ``max_connections_per_peer``: one peer cannot hold every slot (``PEER_LIMIT``), so a
   client that opens hundreds of idle connections leaves room for the others. Behind a
   reverse proxy every client shares the proxy's address: raise it to ``max_connections``.
 
-IPv4-mapped IPv6 addresses (``::ffff:10.0.0.1``, from a dual-stack listener) count and match
-as the IPv4 address they carry.
+A peer (``peer_key``) is one IPv4 address, or one IPv6 /64 network: a single IPv6 host is
+handed a whole /64 and can connect from any of its 2^64 addresses, so counting per IPv6
+address would limit nothing. IPv4-mapped IPv6 addresses (``::ffff:10.0.0.1``, from a
+dual-stack listener) count and match as the IPv4 address they carry. The gate is not
+thread-safe: a listener that admits and releases from several threads holds a lock.
 """
 
 from __future__ import annotations
@@ -47,9 +50,11 @@ class PeerLimitsConfig(Strict):
     """Per-address limits of a listener (see ``engine.peers``)."""
 
     max_connections_per_peer: int = Field(
-        64, ge=1, description="Connections one IP address may hold at once; further ones from "
-                              "it are refused like those over max_connections. Behind a "
-                              "reverse proxy, raise it to max_connections.")
+        64, ge=1, description="Connections one peer may hold at once (a peer: one IPv4 "
+                              "address, or one IPv6 /64 network, which a single host may "
+                              "own); further ones from it are refused like those over the "
+                              "listener's total. Behind a reverse proxy, raise it to the "
+                              "total.")
     allow: list[str] | None = Field(
         None, description='Only these addresses or CIDR networks may connect, e.g. '
                           '["127.0.0.1", "10.0.0.0/8"]; others are closed at once and logged. '
@@ -76,6 +81,17 @@ def peer_ip(peername: Any) -> IPAddress | None:
     return ip
 
 
+PeerKey = ipaddress.IPv4Address | ipaddress.IPv6Network | None
+
+
+def peer_key(ip: IPAddress | None) -> PeerKey:
+    """What ``max_connections_per_peer`` counts *ip* under: an IPv4 address as itself, an
+    IPv6 address as its /64 network (None, no address, is one peer of its own)."""
+    if isinstance(ip, ipaddress.IPv6Address):
+        return ipaddress.IPv6Network((int(ip) >> 64 << 64, 64))
+    return ip
+
+
 class PeerGate:
     """Counts a listener's open connections per peer address and decides who may connect."""
 
@@ -84,7 +100,7 @@ class PeerGate:
         self.max_per_peer = config.max_connections_per_peer
         self.networks = (tuple(parse_network(a) for a in config.allow)
                          if config.allow is not None else None)
-        self.open: Counter[IPAddress | None] = Counter()
+        self.open: Counter[PeerKey] = Counter()  # open connections per peer_key
         self.total = 0
         self.refused: Counter[str] = Counter()
 
@@ -97,25 +113,38 @@ class PeerGate:
         if reason is not None:
             self.refused[reason] += 1
             return reason
-        self.open[ip] += 1
+        self.open[peer_key(ip)] += 1
         self.total += 1
         return None
 
+    def screen(self, ip: IPAddress | None) -> str | None:
+        """The allow-list alone, for a listener that checks it before a TLS handshake:
+        ``NOT_ALLOWED`` (counted as refused) or None. Counts no connection: ``admit`` follows."""
+        if self.allows(ip):
+            return None
+        self.refused[NOT_ALLOWED] += 1
+        return NOT_ALLOWED
+
+    def allows(self, ip: IPAddress | None) -> bool:
+        """Whether *ip* is on the allow-list (any address when there is none)."""
+        return self.networks is None or ip is not None and any(
+            ip.version == net.version and ip in net for net in self.networks)
+
     def _refusal(self, ip: IPAddress | None) -> str | None:
-        if self.networks is not None and (ip is None or not any(
-                ip.version == net.version and ip in net for net in self.networks)):
+        if not self.allows(ip):
             return NOT_ALLOWED
         if self.total >= self.max_connections:
             return LIMIT
-        if self.open[ip] >= self.max_per_peer:
+        if self.open[peer_key(ip)] >= self.max_per_peer:
             return PEER_LIMIT
         return None
 
     def release(self, ip: IPAddress | None) -> None:
         """An admitted connection from *ip* has closed."""
+        key = peer_key(ip)
         self.total -= 1
-        left = self.open[ip] - 1
+        left = self.open[key] - 1
         if left > 0:
-            self.open[ip] = left
+            self.open[key] = left
         else:
-            del self.open[ip]
+            del self.open[key]

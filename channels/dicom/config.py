@@ -6,7 +6,8 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from engine.config.base import Strict, TLSConfig, check_hostport
+from engine.config.base import TLSConfig, check_hostport
+from engine.peers import PeerLimitsConfig
 
 
 def check_ae_title(value: str) -> str:
@@ -19,7 +20,12 @@ def check_ae_title(value: str) -> str:
     return title
 
 
-class DicomSourceConfig(Strict):
+class DicomSourceConfig(PeerLimitsConfig):
+    """``allow`` and ``max_connections_per_peer`` (``engine.peers``) are checked per TCP
+    connection: a peer off the list is closed before any byte is read (or a TLS handshake);
+    one over its limit, or over ``max_associations``, is answered A-ASSOCIATE-RJ
+    (rejected-transient, local limit exceeded)."""
+
     type: Literal["dicom"]
     ae_title: str = Field(description="Our AE title; associations calling another are rejected.")
     listen: str = Field(description='Address to listen on, "host:port" (port 0 picks one).')
@@ -33,6 +39,12 @@ class DicomSourceConfig(Strict):
                     "above 64 MiB). Larger PDUs mean fewer round trips for big images.")
     max_associations: int = Field(
         32, ge=1, description="Further associations are rejected (transient, local limit).")
+    max_connections_per_peer: int = Field(
+        16, ge=1, description="Associations one peer may hold at once (a peer: one IPv4 "
+                              "address, or one IPv6 /64 network); further ones from it are "
+                              "rejected (transient, local limit), so one sender cannot take "
+                              "every slot of max_associations. Behind a DICOM router every "
+                              "sender shares its address: raise it to max_associations.")
     store_timeout_secs: float = Field(
         60, gt=0, description="An instance not indexed within this long is answered 0xA701 "
                               "(out of resources): the sender retries it later.")

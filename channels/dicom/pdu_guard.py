@@ -16,23 +16,22 @@ advertise (PS3.8 D.1, the PDU length is the variable field it limits; 0, no
 limit advertised, still stops at ``UNADVERTISED_LIMIT``); any other PDU (an
 A-ASSOCIATE-RQ, release, abort) at most ``max(max_pdu, CONTROL_LIMIT)``.
 
-``GuardedServer`` is pynetdicom's threaded server with a request handler
-that puts each association's socket under the guard; ``start_guarded``
-starts one the way ``AE.start_server(block=False)`` does.
+The same guard reads the PACS's answers where we are the requestor (the
+C-STORE SCU, ``channels.dicom.scu``): ``guard_requestor`` puts the socket
+under it as the connection opens, before the first PDU is read. The SCP's
+server puts each accepted socket under it (``channels.dicom.listener``).
 """
 
 from __future__ import annotations
 
 import logging
-import socketserver
 import threading
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
-from pynetdicom import AE
+from pynetdicom import evt
 from pynetdicom.pdu import A_ABORT_RQ
-from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
+from pynetdicom.transport import AssociationSocket
 
 from engine.logs import event
 
@@ -77,6 +76,7 @@ class PduGuard:
 
     max_pdu: int
     channel: str = ""
+    destination: str = ""  # the C-STORE SCU's: its PACS's PDUs are read under this guard
     refusals: list[Refusal] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -87,7 +87,8 @@ class PduGuard:
             log,
             "DCM-205",
             "PDU over the limit, connection aborted",
-            channel=self.channel,
+            channel=self.channel or None,
+            destination=self.destination or None,
             peer=peer,
             declared=refusal.declared,
             limit=refusal.limit,
@@ -132,56 +133,24 @@ class GuardedSocket(AssociationSocket):
             except OSError:
                 pass
         self.guard.refused(Refusal(self._pdu_type, declared, limit, self.bytes_read), peer)
-        if self.bytes_read == HEADER_BYTES:
+        if self.bytes_read == HEADER_BYTES and self.assoc.is_acceptor:
             # The first PDU of the connection: pynetdicom's acceptor would wait acse_timeout
             # for an A-ASSOCIATE that will not come; an empty primitive is how its own
             # timeout ends that wait (the thread and its association slot are freed now).
             self.assoc.dul.to_user_queue.put(None)  # type: ignore[arg-type]
 
 
-class GuardedHandler(RequestHandler):
-    """pynetdicom's request handler, with the association's socket under the PDU guard."""
+def guard_requestor(guard: PduGuard) -> tuple[Any, Any]:
+    """An ``evt_handlers`` entry for ``AE.associate``: the requestor's socket is read under
+    *guard* from its first PDU (the A-ASSOCIATE-AC) on.
 
-    server: GuardedServer
-
-    def _create_association(self) -> Any:
-        assoc = super()._create_association()
-        sock = assoc.dul.socket
-        assert sock is not None
-        # AssociationSocket.__init__ queues the transport-connected event: building a second
-        # socket would queue it twice, so the one pynetdicom built is given our class.
+    pynetdicom triggers ``EVT_CONN_OPEN`` in its DUL thread once the connection (and TLS)
+    is up, before that thread reads anything, so the socket changes class between reads.
+    A refused PDU ends the association as a closed connection does: aborted.
+    """
+    def watch(ev: Any) -> None:
+        sock = ev.assoc.dul.socket
         sock.__class__ = GuardedSocket
-        assert isinstance(sock, GuardedSocket)
-        sock.watch(self.server.pdu_guard)
-        return assoc
+        sock.watch(guard)
 
-
-class GuardedServer(ThreadedAssociationServer):
-    """A threaded association server whose connections are read under a ``PduGuard``."""
-
-    pdu_guard: PduGuard
-
-    def shutdown(self) -> None:
-        """Stop serving and close the socket (the AE never listed this server)."""
-        socketserver.BaseServer.shutdown(self)
-        self.server_close()
-
-
-def start_guarded(
-    ae: AE, address: tuple[str, int], guard: PduGuard, ssl_context: Any, evt_handlers: list[Any]
-) -> GuardedServer:
-    """Start serving in a daemon thread, like ``AE.start_server(block=False)``."""
-    server = ae.make_server(
-        address,
-        ssl_context=ssl_context,
-        evt_handlers=evt_handlers,
-        server_class=GuardedServer,
-        request_handler=GuardedHandler,
-    )
-    assert isinstance(server, GuardedServer)
-    server.pdu_guard = guard
-    stamp = datetime.now().strftime("%Y%m%d%H%M%S")
-    threading.Thread(
-        target=server.serve_forever, name=f"AcceptorServer@{stamp}", daemon=True
-    ).start()
-    return server
+    return (evt.EVT_CONN_OPEN, watch)

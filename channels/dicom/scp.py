@@ -20,13 +20,15 @@ from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, VerificationPresentationContex
 from pynetdicom.transport import ThreadedAssociationServer
 
 from channels.dicom.config import DicomSourceConfig
+from channels.dicom.listener import PeerGuard, start_guarded
 from channels.dicom.part10 import read_meta
-from channels.dicom.pdu_guard import PduGuard, start_guarded
+from channels.dicom.pdu_guard import PduGuard
 from channels.dicom.sop_classes import register_storage_classes, storage_sop_classes
 from channels.dicom.status import MISMATCH, SUCCESS, classify, error_comment
 from engine.config.base import parse_hostport
 from engine.flow.instances import InstanceIngest, InvalidInstance
 from engine.logs import event
+from engine.peers import PeerGate
 from engine.registry import register
 
 log = logging.getLogger("radbridge.dicom")
@@ -38,11 +40,13 @@ log = logging.getLogger("radbridge.dicom")
 class DicomSource:
     """A storage SCP for one channel; ``start``/``stop`` run on the event loop.
 
-    ``start`` raises ``OSError`` when the address cannot be bound. Association
-    checks (called AE, calling AE allow list, association limit) are done by
-    pynetdicom during negotiation and answered A-ASSOCIATE-RJ. Every storage SOP
-    class is offered (``channels.dicom.sop_classes``), and a PDU declaring more
-    than ``max_pdu`` is aborted unread (``channels.dicom.pdu_guard``).
+    ``start`` raises ``OSError`` when the address cannot be bound. A connection from
+    an address off ``allow`` is closed unread; one over ``max_associations`` or
+    ``max_connections_per_peer`` is answered A-ASSOCIATE-RJ, transient
+    (``channels.dicom.listener``). Association checks (called AE, calling AE allow
+    list) are done by pynetdicom during negotiation and answered A-ASSOCIATE-RJ.
+    Every storage SOP class is offered (``channels.dicom.sop_classes``), and a PDU
+    declaring more than ``max_pdu`` is aborted unread (``channels.dicom.pdu_guard``).
     """
 
     def __init__(self, name: str, config: DicomSourceConfig, sink: InstanceIngest) -> None:
@@ -54,6 +58,7 @@ class DicomSource:
         self.failed = 0
         self.rejected = 0
         self.pdu_guard = PduGuard(config.max_pdu, name)
+        self.peers = PeerGuard(PeerGate(config.max_associations, config), name)
         self._lock = threading.Lock()
 
     @property
@@ -73,7 +78,7 @@ class DicomSource:
             (evt.EVT_C_STORE, self._on_store), (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_REJECTED, self._on_rejected), (evt.EVT_ESTABLISHED, self._on_established)]
         server = await asyncio.to_thread(start_guarded, ae, (host, port), self.pdu_guard,
-                                         ssl_context, handlers)
+                                         self.peers, ssl_context, handlers)
         self.server = server
         event(log, "DCM-200", "C-STORE SCP listening", channel=self.name,
               ae=self.config.ae_title, port=server.server_address[1])

@@ -21,6 +21,8 @@ any other failure status (0xA9xx, 0xCxxx...)  ``PeerRejected`` with the status a
 the PACS accepts no context for the class     ``PeerRejected`` (it cannot store this object:
   or the transfer syntax                        resending the same bytes fails the same way)
 association refused, aborted, no connection   ``PeerUnavailable``
+a PDU from the PACS over our limit            ``PeerUnavailable`` (aborted after its 6-byte
+  (``max_pdu``; see ``pdu_guard``)              header, the body never read or buffered)
 no response within ``timeout_secs``           ``PeerTimeout``
 the payload is not a DICOM file               ``PeerRejected`` (resending cannot help)
 ==========================================  =============================================
@@ -44,6 +46,7 @@ from pynetdicom.association import Association
 from pynetdicom.status import STORAGE_SERVICE_CLASS_STATUS, code_to_category
 
 from channels.dicom.config import check_ae_title
+from channels.dicom.pdu_guard import PduGuard, guard_requestor
 from channels.dicom.status import error_comment
 from engine.config.base import Strict, check_hostport, parse_hostport
 from engine.connectors import DestinationBase
@@ -65,7 +68,11 @@ class StoreSCUConfig(Strict):
     keep_open_secs: float = Field(
         30, ge=0, description="Reuse an association idle no longer than this; 0: one "
                               "association per instance.")
-    max_pdu: int = Field(262_144, ge=0, description="Largest PDU we accept (0: no limit).")
+    max_pdu: int = Field(
+        262_144, ge=0,
+        description="Largest P-DATA PDU we accept from the PACS, in bytes; one declaring more "
+                    "aborts the association after its 6-byte header and the send is retried "
+                    "(0: no limit advertised, still aborted above 64 MiB).")
     retry_initial_secs: float = Field(1, gt=0)
     retry_max_secs: float = Field(300, gt=0)
     max_refusals: int = Field(
@@ -103,6 +110,7 @@ class StoreSCUDestination(DestinationBase):
         self._contexts: set[tuple[str, str]] = set()
         self._last_used = 0.0
         self._refusals: dict[str, int] = {}  # SOP Instance UID -> 0xA7xx answers in a row
+        self.pdu_guard = PduGuard(config.max_pdu, destination=name)
 
     async def connect(self) -> None:
         return None  # associations open on demand: a PACS down at start-up is fine
@@ -186,7 +194,8 @@ class StoreSCUDestination(DestinationBase):
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = cfg.timeout_secs
         ae.connection_timeout = cfg.timeout_secs
         assoc = ae.associate(self.host, self.port, [build_context(sop_class, syntaxes)],
-                             ae_title=cfg.called_ae, max_pdu=cfg.max_pdu)
+                             ae_title=cfg.called_ae, max_pdu=cfg.max_pdu,
+                             evt_handlers=[guard_requestor(self.pdu_guard)])
         if not assoc.is_established:
             if assoc.rejected_contexts and not assoc.accepted_contexts and not assoc.is_rejected:
                 raise PeerRejected("no context", f"the PACS accepts no presentation context "

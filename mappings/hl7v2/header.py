@@ -80,7 +80,7 @@ class Header(NamedTuple):
     accept_ack: str  # MSH-15: "" (original mode), AL, NE, ER, SU
     app_ack: str  # MSH-16
     charset: str  # MSH-18
-    patient_id: str  # PID-3, first repetition, first component ("" if absent)
+    patient_id: str  # the routing key: PID-3's first repetition's id, else PID-2's ("" if none)
     # What lenient reading repaired (a stray line break joined back, ...); stored as flags.
     flags: tuple[str, ...] = ()
     # MSH-10 as sent, where control_id is not it (generated for an empty MSH-10): MSA-2
@@ -281,12 +281,16 @@ def _stray(line: bytes, fs: bytes) -> bool:
 
 
 def _patient_id(text: bytes, fs: bytes, encoding: str) -> str:
-    """PID-3, first repetition, first component, of the first PID segment."""
+    """The routing key of the first PID segment: the id (first component) of PID-3's first
+    repetition, else of PID-2's, the field the orders mapping falls back to when a sender
+    leaves PID-3 empty (``FieldMap.patient_identifiers``); "" if both are empty."""
     start = text.find(b"\rPID" + fs)  # segment 1 is MSH, so a PID segment follows a terminator
     if start < 0:
         return ""
     end = text.find(b"\r", start + 1)
     pid = text[start + 1:end if end >= 0 else len(text)].split(fs, 4)
-    if len(pid) <= 3:
-        return ""
-    return pid[3].decode("latin-1").partition(encoding[1])[0].partition(encoding[0])[0].strip()
+    for field in pid[3:4] + pid[2:3]:  # PID-3, then PID-2
+        found = field.decode("latin-1").partition(encoding[1])[0].partition(encoding[0])[0]
+        if found.strip():
+            return found.strip()
+    return ""

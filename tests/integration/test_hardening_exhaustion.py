@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -135,6 +136,26 @@ async def test_the_mllp_allow_list_closes_other_addresses_at_once_and_logs_them(
     assert len(refused) == 1 and "peer=127.0.0.1:" in refused[0]
     stored = await engine.store.query_messages(MessageQuery(channel="ris"))
     assert [m.control_id for m in stored] == ["YES"]  # nothing read from the refused one
+
+
+async def test_ipv6_connections_count_per_64_on_a_real_ipv6_listener(
+    engine_factory: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Loopback has one IPv6 address, so one /64 (::/64): the other addresses of a /64 are
+    # unit-tested (tests/unit/test_hardening_exhaustion.py). ::1 must be bindable here.
+    caplog.set_level(logging.INFO, logger="radbridge")
+    text = mllp_config(tmp_path, max_connections_per_peer=2).replace("127.0.0.1:0", "[::1]:0")
+    engine = await engine_factory(text)
+    addr = engine.address("ris")
+    held = [await asyncio.open_connection(*addr[:2]) for _ in range(3)]
+    try:
+        assert [await still_open(r) for r, _ in held[:2]] == [True, True]
+        assert await closed_unanswered(held[2][0])
+        assert dict(engine.sources["ris"].gate.open) == {ipaddress.ip_network("::/64"): 2}
+    finally:
+        await close_all(held)
+    refused = [r.getMessage() for r in caplog.records if r.getMessage().startswith("MLLP-108")]
+    assert len(refused) == 1 and "peer=::1:" in refused[0]
 
 
 # --- MLLP: the buffer budget ------------------------------------------------------------------
