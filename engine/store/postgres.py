@@ -34,7 +34,6 @@ import asyncpg
 
 from engine.errors import StoreUnavailable
 from engine.logs import event
-from engine.model import Message
 from engine.store import pg_claims, pg_schema
 from engine.store.archive import Item as Archive
 from engine.store.archive import write_archive
@@ -46,20 +45,22 @@ from engine.store.base import (
     PruneResult,
     Store,
 )
+from engine.store.claims import Claims
 from engine.store.clinical_sql import ClinicalWrites
 from engine.store.fhir_sql import FhirWrites
-from engine.store.pg_inference import PgInference
 from engine.store.pg_writer import DB_ERRORS, Item, Writer, to_store_error
 from engine.store.records import delivery_row, message_row
 from engine.store.results_sql import ResultsWrites
 from engine.store.signals import NOTIFY_CHANNEL
-from engine.store.tx import on_pg, pg_sql
+from engine.store.tx import Op, PgTx, on_pg, pg_sql
 
 log = logging.getLogger("radbridge.store")
 LEASE_SECS = 30.0
 _MSG_COLS = ("m.id, m.channel, m.received_at, m.status, r.raw, m.control_id, m.message_type,"
              " m.msg_key, m.duplicate, m.error")
 _MSG_FROM = "messages m JOIN message_raw r ON r.id = m.id AND r.received_at = m.received_at"
+_CLAIMED_COLS = ("t.id, t.channel, t.received_at, t.status, {raw}, t.control_id, t.message_type,"
+                 " t.msg_key, t.duplicate, t.error")
 _DLV_COLS = ("d.id, d.message_id, d.destination, d.status, d.attempts,"
              " coalesce(d.payload, (SELECT raw FROM message_raw r WHERE r.id = d.message_id"
              " AND r.received_at = d.received_at)), d.response, d.error, d.msg_key")
@@ -126,11 +127,17 @@ def _split_url(url: str) -> tuple[str, dict[str, str]]:
     return urlunsplit((scheme, parts.netloc, parts.path, urlencode(query), "")), ours
 
 
-class PostgresStore(ClinicalWrites, PgInference, ResultsWrites, FhirWrites,
-                    Store):
+class PostgresStore(ClinicalWrites, Claims, ResultsWrites, FhirWrites, Store):
     """The scale-out store: several engine processes and inference workers on one database."""
 
     _on_writer = staticmethod(on_pg)
+    _CLAIMED_MESSAGE = _CLAIMED_COLS.format(raw="(SELECT raw FROM message_raw r WHERE"
+                                            " r.id = t.id AND r.received_at = t.received_at)")
+    _CLAIMED_MESSAGE_BARE = _CLAIMED_COLS.format(raw="''::bytea")
+    _CLAIMED_DELIVERY = ("t.id, t.message_id, t.destination, t.status, t.attempts,"
+                         " coalesce(t.payload, (SELECT raw FROM message_raw r WHERE"
+                         " r.id = t.message_id AND r.received_at = t.received_at)), t.response,"
+                         " t.error, t.msg_key")
     _MESSAGE_SELECT = f"SELECT {_MSG_COLS} FROM {_MSG_FROM}"
     _DELIVERY_SELECT = f"SELECT {_DLV_COLS} FROM deliveries d"
     _OLDEST_QUEUED = ("SELECT received_at FROM deliveries WHERE destination = ? AND"
@@ -235,6 +242,16 @@ class PostgresStore(ClinicalWrites, PgInference, ResultsWrites, FhirWrites,
             done(None, StoreUnavailable("store is not open"))
             return
         self._writer.submit(Item(op, args, done, lock))
+
+    async def _claim(self, op: Op, *args: Any, marks: bool = False) -> Any:
+        """Run a claim (``engine.store.claims``) in a short transaction of its own on a pooled
+        connection, leasing to this process (``pg_claims``); *marks* changes nothing here.
+        Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
+        try:
+            async with self._acquire() as conn, conn.transaction():
+                return await op(PgTx(conn, self.owner, self.lease_secs), *args)
+        except (*DB_ERRORS, StoreUnavailable) as exc:
+            raise to_store_error(exc) from exc
 
     async def _rows(self, sql: str, *params: Any) -> list[asyncpg.Record]:
         """A read in portable SQL (``?`` placeholders): what the shared mixins call."""
@@ -431,23 +448,3 @@ class PostgresStore(ClinicalWrites, PgInference, ResultsWrites, FhirWrites,
             after = ids[-1]
         assert plan is not None
         plan.more = True  # the budget ran out inside this span
-
-    # -- claims ----------------------------------------------------------------------------
-    async def fetch_received(self, channel: str, limit: int, with_raw: bool = True
-                             ) -> list[Message]:
-        try:
-            async with self._acquire() as conn:
-                rows = await pg_claims.claim_received(conn, self.owner, self.lease_secs,
-                                                      channel, limit, with_raw)
-        except DB_ERRORS as exc:
-            raise to_store_error(exc) from exc
-        return [message_row(r) for r in rows]
-
-    async def next_deliveries(self, destination: str, limit: int) -> list[Delivery]:
-        try:
-            async with self._acquire() as conn:
-                rows = await pg_claims.claim_deliveries(conn, self.owner, self.lease_secs,
-                                                        destination, limit)
-        except DB_ERRORS as exc:
-            raise to_store_error(exc) from exc
-        return [delivery_row(r) for r in rows]

@@ -23,7 +23,6 @@ from typing import Any, TypeVar
 from engine.errors import StoreError, StoreUnavailable
 from engine.fsmode import private_database
 from engine.logs import event
-from engine.model import Message
 from engine.store.archive import Item, write_archive
 from engine.store.base import (
     FINAL_STATUSES,
@@ -36,6 +35,7 @@ from engine.store.base import (
     Store,
     flag_rows,
 )
+from engine.store.claims import Claims
 from engine.store.clinical_sql import CLINICAL_SCHEMA, ClinicalWrites
 from engine.store.fhir_sql import FHIR_SCHEMA, FhirWrites
 from engine.store.inference_sql import INFERENCE_SCHEMA
@@ -43,8 +43,7 @@ from engine.store.records import delivery_row, message_row
 from engine.store.results_sql import RESULTS_SCHEMA, ResultsWrites
 from engine.store.schema import SQLITE_SCHEMA, migrate_sqlite
 from engine.store.signals import SQLITE_SIGNALS_SCHEMA
-from engine.store.sqlite_claims import SQLiteInference
-from engine.store.tx import new_message, on_sqlite
+from engine.store.tx import Op, SQLiteTx, new_message, on_sqlite, run_sync
 
 T = TypeVar("T")
 log = logging.getLogger("radbridge.store")
@@ -64,6 +63,8 @@ _MSG_COLS = (f"id, channel, received_at, status, {_RAW}, control_id, message_typ
              " duplicate, error")
 _MSG_COLS_M = ("m.id, m.channel, m.received_at, m.status, (SELECT raw FROM message_raw r WHERE"
                " r.id = m.id), m.control_id, m.message_type, m.msg_key, m.duplicate, m.error")
+_CLAIMED_COLS = ("t.id, t.channel, t.received_at, t.status, {raw}, t.control_id, t.message_type,"
+                 " t.msg_key, t.duplicate, t.error")
 _DLV_COLS = ("d.id, d.message_id, d.destination, d.status, d.attempts,"
              " coalesce(d.payload, (SELECT raw FROM message_raw r WHERE r.id = d.message_id)),"
              " d.response, d.error, m.msg_key")
@@ -369,8 +370,7 @@ def _prune_next_op(conn: sqlite3.Connection, before: float, since: float, after:
     return n, pages, (float(rows[-1][1]), int(rows[-1][0]))
 
 
-class SQLiteStore(ClinicalWrites, SQLiteInference, ResultsWrites, FhirWrites,
-                  Store):
+class SQLiteStore(ClinicalWrites, Claims, ResultsWrites, FhirWrites, Store):
     """The embedded default store."""
 
     _MESSAGE_SELECT = f"SELECT {_MSG_COLS_M} FROM messages m"
@@ -379,6 +379,13 @@ class SQLiteStore(ClinicalWrites, SQLiteInference, ResultsWrites, FhirWrites,
     _OLDEST_QUEUED = ("SELECT m.received_at FROM deliveries d JOIN messages m"
                       " ON m.id = d.message_id WHERE d.id = (SELECT min(id) FROM deliveries"
                       " WHERE destination = ? AND status = 'QUEUED')")
+    _CLAIMED_MESSAGE = _CLAIMED_COLS.format(raw="(SELECT raw FROM message_raw r WHERE"
+                                            " r.id = t.id)")
+    _CLAIMED_MESSAGE_BARE = _CLAIMED_COLS.format(raw="x''")
+    _CLAIMED_DELIVERY = ("t.id, t.message_id, t.destination, t.status, t.attempts,"
+                         " coalesce(t.payload, (SELECT raw FROM message_raw r WHERE"
+                         " r.id = t.message_id)), t.response, t.error,"
+                         " (SELECT msg_key FROM messages m WHERE m.id = t.message_id)")
     _on_writer = staticmethod(on_sqlite)
     wal_restart_bytes = _WAL_LIMIT  # a WAL larger than this is started over (_Checkpointer)
     checkpoint_secs = 0.5  # how often the checkpointer runs
@@ -456,6 +463,21 @@ class SQLiteStore(ClinicalWrites, SQLiteInference, ResultsWrites, FhirWrites,
             done(None, StoreUnavailable("store is not open"))
             return
         self._writer.q.put((op, args, done))
+
+    async def _claim(self, op: Op, *args: Any, marks: bool = False) -> Any:
+        """Run a claim (``engine.store.claims``): one process owns the database, so a claim
+        that *marks* rows is a writer operation, and one that does not is a read on a reader
+        connection. Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
+        if marks:
+            return await self._transact(op, *args)
+
+        def run() -> Any:
+            try:
+                return run_sync(op(SQLiteTx(self._conn()), *args))
+            except sqlite3.Error as exc:
+                raise _to_store_error(exc) from exc
+
+        return await asyncio.get_running_loop().run_in_executor(self._readers, run)
 
     # -- retention -------------------------------------------------------------
     async def prune_messages(self, before: float, archive: Path | None = None) -> PruneResult:
@@ -589,17 +611,3 @@ class SQLiteStore(ClinicalWrites, SQLiteInference, ResultsWrites, FhirWrites,
                 f" m.status <> 'RECEIVED' UNION ALL {pending} WHERE {clause} AND"
                 " m.control_id = ? AND m.status = 'RECEIVED'",
                 [*params, control_id, *params, control_id])
-
-    async def fetch_received(self, channel: str, limit: int, with_raw: bool = True
-                             ) -> list[Message]:
-        cols = _MSG_COLS if with_raw else _MSG_COLS.replace(_RAW, "x''")
-        rows = await self._read(f"SELECT {cols} FROM messages WHERE status='RECEIVED'"
-                                " AND channel=? ORDER BY id LIMIT ?", (channel, limit))
-        return [message_row(r) for r in rows]
-
-    async def next_deliveries(self, destination: str, limit: int) -> list[Delivery]:
-        rows = await self._read(f"SELECT {_DLV_COLS} FROM deliveries d JOIN messages m"
-                                " ON m.id = d.message_id WHERE d.destination=?"
-                                " AND d.status='QUEUED' ORDER BY d.id LIMIT ?",
-                                (destination, limit))
-        return [delivery_row(r) for r in rows]
