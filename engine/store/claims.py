@@ -15,21 +15,19 @@ transaction's ``claim`` hook:
   process at a time (``engine.store.pg_claims``). At start-up only the running jobs no
   live process holds go back.
 
-Where a claim's transaction runs is each store's ``_claim``.
+Where a claim's transaction runs is each store's ``_apart``.
 """
 
 from __future__ import annotations
 
-import abc
 import functools
 import time
-from typing import Any
 
 from engine.model import Message
 from engine.store.inference import JobRow
 from engine.store.inference_sql import _JOB_COLS, InferenceWrites, _job
 from engine.store.records import Delivery, delivery_row, message_row
-from engine.store.tx import Claim, Op, Row, Tx, WriterStore
+from engine.store.tx import Claim, Row, Tx, WriterStore
 
 # A claim's rows come back in no order; each queue sorts its own.
 JOBS = Claim("inference_jobs", "{t}.state = 'queued' AND {t}.not_before <= ?", "t.lane, t.id",
@@ -73,7 +71,7 @@ async def requeue_unheld_op(tx: Tx) -> int:
 
 class Claims(InferenceWrites, WriterStore):
     """The claims of ``Store`` (and the inference writes they sit beside), written once; each
-    store says where a claim runs (``_claim``) and the columns its rows come back with."""
+    store says where a claim runs (``_apart``) and the columns its rows come back with."""
 
     # The columns ``message_row`` / ``delivery_row`` read, on alias ``t`` (each database's
     # form: PostgreSQL finds the raw bytes in the message's day); without the raw bytes.
@@ -81,25 +79,19 @@ class Claims(InferenceWrites, WriterStore):
     _CLAIMED_MESSAGE_BARE: str
     _CLAIMED_DELIVERY: str
 
-    @abc.abstractmethod
-    async def _claim(self, op: Op, *args: Any, marks: bool = False) -> Any:
-        """Run a claim operation (``op(tx, *args)``) in the transaction claims run in;
-        *marks*: it changes rows even on SQLite. Raises ``StoreUnavailable`` or
-        ``StoreError``."""
-
     async def fetch_received(self, channel: str, limit: int, with_raw: bool = True
                              ) -> list[Message]:
         """Oldest RECEIVED messages of *channel*, in arrival order (``raw`` empty unless asked).
         Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
         cols = self._CLAIMED_MESSAGE if with_raw else self._CLAIMED_MESSAGE_BARE
-        rows = await self._claim(serial_claim_op, received(cols), "received", channel,
+        rows = await self._apart(serial_claim_op, received(cols), "received", channel,
                                  limit)
         return [message_row(r) for r in rows]
 
     async def next_deliveries(self, destination: str, limit: int) -> list[Delivery]:
         """Oldest QUEUED deliveries for *destination*, in order.
         Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
-        rows = await self._claim(serial_claim_op, queued(self._CLAIMED_DELIVERY), "deliveries",
+        rows = await self._apart(serial_claim_op, queued(self._CLAIMED_DELIVERY), "deliveries",
                                  destination, limit)
         return [delivery_row(r) for r in rows]
 
@@ -107,10 +99,10 @@ class Claims(InferenceWrites, WriterStore):
         """Queued jobs due by *now* (and, on PostgreSQL, running jobs whose process died),
         STAT lane first, oldest first; marks them running and counts the attempt.
         Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
-        rows = await self._claim(jobs_op, limit, float(now), marks=True)
+        rows = await self._apart(jobs_op, limit, float(now), marks=True)
         return sorted((_job(r) for r in rows), key=lambda j: (j.lane, j.id))
 
     async def reset_running_jobs(self) -> int:
         """Start-up recovery: running jobs that no live process holds go back to queued.
         Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
-        return int(await self._claim(requeue_unheld_op, marks=True))
+        return int(await self._apart(requeue_unheld_op, marks=True))

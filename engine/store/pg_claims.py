@@ -16,7 +16,7 @@ to keep.
 
 Which rows a claim takes is written once (``engine.store.claims``, a ``tx.Claim``); how it
 takes them here is ``claim_sql``, run by ``tx.PgTx.claim`` in the claim's own short
-transaction (``PostgresStore._claim``).
+transaction (``PostgresStore._apart``).
 """
 
 from __future__ import annotations

@@ -154,6 +154,20 @@ class Tx(Protocol):
         this one (SQLite: always true, one process; PostgreSQL: unclaimed, ours, or its
         lease ran out)."""
 
+    def same_day(self, a: str, b: str) -> str:
+        """`` AND ...``: rows *a* and *b* of one message are in the same day partition (so
+        PostgreSQL looks in that one only; SQLite has no partitions)."""
+
+    def within(self, alias: str, span: tuple[float, float]) -> tuple[str, list[Any]]:
+        """`` AND ...`` and its parameters: *alias*'s message was received within *span*,
+        for the day partitions (nothing on SQLite, whose layers and deliveries do not keep
+        when their message arrived)."""
+
+    async def shrink(self) -> int | None:
+        """Give the pages this transaction's deletes freed back to the file system; the
+        bytes, or None when this database file cannot shrink (SQLite without incremental
+        auto-vacuum; PostgreSQL drops partitions instead: 0)."""
+
 
 class SQLiteTx:
     """``Tx`` on the SQLite writer thread's connection (its methods never suspend)."""
@@ -210,6 +224,25 @@ class SQLiteTx:
 
     async def unheld(self) -> tuple[str, list[Any]]:
         return "", []
+
+    def same_day(self, a: str, b: str) -> str:
+        return ""
+
+    def within(self, alias: str, span: tuple[float, float]) -> tuple[str, list[Any]]:
+        return "", []
+
+    async def shrink(self) -> int | None:
+        # Read here, in the writer's transaction: outside one, a connection answers what the
+        # file said when it last read it, perhaps before a ``vacuum`` changed it.
+        mode = int(self.conn.execute("PRAGMA auto_vacuum").fetchone()[0])
+        if mode != 2:  # NONE only reuses freed pages; FULL shrinks at each commit by itself
+            return None if mode == 0 else 0
+        # Incremental: move the freed pages off the end of the file, one a step.
+        pages = int(self.conn.execute("PRAGMA page_count").fetchone()[0])
+        for _ in range(int(self.conn.execute("PRAGMA freelist_count").fetchone()[0])):
+            self.conn.execute("PRAGMA incremental_vacuum")
+        pages -= int(self.conn.execute("PRAGMA page_count").fetchone()[0])
+        return pages * int(self.conn.execute("PRAGMA page_size").fetchone()[0])
 
 
 @functools.lru_cache(maxsize=1024)
@@ -281,6 +314,16 @@ class PgTx:
         return (" AND (claimed_by IS NULL OR claimed_by = ? OR lease_until IS NULL OR"
                 " lease_until < ?)", [self.owner, await pg_claims.db_now(self.conn)])
 
+    def same_day(self, a: str, b: str) -> str:
+        return f" AND {a}.received_at = {b}.received_at"
+
+    def within(self, alias: str, span: tuple[float, float]) -> tuple[str, list[Any]]:
+        return (f" AND {alias}.received_at >= ? AND {alias}.received_at < ?",
+                [span[0], span[1]])
+
+    async def shrink(self) -> int | None:
+        return 0  # dead rows are VACUUM's; whole days are dropped (``pg_schema``)
+
 
 Op = Callable[..., Awaitable[Any]]  # async def op(tx: Tx, *args) -> value
 
@@ -340,6 +383,14 @@ class WriterStore(abc.ABC):
     def _submit(self, op: Callable[..., Any], args: tuple[Any, ...],
                 done: Callable[[Any, BaseException | None], None], lock: bool = False) -> None:
         """Queue a writer operation; *done(value, error)* runs on the loop after its commit."""
+
+    @abc.abstractmethod
+    async def _apart(self, op: Op, *args: Any, marks: bool = False) -> Any:
+        """Run an operation (``op(tx, *args)``) in a short transaction apart from the writer's
+        groups: claims (``engine.store.claims``) and retention's reads. SQLite (one process):
+        on a reader connection, or the writer when it *marks* rows; PostgreSQL: its own
+        transaction on a pooled connection, the ``Tx`` leasing to this process. Raises
+        ``StoreUnavailable`` (retry later) or ``StoreError``."""
 
     async def _write(self, op: Callable[..., Any], *args: Any, lock: bool = False) -> Any:
         """Run a writer operation of this store (``op(conn, *args)``) in its next group
