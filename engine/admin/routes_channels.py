@@ -18,6 +18,7 @@ from engine.config.schema import lint_text
 from engine.config.secrets import redact
 from engine.flow import dryrun
 from engine.flow.controls import plan_reload
+from engine.store.protocols import MessageDesk
 
 router = Router("channels")
 OPERATORS = ("admin", "analyst")
@@ -26,6 +27,12 @@ _CHANNELS = phi.view(phi.CHANNEL, {"channels"}, maps=phi.CHANNEL_MAPS)
 
 register_panel(Panel("channels", "Channels", "panels/channels.js", STAFF_ROLES, order=10))
 register_panel(Panel("queues", "Queues", "panels/queues.js", STAFF_ROLES, order=30))
+
+
+def _store(request: web.Request) -> MessageDesk:
+    """The store, as this module uses it (``engine.store.protocols.MessageDesk``)."""
+    store: MessageDesk = state(request).engine.store
+    return store
 
 
 def _address(source: Any) -> str | None:
@@ -230,7 +237,7 @@ async def _try_input(request: web.Request, body: dict[str, Any], channel: str) -
     masked = who(request).masked
     if body.get("message_id") is not None:
         message_id = int(body["message_id"])
-        found = await state(request).engine.store.get_message(message_id)
+        found = await _store(request).get_message(message_id)
         if found is None:
             fail(404, f"no message {message_id}")
         await audit(request, "message.try", str(message_id), channel=channel, masked=masked)

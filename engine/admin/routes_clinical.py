@@ -20,6 +20,7 @@ from engine.admin.http import audit, fail, float_param, int_param, ok, path_int,
 from engine.admin.routing import TIMELINE_SOURCES, Panel, Param, Router, register_panel
 from engine.admin.views import case_dict, order_dict, study_dict
 from engine.store.clinical import StudyRow
+from engine.store.protocols import ClinicalDesk
 
 router = Router("clinical")
 CLINICAL_ACTORS = ("admin", "analyst", "radiologist")
@@ -34,6 +35,12 @@ register_panel(Panel("cases", "Cases", "panels/cases.js", STAFF_ROLES, order=40)
 register_panel(Panel("studies", "Studies & orders", "panels/studies.js", STAFF_ROLES, order=50))
 
 
+def _store(request: web.Request) -> ClinicalDesk:
+    """The store, as this module uses it (``engine.store.protocols.ClinicalDesk``)."""
+    store: ClinicalDesk = state(request).engine.store
+    return store
+
+
 def _limit(request: web.Request) -> int:
     return int_param(request, "limit", 100, 1, 1000) or 100
 
@@ -43,13 +50,13 @@ def _limit(request: web.Request) -> int:
             viewer=_STUDIES)
 async def list_studies(request: web.Request) -> web.Response:
     state_ = request.query.get("state") or None
-    rows = await state(request).engine.store.list_studies(state_, _limit(request))
+    rows = await _store(request).list_studies(state_, _limit(request))
     return ok({"studies": [study_dict(s) for s in rows]})
 
 
 async def _study(request: web.Request) -> StudyRow:
     uid = request.match_info["uid"]
-    study = await state(request).engine.store.get_study(uid)
+    study = await _store(request).get_study(uid)
     if study is None:
         fail(404, f"no study {uid}")
     return study
@@ -83,7 +90,7 @@ async def proceed_study(request: web.Request) -> web.Response:
     study = await _study(request)
     await audit(request, "study.proceed", study.uid)
     engine = state(request).engine
-    case = await engine.store.proceed_study_only(study.uid)
+    case = await _store(request).proceed_study_only(study.uid)
     if case is None:
         fail(409, f"study {study.uid} is not complete or already has a case")
     engine.assembler.on_cases([case])
@@ -93,7 +100,7 @@ async def proceed_study(request: web.Request) -> web.Response:
 @router.get("/api/orders", roles=STAFF_ROLES, summary="Orders, newest first", params=(_LIMIT,),
             viewer=_ORDERS)
 async def list_orders(request: web.Request) -> web.Response:
-    rows = await state(request).engine.store.list_orders(_limit(request))
+    rows = await _store(request).list_orders(_limit(request))
     return ok({"orders": [order_dict(o) for o in rows]})
 
 
@@ -103,7 +110,7 @@ async def list_orders(request: web.Request) -> web.Response:
                     _LIMIT), viewer=_CASES)
 async def list_cases(request: web.Request) -> web.Response:
     state_ = request.query.get("state") or None
-    rows = await state(request).engine.store.list_cases(state_, _limit(request))
+    rows = await _store(request).list_cases(state_, _limit(request))
     return ok({"cases": [case_dict(c) for c in rows]})
 
 
@@ -164,7 +171,7 @@ async def get_case(request: web.Request) -> web.Response:
         fail(404, f"no case {case_id}")
     row = case_dict(case)
     steps, order = await _order_steps(request, case.order_id)
-    study = await st.engine.store.get_study(case.study_uid)
+    study = await _store(request).get_study(case.study_uid)
     steps += _study_steps(study)
     steps.append(_step("case ready", case.created_at, state=case.state))
     for source in TIMELINE_SOURCES:
@@ -183,7 +190,7 @@ async def list_unmatched(request: web.Request) -> web.Response:
     engine = state(request).engine
     age = float_param(request, "older_than_secs",
                       float(engine.config.engine.unmatched_after_secs))
-    orders, studies = await engine.store.unmatched(time.time() - age)
+    orders, studies = await _store(request).unmatched(time.time() - age)
     return ok({"older_than_secs": age,
                "orders": [order_dict(o) for o in orders],
                "studies": [study_dict(s) for s in studies]})

@@ -15,6 +15,7 @@ from engine.admin.http import audit, fail, ok, path_int, read_json, state, who
 from engine.admin.routing import Router
 from engine.flow.delivery import clean_reason, operate
 from engine.store.deliveries import DeliveryInfo
+from engine.store.protocols import DeliveryActions
 
 router = Router("deliveries")
 OPERATORS = ("admin", "analyst")
@@ -22,6 +23,12 @@ _BODY = {"type": "object", "required": ["reason"], "properties": {"reason": {
     "type": "string", "description": "Why: kept with the delivery and in the audit log."}}}
 _RESPONSES = {200: "the delivery after the change", 400: "no reason given",
               404: "no such delivery", 409: "not possible in the delivery's status"}
+
+
+def _store(request: web.Request) -> DeliveryActions:
+    """The store, as this module uses it (``engine.store.protocols.DeliveryActions``)."""
+    store: DeliveryActions = state(request).engine.store
+    return store
 
 
 def delivery_view(d: DeliveryInfo) -> dict[str, Any]:
@@ -37,13 +44,13 @@ async def _act(request: web.Request, action: str) -> web.Response:
         reason = clean_reason((await read_json(request)).get("reason"))
     except ValueError as exc:
         fail(400, str(exc))
-    info = await st.engine.store.get_delivery(delivery_id)
+    info = await _store(request).get_delivery(delivery_id)
     if info is None:
         fail(404, f"no delivery {delivery_id}")
     await audit(request, f"delivery.{action}", str(delivery_id),
                 destination=info.destination, message=info.message_id, reason=reason)
     try:
-        after = await operate(st.engine.store, delivery_id, action, who(request).name, reason)
+        after = await operate(_store(request), delivery_id, action, who(request).name, reason)
     except LookupError as exc:
         fail(404, str(exc))
     except ValueError as exc:

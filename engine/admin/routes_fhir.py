@@ -34,6 +34,7 @@ from aiohttp import web
 
 from engine.admin.http import audit, state
 from engine.admin.routing import Param, Router
+from engine.store.protocols import FhirSearch
 
 router = Router("fhir")
 FHIR_READERS = ("admin", "analyst", "radiologist", "ehr")
@@ -52,6 +53,12 @@ TYPES: dict[str, tuple[str, ...]] = {
     "Task": ("patient", "subject"),
 }
 _COMMON = ("_id", "identifier", "_count", "_format")
+
+
+def _store(request: web.Request) -> FhirSearch:
+    """The store, as this module uses it (``engine.store.protocols.FhirSearch``)."""
+    store: FhirSearch = state(request).engine.store
+    return store
 
 
 def fhir_response(body: dict[str, Any], status: int = 200) -> web.Response:
@@ -111,7 +118,7 @@ async def fhir_read(request: web.Request) -> web.Response:
     if not _ID.fullmatch(rid):
         return operation_outcome(400, "value", "not a FHIR id")
     await audit(request, "fhir.read", f"{rtype}/{rid}")
-    found = await state(request).engine.store.search_fhir(rtype, resource_id=rid, limit=1)
+    found = await _store(request).search_fhir(rtype, resource_id=rid, limit=1)
     if not found:
         return operation_outcome(404, "not-found", f"{rtype}/{rid} is not known")
     return fhir_response(found[0])
@@ -185,7 +192,7 @@ async def fhir_search(request: web.Request) -> web.Response:
     except _BadSearch as exc:
         return operation_outcome(400, exc.code, str(exc))
     await audit(request, "fhir.search", rtype, params=",".join(sorted(request.query)) or None)
-    found = await state(request).engine.store.search_fhir(rtype, **criteria)
+    found = await _store(request).search_fhir(rtype, **criteria)
     base = _base(request)
     return fhir_response({
         "resourceType": "Bundle", "type": "searchset",

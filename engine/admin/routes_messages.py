@@ -32,6 +32,7 @@ from engine.admin.routing import Panel, Param, Router, register_panel
 from engine.admin.views import accessions_in, delivery_summary, message_summary
 from engine.model import Message, Status
 from engine.store.base import MessageQuery
+from engine.store.protocols import MessageDesk
 
 router = Router("messages")
 READERS = ("admin", "analyst", "viewer")
@@ -54,6 +55,12 @@ _LIST_VIEW = phi.view({"messages"}, phi.MESSAGE)
 _MESSAGE_VIEW = phi.view(phi.MESSAGE, {"deliveries"}, phi.DELIVERY, phi.LAYERS)
 
 
+def _store(request: web.Request) -> MessageDesk:
+    """The store, as this module uses it (``engine.store.protocols.MessageDesk``)."""
+    store: MessageDesk = state(request).engine.store
+    return store
+
+
 def _query(filters: dict[str, Any], limit: int) -> MessageQuery:
     status = filters.get("status") or None
     if status is not None and status not in STATUSES:
@@ -66,7 +73,7 @@ def _query(filters: dict[str, Any], limit: int) -> MessageQuery:
 
 
 async def _search(request: web.Request, filters: dict[str, Any], limit: int) -> list[Message]:
-    store = state(request).engine.store
+    store = _store(request)
     accession = filters.get("accession") or None
     if accession is None:
         return list(await store.query_messages(_query(filters, limit)))
@@ -104,7 +111,7 @@ def _layers(msg: Message, deliveries: list[Any], masked: bool) -> list[dict[str,
 async def get_message(request: web.Request) -> web.Response:
     masked = who(request).masked
     message_id = path_int(request, "id")
-    found = await state(request).engine.store.get_message(message_id)
+    found = await _store(request).get_message(message_id)
     if found is None:
         fail(404, f"no message {message_id}")
     msg, deliveries = found
@@ -148,7 +155,7 @@ async def reprocess_messages(request: web.Request) -> web.Response:
         fail(400, "at most 10000 messages at once")
     await audit(request, "message.reprocess", ",".join(map(str, ids[:50])), count=len(ids))
     engine = state(request).engine
-    n = await engine.store.reprocess(ids)
+    n = await _store(request).reprocess(ids)
     for pipeline in engine.pipelines.values():
         pipeline.wake()
     return ok({"requested": len(ids), "reprocessed": n})

@@ -19,18 +19,17 @@ from aiohttp import web
 
 from engine.admin import phi
 from engine.admin.auth import STAFF_ROLES
-from engine.admin.http import fail, int_param, ok, state
+from engine.admin.http import int_param, ok, state
 from engine.admin.routing import Panel, Param, Router, register_panel, register_timeline
+from engine.store.protocols import InferenceRecords
 
 router = Router("models")
 register_panel(Panel("models", "Models", "panels/models.js", STAFF_ROLES, order=60))
-_NEEDED = ("list_model_loads", "list_jobs", "list_audit")
 
 
-def _store(request: web.Request) -> Any:
-    store = state(request).engine.store
-    if not all(hasattr(store, name) for name in _NEEDED):
-        fail(501, f"{type(store).__name__} does not keep inference records")
+def _store(request: web.Request) -> InferenceRecords:
+    """The store, as this module uses it (``engine.store.protocols.InferenceRecords``)."""
+    store: InferenceRecords = state(request).engine.store
     return store
 
 
@@ -108,7 +107,7 @@ async def list_models(request: web.Request) -> web.Response:
     jobs = await store.list_jobs(limit=window)
     audit = await store.list_audit(limit=window)
     no_model = sum(1 for j in jobs if j.model is None)
-    verdicts = await store.agreement() if hasattr(store, "agreement") else []
+    verdicts = await store.agreement()
     agreement = {(r.model, r.version): r for r in verdicts}
     return ok({"window": window, "no_model_jobs": no_model,
                "models": _model_rows(list(state(request).engine.config.model), loads, jobs,
@@ -117,9 +116,7 @@ async def list_models(request: web.Request) -> web.Response:
 
 async def inference_steps(request: web.Request, case: dict[str, Any]) -> list[dict[str, Any]]:
     """Timeline steps of a case: each job queued, each attempt, each finding."""
-    store = state(request).engine.store
-    if not all(hasattr(store, n) for n in (*_NEEDED, "list_findings")):
-        return []
+    store = _store(request)
     steps: list[dict[str, Any]] = []
     for job in await store.list_jobs(case_id=case["id"], limit=100):
         steps.append({"step": f"inference queued: {job.model or 'no model applies'}",

@@ -31,6 +31,7 @@ from engine.admin.routing import Panel, Param, Router, panels_for, register_pane
 from engine.admin.sessions import COOKIE
 from engine.admin.throttle import Ticket, client_key
 from engine.logs import event
+from engine.store.protocols import MessageDesk
 
 log = logging.getLogger("radbridge.admin")
 router = Router("system")
@@ -40,6 +41,12 @@ LOGIN_BODY_MAX = 4096  # bytes: a login is a name and a password, nothing more
 _LOGIN_BODY = {"type": "object", "required": ["username", "password"],
                "properties": {"username": {"type": "string", "maxLength": MAX_NAME},
                               "password": {"type": "string"}}}
+
+
+def _store(engine: Any) -> MessageDesk:
+    """The store, as this module uses it (``engine.store.protocols.MessageDesk``)."""
+    store: MessageDesk = engine.store
+    return store
 
 
 @router.get("/health", roles=(), summary="Liveness: the process answers",
@@ -55,7 +62,7 @@ async def _down_parts(engine: Any) -> tuple[list[str], list[str]]:
     if not getattr(engine, "started", False):
         down.append("engine")
     try:
-        await asyncio.wait_for(engine.store.get_message(0), 2.0)
+        await asyncio.wait_for(_store(engine).get_message(0), 2.0)
     except Exception:
         down.append("store")
     for ch in engine.config.channel:

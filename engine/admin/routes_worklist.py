@@ -23,6 +23,7 @@ from engine.admin.http import audit, fail, int_param, ok, path_int, read_json, s
 from engine.admin.routing import Panel, Param, Router, register_panel, register_timeline
 from engine.results.model import report_id_for
 from engine.store.base import MessageQuery
+from engine.store.protocols import WorklistDesk
 from engine.store.results import FeedbackEntry
 
 router = Router("worklist")
@@ -41,6 +42,12 @@ _FEEDBACK_BODY = {
                    "comment": {"type": ["string", "null"], "maxLength": 2000}}}
 
 
+def _store(request: web.Request) -> WorklistDesk:
+    """The store, as this module uses it (``engine.store.protocols.WorklistDesk``)."""
+    store: WorklistDesk = state(request).engine.store
+    return store
+
+
 @router.get("/api/worklist", roles=STAFF_ROLES,
             summary="Open cases by priority (STAT first), then age; AI reasons and flags",
             params=(Param("limit", "integer", "1..1000, default 100", viewer=True),
@@ -49,7 +56,7 @@ _FEEDBACK_BODY = {
 async def list_worklist(request: web.Request) -> web.Response:
     limit = int_param(request, "limit", 100, 1, 1000) or 100
     include_read = request.query.get("include_read", "").lower() in ("1", "true", "yes")
-    rows = await state(request).engine.store.list_worklist(limit, include_read)
+    rows = await _store(request).list_worklist(limit, include_read)
     return ok({"worklist": [dataclasses.asdict(r) for r in rows]})
 
 
@@ -63,7 +70,7 @@ async def mark_read(request: web.Request) -> web.Response:
     if not isinstance(read, bool):
         fail(400, "read must be true or false")
     await audit(request, "worklist.read" if read else "worklist.unread", str(case_id))
-    if not await state(request).engine.store.mark_read(case_id, read):
+    if not await _store(request).mark_read(case_id, read):
         fail(404, f"no case {case_id}")
     return ok({"case_id": case_id, "read": read})
 
@@ -95,7 +102,7 @@ def _entry(case_id: int, body: dict[str, Any], reader: str) -> FeedbackEntry:
 async def post_feedback(request: web.Request) -> web.Response:
     case_id = path_int(request, "case_id")
     entry = _entry(case_id, await read_json(request), who(request).name)
-    store = state(request).engine.store
+    store = _store(request)
     if await store.get_case(case_id) is None:
         fail(404, f"no case {case_id}")
     findings = await store.list_findings(case_id, limit=10_000)
@@ -114,7 +121,7 @@ async def post_feedback(request: web.Request) -> web.Response:
             viewer=phi.view({"feedback"}, phi.FEEDBACK))
 async def get_feedback(request: web.Request) -> web.Response:
     case_id = path_int(request, "case_id")
-    rows = await state(request).engine.store.list_feedback(case_id, limit=1000)
+    rows = await _store(request).list_feedback(case_id, limit=1000)
     return ok({"feedback": [dataclasses.asdict(r) for r in rows]})
 
 
@@ -122,7 +129,7 @@ async def get_feedback(request: web.Request) -> web.Response:
             summary="Agreement of each model version with its readers (the drift signal)",
             viewer=phi.view({"agreement"}, phi.AGREEMENT))
 async def get_agreement(request: web.Request) -> web.Response:
-    rows = await state(request).engine.store.agreement()
+    rows = await _store(request).agreement()
     return ok({"agreement": [dict(dataclasses.asdict(r), agreement=r.agreement) for r in rows]})
 
 
@@ -130,7 +137,7 @@ async def result_steps(request: web.Request, case: dict[str, Any]) -> list[dict[
     """Timeline steps of a case: its AI report on each ``ai_results`` channel and where each
     result went (destination and delivery status; no patient data)."""
     engine = state(request).engine
-    store, report_id = engine.store, report_id_for(case["id"], case["revision"])
+    store, report_id = _store(request), report_id_for(case["id"], case["revision"])
     steps: list[dict[str, Any]] = []
     for ch in engine.config.channel:
         if ch.source is None or ch.source.type != "ai_results":

@@ -10,8 +10,9 @@ from typing import Any
 
 from engine.cli.args import integer, number
 from engine.config.schema import load_config
-from engine.store.base import Store, open_store
+from engine.store.base import open_store
 from engine.store.clinical import CaseRow, OrderRow, StudyRow
+from engine.store.protocols import ClinicalDesk
 from engine.store.results import WorklistRow
 
 
@@ -99,17 +100,17 @@ def print_orders(rows: list[OrderRow]) -> None:
               f"{o.procedure_code or '-'} {o.procedure_text or ''}{flag}")
 
 
-async def _list_cases(store: Store, args: argparse.Namespace, config: Any) -> int:
+async def _list_cases(store: ClinicalDesk, args: argparse.Namespace, config: Any) -> int:
     print_cases(await store.list_cases(args.state, args.limit))
     return 0
 
 
-async def _list_orders(store: Store, args: argparse.Namespace, config: Any) -> int:
+async def _list_orders(store: ClinicalDesk, args: argparse.Namespace, config: Any) -> int:
     print_orders(await store.list_orders(args.limit))
     return 0
 
 
-async def _studies(store: Store, args: argparse.Namespace, config: Any) -> int:
+async def _studies(store: ClinicalDesk, args: argparse.Namespace, config: Any) -> int:
     if args.action == "list":
         print_studies(await store.list_studies(args.state, args.limit))
         return 0
@@ -133,7 +134,7 @@ async def _studies(store: Store, args: argparse.Namespace, config: Any) -> int:
     return 0
 
 
-async def _unmatched(store: Store, args: argparse.Namespace, config: Any) -> int:
+async def _unmatched(store: ClinicalDesk, args: argparse.Namespace, config: Any) -> int:
     age = args.older_than_secs
     if age is None:
         age = config.engine.unmatched_after_secs
@@ -166,12 +167,12 @@ def _age(secs: float) -> str:
     return f"{int(secs // 86400)}d{int(secs % 86400 // 3600):02d}h"
 
 
-async def _worklist(store: Store, args: argparse.Namespace, config: Any) -> int:
+async def _worklist(store: ClinicalDesk, args: argparse.Namespace, config: Any) -> int:
     print_worklist(await store.list_worklist(args.limit, include_read=args.all))
     return 0
 
 
-async def _agreement(store: Store, args: argparse.Namespace, config: Any) -> int:
+async def _agreement(store: ClinicalDesk, args: argparse.Namespace, config: Any) -> int:
     rows = await store.agreement()
     print(f"{'MODEL':20} {'VERSION':10} {'CONFIRMED':>9} {'REFUTED':>8} {'MODIFIED':>8} "
           f"{'MISSED':>7} {'AGREEMENT':>9}")

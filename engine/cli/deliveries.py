@@ -25,8 +25,9 @@ from engine.cli.args import config_after_action, integer
 from engine.config.schema import Config, load_config
 from engine.flow.delivery import clean_reason, operate
 from engine.model import DeliveryStatus
-from engine.store.base import Store, open_store
+from engine.store.base import open_store
 from engine.store.deliveries import DeliveryInfo
+from engine.store.protocols import DeliveryActions, DeliveryDesk
 
 PROG = "radbridge deliveries"
 
@@ -90,7 +91,7 @@ def print_deliveries(rows: list[DeliveryInfo]) -> None:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    async def run(store: Store) -> int:
+    async def run(store: DeliveryDesk) -> int:
         print_deliveries(await store.list_deliveries(args.destination,
                                                      DeliveryStatus(args.status), args.limit))
         return 0
@@ -107,7 +108,7 @@ def cmd_act(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     user = args.user or _login()
 
-    async def run(store: Store) -> int:
+    async def run(store: DeliveryActions) -> int:
         info = await store.get_delivery(args.id)
         if info is None:
             print(f"{PROG} {args.action}: no delivery {args.id}", file=sys.stderr)

@@ -18,8 +18,8 @@ from typing import Any
 
 from engine.cli.args import integer
 from engine.cli.clinical import _run
-from engine.store.base import Store
 from engine.store.inference import AuditEntry, JobRow, StoredFinding
+from engine.store.protocols import InferenceRecords
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -103,24 +103,24 @@ def print_jobs(rows: list[JobRow]) -> None:
               f"{j.attempts:>5} {_when(j.updated_at):19}  {j.error or ''}")
 
 
-async def _audit(store: Store, args: argparse.Namespace, config: Any) -> int:
+async def _audit(store: InferenceRecords, args: argparse.Namespace, config: Any) -> int:
     print_audit(await store.list_audit(args.case, args.model, args.limit), args.outputs)
     return 0
 
 
-async def _findings(store: Store, args: argparse.Namespace, config: Any) -> int:
+async def _findings(store: InferenceRecords, args: argparse.Namespace, config: Any) -> int:
     rows = await store.list_findings(args.case, args.limit)
     jobs = await store.list_jobs(args.case, None, args.limit)
     print_findings(rows, list(reversed(jobs)))
     return 0
 
 
-async def _jobs(store: Store, args: argparse.Namespace, config: Any) -> int:
+async def _jobs(store: InferenceRecords, args: argparse.Namespace, config: Any) -> int:
     print_jobs(await store.list_jobs(args.case, args.state, args.limit))
     return 0
 
 
-async def _models(store: Store, args: argparse.Namespace, config: Any) -> int:
+async def _models(store: InferenceRecords, args: argparse.Namespace, config: Any) -> int:
     print(f"{'WHEN':19}  {'MODEL':14} {'VERSION':9} {'FORMAT':11} {'DEVICE':7} {'STATUS':7} "
           "SHA256 / ERROR")
     for m in await store.list_model_loads(args.limit):

@@ -21,6 +21,7 @@ from engine.cli.args import MAX_ID, config_after_action, integer, iso_time, numb
 from engine.config.schema import load_config
 from engine.store.archive import ArchiveError
 from engine.store.base import MessageQuery, Store, open_store
+from engine.store.protocols import MessageDesk, RetentionWork
 from mappings.hl7v2.text import decode
 
 
@@ -82,7 +83,7 @@ def _when(ts: float) -> str:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    async def run(store: Store) -> int:
+    async def run(store: MessageDesk) -> int:
         rows = await store.query_messages(_query(args))
         print(f"{'ID':>8}  {'RECEIVED':19}  {'CHANNEL':16} {'STATUS':11} {'TYPE':9} CONTROL ID")
         for m in rows:
@@ -99,7 +100,7 @@ def _layer(name: str, data: bytes) -> str:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    async def run(store: Store) -> int:
+    async def run(store: MessageDesk) -> int:
         found = await store.get_message(args.id)
         if found is None:
             print(f"radbridge messages: no message {args.id}", file=sys.stderr)
@@ -124,7 +125,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_reprocess(args: argparse.Namespace) -> int:
-    async def run(store: Store) -> int:
+    async def run(store: MessageDesk) -> int:
         ids = list(args.ids)
         if not ids:
             if not any((args.channel, args.status, args.message_type, args.control_id,
@@ -145,7 +146,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     folder = args.archive or config.engine.message_archive_dir
     archive = None if args.no_archive or not folder else Path(folder)
 
-    async def run(store: Store) -> int:
+    async def run(store: RetentionWork) -> int:
         try:
             result = await store.prune_messages(time.time() - args.older_than_days * 86400,
                                                 archive)

@@ -269,8 +269,8 @@ class InferenceReads(InferenceStore):
 
 class InferenceWrites(InferenceReads, WriterStore):
     """The shared reads, and the writes of ``InferenceStore`` in the store's writer
-    transaction (``_transact``). Claiming jobs and start-up recovery differ with the
-    concurrency model: each store has its own (``sqlite_claims``, ``pg_claims``)."""
+    transaction (``_transact``). Claiming jobs and start-up recovery are claims
+    (``engine.store.claims``)."""
 
 
     async def enqueue_jobs(self, case_id: int, models: Sequence[str], lane: int,

@@ -13,92 +13,62 @@ check reads committed claims, so the claims of one channel (or destination)
 are serialised with an advisory lock: two processes claiming at the same
 instant cannot both miss each other's claim. Rows without a key have no order
 to keep.
+
+Which rows a claim takes is written once (``engine.store.claims``, a ``tx.Claim``); how it
+takes them here is ``claim_sql``, run by ``tx.PgTx.claim`` in the claim's own short
+transaction (``PostgresStore._apart``).
 """
 
 from __future__ import annotations
 
+import functools
+import re
+from typing import TYPE_CHECKING
+
 import asyncpg
 
-from engine.store import pg_schema
+if TYPE_CHECKING:
+    from engine.store.tx import Claim
 
 _NOW = "SELECT extract(epoch FROM clock_timestamp())::float8"
-
-_CLAIM_RECEIVED = """
-WITH cand AS (
-    SELECT m.id, m.received_at FROM messages m
-    WHERE m.channel = $1 AND m.status = 'RECEIVED'
-      AND (m.claimed_by IS NULL OR m.claimed_by = $3 OR m.lease_until < $4)
-      AND (m.msg_key IS NULL OR NOT EXISTS (
-          SELECT 1 FROM messages e WHERE e.channel = $1 AND e.status = 'RECEIVED'
-            AND e.msg_key = m.msg_key AND e.id < m.id AND e.claimed_by <> $3
-            AND e.lease_until >= $4))
-    ORDER BY m.id LIMIT $2 FOR UPDATE OF m SKIP LOCKED)
-UPDATE messages x SET claimed_by = $3, lease_until = $4 + $5 FROM cand
-WHERE x.id = cand.id AND x.received_at = cand.received_at
-RETURNING x.id, x.channel, x.received_at, x.status, {raw}, x.control_id, x.message_type,
-          x.msg_key, x.duplicate, x.error
-"""
-_RAW = ("(SELECT raw FROM message_raw r WHERE r.id = x.id AND r.received_at = x.received_at)")
-
-_CLAIM_DELIVERIES = """
-WITH cand AS (
-    SELECT d.id, d.received_at FROM deliveries d
-    WHERE d.destination = $1 AND d.status = 'QUEUED'
-      AND (d.claimed_by IS NULL OR d.claimed_by = $3 OR d.lease_until < $4)
-      AND (d.msg_key IS NULL OR NOT EXISTS (
-          SELECT 1 FROM deliveries e WHERE e.destination = $1 AND e.status = 'QUEUED'
-            AND e.msg_key = d.msg_key AND e.id < d.id AND e.claimed_by <> $3
-            AND e.lease_until >= $4))
-    ORDER BY d.id LIMIT $2 FOR UPDATE OF d SKIP LOCKED)
-UPDATE deliveries x SET claimed_by = $3, lease_until = $4 + $5 FROM cand
-WHERE x.id = cand.id AND x.received_at = cand.received_at
-RETURNING x.id, x.message_id, x.destination, x.status, x.attempts,
-          coalesce(x.payload, (SELECT raw FROM message_raw r WHERE r.id = x.message_id
-                               AND r.received_at = x.received_at)),
-          x.response, x.error, x.msg_key
-"""
-
-_CLAIM_JOBS = """
-UPDATE inference_jobs SET state = 'running', attempts = attempts + 1, updated_at = $3,
-    claimed_by = $4, lease_until = $5 + $6
-WHERE id IN (SELECT id FROM inference_jobs
-             WHERE (state = 'queued' AND not_before <= $1)
-                OR (state = 'running' AND lease_until < $5)
-             ORDER BY lane, id LIMIT $2 FOR UPDATE SKIP LOCKED)
-RETURNING {cols}
-"""
 
 
 async def db_now(conn: asyncpg.Connection) -> float:
     return float(await conn.fetchval(_NOW))
 
 
-async def claim_received(conn: asyncpg.Connection, owner: str, lease: float, channel: str,
-                         limit: int, with_raw: bool) -> list[asyncpg.Record]:
-    async with conn.transaction():
-        await pg_schema.lock(conn, f"received:{channel}")
-        now = await db_now(conn)
-        sql = _CLAIM_RECEIVED.format(raw=_RAW if with_raw else "''::bytea")
-        rows = await conn.fetch(sql, channel, limit, owner, now, lease)
-    return sorted(rows, key=lambda r: r[0])
+def _numbered(sql: str, first: int) -> str:
+    """*sql*'s ``?`` placeholders as ``$first``, ``$first+1``..."""
+    counter = iter(range(first, first + 10_000))
+    return re.sub(r"\?", lambda _: f"${next(counter)}", sql)
 
 
-async def claim_deliveries(conn: asyncpg.Connection, owner: str, lease: float,
-                           destination: str, limit: int) -> list[asyncpg.Record]:
-    async with conn.transaction():
-        await pg_schema.lock(conn, f"deliveries:{destination}")
-        now = await db_now(conn)
-        rows = await conn.fetch(_CLAIM_DELIVERIES, destination, limit, owner, now, lease)
-    return sorted(rows, key=lambda r: r[0])
-
-
-async def claim_jobs(conn: asyncpg.Connection, owner: str, lease: float, cols: str, limit: int,
-                     due: float, wall: float) -> list[asyncpg.Record]:
-    """Queued jobs due by *due*, and running jobs whose process died; STAT lane first."""
-    async with conn.transaction():
-        now = await db_now(conn)
-        return list(await conn.fetch(_CLAIM_JOBS.format(cols=cols), due, limit, wall, owner,
-                                     now, lease))
+@functools.lru_cache(maxsize=64)
+def claim_sql(c: Claim) -> str:
+    """*c* (``engine.store.tx.Claim``) with leases: the rows *c* names that no live process
+    holds (unclaimed, ours, or their lease ran out), none of them behind an older row of its
+    key held by another process, locked ``SKIP LOCKED``, then leased to this one. Parameters:
+    *c.where*'s, the limit, the owner, the database's now, the lease, *c.mark*'s."""
+    n = c.where.count("?")
+    lim, owner, now, lease = (f"${n + i}" for i in range(1, 5))
+    where = _numbered(c.where, 1)
+    if c.takeover is not None:  # the rows *where* names are never held
+        takes = f"({where.format(t='t')}) OR ({c.takeover.format(t='t')} AND t.lease_until < {now})"
+    else:
+        takes = (f"{where.format(t='t')} AND (t.claimed_by IS NULL OR t.claimed_by = {owner}"
+                 f" OR t.lease_until < {now})")
+    if c.key is not None:
+        takes += (f" AND (t.{c.key} IS NULL OR NOT EXISTS (SELECT 1 FROM {c.table} e WHERE"
+                  f" {where.format(t='e')} AND e.{c.key} = t.{c.key} AND e.id < t.id AND"
+                  f" e.claimed_by <> {owner} AND e.lease_until >= {now}))")
+    # cand's own column names: RETURNING may name the table's columns without ``t.``
+    ids = "t.id AS cand_id, t.received_at AS cand_at" if c.by_day else "t.id AS cand_id"
+    same = " AND t.received_at = cand.cand_at" if c.by_day else ""
+    mark = f"{_numbered(c.mark, n + 5)}, " if c.mark else ""
+    return (f"WITH cand AS (SELECT {ids} FROM {c.table} t WHERE {takes} ORDER BY {c.order}"
+            f" LIMIT {lim} FOR UPDATE OF t SKIP LOCKED) UPDATE {c.table} t SET {mark}"
+            f"claimed_by = {owner}, lease_until = {now} + {lease} FROM cand WHERE"
+            f" t.id = cand.cand_id{same} RETURNING {c.returning}")
 
 
 async def renew(conn: asyncpg.Connection, owner: str, lease: float) -> None:

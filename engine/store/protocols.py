@@ -21,6 +21,22 @@ each consumer module calls nothing on its store outside its protocol.
 * ``ReportIntake``: ``engine.results.channel.ResultsIngest`` (a finished case's report);
 * ``AdminReads``: ``engine.admin.views.StoreViews`` (the dashboard's counts and rows).
 
+The operator's side (the admin's route modules, which reach the store through one accessor
+each, and the CLI's commands) takes the desks below; a desk may serve several of them, and
+each of its methods is called by one at least:
+
+* ``MessageDesk``: ``engine.admin.routes_messages``, ``routes_channels``, ``routes_system``;
+  ``radbridge messages`` (``engine.cli.messages``);
+* ``ClinicalDesk``: ``engine.admin.routes_clinical``; ``engine.cli.clinical``;
+* ``WorklistDesk``: ``engine.admin.routes_worklist``;
+* ``InferenceRecords``: ``engine.admin.routes_models``; ``engine.cli.inference``;
+* ``FhirSearch``: ``engine.admin.routes_fhir``;
+* ``DeliveryActions``: ``engine.admin.routes_deliveries``; ``DeliveryDesk`` (with the
+  listing): ``engine.cli.deliveries``.
+
+``engine.cli.demo`` (it drives the whole flow end to end and reads most of the store) takes
+the whole ``Store``, and so does ``radbridge messages vacuum`` (SQLite's own maintenance).
+
 What a method raises is in its docstring (``engine.errors``): ``StoreUnavailable`` when the
 database cannot be reached or take writes now (retry later), ``StoreError`` for any other
 database failure.
@@ -30,7 +46,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from engine.model import DeliveryStatus, Finding, Message
 from engine.store.base import InsertCallback, NewMessage, Outcome, PruneResult
@@ -45,7 +61,7 @@ from engine.store.inference import (
     StoredFinding,
 )
 from engine.store.records import Delivery, MessageQuery
-from engine.store.results import ReportContext
+from engine.store.results import AgreementRow, FeedbackEntry, ReportContext, WorklistRow
 from engine.store.signals import Signal
 
 
@@ -320,5 +336,209 @@ class AdminReads(Protocol):
 
     async def get_order(self, order_id: int) -> tuple[OrderRow, int | None] | None:
         """An order and the id of the message that last changed it.
+        Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
+        ...
+
+
+class MessageDesk(Protocol):
+    """An operator's view of stored messages: find, show, reprocess (the admin's message
+    pages, the try page, the readiness probe, ``radbridge messages``)."""
+
+    async def query_messages(self, query: MessageQuery) -> list[Message]:
+        """Messages matching *query*, newest first. Raises ``StoreError`` when the database
+        cannot be read."""
+        ...
+
+    async def get_message(self, message_id: int) -> tuple[Message, list[Delivery]] | None:
+        """A message with its layers and deliveries (None: no such message). Raises
+        ``StoreError`` when the database cannot be read."""
+        ...
+
+    async def reprocess(self, message_ids: Sequence[int], *, announce: bool = False) -> int:
+        """Put messages back to RECEIVED (their deliveries are re-created by the pipeline);
+        how many were found.
+
+        *announce*: also signal running engines in the same transaction (a change made
+        outside the engine, e.g. the CLI: see ``engine.store.signals``). Raises
+        ``StoreUnavailable`` (try again later) or ``StoreError``."""
+        ...
+
+
+class ClinicalDesk(Protocol):
+    """Studies, orders, cases and the worklist as an operator reads and moves them (the
+    admin's clinical pages, ``radbridge studies/orders/cases/...``)."""
+
+    async def list_studies(self, state: str | None = None, limit: int = 100) -> list[StudyRow]:
+        """Studies, latest activity first (only those in *state*, if given).
+        Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
+        ...
+
+    async def get_study(self, uid: str) -> StudyRow | None:
+        """One study (None: no such study).
+        Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
+        ...
+
+    async def list_orders(self, limit: int = 100) -> list[OrderRow]:
+        """Orders, newest first.
+        Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
+        ...
+
+    async def list_cases(self, state: str | None = None, limit: int = 100) -> list[CaseRow]:
+        """Cases, newest first (only those in *state*, if given).
+        Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
+        ...
+
+    async def unmatched(self, older_than: float) -> tuple[list[OrderRow], list[StudyRow]]:
+        """Orders without a study and complete studies without an order, older than a time.
+        Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
+        ...
+
+    async def proceed_study_only(self, uid: str, *, announce: bool = False) -> CaseRow | None:
+        """Let an unmatched complete study go on without its order (*announce*: as for
+        ``complete_study``). Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
+        ...
+
+    async def complete_study(self, uid: str, *, announce: bool = False) -> list[CaseRow]:
+        """Mark a study complete (explicit trigger or timer) and correlate; returns new cases.
+
+        *announce*: signal running engines of the new cases in the same transaction (a
+        change made outside the engine: see ``engine.store.signals``).
+        Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
+        ...
+
+    async def list_worklist(
+        self, limit: int = 100, include_read: bool = False
+    ) -> list[WorklistRow]:
+        """Open cases by priority (STAT first), then age (oldest first).
+        Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
+        ...
+
+    async def agreement(self) -> list[AgreementRow]:
+        """Per model and version: confirmed, refuted, modified and missed findings.
+        Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
+        ...
+
+
+class WorklistDesk(Protocol):
+    """The reading worklist: a case's findings, the reader's verdicts and report (the
+    admin's worklist pages)."""
+
+    async def list_worklist(
+        self, limit: int = 100, include_read: bool = False
+    ) -> list[WorklistRow]:
+        """Open cases by priority (STAT first), then age (oldest first).
+        Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
+        ...
+
+    async def mark_read(self, case_id: int, read: bool = True) -> bool:
+        """Take a case off (or put it back on) the reading list; False: no such case.
+        Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
+        ...
+
+    async def get_case(self, case_id: int) -> CaseRow | None:
+        """One case (None: no such case).
+        Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
+        ...
+
+    async def list_findings(
+        self, case_id: int | None = None, limit: int = 100
+    ) -> list[StoredFinding]:
+        """Findings in order (of one case, if given).
+        Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
+        ...
+
+    async def record_feedback(self, entries: Sequence[FeedbackEntry]) -> None:
+        """Store feedback; a later verdict on the same (case, model, version, code, source)
+        replaces the earlier one. Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
+        ...
+
+    async def list_feedback(
+        self, case_id: int | None = None, limit: int = 100
+    ) -> list[FeedbackEntry]:
+        """Feedback rows, newest first (of one case, if given).
+        Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
+        ...
+
+    async def agreement(self) -> list[AgreementRow]:
+        """Per model and version: confirmed, refuted, modified and missed findings.
+        Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
+        ...
+
+    async def query_messages(self, query: MessageQuery) -> list[Message]:
+        """Messages matching *query*, newest first. Raises ``StoreError`` when the database
+        cannot be read."""
+        ...
+
+    async def get_message(self, message_id: int) -> tuple[Message, list[Delivery]] | None:
+        """A message with its layers and deliveries (None: no such message). Raises
+        ``StoreError`` when the database cannot be read."""
+        ...
+
+
+class InferenceRecords(Protocol):
+    """The inference audit trail: model loads, jobs, runs, findings (the admin's models page,
+    ``radbridge inference``)."""
+
+    async def list_model_loads(self, limit: int = 50) -> list[ModelLoad]:
+        """Model loads, newest first.
+        Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
+        ...
+
+    async def list_jobs(
+        self, case_id: int | None = None, state: str | None = None, limit: int = 100
+    ) -> list[JobRow]:
+        """Jobs, newest first (of one case or state, if given).
+        Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
+        ...
+
+    async def list_audit(
+        self, case_id: int | None = None, model: str | None = None, limit: int = 100
+    ) -> list[AuditEntry]:
+        """Audit rows, newest first (of one case or model, if given).
+        Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
+        ...
+
+    async def list_findings(
+        self, case_id: int | None = None, limit: int = 100
+    ) -> list[StoredFinding]:
+        """Findings in order (of one case, if given).
+        Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
+        ...
+
+    async def agreement(self) -> list[AgreementRow]:
+        """Per model and version: confirmed, refuted, modified and missed findings.
+        Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
+        ...
+
+
+class FhirSearch(Protocol):
+    """The FHIR resources the store keeps, as the admin's FHIR read API searches them."""
+
+    async def search_fhir(
+        self,
+        resource_type: str,
+        *,
+        resource_id: str | None = None,
+        patient: str | None = None,
+        identifier: str | None = None,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]:
+        """Resources of *resource_type*, newest first, matching every criterion given.
+
+        ``patient``: ``Patient/<id>``, a bare id, a patient identifier value, or
+        ``system|value`` of a patient identifier. ``identifier``: ``system|value``, ``value``
+        or ``system|`` (any value in that system) of the resource's own identifiers.
+        Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
+        ...
+
+
+class DeliveryDesk(DeliveryActions, Protocol):
+    """A destination's deliveries listed, and an operator's actions on one
+    (``radbridge deliveries``)."""
+
+    async def list_deliveries(
+        self, destination: str, status: DeliveryStatus | None = None, limit: int = 50
+    ) -> list[DeliveryInfo]:
+        """QUEUED ones in queue order (the head first); otherwise newest first.
         Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
         ...

@@ -14,8 +14,7 @@ import logging
 import queue
 import sqlite3
 import threading
-import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -23,35 +22,28 @@ from typing import Any, TypeVar
 from engine.errors import StoreError, StoreUnavailable
 from engine.fsmode import private_database
 from engine.logs import event
-from engine.model import Message
-from engine.store.archive import Item, write_archive
 from engine.store.base import (
-    FINAL_STATUSES,
     FLAGS_LAYER,
-    PRUNE_BATCH,
-    WAITING_DELIVERY,
-    Delivery,
     NewMessage,
     PruneResult,
     Store,
     flag_rows,
 )
+from engine.store.claims import Claims
 from engine.store.clinical_sql import CLINICAL_SCHEMA, ClinicalWrites
 from engine.store.fhir_sql import FHIR_SCHEMA, FhirWrites
 from engine.store.inference_sql import INFERENCE_SCHEMA
-from engine.store.records import delivery_row, message_row
+from engine.store.pruning import PruneSQL, Pruning
 from engine.store.results_sql import RESULTS_SCHEMA, ResultsWrites
 from engine.store.schema import SQLITE_SCHEMA, migrate_sqlite
 from engine.store.signals import SQLITE_SIGNALS_SCHEMA
-from engine.store.sqlite_claims import SQLiteInference
-from engine.store.tx import new_message, on_sqlite
+from engine.store.tx import Op, SQLiteTx, new_message, on_sqlite, run_sync
 
 T = TypeVar("T")
 log = logging.getLogger("radbridge.store")
 _STOP = object()
 _MAX_GROUP = 4096
 _ROWS_PER_INSERT = 256  # 11 parameters a row, well under SQLITE_MAX_VARIABLE_NUMBER
-_IDS_PER_UPDATE = 1024
 _WAL_LIMIT = 64 * 1024 * 1024
 
 _INSERT = (
@@ -59,11 +51,10 @@ _INSERT = (
     " duplicate, error, updated_at, raw) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
 )
 _INSERT_MORE = ",(?,?,?,?,?,?,?,?,?,?,?)"
-_RAW = "(SELECT raw FROM message_raw r WHERE r.id = messages.id)"
-_MSG_COLS = (f"id, channel, received_at, status, {_RAW}, control_id, message_type, msg_key,"
-             " duplicate, error")
 _MSG_COLS_M = ("m.id, m.channel, m.received_at, m.status, (SELECT raw FROM message_raw r WHERE"
                " r.id = m.id), m.control_id, m.message_type, m.msg_key, m.duplicate, m.error")
+_CLAIMED_COLS = ("t.id, t.channel, t.received_at, t.status, {raw}, t.control_id, t.message_type,"
+                 " t.msg_key, t.duplicate, t.error")
 _DLV_COLS = ("d.id, d.message_id, d.destination, d.status, d.attempts,"
              " coalesce(d.payload, (SELECT raw FROM message_raw r WHERE r.id = d.message_id)),"
              " d.response, d.error, m.msg_key")
@@ -303,74 +294,7 @@ def _insert_op(conn: sqlite3.Connection, m: NewMessage) -> int:
     return _insert_rows(conn, [m], _next_id(conn))
 
 
-# A message retention may delete: final, none of its deliveries waiting, and not the newest
-# row (ids are max(id) + 1, so keeping the newest means an id is never handed out twice).
-_PRUNABLE = (f"status IN ({','.join(repr(s) for s in FINAL_STATUSES)}) AND NOT EXISTS"
-             " (SELECT 1 FROM deliveries d WHERE d.message_id = messages.id AND"
-             f" d.status = '{WAITING_DELIVERY}') AND id < (SELECT max(id) FROM messages)")
-# ...and not changed since the run began (?: its start): a message reprocessed after it was
-# archived, perhaps final again, keeps its new data for the next run's archive.
-_UNCHANGED = "(updated_at IS NULL OR updated_at <= ?)"
-# Keyset paging on messages_received: each old row is looked at once per run, however many
-# old unfinished ones are skipped.
-_OLD_AFTER = "received_at < ? AND received_at >= ? AND NOT (received_at = ? AND id <= ?)"
-_CHILDREN = (("content", "message_id"), ("deliveries", "message_id"), ("message_raw", "id"),
-             ("messages", "id"))
-Key = tuple[float, int]
-
-
-def _prune_ids(conn: sqlite3.Connection, ids: Sequence[int], before: float, since: float,
-               vacuum: bool) -> tuple[int, int]:
-    """Delete those of *ids* that are still prunable and unchanged since *since* (the run's
-    start); return (messages, pages given back).
-
-    Checked again here, in the writer: a message may have been reprocessed since it was read.
-    With incremental auto-vacuum the pages freed are moved off the end of the file at once
-    (one page per step of the pragma, hence the loop), a batch at a time.
-    """
-    gone: list[int] = []
-    for start in range(0, len(ids), _IDS_PER_UPDATE):
-        chunk = list(ids[start:start + _IDS_PER_UPDATE])
-        marks = ",".join("?" * len(chunk))
-        gone += [r[0] for r in conn.execute(f"SELECT id FROM messages WHERE id IN ({marks}) AND"
-                                            f" received_at < ? AND {_UNCHANGED} AND {_PRUNABLE}",
-                                            (*chunk, before, since))]
-    for start in range(0, len(gone), _IDS_PER_UPDATE):
-        chunk = gone[start:start + _IDS_PER_UPDATE]
-        marks = ",".join("?" * len(chunk))
-        for table, col in _CHILDREN:
-            conn.execute(f"DELETE FROM {table} WHERE {col} IN ({marks})", chunk)
-    pages = 0
-    if vacuum and gone:
-        pages = int(conn.execute("PRAGMA page_count").fetchone()[0])
-        for _ in range(int(conn.execute("PRAGMA freelist_count").fetchone()[0])):
-            conn.execute("PRAGMA incremental_vacuum")
-        pages -= int(conn.execute("PRAGMA page_count").fetchone()[0])
-    return len(gone), pages
-
-
-def _vacuum_mode(conn: sqlite3.Connection) -> tuple[int, int]:
-    """(auto_vacuum, page_size), read in a transaction: outside one, a connection answers
-    what the file said when it last read it, perhaps before a ``vacuum`` changed it."""
-    return (int(conn.execute("PRAGMA auto_vacuum").fetchone()[0]),
-            int(conn.execute("PRAGMA page_size").fetchone()[0]))
-
-
-def _prune_next_op(conn: sqlite3.Connection, before: float, since: float, after: Key,
-                   limit: int, vacuum: bool) -> tuple[int, int, Key | None]:
-    """Look at the next *limit* old messages after *after* and delete the prunable ones (one
-    writer transaction); the key to go on from, None when no old message is left."""
-    rows = conn.execute(f"SELECT id, received_at FROM messages WHERE {_OLD_AFTER} ORDER BY"
-                        " received_at, id LIMIT ?",
-                        (before, after[0], after[0], after[1], limit)).fetchall()
-    if not rows:
-        return 0, 0, None
-    n, pages = _prune_ids(conn, [r[0] for r in rows], before, since, vacuum)
-    return n, pages, (float(rows[-1][1]), int(rows[-1][0]))
-
-
-class SQLiteStore(ClinicalWrites, SQLiteInference, ResultsWrites, FhirWrites,
-                  Store):
+class SQLiteStore(ClinicalWrites, Claims, Pruning, ResultsWrites, FhirWrites, Store):
     """The embedded default store."""
 
     _MESSAGE_SELECT = f"SELECT {_MSG_COLS_M} FROM messages m"
@@ -379,7 +303,20 @@ class SQLiteStore(ClinicalWrites, SQLiteInference, ResultsWrites, FhirWrites,
     _OLDEST_QUEUED = ("SELECT m.received_at FROM deliveries d JOIN messages m"
                       " ON m.id = d.message_id WHERE d.id = (SELECT min(id) FROM deliveries"
                       " WHERE destination = ? AND status = 'QUEUED')")
+    _CLAIMED_MESSAGE = _CLAIMED_COLS.format(raw="(SELECT raw FROM message_raw r WHERE"
+                                            " r.id = t.id)")
+    _CLAIMED_MESSAGE_BARE = _CLAIMED_COLS.format(raw="x''")
+    _CLAIMED_DELIVERY = ("t.id, t.message_id, t.destination, t.status, t.attempts,"
+                         " coalesce(t.payload, (SELECT raw FROM message_raw r WHERE"
+                         " r.id = t.message_id)), t.response, t.error,"
+                         " (SELECT msg_key FROM messages m WHERE m.id = t.message_id)")
     _on_writer = staticmethod(on_sqlite)
+    # Keyset paging on messages_received: each old row is looked at once per run, however
+    # many old unfinished ones are skipped. The newest row is never deleted: ids are
+    # max(id) + 1, so keeping it means an id is never handed out twice.
+    _PRUNE = PruneSQL(prunable=" AND m.id < (SELECT max(id) FROM messages)",
+                      page="m.received_at < ? AND (m.received_at, m.id) > (?, ?)",
+                      order="m.received_at, m.id", by_time=True)
     wal_restart_bytes = _WAL_LIMIT  # a WAL larger than this is started over (_Checkpointer)
     checkpoint_secs = 0.5  # how often the checkpointer runs
     _query_only = False  # opened by open_reads: reads only, beside the owning engine
@@ -457,70 +394,27 @@ class SQLiteStore(ClinicalWrites, SQLiteInference, ResultsWrites, FhirWrites,
             return
         self._writer.q.put((op, args, done))
 
-    # -- retention -------------------------------------------------------------
-    async def prune_messages(self, before: float, archive: Path | None = None) -> PruneResult:
-        result = PruneResult()
-        since = time.time()  # rows changed after this are left for the next run
-        cap = max(1, int(self.prune_max_per_run))
-        mode, page_size = await self._write(_vacuum_mode)
-        vacuum = mode == 2  # INCREMENTAL; NONE only reuses freed pages, FULL shrinks by itself
-        result.file_shrinks = mode != 0
-        pages = 0
-        if archive is not None:
-            archived = await write_archive(archive, before,
-                                           self._archive_batches(before, since, cap))
-            result.archive = archived.path
-            result.more = len(archived.ids) >= cap
-            for start in range(0, len(archived.ids), PRUNE_BATCH):
-                n, freed = await self._write(_prune_ids, archived.ids[start:start + PRUNE_BATCH],
-                                             before, since, vacuum)
-                result.messages += n
-                result.batches += 1 if n else 0
-                pages += freed
-        else:
-            key: Key | None = (float("-inf"), 0)
-            while key is not None and result.messages < cap:
-                n, freed, key = await self._write(_prune_next_op, before, since, key,
-                                                  min(PRUNE_BATCH, cap - result.messages), vacuum)
-                result.messages += n
-                result.batches += 1 if n else 0
-                pages += freed
-            result.more = key is not None
-        if pages:
-            # The file is cut when a checkpoint has copied the last frames back: do one now
-            # (PASSIVE never blocks the writer; the checkpointer thread would do it shortly).
-            await asyncio.to_thread(self._checkpoint)
-        result.bytes_freed = pages * page_size
-        return result
+    async def _apart(self, op: Op, *args: Any, marks: bool = False) -> Any:
+        """Run a claim (``engine.store.claims``): one process owns the database, so a claim
+        that *marks* rows is a writer operation, and one that does not is a read on a reader
+        connection. Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
+        if marks:
+            return await self._transact(op, *args)
 
-    async def _archive_batches(self, before: float, since: float, cap: int
-                               ) -> AsyncIterator[list[Item]]:
-        """The first *cap* prunable messages unchanged since *since*, with their layers and
-        deliveries, a batch at a time (oldest first)."""
-        after: Key = (float("-inf"), 0)
-        while cap > 0:
-            rows = await self._read(f"SELECT {_MSG_COLS} FROM messages WHERE {_OLD_AFTER} AND"
-                                    f" {_UNCHANGED} AND {_PRUNABLE} ORDER BY received_at, id"
-                                    " LIMIT ?", (before, after[0], after[0], after[1], since,
-                                                 min(PRUNE_BATCH, cap)))
-            if not rows:
-                return
-            cap -= len(rows)
-            msgs = {m.id: m for m in map(message_row, rows)}
-            marks = ",".join("?" * len(msgs))
-            for mid, layer, data in await self._read(
-                    f"SELECT message_id, layer, data FROM content WHERE message_id IN ({marks})"
-                    " ORDER BY message_id, created_at", list(msgs)):
-                msgs[mid].layers[layer] = bytes(data)
-            deliveries: dict[int, list[Delivery]] = {mid: [] for mid in msgs}
-            for row in await self._read(f"SELECT {_DLV_COLS} FROM deliveries d JOIN messages m"
-                                        f" ON m.id = d.message_id WHERE d.message_id IN ({marks})"
-                                        " ORDER BY d.id", list(msgs)):
-                d = delivery_row(row)
-                deliveries[d.message_id].append(d)
-            yield [(m, deliveries[mid]) for mid, m in msgs.items()]
-            last = rows[-1]
-            after = (float(last[2]), int(last[0]))
+        def run() -> Any:
+            try:
+                return run_sync(op(SQLiteTx(self._conn()), *args))  # type: ignore[arg-type]
+            except sqlite3.Error as exc:
+                raise _to_store_error(exc) from exc
+
+        return await asyncio.get_running_loop().run_in_executor(self._readers, run)
+
+    # -- retention (``engine.store.pruning``) -------------------------------------------------
+    async def _after_prune(self, result: PruneResult) -> None:
+        """The file is cut when a checkpoint has copied the last frames back: do one now
+        (PASSIVE never blocks the writer; the checkpointer thread would do it shortly)."""
+        if result.bytes_freed:
+            await asyncio.to_thread(self._checkpoint)
 
     def _checkpoint(self) -> None:
         conn = _connect(self.path)
@@ -589,17 +483,3 @@ class SQLiteStore(ClinicalWrites, SQLiteInference, ResultsWrites, FhirWrites,
                 f" m.status <> 'RECEIVED' UNION ALL {pending} WHERE {clause} AND"
                 " m.control_id = ? AND m.status = 'RECEIVED'",
                 [*params, control_id, *params, control_id])
-
-    async def fetch_received(self, channel: str, limit: int, with_raw: bool = True
-                             ) -> list[Message]:
-        cols = _MSG_COLS if with_raw else _MSG_COLS.replace(_RAW, "x''")
-        rows = await self._read(f"SELECT {cols} FROM messages WHERE status='RECEIVED'"
-                                " AND channel=? ORDER BY id LIMIT ?", (channel, limit))
-        return [message_row(r) for r in rows]
-
-    async def next_deliveries(self, destination: str, limit: int) -> list[Delivery]:
-        rows = await self._read(f"SELECT {_DLV_COLS} FROM deliveries d JOIN messages m"
-                                " ON m.id = d.message_id WHERE d.destination=?"
-                                " AND d.status='QUEUED' ORDER BY d.id LIMIT ?",
-                                (destination, limit))
-        return [delivery_row(r) for r in rows]

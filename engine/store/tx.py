@@ -3,11 +3,14 @@
 An operation is written once, as ``async def op(tx: Tx, *args)``, in portable SQL
 (``?`` placeholders; both databases take ``ON CONFLICT``, ``coalesce``, ``CASE``).
 Where the dialects must differ, the difference is a hook of the transaction
-(``for_update``, ``unclaim``, ``lock``, ``signal``, ``insert``, ``ids_in``, ``many``), not
-a second copy of the rule. ``many`` runs one statement over many rows the fastest way each
-database has (SQLite: the row's statement per row; PostgreSQL: one statement over
-``unnest`` arrays), so a ``Many`` carries that statement in both forms: SQL per dialect
-only where it must differ.
+(``for_update``, ``unclaim``, ``lock``, ``signal``, ``insert``, ``ids_in``, ``many``,
+``claim``, ``unheld``), not a second copy of the rule. ``many`` runs one statement over
+many rows the fastest way each database has (SQLite: the row's statement per row;
+PostgreSQL: one statement over ``unnest`` arrays), so a ``Many`` carries that statement in
+both forms: SQL per dialect only where it must differ. A ``Claim`` says which rows of a
+queue a claim takes, once; ``claim`` takes them the database's way (SQLite: one process,
+the rows as they are; PostgreSQL: ``FOR UPDATE SKIP LOCKED`` and a lease,
+``engine.store.pg_claims``).
 
 How an operation runs is each store's own concurrency model, unchanged:
 
@@ -36,11 +39,46 @@ from typing import Any, Protocol, TypeVar
 
 import asyncpg
 
-from engine.store import pg_schema, signals
+from engine.store import pg_claims, pg_schema, signals
 from engine.store.signals import SubjectsOf, Topic
 
 T = TypeVar("T")
 Row = Sequence[Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """Which rows of a queue one claim takes (``Tx.claim``), in portable SQL: ``{t}`` is the
+    table's alias, ``?`` the parameters (those of *where*, then those of *mark*).
+
+    ``where``: the rows waiting; ``order``: which go first; ``returning``: the columns handed
+    back (on alias ``t``); ``mark``: what a claim sets on them (besides its lease; empty: the
+    claim only reads them, on SQLite). PostgreSQL's leases (``pg_claims``): ``key``, a column
+    whose rows are claimed oldest first by one process at a time; ``takeover``, when the rows
+    *where* names are never held (the claim's *mark* moves them out of it), the held rows,
+    taken over once their lease has run out; ``by_day``, rows are found by
+    ``(id, received_at)`` (day partitions)."""
+
+    table: str
+    where: str
+    order: str
+    returning: str
+    mark: str = ""
+    key: str | None = None
+    takeover: str | None = None
+    by_day: bool = False
+
+
+@functools.lru_cache(maxsize=64)
+def sqlite_claim(c: Claim) -> str:
+    """*c* on SQLite, where one process owns the database: its rows are read (or marked)
+    as they are. Parameters: *mark*'s, *where*'s, the limit."""
+    where = c.where.format(t="t")
+    if not c.mark:
+        return (f"SELECT {c.returning} FROM {c.table} t WHERE {where} ORDER BY {c.order}"
+                " LIMIT ?")
+    return (f"UPDATE {c.table} SET {c.mark} WHERE id IN (SELECT t.id FROM {c.table} t WHERE"
+            f" {where} ORDER BY {c.order} LIMIT ?) RETURNING {c.returning}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +143,31 @@ class Tx(Protocol):
     async def signal(self, topic: Topic, subjects: list[str]) -> None:
         """Tell running engines of a change, at commit (``engine.store.signals``)."""
 
+    async def claim(self, c: Claim, limit: int, *params: Any) -> list[Row]:
+        """Take up to *limit* rows *c* names for this process (*params*: *c.where*'s, then
+        *c.mark*'s), in no particular order. SQLite: the rows as they are (one process);
+        PostgreSQL: rows no live process holds, locked ``SKIP LOCKED``, leased to this one
+        (``pg_claims``)."""
+
+    async def unheld(self) -> tuple[str, list[Any]]:
+        """`` AND ...`` and its parameters: the row is held by no live process but perhaps
+        this one (SQLite: always true, one process; PostgreSQL: unclaimed, ours, or its
+        lease ran out)."""
+
+    def same_day(self, a: str, b: str) -> str:
+        """`` AND ...``: rows *a* and *b* of one message are in the same day partition (so
+        PostgreSQL looks in that one only; SQLite has no partitions)."""
+
+    def within(self, alias: str, span: tuple[float, float]) -> tuple[str, list[Any]]:
+        """`` AND ...`` and its parameters: *alias*'s message was received within *span*,
+        for the day partitions (nothing on SQLite, whose layers and deliveries do not keep
+        when their message arrived)."""
+
+    async def shrink(self) -> int | None:
+        """Give the pages this transaction's deletes freed back to the file system; the
+        bytes, or None when this database file cannot shrink (SQLite without incremental
+        auto-vacuum; PostgreSQL drops partitions instead: 0)."""
+
 
 class SQLiteTx:
     """``Tx`` on the SQLite writer thread's connection (its methods never suspend)."""
@@ -155,6 +218,32 @@ class SQLiteTx:
     async def signal(self, topic: Topic, subjects: list[str]) -> None:
         signals.sqlite_signal(self.conn, topic, subjects)
 
+    async def claim(self, c: Claim, limit: int, *params: Any) -> list[Row]:
+        n = c.where.count("?")
+        return self.conn.execute(sqlite_claim(c), (*params[n:], *params[:n], limit)).fetchall()
+
+    async def unheld(self) -> tuple[str, list[Any]]:
+        return "", []
+
+    def same_day(self, a: str, b: str) -> str:
+        return ""
+
+    def within(self, alias: str, span: tuple[float, float]) -> tuple[str, list[Any]]:
+        return "", []
+
+    async def shrink(self) -> int | None:
+        # Read here, in the writer's transaction: outside one, a connection answers what the
+        # file said when it last read it, perhaps before a ``vacuum`` changed it.
+        mode = int(self.conn.execute("PRAGMA auto_vacuum").fetchone()[0])
+        if mode != 2:  # NONE only reuses freed pages; FULL shrinks at each commit by itself
+            return None if mode == 0 else 0
+        # Incremental: move the freed pages off the end of the file, one a step.
+        pages = int(self.conn.execute("PRAGMA page_count").fetchone()[0])
+        for _ in range(int(self.conn.execute("PRAGMA freelist_count").fetchone()[0])):
+            self.conn.execute("PRAGMA incremental_vacuum")
+        pages -= int(self.conn.execute("PRAGMA page_count").fetchone()[0])
+        return pages * int(self.conn.execute("PRAGMA page_size").fetchone()[0])
+
 
 @functools.lru_cache(maxsize=1024)
 def pg_sql(sql: str) -> str:
@@ -172,10 +261,12 @@ class PgTx:
 
     for_update = " FOR UPDATE"
     unclaim = ", claimed_by = NULL, lease_until = NULL"
-    __slots__ = ("conn",)
+    __slots__ = ("conn", "owner", "lease")
 
-    def __init__(self, conn: asyncpg.Connection) -> None:
+    def __init__(self, conn: asyncpg.Connection, owner: str = "", lease: float = 0.0) -> None:
         self.conn = conn
+        self.owner = owner  # this process, in claims (``pg_claims``)
+        self.lease = lease  # seconds a claim holds its rows unless renewed
 
     async def execute(self, sql: str, *params: Any) -> int:
         return _changed(await self.conn.execute(pg_sql(sql), *params))
@@ -212,6 +303,26 @@ class PgTx:
 
     async def signal(self, topic: Topic, subjects: list[str]) -> None:
         await signals.pg_signal(self.conn, topic, subjects)
+
+    async def claim(self, c: Claim, limit: int, *params: Any) -> list[Row]:
+        n = c.where.count("?")
+        now = await pg_claims.db_now(self.conn)
+        return list(await self.conn.fetch(pg_claims.claim_sql(c), *params[:n], limit,
+                                          self.owner, now, self.lease, *params[n:]))
+
+    async def unheld(self) -> tuple[str, list[Any]]:
+        return (" AND (claimed_by IS NULL OR claimed_by = ? OR lease_until IS NULL OR"
+                " lease_until < ?)", [self.owner, await pg_claims.db_now(self.conn)])
+
+    def same_day(self, a: str, b: str) -> str:
+        return f" AND {a}.received_at = {b}.received_at"
+
+    def within(self, alias: str, span: tuple[float, float]) -> tuple[str, list[Any]]:
+        return (f" AND {alias}.received_at >= ? AND {alias}.received_at < ?",
+                [span[0], span[1]])
+
+    async def shrink(self) -> int | None:
+        return 0  # dead rows are VACUUM's; whole days are dropped (``pg_schema``)
 
 
 Op = Callable[..., Awaitable[Any]]  # async def op(tx: Tx, *args) -> value
@@ -272,6 +383,14 @@ class WriterStore(abc.ABC):
     def _submit(self, op: Callable[..., Any], args: tuple[Any, ...],
                 done: Callable[[Any, BaseException | None], None], lock: bool = False) -> None:
         """Queue a writer operation; *done(value, error)* runs on the loop after its commit."""
+
+    @abc.abstractmethod
+    async def _apart(self, op: Op, *args: Any, marks: bool = False) -> Any:
+        """Run an operation (``op(tx, *args)``) in a short transaction apart from the writer's
+        groups: claims (``engine.store.claims``) and retention's reads. SQLite (one process):
+        on a reader connection, or the writer when it *marks* rows; PostgreSQL: its own
+        transaction on a pooled connection, the ``Tx`` leasing to this process. Raises
+        ``StoreUnavailable`` (retry later) or ``StoreError``."""
 
     async def _write(self, op: Callable[..., Any], *args: Any, lock: bool = False) -> Any:
         """Run a writer operation of this store (``op(conn, *args)``) in its next group

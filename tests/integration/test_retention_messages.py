@@ -439,7 +439,7 @@ async def test_a_message_reprocessed_after_it_was_archived_keeps_its_new_data(
     async def racing_write(op: Any, *args: Any, **kw: Any) -> Any:
         # Between the archive and the delete (SQLite) or the day's drop (PostgreSQL): the
         # message is reprocessed and final again, with new data the archive does not hold.
-        if op.__name__ in ("_prune_ids", "_prune_ids_op", "drop_final_days") and not raced:
+        if op.__name__ in ("prune_ids_op", "drop_final_days") and not raced:
             raced.append(True)
             assert await store.reprocess([again]) == 1
             await store.apply_outcomes([Outcome(again, Status.FILTERED,
@@ -499,7 +499,7 @@ async def test_pg_one_process_prunes_at_a_time_from_start_to_end(pg_url: str,
         meanwhile: list[PruneResult] = []
 
         async def second_runs_during_row_deletes(op: Any, *args: Any, **kw: Any) -> Any:
-            if op.__name__ == "_prune_ids_op" and not meanwhile:
+            if op.__name__ == "prune_ids_op" and not meanwhile:
                 meanwhile.append(await second.prune_messages(at(5), archive=tmp_path / "b"))
             return await write(op, *args, **kw)
 

@@ -96,7 +96,8 @@ def incompatibility(proto_fn: Any, store_fn: Any) -> str | None:
 
 def test_the_protocols_are_the_ones_the_consumers_name() -> None:
     named = {proto for uses in CONSUMERS.values() for proto in uses.values()}
-    assert named == set(PROTOCOLS)
+    named |= set(ROUTES.values()) | {p for uses in CLI.values() for p in uses.values()}
+    assert named - {"Store"} == set(PROTOCOLS)
 
 
 @pytest.mark.parametrize("store", STORES, ids=lambda c: c.__name__)
@@ -229,3 +230,193 @@ def test_the_scan_sees_a_call_outside_the_protocol() -> None:
     annotation, attrs, _ = _consumer_scopes(ast.parse(source))["Pipeline"]
     assert annotation == "MessageQueue"
     assert attrs - members(protocols.MessageQueue) == {"prune_messages"}
+
+
+# -- the operator's side: admin route modules and CLI commands --------------------------------
+# Each admin route module reaches the store through one accessor, ``_store``, typed with its
+# desk; each CLI command that takes the store names its desk on the ``store`` parameter. A desk
+# may serve several of them, and each of its methods is called by one at least. The whole
+# ``Store`` only where the protocols module says so (``messages vacuum`` asks SQLite itself).
+ROUTES = {
+    "engine/admin/routes_channels.py": "MessageDesk",
+    "engine/admin/routes_clinical.py": "ClinicalDesk",
+    "engine/admin/routes_deliveries.py": "DeliveryActions",
+    "engine/admin/routes_fhir.py": "FhirSearch",
+    "engine/admin/routes_messages.py": "MessageDesk",
+    "engine/admin/routes_models.py": "InferenceRecords",
+    "engine/admin/routes_system.py": "MessageDesk",
+    "engine/admin/routes_worklist.py": "WorklistDesk",
+}
+CLI = {
+    "engine/cli/clinical.py": {
+        name: "ClinicalDesk"
+        for name in (
+            "_list_cases",
+            "_list_orders",
+            "_studies",
+            "_unmatched",
+            "_worklist",
+            "_agreement",
+        )
+    },
+    "engine/cli/inference.py": {
+        name: "InferenceRecords" for name in ("_audit", "_findings", "_jobs", "_models")
+    },
+    "engine/cli/deliveries.py": {"cmd_list.run": "DeliveryDesk", "cmd_act.run": "DeliveryActions"},
+    "engine/cli/messages.py": {
+        "cmd_list.run": "MessageDesk",
+        "cmd_show.run": "MessageDesk",
+        "cmd_reprocess.run": "MessageDesk",
+        "cmd_prune.run": "RetentionWork",
+        "cmd_vacuum.run": "Store",
+    },
+}
+DESKS = (
+    "MessageDesk",
+    "ClinicalDesk",
+    "WorklistDesk",
+    "InferenceRecords",
+    "FhirSearch",
+    "DeliveryDesk",
+)
+# Handing the store on is allowed only to a function whose own protocol the desk includes.
+HANDED = {"operate(": "DeliveryActions"}
+
+
+def _handed_ok(proto: str, uses: list[str]) -> list[str]:
+    """The uses in *uses* that hand the store to something *proto* does not cover."""
+    return [
+        use
+        for use in uses
+        if not any(
+            use.startswith(call) and members(PROTOCOLS[need]) <= members(PROTOCOLS[proto])
+            for call, need in HANDED.items()
+        )
+    ]
+
+
+def _route_uses(tree: ast.Module) -> tuple[set[str], list[str]]:
+    """Attributes read on ``_store(...)`` and on a ``store`` bound from it, and other uses of
+    either (handing it on), outside the accessor."""
+    attrs, others = set(), []
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.name == "_store":
+            continue
+        parents = {c: n for n in ast.walk(node) for c in ast.iter_child_nodes(n)}
+        for sub in ast.walk(node):
+            is_call = (
+                isinstance(sub, ast.Call)
+                and isinstance(sub.func, ast.Name)
+                and sub.func.id == "_store"
+            )
+            if not (is_call or (isinstance(sub, ast.Name) and sub.id == "store")):
+                continue
+            parent = parents.get(sub)
+            if isinstance(parent, ast.Attribute) and parent.value is sub:
+                attrs.add(parent.attr)
+            elif not isinstance(parent, ast.Assign | ast.Tuple):
+                others.append(ast.unparse(parent) if parent is not None else "")
+    return attrs, others
+
+
+def _store_attribute_reads(tree: ast.AST) -> list[str]:
+    """Every ``<something>.store`` read, as source text."""
+    return [
+        ast.unparse(n) for n in ast.walk(tree) if isinstance(n, ast.Attribute) and n.attr == "store"
+    ]
+
+
+def _route_calls(module: str) -> set[str]:
+    return _route_uses(ast.parse((ROOT / module).read_text()))[0]
+
+
+@pytest.mark.parametrize("module", sorted(ROUTES))
+def test_each_admin_route_module_reaches_its_store_only_through_its_desk(module: str) -> None:
+    tree = ast.parse((ROOT / module).read_text())
+    accessor = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "_store"]
+    assert len(accessor) == 1, f"{module}: no single _store accessor"
+    assert ast.unparse(accessor[0].returns) == ROUTES[module]  # type: ignore[arg-type]
+    outside = [n for n in tree.body if n is not accessor[0]]
+    reads = [r for n in outside for r in _store_attribute_reads(n)]
+    assert not reads, f"{module} reaches the store around its accessor: {reads}"
+    attrs, others = _route_uses(tree)
+    assert attrs, f"{module}: the scan found no store call (is it still looking?)"
+    outside_desk = attrs - members(PROTOCOLS[ROUTES[module]])
+    assert not outside_desk, f"{module} calls {sorted(outside_desk)} outside {ROUTES[module]}"
+    assert not _handed_ok(ROUTES[module], others), f"{module} hands its store on: {others}"
+
+
+def _store_functions(tree: ast.AST) -> dict[str, tuple[str, set[str], list[str]]]:
+    """Every function (nested ones as ``outer.inner``) with a ``store`` parameter: its
+    annotation, the store attributes its body reads, and its other uses of the store."""
+    found: dict[str, tuple[str, set[str], list[str]]] = {}
+
+    def visit(node: ast.AST, prefix: str) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef):
+                annotation = _annotation(child)
+                if annotation is not None:
+                    found[prefix + child.name] = (annotation, *_uses(child, "store"))
+                visit(child, f"{prefix}{child.name}.")
+            elif isinstance(child, ast.ClassDef):
+                visit(child, f"{prefix}{child.name}.")
+
+    visit(tree, "")
+    return found
+
+
+def _cli_calls(module: str) -> dict[str, set[str]]:
+    found = _store_functions(ast.parse((ROOT / module).read_text()))
+    return {name: attrs for name, (_, attrs, _) in found.items()}
+
+
+def test_every_cli_module_that_takes_the_store_is_listed() -> None:
+    taking = {
+        str(p.relative_to(ROOT))
+        for p in (ROOT / "engine/cli").glob("*.py")
+        if _store_functions(ast.parse(p.read_text()))
+    }
+    assert taking == set(CLI)
+
+
+@pytest.mark.parametrize("module", sorted(CLI))
+def test_each_cli_command_calls_nothing_on_its_store_outside_its_desk(module: str) -> None:
+    found = _store_functions(ast.parse((ROOT / module).read_text()))
+    assert set(found) == set(CLI[module]), "a command taking the store was added or renamed"
+    for name, (annotation, attrs, others) in found.items():
+        assert annotation == CLI[module][name], f"{module} {name} takes {annotation}"
+        assert attrs or others, f"{module} {name}: the scan found no store use"
+        if annotation == "Store":
+            continue
+        outside = attrs - members(PROTOCOLS[annotation])
+        assert not outside, f"{module} {name} calls {sorted(outside)} outside {annotation}"
+        assert not _handed_ok(annotation, others), f"{module} {name} hands its store on"
+
+
+def test_every_desk_method_is_called_by_one_of_its_consumers_at_least() -> None:
+    called: dict[str, set[str]] = {desk: set() for desk in DESKS}
+    for module, desk in ROUTES.items():
+        called.setdefault(desk, set()).update(_route_calls(module))
+    for module, scopes in CLI.items():
+        calls = _cli_calls(module)
+        for name, desk in scopes.items():
+            called.setdefault(desk, set()).update(calls[name])
+    called["DeliveryDesk"] |= members(protocols.DeliveryActions)  # handed to ``operate``
+    unused = {desk: sorted(members(PROTOCOLS[desk]) - called[desk]) for desk in DESKS}
+    assert not any(unused.values()), unused
+
+
+def test_the_route_scan_sees_a_call_around_the_desk() -> None:
+    source = (
+        "def _store(request: web.Request) -> FhirSearch:\n"
+        "    return state(request).engine.store\n"
+        "async def h(request: web.Request) -> None:\n"
+        "    store = _store(request)\n"
+        "    await store.search_fhir('Patient')\n"
+        "    await _store(request).prune_messages(0.0)\n"
+        "    await state(request).engine.store.reprocess([1])\n"
+    )
+    tree = ast.parse(source)
+    attrs, _ = _route_uses(tree)
+    assert attrs - members(protocols.FhirSearch) == {"prune_messages"}
+    assert _store_attribute_reads(tree.body[1]) == ["state(request).engine.store"]
