@@ -14,14 +14,25 @@ did. Errors are typed so each edge maps them to its own protocol:
   else may reach a path. ``InstanceIngest.path_for`` also checks that every
   path it builds stays under its root (defence in depth).
 * ``StoreUnavailable`` disk full or store down (C-STORE 0xA700, STOW 503)
+
+Many instances at once (a STOW-RS request): ``write`` each file as its part arrives
+(written, fsynced, renamed into place: a ``Staged`` instance), then ``commit`` them
+together: every directory they were renamed into is fsynced once, and their rows are
+indexed in one store transaction. Nothing is answered before ``commit`` returns.
+Directory fsyncs are shared between threads that need the same directory at the same
+moment (``DirSync``), so parallel C-STORE associations writing one series share them too.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
-from collections.abc import Callable
+import secrets
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +44,16 @@ from engine.logs import event
 from engine.store.clinical import InstanceAdded, InstanceMeta
 
 log = logging.getLogger("radbridge.instances")
+
+# Files fsynced at once by ``InstanceIngest.place``: the disk serves concurrent flushes
+# together, so a request's files are flushed in parallel rather than one by one.
+FSYNC_THREADS = 16
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+# Rows indexed per store transaction when a request carries more instances than this: the
+# store's writer is shared with every other channel, whose answers wait behind it.
+INDEX_CHUNK = 256
 
 
 class InvalidInstance(RadbridgeError):
@@ -59,6 +80,26 @@ class IngestResult:
     expected: int | None = None  # the study's instance count, when the source said it
 
 
+@dataclass(slots=True)
+class Staged:
+    """An instance written to ``tmp`` beside its ``path``; ``InstanceIngest.place`` fsyncs it
+    and renames it into place (``tmp`` None), ``InstanceIngest.commit`` makes it durable."""
+
+    meta: InstanceMeta
+    path: Path
+    size: int
+    tmp: Path | None = None
+
+
+def _fsync_pool() -> ThreadPoolExecutor:
+    """The process's pool for ``place`` (made on first use; its threads only wait on disks)."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(FSYNC_THREADS, thread_name_prefix="radbridge-fsync")
+        return _pool
+
+
 def instances_root(data_dir: Path | str) -> Path:
     """The folder under the data directory that holds every instance file."""
     return Path(data_dir) / "instances"
@@ -70,25 +111,123 @@ def is_under(path: Path, root: Path) -> bool:
     return resolved != base and resolved.is_relative_to(base)
 
 
-def write_durably(path: Path, data: bytes) -> None:
-    """Write *data* to *path* atomically and durably (temp file, fsync, rename, fsync dir);
-    the file is 0600 and the directories made for it 0700 (it holds patient data)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+def write_temp(path: Path, data: bytes, *, fsync: bool) -> Path:
+    """Write *data* to a new temporary file beside *path*, fsynced when asked; return it.
+    The file is 0600 and the directories made for it 0700 (it holds patient data).
+    Raises ``StoreUnavailable``."""
+    # Unique per write: two threads may write the same SOP Instance at once.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
         private_dir(path.parent)
         with open_private_file(tmp) as fh:
             fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+            if fsync:
+                fh.flush()
+                os.fsync(fh.fileno())
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise StoreUnavailable(f"cannot write instance file: {exc.strerror}") from exc
+    return tmp
+
+
+def place(tmp: Path, path: Path, *, fsync: bool) -> None:
+    """Rename *tmp* to *path* (atomically replacing an earlier copy), first fsyncing it when
+    asked (a file written with ``fsync=False``). The new name is durable only once its
+    directory is fsynced (``DirSync``). Raises ``StoreUnavailable``."""
+    try:
+        if fsync:
+            fd = os.open(tmp, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise StoreUnavailable(f"cannot write instance file: {exc.strerror}") from exc
+
+
+def write_file(path: Path, data: bytes) -> None:
+    """Write *data* to *path* atomically: a temporary file, fsynced, renamed into place
+    (``write_temp``, ``place``). Raises ``StoreUnavailable``."""
+    place(write_temp(path, data, fsync=True), path, fsync=False)
+
+
+def fsync_dir(directory: Path) -> None:
+    """fsync *directory* itself, making the names renamed into it durable."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_durably(path: Path, data: bytes) -> None:
+    """``write_file``, then fsync its directory: one file made durable on its own."""
+    write_file(path, data)
+    try:
+        fsync_dir(path.parent)
+    except OSError as exc:
+        raise StoreUnavailable(f"cannot write instance file: {exc.strerror}") from exc
+
+
+@dataclass(slots=True)
+class _DirState:
+    wanted: int = 0  # tickets handed out: renames done and waiting to be made durable
+    done: int = 0  # every ticket up to this one is covered by a finished fsync
+    busy: bool = False
+
+
+class DirSync:
+    """Group commit for directory entries: threads that need one directory fsynced at the same
+    moment share one fsync.
+
+    A thread calls ``sync`` after its rename and takes a ticket. The thread that finds no
+    fsync of that directory in progress starts one covering every ticket handed out so far;
+    the others wait for it, and a ticket taken after it started waits for the next one (its
+    rename may have missed the first). An fsync that fails wakes its waiters, which try
+    again themselves. Blocking: call it from a thread. Raises ``StoreUnavailable``.
+    """
+
+    def __init__(self, fsync: Callable[[Path], None] = fsync_dir) -> None:
+        self._fsync = fsync
+        self._cond = threading.Condition()
+        self._dirs: dict[Path, _DirState] = {}
+
+    def sync(self, directories: Iterable[Path]) -> None:
+        """Make the entries renamed into each of *directories* until now durable."""
+        for directory in directories:
+            self._sync_one(directory)
+
+    def pending(self, directory: Path) -> int:
+        """Callers of *directory* whose rename no finished fsync covers yet."""
+        with self._cond:
+            state = self._dirs.get(directory)
+            return 0 if state is None else state.wanted - state.done
+
+    def _sync_one(self, directory: Path) -> None:
+        with self._cond:
+            state = self._dirs.setdefault(directory, _DirState())
+            state.wanted += 1
+            ticket = state.wanted
+            while state.busy and state.done < ticket:
+                self._cond.wait()
+            if state.done >= ticket:
+                return
+            state.busy, upto = True, state.wanted
+        try:
+            self._fsync(directory)
+        except OSError as exc:
+            raise StoreUnavailable(f"cannot sync instance folder: {exc.strerror}") from exc
+        else:
+            with self._cond:
+                state.done = upto
+        finally:
+            with self._cond:
+                state.busy = False
+                if state.done == state.wanted and self._dirs.get(directory) is state:
+                    del self._dirs[directory]
+                self._cond.notify_all()
 
 
 class InstanceIngest:
@@ -104,6 +243,7 @@ class InstanceIngest:
         self.on_added = on_added
         self.own_manufacturer = own_manufacturer
         self.read_meta: Callable[[bytes, str], InstanceMeta] = registry.reader("dicom")
+        self.dirsync = DirSync()
         self.loop: asyncio.AbstractEventLoop | None = None
         self.stored = 0
 
@@ -113,6 +253,13 @@ class InstanceIngest:
         if not is_under(path, self.root):
             raise OutsideStore("instance path would leave the instance store")
         return path
+
+    def folders_of(self, paths: Iterable[Path]) -> list[Path]:
+        """The directories whose entries must be durable for *paths*: each file's series
+        folder, its study folder and the root (either may have been made for it)."""
+        folders = {p.parent for p in paths}
+        folders |= {f.parent for f in folders}
+        return sorted(folders | {self.root}, key=lambda f: len(f.parts), reverse=True)
 
     async def ingest(self, part10: bytes, meta: InstanceMeta | None = None,
                      expected: int | None = None) -> IngestResult:
@@ -126,16 +273,72 @@ class InstanceIngest:
         return await self._index(meta, path, len(part10), expected)
 
     def _write(self, meta: InstanceMeta, part10: bytes) -> Path:
+        """One instance's file made durable: written, fsynced, renamed, its folders synced."""
         path = self.path_for(meta)
-        write_durably(path, part10)
+        write_file(path, part10)
+        self.dirsync.sync(self.folders_of([path]))
         return path
+
+    def write(self, meta: InstanceMeta, part10: bytes) -> Staged:
+        """Write *meta*'s bytes beside its file, not yet fsynced (blocking: call it from a
+        thread), so that the caller may drop them; then ``place`` it, then ``commit``.
+        Raises ``OutsideStore`` or ``StoreUnavailable``."""
+        path = self.path_for(meta)
+        return Staged(meta, path, len(part10), write_temp(path, part10, fsync=False))
+
+    async def place(self, staged: Staged) -> None:
+        """fsync *staged*'s file and rename it into place, in the pool kept for fsyncs (many
+        at once: the disk flushes them together). Raises ``StoreUnavailable``."""
+        if staged.tmp is not None:
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(_fsync_pool(), functools.partial(
+                place, staged.tmp, staged.path, fsync=True))
+            staged.tmp = None
+
+    async def commit(self, staged: Sequence[Staged]) -> list[IngestResult | Exception]:
+        """Make *staged* (each ``place``d) durable and indexed: their folders fsynced once,
+        their rows in one transaction (``INDEX_CHUNK`` at most). Per instance, in order: its
+        ``IngestResult``, or the exception that failed it (``StoreUnavailable``,
+        ``StoreError``...). Never raises for one instance: a row the store refuses is retried
+        alone, failing only itself."""
+        if not staged:
+            return []
+        assert all(s.tmp is None for s in staged), "place() each staged instance first"
+        try:
+            await asyncio.to_thread(self.dirsync.sync, self.folders_of(s.path for s in staged))
+        except StoreUnavailable as exc:
+            return [exc] * len(staged)
+        out: list[IngestResult | Exception] = []
+        for at in range(0, len(staged), INDEX_CHUNK):
+            out += await self._index_many(staged[at:at + INDEX_CHUNK])
+        return out
+
+    async def _index_many(self, staged: Sequence[Staged]) -> list[IngestResult | Exception]:
+        rows = [(s.meta, str(s.path), s.size) for s in staged]
+        try:
+            added = await self.store.add_instances(self.channel, rows, self.quiet_secs)
+        except StoreUnavailable as exc:
+            return [exc] * len(staged)
+        except Exception:  # one row the store refuses must not fail the others
+            return [await self._index_alone(s) for s in staged]
+        return [self._indexed(s.meta, a, str(s.path)) for s, a in zip(staged, added, strict=True)]
+
+    async def _index_alone(self, s: Staged) -> IngestResult | Exception:
+        try:
+            return await self._index(s.meta, s.path, s.size)
+        except Exception as exc:
+            return exc
 
     async def _index(self, meta: InstanceMeta, path: Path, size: int,
                      expected: int | None = None) -> IngestResult:
         added = await self.store.add_instance(self.channel, meta, str(path), size,
                                               self.quiet_secs, expected)
+        return self._indexed(meta, added, str(path), expected)
+
+    def _indexed(self, meta: InstanceMeta, added: InstanceAdded, path: str,
+                 expected: int | None = None) -> IngestResult:
         self.stored += 1
-        result = IngestResult(meta, added, str(path), expected)
+        result = IngestResult(meta, added, path, expected)
         event(log, "DCM-206", "instance stored", channel=self.channel, study=meta.study_uid,
               sop=meta.sop_uid, reopened=added.reopened or None, own=added.ignored or None,
               level=logging.DEBUG)
