@@ -78,6 +78,7 @@ class IngestResult:
     added: InstanceAdded
     path: str
     expected: int | None = None  # the study's instance count, when the source said it
+    quiet_secs: float = 0.0  # the channel's quiet period: the study completes this long after
 
 
 @dataclass(slots=True)
@@ -338,7 +339,7 @@ class InstanceIngest:
     def _indexed(self, meta: InstanceMeta, added: InstanceAdded, path: str,
                  expected: int | None = None) -> IngestResult:
         self.stored += 1
-        result = IngestResult(meta, added, path, expected)
+        result = IngestResult(meta, added, path, expected, self.quiet_secs)
         event(log, "DCM-206", "instance stored", channel=self.channel, study=meta.study_uid,
               sop=meta.sop_uid, reopened=added.reopened or None, own=added.ignored or None,
               level=logging.DEBUG)
