@@ -12,7 +12,7 @@ import pydicom
 import pytest
 
 from engine.errors import StoreError
-from engine.flow.instances import DirSync, fsync_dir
+from engine.flow.durable import DirSync, fsync_dir
 from tests.integration.test_dicomweb import (
     BOUNDARY,
     FAILED,
@@ -97,3 +97,14 @@ async def test_parts_read_before_a_malformed_one_are_still_made_durable_and_inde
     (stored,) = (tmp_path / "data" / "instances").rglob("*.dcm")
     assert stored.read_bytes() == parts[0]
     assert not list((tmp_path / "data" / "instances").rglob("*.tmp"))
+
+
+async def test_a_later_request_into_a_settled_series_syncs_that_folder_alone(
+        engine_factory: Any, db_url: str, tmp_path: Path, http: aiohttp.ClientSession) -> None:
+    engine = await engine_factory(stow_config(db_url, tmp_path / "data"))
+    _, parts = study_parts(tmp_path, [("CT", 4)])
+    assert (await post(http, engine, multipart(parts[:2])))[0] == 200
+    synced = counting_dirsync(engine)  # from here on: the series folder exists, settled
+    assert (await post(http, engine, multipart(parts[2:])))[0] == 200
+    (series,) = {p.parent for p in (tmp_path / "data" / "instances").rglob("*.dcm")}
+    assert synced == Counter({series: 1})

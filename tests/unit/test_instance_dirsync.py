@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from engine.errors import StoreUnavailable
-from engine.flow.instances import DirSync
+from engine.flow.durable import DirSync
 
 
 class GatedFsync:
