@@ -2,6 +2,7 @@
 
     .venv/bin/python -m bench.dicom_ingest [--count 500] [--size 256] [--associations 1,4]
                                            [--stow-batch 50] [--stow-concurrency 2]
+                                           [--repeat 3] [--compare-src DIR]
 
 The same N synthetic CT slices (size x size, 16-bit, explicit VR little endian)
 are sent by dcmtk's storescu (one association per process, 1 or more processes
@@ -11,6 +12,12 @@ SQLite index, DICOMweb plugin). Every run starts a fresh server with an empty
 store. After each run the bench counts what the server indexed. Prints
 instances/s per run and radbridge's ratio to Orthanc (target >= 1.0).
 
+``--repeat N`` runs every transfer N rounds, the servers taking turns within each round,
+and prints the median (and range) of each: on a small shared machine single runs are
+noise. ``--compare-src DIR`` also runs ``radbridge run`` from another source tree (a
+``git worktree`` of an earlier commit, say) in the same rounds: before and after, beside
+Orthanc, in one run.
+
 radbridge fsyncs each instance file and commits its index row before it
 answers; Orthanc is run with its defaults.
 """
@@ -19,14 +26,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
+import os
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
@@ -54,10 +65,12 @@ def generate(count: int, size: int, out: Path) -> list[Path]:
 
 
 class Radbridge:
-    """``radbridge run`` with a DICOM and a DICOMweb source on free loopback ports."""
+    """``radbridge run`` with a DICOM and a DICOMweb source on free loopback ports; *src*:
+    the source tree to run it from (default: this one, as imported)."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, src: Path | None = None) -> None:
         self.tmp = tmp
+        self.src = src
         self.proc: subprocess.Popen[str] | None = None
         self.addresses: dict[str, tuple[str, int]] = {}
 
@@ -76,8 +89,10 @@ source = {{ type = "dicom", ae_title = "RADBRIDGE", listen = "127.0.0.1:0" }}
 name = "web"
 source = {{ type = "dicomweb", listen = "127.0.0.1:0", path_prefix = "/dicom-web" }}
 """)
+        env = None if self.src is None else dict(os.environ, PYTHONPATH=str(self.src))
         self.proc = subprocess.Popen([PY, "-m", "engine.cli", "run", str(cfg), "--log-level",
-                                      "WARNING"], stdout=subprocess.PIPE, text=True)
+                                      "WARNING"], stdout=subprocess.PIPE, text=True, env=env,
+                                     cwd=self.src)
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
             if line.startswith("listening "):
@@ -151,17 +166,31 @@ def stow(url: str, files: list[Path], batch: int, concurrency: int) -> float:
     return asyncio.run(_stow(url, files, batch, concurrency))
 
 
-def run_radbridge(tmp: Path, files: list[Path], how: str,
-                  send: Callable[[dict[str, tuple[str, int]]], float]) -> dict[str, object]:
-    with Radbridge(tmp) as rb:
+@dataclass
+class Row:
+    """One transfer to one fresh server."""
+
+    server: str
+    how: str
+    secs: float
+    indexed: int
+    count: int
+
+    @property
+    def rate(self) -> float:
+        return self.count / self.secs
+
+
+def run_radbridge(tmp: Path, files: list[Path], how: str, src: Path | None, label: str,
+                  send: Callable[[dict[str, tuple[str, int]]], float]) -> Row:
+    with Radbridge(tmp, src) as rb:
         secs = send(rb.addresses)
         indexed = rb.indexed()
-    return {"server": "radbridge", "how": how, "secs": secs, "indexed": indexed,
-            "rate": len(files) / secs}
+    return Row(label, how, secs, indexed, len(files))
 
 
 def run_orthanc(tmp: Path, files: list[Path], how: str,
-                send: Callable[[Orthanc], float]) -> dict[str, object]:
+                send: Callable[[Orthanc], float]) -> Row:
     server = Orthanc(tmp / "orthanc", aet="ORTHANC")
     server.start()
     try:
@@ -169,15 +198,16 @@ def run_orthanc(tmp: Path, files: list[Path], how: str,
         indexed = orthanc_indexed(server)
     finally:
         server.stop()
-    return {"server": "orthanc", "how": how, "secs": secs, "indexed": indexed,
-            "rate": len(files) / secs}
+    return Row("orthanc", how, secs, indexed, len(files))
 
 
-def bench(files: list[Path], tmp: Path, args: argparse.Namespace) -> list[dict[str, object]]:
-    rows = []
+Sender = tuple[Callable[[dict[str, tuple[str, int]]], float], Callable[[Orthanc], float]]
+
+
+def transfers(files: list[Path], args: argparse.Namespace) -> dict[str, Sender]:
+    """Each transfer: how it reaches radbridge (its listeners) and how it reaches Orthanc."""
+    out: dict[str, Sender] = {}
     for n in args.associations:
-        how = f"C-STORE x{n}"
-
         def to_radbridge(a: dict[str, tuple[str, int]], n: int = n) -> float:
             host, port = a["dimse"]
             return storescu(host, port, "RADBRIDGE", files, n)
@@ -185,9 +215,7 @@ def bench(files: list[Path], tmp: Path, args: argparse.Namespace) -> list[dict[s
         def to_orthanc(o: Orthanc, n: int = n) -> float:
             return storescu("127.0.0.1", o.dicom_port, "ORTHANC", files, n)
 
-        rows.append(run_radbridge(tmp / f"rb-{n}", files, how, to_radbridge))
-        rows.append(run_orthanc(tmp / f"or-{n}", files, how, to_orthanc))
-    how = f"STOW {args.stow_batch}/req x{args.stow_concurrency}"
+        out[f"C-STORE x{n}"] = (to_radbridge, to_orthanc)
 
     def stow_radbridge(a: dict[str, tuple[str, int]]) -> float:
         host, port = a["web"]
@@ -197,21 +225,50 @@ def bench(files: list[Path], tmp: Path, args: argparse.Namespace) -> list[dict[s
     def stow_orthanc(o: Orthanc) -> float:
         return stow(f"{o.dicomweb}/studies", files, args.stow_batch, args.stow_concurrency)
 
-    rows.append(run_radbridge(tmp / "rb-stow", files, how, stow_radbridge))
-    rows.append(run_orthanc(tmp / "or-stow", files, how, stow_orthanc))
+    out[f"STOW {args.stow_batch}/req x{args.stow_concurrency}"] = (stow_radbridge, stow_orthanc)
+    return out
+
+
+def bench(files: list[Path], tmp: Path, args: argparse.Namespace) -> list[Row]:
+    """Every transfer, ``args.repeat`` rounds, each server once per round (fresh, empty)."""
+    servers: list[tuple[str, Path | None]] = [("radbridge", None)]
+    if args.compare_src is not None:
+        servers.append((f"radbridge@{args.compare_src.name}", args.compare_src))
+    rows: list[Row] = []
+    for how, (to_radbridge, to_orthanc) in transfers(files, args).items():
+        for r in range(args.repeat):
+            turns: list[Callable[[], Row]] = [
+                functools.partial(run_radbridge, tmp / f"rb-{len(rows)}-{label}", files, how,
+                                  src, label, to_radbridge) for label, src in servers]
+            turns.append(functools.partial(run_orthanc, tmp / f"or-{len(rows)}", files, how,
+                                           to_orthanc))
+            for i in range(len(turns)):  # whoever went first goes last next round
+                rows.append(turns[(i + r) % len(turns)]())
     return rows
 
 
-def report(rows: list[dict[str, object]], count: int) -> bool:
-    print(f"{'server':10} {'transfer':22} {'seconds':>8} {'inst/s':>8} {'indexed':>8}")
+def report(rows: list[Row], count: int) -> bool:
+    """Per transfer and server: median inst/s over the rounds (and the range); then each
+    radbridge's ratio to Orthanc (of the medians, and the range of per-round ratios)."""
+    groups: dict[tuple[str, str], list[Row]] = {}
     for r in rows:
-        print(f"{r['server']:10} {r['how']:22} {float(r['secs']):>8.2f}"  # type: ignore[arg-type]
-              f" {float(r['rate']):>8.0f} {r['indexed']:>8}")  # type: ignore[arg-type]
+        groups.setdefault((r.how, r.server), []).append(r)
+    print(f"{'transfer':22} {'server':24} {'rounds':>6} {'median inst/s':>14} {'range':>13}"
+          f" {'indexed':>8}")
+    for (how, server), rs in groups.items():
+        rates = [r.rate for r in rs]
+        print(f"{how:22} {server:24} {len(rs):>6} {statistics.median(rates):>14.0f}"
+              f" {min(rates):>6.0f}-{max(rates):<6.0f} {min(r.indexed for r in rs):>8}")
     print()
-    for ours, theirs in zip(rows[::2], rows[1::2], strict=True):
-        ratio = float(ours["rate"]) / float(theirs["rate"])  # type: ignore[arg-type]
-        print(f"ratio radbridge/orthanc, {ours['how']:22}: {ratio:.2f}")
-    return all(r["indexed"] == count for r in rows)
+    for (how, server), rs in groups.items():
+        if server == "orthanc":
+            continue
+        theirs = groups[(how, "orthanc")]
+        ratio = statistics.median(r.rate for r in rs) / statistics.median(r.rate for r in theirs)
+        per_round = [a.rate / b.rate for a, b in zip(rs, theirs, strict=True)]  # by round
+        print(f"ratio {server + '/orthanc':32} {how:22} {ratio:5.2f}"
+              f"  (per round {min(per_round):.2f}-{max(per_round):.2f})")
+    return all(r.indexed == count for r in rows)
 
 
 def main() -> int:
@@ -222,6 +279,9 @@ def main() -> int:
                     type=lambda s: [int(x) for x in s.split(",")])
     ap.add_argument("--stow-batch", type=int, default=50)
     ap.add_argument("--stow-concurrency", type=int, default=2)
+    ap.add_argument("--repeat", type=int, default=1, help="rounds per transfer (medians)")
+    ap.add_argument("--compare-src", type=lambda s: Path(s).resolve(), default=None,
+                    help="also run radbridge from this source tree (before/after)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="radbridge-dicom-bench-") as d:
         tmp = Path(d)

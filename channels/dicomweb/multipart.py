@@ -95,8 +95,11 @@ class RelatedReader:
             if self.buf.startswith(blank):
                 del self.buf[:len(blank)]
                 return {}
+        # Only the first MAX_HEADER_BYTES may hold the blank line: never scan the part's body
+        # (and whatever else is buffered) for it, once per part.
+        window = MAX_HEADER_BYTES + 4
         while not (hits := [(at, len(sep)) for sep in (b"\r\n\r\n", b"\n\n")
-                            if (at := self.buf.find(sep)) >= 0]):
+                            if (at := self.buf.find(sep, 0, window)) >= 0]):
             if len(self.buf) > MAX_HEADER_BYTES:
                 raise MalformedMultipart(f"part headers longer than {MAX_HEADER_BYTES} bytes")
             await self._fill()

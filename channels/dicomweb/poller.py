@@ -34,7 +34,8 @@ from channels.dicomweb.config import PollSourceConfig
 from channels.dicomweb.feeds import FEEDS, Feed, InstanceGone
 from engine.config.secrets import SecretUnavailable, read_secret
 from engine.errors import PeerUnavailable, StoreUnavailable
-from engine.flow.instances import InstanceIngest, InvalidInstance, write_durably
+from engine.flow.durable import write_durably
+from engine.flow.instances import InstanceIngest, InvalidInstance
 from engine.logs import event
 from engine.registry import register
 

@@ -1,9 +1,11 @@
 """STOW-RS receiver: ``POST /studies`` and ``POST /studies/{study}`` (PS3.18 10.5).
 
 The multipart/related body is streamed part by part; each part is one Part 10
-instance, inspected in a thread and made durable through ``InstanceIngest``
-(at most ``ingest_concurrency`` parts in flight, so memory stays bounded).
-The answer is sent only after every stored part is durable and indexed.
+instance, inspected and written (file fsynced) in a thread as it arrives (at most
+``ingest_concurrency`` parts in flight, so memory stays bounded). When the body is read,
+``InstanceIngest.commit`` makes the request's files durable together: each folder fsynced
+once, every row indexed in one transaction. The answer is sent only after every stored
+part is durable and indexed; a part that fails fails alone, with its FailureReason.
 """
 
 from __future__ import annotations
@@ -21,10 +23,11 @@ from channels.dicomweb.config import StowSourceConfig
 from channels.dicomweb.multipart import BodyTooLarge, MalformedMultipart, RelatedReader
 from channels.dicomweb.response import Outcome, stow_response
 from engine.config.base import parse_hostport
-from engine.flow.instances import InstanceIngest, InvalidInstance
+from engine.flow.instances import IngestResult, InstanceIngest, InvalidInstance, Staged
 from engine.httplimits import BodyTimeout, LimitedListener, read_within, runner_options
 from engine.logs import event
 from engine.registry import register
+from engine.store.clinical import InstanceMeta
 
 log = logging.getLogger("radbridge.dicomweb")
 
@@ -127,44 +130,84 @@ class StowSource:
         return web.Response(status=kind.status_code, text=text, headers={"Connection": "close"})
 
     async def _receive(self, reader: RelatedReader, study: str | None) -> list[Outcome]:
-        """Read parts one by one, storing up to ``ingest_concurrency`` at a time, in order."""
+        """Read parts one by one, writing up to ``ingest_concurrency`` at a time, then make
+        the written ones durable and indexed together (``InstanceIngest.commit``)."""
         gate = asyncio.Semaphore(self.config.ingest_concurrency)
-        tasks: list[asyncio.Task[Outcome]] = []
+        tasks: list[asyncio.Task[Outcome | Staged]] = []
         try:
             async for headers, data in reader.parts():
                 await gate.acquire()
                 ctype = headers.get("content-type", "application/dicom")
-                tasks.append(asyncio.create_task(self._store(data, ctype, study, gate)))
-        finally:  # let stored parts finish even when a later part is malformed
-            outcomes = list(await asyncio.gather(*tasks, return_exceptions=True))
+                tasks.append(asyncio.create_task(self._write(data, ctype, study, gate)))
+        finally:  # parts already written are committed even when a later part is malformed
+            written = await asyncio.gather(*tasks, return_exceptions=True)
+            outcomes = await self._commit(written)
         if not outcomes:
             raise MalformedMultipart("no instance in the request")
-        return [o if isinstance(o, Outcome) else Outcome(classify(o, dimse=False))
-                for o in outcomes]
+        return outcomes
 
-    async def _store(self, data: bytes, content_type: str, study: str | None,
-                     gate: asyncio.Semaphore) -> Outcome:
-        meta = None
+    async def _write(self, data: bytes, content_type: str, study: str | None,
+                     gate: asyncio.Semaphore) -> Outcome | Staged:
+        """One part checked, written, fsynced and renamed into place (not yet durable:
+        ``_commit``): ``Staged``, or the ``Outcome`` that refuses it. The part's bytes are
+        released (and *gate* with them) once written, before its fsync."""
         try:
             ctype = parse_mimetype(content_type)
             if (ctype.type, ctype.subtype) != ("application", "dicom"):
                 raise InvalidInstance(f"part is {ctype.type}/{ctype.subtype}, "
                                       "not application/dicom")
-            meta = await asyncio.to_thread(read_meta, data, self.sink.own_manufacturer)
-            if study is not None and meta.study_uid != study:
-                return self._failed(Outcome(Failure(STUDY_MISMATCH, "Study Instance UID does "
-                                                    "not match the URL", False), meta))
-            await self.sink.ingest(data, meta)
+            written = await asyncio.to_thread(self._inspect_and_write, data, study)
         except Exception as exc:
-            meta = getattr(exc, "meta", meta)  # a damaged instance still names itself
-            failure = classify(exc, dimse=False)
-            if not isinstance(exc, InvalidInstance) and not failure.transient:
-                log.exception("WEB-399 unexpected error storing a part channel=%s", self.name)
-            return self._failed(Outcome(failure, meta))
+            return self._refused(exc, None)
         finally:
+            del data
             gate.release()
-        self.stored += 1
-        return Outcome(None, meta)
+        if isinstance(written, Staged):
+            try:
+                await self.sink.place(written)
+            except Exception as exc:
+                return self._refused(exc, written.meta)
+        return written
+
+    def _inspect_and_write(self, data: bytes, study: str | None) -> Outcome | Staged:
+        """In a thread: read the instance (UID grammar, framing, pixel rules) and write it."""
+        meta = None
+        try:
+            meta = read_meta(data, self.sink.own_manufacturer)
+            if study is not None and meta.study_uid != study:
+                return Outcome(Failure(STUDY_MISMATCH, "Study Instance UID does not match the "
+                                       "URL", False), meta)
+            return self.sink.write(meta, data)  # path checked to stay in the instance store
+        except Exception as exc:
+            return self._refused(exc, meta)
+
+    def _refused(self, exc: BaseException, meta: InstanceMeta | None) -> Outcome:
+        meta = getattr(exc, "meta", meta)  # a damaged instance still names itself
+        failure = classify(exc, dimse=False)
+        if not isinstance(exc, InvalidInstance) and not failure.transient:
+            log.error("WEB-399 unexpected error storing a part channel=%s", self.name,
+                      exc_info=exc)
+        return Outcome(failure, meta)
+
+    async def _commit(self, written: list[Outcome | Staged | BaseException]) -> list[Outcome]:
+        """The request's outcomes in part order, once every written part is durable and
+        indexed (or failed on its own)."""
+        staged = [w for w in written if isinstance(w, Staged)]
+        committed = iter(await self.sink.commit(staged))
+        outcomes = []
+        for w in written:
+            if isinstance(w, Staged):
+                result = next(committed)
+                w = Outcome(None, w.meta) if isinstance(result, IngestResult) \
+                    else self._refused(result, w.meta)
+            elif isinstance(w, BaseException):
+                w = self._refused(w, None)
+            if w.failure is None:
+                self.stored += 1
+            else:
+                self._failed(w)
+            outcomes.append(w)
+        return outcomes
 
     def _failed(self, outcome: Outcome) -> Outcome:
         self.failed += 1

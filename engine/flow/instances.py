@@ -14,25 +14,42 @@ did. Errors are typed so each edge maps them to its own protocol:
   else may reach a path. ``InstanceIngest.path_for`` also checks that every
   path it builds stays under its root (defence in depth).
 * ``StoreUnavailable`` disk full or store down (C-STORE 0xA700, STOW 503)
+
+Many instances at once (a STOW-RS request): ``write`` each file as its part arrives (a
+``Staged`` instance: its bytes may be dropped), ``place`` it (fsynced in a pool, many at
+once, then renamed), then ``commit`` them together: every folder they were renamed into
+is fsynced once, and their rows are indexed in one store transaction. Nothing is answered
+before ``commit`` returns. Folder fsyncs are shared between threads that need the same
+folder at the same moment (``engine.flow.durable.DirSync``), so parallel C-STORE
+associations writing one series share them too; a series folder's parents are fsynced
+only until its own name is known durable.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from engine import registry
 from engine.errors import RadbridgeError, StoreUnavailable
-from engine.fsmode import open_private_file, private_dir
+from engine.flow.durable import DirSync, RecentSet, fsync_pool, place, write_file, write_temp
 from engine.logs import event
 from engine.store.clinical import InstanceAdded, InstanceMeta
 
 log = logging.getLogger("radbridge.instances")
+
+# Series folders remembered as settled (their own name durable); one forgotten costs two
+# extra folder fsyncs the next time it is written to.
+SETTLED_FOLDERS = 4096
+
+# Rows indexed per store transaction when a request carries more instances than this: the
+# store's writer is shared with every other channel, whose answers wait behind it.
+INDEX_CHUNK = 256
 
 
 class InvalidInstance(RadbridgeError):
@@ -57,6 +74,18 @@ class IngestResult:
     added: InstanceAdded
     path: str
     expected: int | None = None  # the study's instance count, when the source said it
+    quiet_secs: float = 0.0  # the channel's quiet period: the study completes this long after
+
+
+@dataclass(slots=True)
+class Staged:
+    """An instance written to ``tmp`` beside its ``path``; ``InstanceIngest.place`` fsyncs it
+    and renames it into place (``tmp`` None), ``InstanceIngest.commit`` makes it durable."""
+
+    meta: InstanceMeta
+    path: Path
+    size: int
+    tmp: Path | None = None
 
 
 def instances_root(data_dir: Path | str) -> Path:
@@ -68,27 +97,6 @@ def is_under(path: Path, root: Path) -> bool:
     """True when *path* resolves (symlinks and ``..`` followed) strictly inside *root*."""
     resolved, base = path.resolve(), root.resolve()
     return resolved != base and resolved.is_relative_to(base)
-
-
-def write_durably(path: Path, data: bytes) -> None:
-    """Write *data* to *path* atomically and durably (temp file, fsync, rename, fsync dir);
-    the file is 0600 and the directories made for it 0700 (it holds patient data)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        private_dir(path.parent)
-        with open_private_file(tmp) as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise StoreUnavailable(f"cannot write instance file: {exc.strerror}") from exc
 
 
 class InstanceIngest:
@@ -104,6 +112,8 @@ class InstanceIngest:
         self.on_added = on_added
         self.own_manufacturer = own_manufacturer
         self.read_meta: Callable[[bytes, str], InstanceMeta] = registry.reader("dicom")
+        self.dirsync = DirSync()
+        self._settled = RecentSet(SETTLED_FOLDERS)
         self.loop: asyncio.AbstractEventLoop | None = None
         self.stored = 0
 
@@ -113,6 +123,23 @@ class InstanceIngest:
         if not is_under(path, self.root):
             raise OutsideStore("instance path would leave the instance store")
         return path
+
+    def sync_folders(self, paths: Iterable[Path]) -> None:
+        """Make the names of the files at *paths* durable (blocking: call it from a thread):
+        each file's series folder fsynced and, unless that folder is known settled (made
+        before, and its own name made durable by an earlier call), its study folder and the
+        root too. An fsync of a folder that has not changed still flushes the disk's cache,
+        so settled folders spare two flushes per file. Raises ``StoreUnavailable``."""
+        series = {p.parent for p in paths}
+        unsettled = [f for f in series if not self._settled.has(f)]
+        folders = series | {f.parent for f in unsettled} | ({self.root} if unsettled else set())
+        self.dirsync.sync(sorted(folders, key=lambda f: len(f.parts), reverse=True))
+        self._settled.add(unsettled)
+
+    def _note_folder(self, path: Path) -> None:
+        """Before writing *path*: a series folder about to be made (again) is not settled."""
+        if not path.parent.is_dir():
+            self._settled.discard(path.parent)
 
     async def ingest(self, part10: bytes, meta: InstanceMeta | None = None,
                      expected: int | None = None) -> IngestResult:
@@ -126,16 +153,74 @@ class InstanceIngest:
         return await self._index(meta, path, len(part10), expected)
 
     def _write(self, meta: InstanceMeta, part10: bytes) -> Path:
+        """One instance's file made durable: written, fsynced, renamed, its folders synced."""
         path = self.path_for(meta)
-        write_durably(path, part10)
+        self._note_folder(path)
+        write_file(path, part10)
+        self.sync_folders([path])
         return path
+
+    def write(self, meta: InstanceMeta, part10: bytes) -> Staged:
+        """Write *meta*'s bytes beside its file, not yet fsynced (blocking: call it from a
+        thread), so that the caller may drop them; then ``place`` it, then ``commit``.
+        Raises ``OutsideStore`` or ``StoreUnavailable``."""
+        path = self.path_for(meta)
+        self._note_folder(path)
+        return Staged(meta, path, len(part10), write_temp(path, part10, fsync=False))
+
+    async def place(self, staged: Staged) -> None:
+        """fsync *staged*'s file and rename it into place, in the pool kept for fsyncs (many
+        at once: the disk flushes them together). Raises ``StoreUnavailable``."""
+        if staged.tmp is not None:
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(fsync_pool(), functools.partial(
+                place, staged.tmp, staged.path, fsync=True))
+            staged.tmp = None
+
+    async def commit(self, staged: Sequence[Staged]) -> list[IngestResult | Exception]:
+        """Make *staged* (each ``place``d) durable and indexed: their folders fsynced once,
+        their rows in one transaction (``INDEX_CHUNK`` at most). Per instance, in order: its
+        ``IngestResult``, or the exception that failed it (``StoreUnavailable``,
+        ``StoreError``...). Never raises for one instance: a row the store refuses is retried
+        alone, failing only itself."""
+        if not staged:
+            return []
+        assert all(s.tmp is None for s in staged), "place() each staged instance first"
+        try:
+            await asyncio.to_thread(self.sync_folders, [s.path for s in staged])
+        except StoreUnavailable as exc:
+            return [exc] * len(staged)
+        out: list[IngestResult | Exception] = []
+        for at in range(0, len(staged), INDEX_CHUNK):
+            out += await self._index_many(staged[at:at + INDEX_CHUNK])
+        return out
+
+    async def _index_many(self, staged: Sequence[Staged]) -> list[IngestResult | Exception]:
+        rows = [(s.meta, str(s.path), s.size) for s in staged]
+        try:
+            added = await self.store.add_instances(self.channel, rows, self.quiet_secs)
+        except StoreUnavailable as exc:
+            return [exc] * len(staged)
+        except Exception:  # one row the store refuses must not fail the others
+            return [await self._index_alone(s) for s in staged]
+        return [self._indexed(s.meta, a, str(s.path)) for s, a in zip(staged, added, strict=True)]
+
+    async def _index_alone(self, s: Staged) -> IngestResult | Exception:
+        try:
+            return await self._index(s.meta, s.path, s.size)
+        except Exception as exc:
+            return exc
 
     async def _index(self, meta: InstanceMeta, path: Path, size: int,
                      expected: int | None = None) -> IngestResult:
         added = await self.store.add_instance(self.channel, meta, str(path), size,
                                               self.quiet_secs, expected)
+        return self._indexed(meta, added, str(path), expected)
+
+    def _indexed(self, meta: InstanceMeta, added: InstanceAdded, path: str,
+                 expected: int | None = None) -> IngestResult:
         self.stored += 1
-        result = IngestResult(meta, added, str(path), expected)
+        result = IngestResult(meta, added, path, expected, self.quiet_secs)
         event(log, "DCM-206", "instance stored", channel=self.channel, study=meta.study_uid,
               sop=meta.sop_uid, reopened=added.reopened or None, own=added.ignored or None,
               level=logging.DEBUG)

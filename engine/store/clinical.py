@@ -116,6 +116,13 @@ class ClinicalStore(abc.ABC):
         Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
 
     @abc.abstractmethod
+    async def add_instances(self, channel: str, rows: Sequence[tuple[InstanceMeta, str, int]],
+                            quiet_secs: float) -> list[InstanceAdded]:
+        """``add_instance`` for many durable files (meta, path, size) in one transaction: all
+        indexed, or none (the whole call raises). Returns one ``InstanceAdded`` per row, in
+        order. Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
+
+    @abc.abstractmethod
     async def studies_due(self, now: float) -> list[StudyRow]:
         """Receiving studies whose quiet period has passed or that reached their expected count.
         Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""

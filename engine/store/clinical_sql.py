@@ -107,8 +107,9 @@ def match_params(uid: str | None, accession: str | None, patient_id: str | None,
 # -- instances and studies -----------------------------------------------------------------
 
 async def add_instance_op(tx: Tx, channel: str, m: InstanceMeta, path: str, size: int,
-                          quiet_secs: float, expected: int | None) -> InstanceAdded:
-    now = time.time()
+                          quiet_secs: float, expected: int | None, *, recount: bool = True,
+                          now: float | None = None) -> InstanceAdded:
+    now = time.time() if now is None else now
     row = await tx.row(f"SELECT state, revision FROM studies WHERE uid = ?{tx.for_update}",
                        m.study_uid)
     duplicate = await tx.value("SELECT 1 FROM instances WHERE sop_uid = ?",
@@ -141,8 +142,21 @@ async def add_instance_op(tx: Tx, channel: str, m: InstanceMeta, path: str, size
         " own_output = excluded.own_output, received_at = excluded.received_at",
         m.sop_uid, m.study_uid, m.series_uid, m.sop_class_uid, m.transfer_syntax, path, size,
         revision, int(m.own_output), now)
-    await _recount(tx, m.study_uid)
+    if recount:
+        await _recount(tx, m.study_uid)
     return InstanceAdded(m.study_uid, revision, state, duplicate, reopened, m.own_output)
+
+
+async def add_instances_op(tx: Tx, channel: str, rows: list[tuple[InstanceMeta, str, int]],
+                           quiet_secs: float) -> list[InstanceAdded]:
+    """``add_instance_op`` for many instances in one transaction, received at one instant;
+    each study counted once."""
+    now = time.time()
+    added = [await add_instance_op(tx, channel, m, path, size, quiet_secs, None, recount=False,
+                                   now=now) for m, path, size in rows]
+    for uid in dict.fromkeys(a.study_uid for a in added):
+        await _recount(tx, uid)
+    return added
 
 
 async def _recount(tx: Tx, uid: str) -> None:
@@ -408,6 +422,11 @@ class ClinicalWrites(ClinicalReads, WriterStore):
                            quiet_secs: float, expected: int | None = None) -> InstanceAdded:
         return await self._transact(add_instance_op, channel, meta, path, size, quiet_secs,
                                     expected, lock=True)
+
+    async def add_instances(self, channel: str, rows: Sequence[tuple[InstanceMeta, str, int]],
+                            quiet_secs: float) -> list[InstanceAdded]:
+        return await self._transact(add_instances_op, channel, list(rows), quiet_secs,
+                                    lock=True)
 
     async def complete_study(self, uid: str, *, announce: bool = False) -> list[CaseRow]:
         op = announcing(complete_study_op, Topic.CASES, case_ids) if announce else \

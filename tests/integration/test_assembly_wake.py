@@ -1,6 +1,7 @@
-"""An arrival that completes its study by count completes it at once, not on the next
-sweep: the engine wires each DICOM ingest's ``on_added`` to ``StudyAssembler``. Every test
-here turns the sweep timer off (an hour), so only the wake can complete a study."""
+"""An arrival that completes its study by count completes it at once, and a study whose
+quiet period ends completes then, not on the next sweep: the engine wires each DICOM
+ingest's ``on_added`` to ``StudyAssembler``. Every test here turns the sweep timer off (an
+hour), so only the wake can complete a study."""
 
 from __future__ import annotations
 
@@ -116,3 +117,33 @@ async def test_a_wake_during_a_sweep_is_not_lost() -> None:
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_study_completes_when_its_quiet_period_ends_with_the_sweep_timer_off(
+    sweepless: StartEngine, db_url: str, tmp_path: Path
+) -> None:
+    engine = await sweepless(ingest_config(db_url, tmp_path / "data", quiet_secs=0.3))
+    study = write_study(tmp_path / "s", [("CR", 2)])
+    ingest = engine.ingests["pacs"]
+    assert isinstance(ingest, InstanceIngest)
+    for path in study.paths:
+        await ingest.ingest(path.read_bytes())  # no count: only the quiet period completes it
+    await wait_for(lambda: _is(engine, study.uid, "complete"), timeout=60)
+    assert engine.assembler.completed == 1
+
+
+async def test_a_shorter_quiet_period_arriving_later_is_not_kept_waiting_for_a_longer_one(
+    sweepless: StartEngine, db_url: str, tmp_path: Path
+) -> None:
+    text = ingest_config(db_url, tmp_path / "data", quiet_secs=HOUR).replace(
+        'name = "web"\nsource = { type = "dicomweb", listen = "127.0.0.1:0" }\n'
+        f"study_quiet_secs = {HOUR}",
+        'name = "web"\nsource = { type = "dicomweb", listen = "127.0.0.1:0" }\n'
+        "study_quiet_secs = 0.3")
+    engine = await sweepless(text)
+    slow, quick = write_study(tmp_path / "a", [("CT", 1)]), write_study(tmp_path / "b", [("CR", 1)])
+    await engine.ingests["pacs"].ingest(slow.paths[0].read_bytes())  # the sweeper waits an hour
+    await asyncio.sleep(0)
+    await engine.ingests["web"].ingest(quick.paths[0].read_bytes())
+    await wait_for(lambda: _is(engine, quick.uid, "complete"), timeout=60)
+    assert await state_of(engine, slow.uid) == "receiving"

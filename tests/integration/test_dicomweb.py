@@ -178,7 +178,7 @@ async def test_an_unavailable_store_gives_503_with_retry_after(
     async def down(*args: Any, **kwargs: Any) -> Any:
         raise StoreUnavailable("disk full")
 
-    monkeypatch.setattr(engine.store, "add_instance", down)
+    monkeypatch.setattr(engine.store, "add_instances", down)
     _, parts = study_parts(tmp_path, [("CT", 2)])
     host, port = engine.address("web")
     async with http.post(f"http://{host}:{port}/studies", data=multipart(parts),
