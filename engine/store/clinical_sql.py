@@ -26,7 +26,7 @@ from engine.store.clinical import (
     StudyRow,
 )
 from engine.store.signals import Topic, case_ids
-from engine.store.tx import Tx, WriterStore, announcing
+from engine.store.tx import Many, Tx, WriterStore, announcing
 
 CLINICAL_SCHEMA = """
 CREATE TABLE IF NOT EXISTS patients (
@@ -211,18 +211,34 @@ async def _create_case(tx: Tx, order_id: int | None, uid: str, revision: int, st
 
 # -- patients and orders -----------------------------------------------------------------
 
-async def apply_patient_op(tx: Tx, event: str, p: Patient) -> list[CaseRow]:
+_PATIENT_SET = (" ON CONFLICT (patient_id, issuer) DO UPDATE SET family = excluded.family,"
+                " given = excluded.given, birth_date = excluded.birth_date, sex = excluded.sex,"
+                " patient_class = excluded.patient_class, location = excluded.location,"
+                " merged_into = NULL, updated_at = excluded.updated_at")
+# (patient id, issuer, family, given, birth date, sex, class, location), then the time.
+UPSERT_PATIENTS = Many(
+    sqlite="INSERT INTO patients VALUES (?,?,?,?,?,?,?,?,NULL,?)" + _PATIENT_SET,
+    pg="INSERT INTO patients SELECT u.*, NULL, $9 FROM unnest($1::text[], $2::text[],"
+       " $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[]) AS u"
+       + _PATIENT_SET)
+
+
+def _patient_values(p: Patient) -> tuple[Any, ...] | None:
+    """The row ``UPSERT_PATIENTS`` writes for *p* (None: it has no identifier)."""
     pid = p.primary_id
     if pid is None:
+        return None
+    return (pid.value, pid.issuer or "", p.family_name, p.given_name, p.birth_date, p.sex,
+            p.patient_class, p.location)
+
+
+async def apply_patient_op(tx: Tx, event: str, p: Patient) -> list[CaseRow]:
+    values = _patient_values(p)
+    if values is None:
         return []
-    await tx.execute(
-        "INSERT INTO patients VALUES (?,?,?,?,?,?,?,?,NULL,?) ON CONFLICT (patient_id,"
-        " issuer) DO UPDATE SET family = excluded.family, given = excluded.given,"
-        " birth_date = excluded.birth_date, sex = excluded.sex,"
-        " patient_class = excluded.patient_class, location = excluded.location,"
-        " merged_into = NULL, updated_at = excluded.updated_at",
-        pid.value, pid.issuer or "", p.family_name, p.given_name, p.birth_date, p.sex,
-        p.patient_class, p.location, time.time())
+    await tx.many(UPSERT_PATIENTS, [values], time.time())
+    pid = p.primary_id
+    assert pid is not None
     cases: list[CaseRow] = []
     for old in p.merged_from:
         cases += await _merge(tx, old.value, old.issuer, pid.value, pid.issuer)
@@ -256,81 +272,116 @@ async def apply_orders_op(tx: Tx, orders: Sequence[Order], message_id: int | Non
                           ) -> list[CaseRow]:
     cases: list[CaseRow] = []
     for o in orders:
-        order_id = await _upsert_order(tx, o, message_id)
+        row = await _upsert_order(tx, o, message_id)
         if o.control.upper() in CANCEL_CONTROLS or (o.status or "").upper() in CANCEL_STATUSES:
-            await tx.execute("UPDATE orders SET cancelled = 1 WHERE id = ?", order_id)
+            await tx.execute("UPDATE orders SET cancelled = 1 WHERE id = ?", row[0])
             await tx.execute("UPDATE cases SET state = 'cancelled', updated_at = ? WHERE"
-                             " order_id = ? AND state = 'ready'", time.time(), order_id)
+                             " order_id = ? AND state = 'ready'", time.time(), row[0])
             continue
-        cases += await _correlate_order(tx, order_id, (o.status or "").upper() == "CM")
+        cases += await _correlate_order(tx, row, (o.status or "").upper() == "CM")
     return cases
 
 
-_ORDER_INSERT = (
+# One statement per order (issue 15: each statement step hands the GIL over on SQLite): a new
+# key inserts, a known one is changed (XO/SC keep what the update leaves empty), and either
+# way what correlation reads comes back (RETURNING: SQLite 3.35+, PostgreSQL).
+_ORDER_UPSERT = (
     "INSERT INTO orders (patient_id, issuer, placer, filler, accession,"
     " requested_procedure_id, study_uid, modality, procedure_code, procedure_text,"
     " priority, status, control, patient_class, location, message_id, updated_at,"
-    " order_key, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
-# Changes (XO/SC) keep what the update leaves empty.
-_ORDER_UPDATE = (
-    "UPDATE orders SET patient_id = coalesce(?, patient_id), issuer = coalesce(?, issuer),"
-    " placer = coalesce(?, placer), filler = coalesce(?, filler),"
-    " accession = coalesce(?, accession),"
-    " requested_procedure_id = coalesce(?, requested_procedure_id),"
-    " study_uid = coalesce(?, study_uid), modality = coalesce(?, modality),"
-    " procedure_code = coalesce(?, procedure_code),"
-    " procedure_text = coalesce(?, procedure_text), priority = coalesce(?, priority),"
-    " status = coalesce(?, status), control = ?,"
-    " patient_class = coalesce(?, patient_class), location = coalesce(?, location),"
-    " message_id = ?, updated_at = ? WHERE id = ?")
+    " order_key, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+    " ON CONFLICT (order_key) DO UPDATE SET"
+    " patient_id = coalesce(excluded.patient_id, orders.patient_id),"
+    " issuer = coalesce(excluded.issuer, orders.issuer),"
+    " placer = coalesce(excluded.placer, orders.placer),"
+    " filler = coalesce(excluded.filler, orders.filler),"
+    " accession = coalesce(excluded.accession, orders.accession),"
+    " requested_procedure_id = coalesce(excluded.requested_procedure_id,"
+    " orders.requested_procedure_id),"
+    " study_uid = coalesce(excluded.study_uid, orders.study_uid),"
+    " modality = coalesce(excluded.modality, orders.modality),"
+    " procedure_code = coalesce(excluded.procedure_code, orders.procedure_code),"
+    " procedure_text = coalesce(excluded.procedure_text, orders.procedure_text),"
+    " priority = coalesce(excluded.priority, orders.priority),"
+    " status = coalesce(excluded.status, orders.status), control = excluded.control,"
+    " patient_class = coalesce(excluded.patient_class, orders.patient_class),"
+    " location = coalesce(excluded.location, orders.location),"
+    " message_id = excluded.message_id, updated_at = excluded.updated_at"
+    " RETURNING id, study_uid, accession, patient_id, issuer")
 
 
-async def _upsert_order(tx: Tx, o: Order, message_id: int | None) -> int:
+async def _upsert_order(tx: Tx, o: Order, message_id: int | None) -> Sequence[Any]:
+    """Insert or change the order; its row's (id, study_uid, accession, patient_id, issuer)."""
     key = order_key(o)
     pid = o.patient.primary_id
     now = time.time()
-    values = (pid.value if pid else None, pid.issuer if pid else None, o.placer_number,
-              o.filler_number, o.accession, o.requested_procedure_id, o.study_instance_uid,
-              o.modality, o.procedure_code, o.procedure_text, o.priority, o.status, o.control,
-              o.patient.patient_class, o.patient.location, message_id, now)
-    row_id = await tx.value("SELECT id FROM orders WHERE order_key = ?", key)
-    if row_id is None:
-        return await tx.insert(_ORDER_INSERT, *values, key, now)
-    await tx.execute(_ORDER_UPDATE, *values, row_id)
-    return int(row_id)
+    row = await tx.row(_ORDER_UPSERT, pid.value if pid else None, pid.issuer if pid else None,
+                       o.placer_number, o.filler_number, o.accession, o.requested_procedure_id,
+                       o.study_instance_uid, o.modality, o.procedure_code, o.procedure_text,
+                       o.priority, o.status, o.control, o.patient.patient_class,
+                       o.patient.location, message_id, now, key, now)
+    assert row is not None  # RETURNING gives the row inserted or changed
+    return row
 
 
-async def _correlate_order(tx: Tx, order_id: int, completed: bool) -> list[CaseRow]:
-    o = await tx.row("SELECT study_uid, accession, patient_id, issuer FROM orders WHERE id = ?",
-                     order_id)
-    assert o is not None
+async def _correlate_order(tx: Tx, o: Sequence[Any], completed: bool) -> list[CaseRow]:
+    """Cases for the order row *o* (id, study_uid, accession, patient_id, issuer)."""
     rows = await tx.rows(f"SELECT uid, state, revision FROM studies WHERE"
-                         f" {_MATCH.format(uid='uid')}", *match_params(o[0], o[1], o[2], o[3]))
+                         f" {_MATCH.format(uid='uid')}", *match_params(o[1], o[2], o[3], o[4]))
     cases: list[CaseRow] = []
     for uid, state, revision in rows:
         if state == "receiving" and completed:  # order status CM: the explicit trigger
             cases += await complete_study_op(tx, uid)
         elif state == "complete":
-            cases += await _create_case(tx, order_id, uid, revision, "ready")
+            cases += await _create_case(tx, int(o[0]), uid, revision, "ready")
     return cases
 
 
+class _PatientRows:
+    """Patient upserts of a batch, written together (one statement per chunk, not one per
+    message): the last values per identifier win, as if written one by one. Flushed before
+    anything that reads patients (a merge, a results event) and at the end; orders never do."""
+
+    def __init__(self) -> None:
+        self.rows: dict[tuple[Any, Any], tuple[Any, ...]] = {}
+
+    def add(self, p: Patient) -> bool:
+        """Keep *p*'s row; False if it must be applied on its own (it merges identifiers)."""
+        if p.merged_from:
+            return False
+        values = _patient_values(p)
+        if values is not None:
+            self.rows.pop(values[:2], None)  # re-added: the rows keep the order of last writes
+            self.rows[values[:2]] = values
+        return True
+
+    async def flush(self, tx: Tx) -> None:
+        if self.rows:
+            await tx.many(UPSERT_PATIENTS, list(self.rows.values()), time.time())
+            self.rows.clear()
+
+
 async def apply_domain_events(tx: Tx, outcomes: Sequence[Any]) -> list[CaseRow]:
-    """Apply the mapped events of a pipeline batch (inside its transaction), in message order."""
+    """Apply the mapped events of a pipeline batch (inside its transaction), in message order
+    (patient upserts together, see ``_PatientRows``)."""
     from engine.store.results_sql import apply_results_events
 
     cases: list[CaseRow] = []
+    patients = _PatientRows()
     for o in outcomes:
         mapped = o.domain
         if mapped is None:
             continue
-        if isinstance(mapped, PatientEvent):
-            cases += await apply_patient_op(tx, mapped.event, mapped.patient)
-        elif isinstance(mapped, OrderEvent):
-            cases += await apply_patient_op(tx, mapped.event, mapped.patient)
-            cases += await apply_orders_op(tx, mapped.orders, o.message_id)
+        if isinstance(mapped, PatientEvent | OrderEvent):
+            if not patients.add(mapped.patient):
+                await patients.flush(tx)
+                cases += await apply_patient_op(tx, mapped.event, mapped.patient)
+            if isinstance(mapped, OrderEvent):
+                cases += await apply_orders_op(tx, mapped.orders, o.message_id)
         else:
+            await patients.flush(tx)
             await apply_results_events(tx, mapped)
+    await patients.flush(tx)
     return cases
 
 

@@ -44,7 +44,7 @@ from engine.store.pg_writer import DB_ERRORS, Item, Writer, to_store_error
 from engine.store.pruning import PruneSQL, Pruning
 from engine.store.results_sql import ResultsWrites
 from engine.store.signals import NOTIFY_CHANNEL
-from engine.store.tx import Op, PgTx, on_pg, pg_sql
+from engine.store.tx import Op, PgTx, new_message, on_pg, pg_sql
 
 log = logging.getLogger("radbridge.store")
 LEASE_SECS = 30.0
@@ -119,6 +119,7 @@ class PostgresStore(ClinicalWrites, Claims, Pruning, ResultsWrites, FhirWrites, 
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self._pool: asyncpg.Pool | None = None
         self._writer: Writer | None = None
+        self._intake: Writer | None = None  # new messages only: see ``_submit``
         self._heartbeat: asyncio.Task[None] | None = None
         self._reads_only = False  # opened by open_reads: no writer, no claims
 
@@ -140,6 +141,8 @@ class PostgresStore(ClinicalWrites, Claims, Pruning, ResultsWrites, FhirWrites, 
             raise to_store_error(exc) from exc
         self._writer = Writer(lambda: asyncpg.connect(self.dsn))
         self._writer.start()
+        self._intake = Writer(lambda: asyncpg.connect(self.dsn))
+        self._intake.start()
         self._heartbeat = asyncio.create_task(self._renew_leases(), name="radbridge-pg-leases")
 
     async def open_reads(self) -> None:
@@ -157,9 +160,10 @@ class PostgresStore(ClinicalWrites, Claims, Pruning, ResultsWrites, FhirWrites, 
             with contextlib.suppress(asyncio.CancelledError):
                 await self._heartbeat
             self._heartbeat = None
-        if self._writer is not None:
-            await self._writer.stop()
-            self._writer = None
+        for writer in (self._intake, self._writer):
+            if writer is not None:
+                await writer.stop()
+        self._writer = self._intake = None
         if self._pool is not None:
             if not self._reads_only:  # a reader holds no claims (and may not write)
                 with contextlib.suppress(*DB_ERRORS):
@@ -206,11 +210,18 @@ class PostgresStore(ClinicalWrites, Claims, Pruning, ResultsWrites, FhirWrites, 
         return self._pool.acquire()
 
     def _submit(self, op: Any, args: tuple[Any, ...], done: Any, lock: bool = False) -> None:
-        """Queue a writer operation; *lock*: under the store-wide clinical advisory lock."""
-        if self._writer is None:
+        """Queue a writer operation; *lock*: under the store-wide clinical advisory lock.
+
+        New messages (the ACK path) have a writer and a connection of their own: their group
+        commit never waits behind the other writer's transactions (a pipeline batch's outcomes,
+        hundreds of statements, each a round trip), which held ACKs for up to a second under
+        load (issue 15). Nothing orders the two: an operation about a message is only ever
+        submitted once its insert has committed."""
+        writer = self._intake if op is new_message else self._writer
+        if writer is None:
             done(None, StoreUnavailable("store is not open"))
             return
-        self._writer.submit(Item(op, args, done, lock))
+        writer.submit(Item(op, args, done, lock))
 
     async def _apart(self, op: Op, *args: Any, marks: bool = False) -> Any:
         """Run a claim (``engine.store.claims``) in a short transaction of its own on a pooled
@@ -290,7 +301,9 @@ class PostgresStore(ClinicalWrites, Claims, Pruning, ResultsWrites, FhirWrites, 
             event(log, "STORE-203", "day partitions not dropped: tables busy",
                   days=len(days), wait=pg_schema.LOCK_TIMEOUT)
             freed = {}
-        self._writer.forget_days()
+        for writer in (self._writer, self._intake):
+            if writer is not None:
+                writer.forget_days()
         result.days_dropped = sorted(freed)
         result.days_kept = sorted(set(result.days_kept) | (set(days) - set(freed)))
         result.messages += sum(days[day] for day in freed)
