@@ -168,8 +168,9 @@ async def finish_op(tx: Tx, results: list[tuple[int, int, str, bytes | None, str
     finishing overlapping messages never deadlock."""
     now = time.time()
     messages = sorted({r[1] for r in results})
-    for message_id in messages:
-        await tx.lock_rows(LOCK_MESSAGE, message_id)
+    if messages:  # one statement for the batch, rows locked in id order
+        ids, params = tx.ids_in(messages)
+        await tx.lock_rows(f"SELECT 1 FROM messages WHERE id {ids} ORDER BY id", *params)
     for status in (DeliveryStatus.SENT, DeliveryStatus.ERROR):
         await tx.executemany(finish_sql(status, tx.unclaim),
                              [(s, response, error, now, did)
