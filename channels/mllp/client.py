@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 
 from channels.mllp.framing import Frame, MLLPFramer, frame
@@ -52,20 +53,21 @@ class MLLPClient:
         try:
             self._writer.write(frame(payload))
             await self._writer.drain()
-            return await asyncio.wait_for(self._read_frame(), self.ack_timeout)
-        except TimeoutError as exc:
-            await self.close()
-            raise PeerTimeout(f"no answer from {self.host}:{self.port} in "
-                              f"{self.ack_timeout}s") from exc
-        except (OSError, ssl.SSLError, asyncio.IncompleteReadError) as exc:
+        except (OSError, ssl.SSLError) as exc:
             await self.close()
             raise PeerUnavailable(f"connection to {self.host}:{self.port} lost: {exc!r}") from exc
+        return await self._answer()
 
     async def receive(self) -> bytes:
         """The next frame from the peer: a further answer to the frame last sent (a batch
         answered with one ACK frame per message). Raises as ``send`` does."""
         if self._reader is None:
             raise PeerUnavailable(f"not connected to {self.host}:{self.port}")
+        return await self._answer()
+
+    async def _answer(self) -> bytes:
+        """The next frame within ``ack_timeout``; the connection closed on failure. Raises
+        ``PeerTimeout`` or ``PeerUnavailable``."""
         try:
             return await asyncio.wait_for(self._read_frame(), self.ack_timeout)
         except TimeoutError as exc:
@@ -91,7 +93,5 @@ class MLLPClient:
         writer, self._writer, self._reader = self._writer, None, None
         if writer is not None:
             writer.close()
-            try:
+            with contextlib.suppress(OSError, ssl.SSLError):
                 await writer.wait_closed()
-            except (OSError, ssl.SSLError):
-                pass

@@ -11,7 +11,8 @@ import re
 
 Path = tuple[str | int, ...]
 
-_BARE_KEY = re.compile(r'\s*((?:[A-Za-z0-9_-]+|"[^"]*"|\'[^\']*\')(?:\s*\.\s*(?:[A-Za-z0-9_-]+|"[^"]*"|\'[^\']*\'))*)\s*=')
+_KEY_PART = r'(?:[A-Za-z0-9_-]+|"[^"]*"|\'[^\']*\')'
+_BARE_KEY = re.compile(rf'\s*({_KEY_PART}(?:\s*\.\s*{_KEY_PART})*)\s*=')
 _HEADER = re.compile(r"\s*(\[\[?)\s*([^\]]+?)\s*\]\]?\s*(?:#.*)?$")
 
 

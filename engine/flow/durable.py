@@ -21,6 +21,7 @@ from pathlib import Path
 
 from engine.errors import StoreUnavailable
 from engine.fsmode import open_private_file, private_dir
+from engine.outfiles import fsync_dir  # one definition: the file destination's
 
 # Files fsynced at once by ``place`` (``fsync_pool``): the disk serves concurrent flushes
 # together, so a request's files are flushed in parallel rather than one by one.
@@ -77,15 +78,6 @@ def write_file(path: Path, data: bytes) -> None:
     """Write *data* to *path* atomically: a temporary file, fsynced, renamed into place
     (``write_temp``, ``place``). Raises ``StoreUnavailable``."""
     place(write_temp(path, data, fsync=True), path, fsync=False)
-
-
-def fsync_dir(directory: Path) -> None:
-    """fsync *directory* itself, making the names renamed into it durable."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def write_durably(path: Path, data: bytes) -> None:

@@ -27,7 +27,7 @@ def next_control_id() -> str:
 
 @dataclass(slots=True, frozen=True)
 class AckSpec:
-    """What to answer: ``code`` is AA/AE/AR (original) and is mapped to CA/CE/CR in enhanced mode."""
+    """What to answer: ``code`` is AA/AE/AR (original), mapped to CA/CE/CR in enhanced mode."""
 
     code: str
     text: str = ""
