@@ -87,9 +87,10 @@ class Proc:
         self.popen.wait(60)
 
 
-def start(cmd: list[str], cwd: Path | None = None) -> Proc:
-    """Start *cmd* and wait for its READY line; its ``listening NAME HOST:PORT`` lines kept."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+def start(cmd: list[str], cwd: Path | None = None, src: Path = ROOT) -> Proc:
+    """Start *cmd* (its code from the source tree *src*) and wait for its READY line; its
+    ``listening NAME HOST:PORT`` lines kept."""
+    env = dict(os.environ, PYTHONPATH=str(src))
     popen = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=cwd, env=env)
     assert popen.stdout is not None
     listeners: dict[str, tuple[str, int]] = {}

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
 import re
 import sqlite3
 import statistics
@@ -278,22 +277,8 @@ async def load(engine: Proc, conns: int) -> AsyncIterator[None]:
 
 def start_engine(cfg: Path, src: Path | None) -> Proc:
     """``radbridge run`` on *cfg*, from this source tree or *src* (an earlier commit's)."""
-    if src is None:
-        return start([PY, "-m", "engine.cli", "run", str(cfg), "--log-level", "WARNING"],
-                     cfg.parent)
-    popen = subprocess.Popen([PY, "-m", "engine.cli", "run", str(cfg), "--log-level",
-                              "WARNING"], stdout=subprocess.PIPE, text=True, cwd=cfg.parent,
-                             env=dict(os.environ, PYTHONPATH=str(src)))
-    assert popen.stdout is not None
-    listeners: dict[str, tuple[str, int]] = {}
-    for line in popen.stdout:
-        if line.startswith("listening "):
-            _, name, addr = line.split()
-            host, _, port = addr.rpartition(":")
-            listeners[name] = (host, int(port))
-        if line.strip() == "READY":
-            return Proc(popen, listeners)
-    raise RuntimeError(f"radbridge run from {src} exited early ({popen.wait()})")
+    return start([PY, "-m", "engine.cli", "run", str(cfg), "--log-level", "WARNING"],
+                 cfg.parent, src if src is not None else ROOT)
 
 
 def stop(proc: Proc) -> None:

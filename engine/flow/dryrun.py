@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine import registry
+from engine.flow.ingest import not_accepted
 from engine.flow.processors import runner_for, trace_of
 from engine.flow.trace import StepTrace
 from engine.model import Message, Status
@@ -68,9 +69,7 @@ def intake(channel: Any, config: Any, raw: bytes, number: int = 0) -> tuple[Mess
         return msg, None
     if refusal is not None:
         return msg, refusal.text
-    if channel.accept is not None and msg.message_type not in channel.accept:
-        return msg, f"message type {msg.message_type} is not accepted on channel {channel.name}"
-    return msg, None
+    return msg, not_accepted(channel.accept, msg.message_type, channel.name)
 
 
 def run(processor: Any, msg: Message) -> tuple[Outcome, list[StepTrace]]:

@@ -164,8 +164,8 @@ class Ingest:
         if unreadable is not None:
             self._reject(payload, now, header, unreadable, reply, notes=notes)
             return
-        if self.accept is not None and header.message_type not in self.accept:
-            reason = f"message type {header.message_type} is not accepted on channel {self.name}"
+        reason = not_accepted(self.accept, header.message_type, self.name)
+        if reason is not None:
             self._reject(payload, now, header, self.answerer.refuse("not_accepted", reason),
                          reply, notes=notes)
             return
@@ -259,3 +259,10 @@ class Ingest:
                 self._answer(header, spec, reply)
 
         self.store.submit_insert(msg, done)
+
+
+def not_accepted(accept: Any, message_type: str | None, channel: str) -> str | None:
+    """Why a channel whose ``accept`` lists types refuses *message_type*; None: it takes it."""
+    if accept is None or message_type in accept:
+        return None
+    return f"message type {message_type} is not accepted on channel {channel}"

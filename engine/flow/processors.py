@@ -28,8 +28,6 @@ from engine.flow.trace import StepTrace
 from engine.model import Message
 from engine.store.base import Outcome
 
-Filtered = StepRunner  # the name it had when it ran filters and routes only
-
 
 @registry.register_processor("forward", "pass messages on unchanged", rank=0)
 def _forward(channel: Any, config: Any) -> Processor:

@@ -9,7 +9,8 @@ import pytest
 from engine.config.rules import RuleError, compile_filter, compile_routes, field_language
 from engine.config.schema import lint_text
 from engine.flow.controls import plan_reload
-from engine.flow.processors import Filtered, processor_for
+from engine.flow.processors import processor_for
+from engine.flow.steps import StepRunner
 from engine.model import Message, Status
 
 ORM = (
@@ -165,7 +166,7 @@ def test_the_channel_processor_filters_and_routes_by_content() -> None:
     config, problems = lint('filter = { name = "no-test", not = { field = "MSH-11", eq = "T" } }')
     assert problems == []
     processor = processor_for(config.channel[0], config)
-    assert isinstance(processor, Filtered)
+    assert isinstance(processor, StepRunner)
     filtered = processor.process(message(ORM.format(mode="T", modality="CT")))
     assert filtered.status == Status.FILTERED and filtered.error == "filtered by no-test"
     assert filtered.deliveries == [] and filtered.domain is None
@@ -177,7 +178,7 @@ def test_the_channel_processor_filters_and_routes_by_content() -> None:
 
 def test_a_channel_without_filter_or_routes_keeps_its_plain_processor() -> None:
     config, _ = lint_text(CONFIG.format(filter="", rest="rest").split("forward_to")[0])
-    assert not isinstance(processor_for(config.channel[0], config), Filtered)
+    assert not isinstance(processor_for(config.channel[0], config), StepRunner)
 
 
 def test_routes_name_their_destination() -> None:
