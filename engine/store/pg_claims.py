@@ -47,7 +47,10 @@ def _numbered(sql: str, first: int) -> str:
 def claim_sql(c: Claim) -> str:
     """*c* (``engine.store.tx.Claim``) with leases: the rows *c* names that no live process
     holds (unclaimed, ours, or their lease ran out), none of them behind an older row of its
-    key held by another process, locked ``SKIP LOCKED``, then leased to this one. Parameters:
+    key held by another process, locked ``SKIP LOCKED``, then leased to this one. The rows
+    other processes hold are found in one pass (``held``), not once per candidate: a
+    candidate's look back over the queue's index cost 0.2-0.5 ms each under load, 150-250
+    ms a 512-row claim. Parameters:
     *c.where*'s, the limit, the owner, the database's now, the lease, *c.mark*'s."""
     n = c.where.count("?")
     lim, owner, now, lease = (f"${n + i}" for i in range(1, 5))
@@ -57,15 +60,18 @@ def claim_sql(c: Claim) -> str:
     else:
         takes = (f"{where.format(t='t')} AND (t.claimed_by IS NULL OR t.claimed_by = {owner}"
                  f" OR t.lease_until < {now})")
-    if c.key is not None:
-        takes += (f" AND (t.{c.key} IS NULL OR NOT EXISTS (SELECT 1 FROM {c.table} e WHERE"
-                  f" {where.format(t='e')} AND e.{c.key} = t.{c.key} AND e.id < t.id AND"
-                  f" e.claimed_by <> {owner} AND e.lease_until >= {now}))")
+    held = ""
+    if c.key is not None:  # each key's oldest row another live process holds, found once
+        held = (f"held AS MATERIALIZED (SELECT e.{c.key} AS k, min(e.id) AS first FROM"
+                f" {c.table} e WHERE {where.format(t='e')} AND e.{c.key} IS NOT NULL AND"
+                f" e.claimed_by <> {owner} AND e.lease_until >= {now} GROUP BY e.{c.key}), ")
+        takes += (f" AND (t.{c.key} IS NULL OR NOT EXISTS (SELECT 1 FROM held h WHERE"
+                  f" h.k = t.{c.key} AND h.first < t.id))")
     # cand's own column names: RETURNING may name the table's columns without ``t.``
     ids = "t.id AS cand_id, t.received_at AS cand_at" if c.by_day else "t.id AS cand_id"
     same = " AND t.received_at = cand.cand_at" if c.by_day else ""
     mark = f"{_numbered(c.mark, n + 5)}, " if c.mark else ""
-    return (f"WITH cand AS (SELECT {ids} FROM {c.table} t WHERE {takes} ORDER BY {c.order}"
+    return (f"WITH {held}cand AS (SELECT {ids} FROM {c.table} t WHERE {takes} ORDER BY {c.order}"
             f" LIMIT {lim} FOR UPDATE OF t SKIP LOCKED) UPDATE {c.table} t SET {mark}"
             f"claimed_by = {owner}, lease_until = {now} + {lease} FROM cand WHERE"
             f" t.id = cand.cand_id{same} RETURNING {c.returning}")
