@@ -48,6 +48,7 @@ from engine.store.tx import Op, PgTx, new_message, on_pg, pg_sql
 
 log = logging.getLogger("radbridge.store")
 LEASE_SECS = 30.0
+STATISTICS_SECS = 2.0  # how often grown day partitions are looked for (a catalog read)
 _MSG_COLS = ("m.id, m.channel, m.received_at, m.status, r.raw, m.control_id, m.message_type,"
              " m.msg_key, m.duplicate, m.error")
 _MSG_FROM = "messages m JOIN message_raw r ON r.id = m.id AND r.received_at = m.received_at"
@@ -121,6 +122,7 @@ class PostgresStore(ClinicalWrites, Claims, Pruning, ResultsWrites, FhirWrites, 
         self._writer: Writer | None = None
         self._intake: Writer | None = None  # new messages only: see ``_submit``
         self._heartbeat: asyncio.Task[None] | None = None
+        self._statistics: asyncio.Task[None] | None = None
         self._reads_only = False  # opened by open_reads: no writer, no claims
 
     @classmethod
@@ -144,6 +146,8 @@ class PostgresStore(ClinicalWrites, Claims, Pruning, ResultsWrites, FhirWrites, 
         self._intake = Writer(lambda: asyncpg.connect(self.dsn))
         self._intake.start()
         self._heartbeat = asyncio.create_task(self._renew_leases(), name="radbridge-pg-leases")
+        self._statistics = asyncio.create_task(self._keep_statistics(),
+                                               name="radbridge-pg-statistics")
 
     async def open_reads(self) -> None:
         try:  # every transaction on these connections is read-only: the server refuses writes
@@ -155,11 +159,12 @@ class PostgresStore(ClinicalWrites, Claims, Pruning, ResultsWrites, FhirWrites, 
         self._reads_only = True
 
     async def close(self) -> None:
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._heartbeat
-            self._heartbeat = None
+        for task in (self._heartbeat, self._statistics):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._heartbeat = self._statistics = None
         for writer in (self._intake, self._writer):
             if writer is not None:
                 await writer.stop()
@@ -178,6 +183,17 @@ class PostgresStore(ClinicalWrites, Claims, Pruning, ResultsWrites, FhirWrites, 
             with contextlib.suppress(*DB_ERRORS, StoreUnavailable):
                 async with self._acquire() as conn:
                     await pg_claims.renew(conn, self.owner, self.lease_secs)
+
+    async def _keep_statistics(self) -> None:
+        """Analyze the day partitions that have grown (``pg_schema.analyze_grown_days``)."""
+        while True:
+            await asyncio.sleep(STATISTICS_SECS)
+            try:
+                async with self._acquire() as conn:
+                    await pg_schema.analyze_grown_days(conn)
+            except (*DB_ERRORS, StoreUnavailable) as exc:  # autovacuum still runs; next time
+                event(log, "STORE-204", "day partitions not analyzed", reason=type(exc).__name__,
+                      level=logging.WARNING)
 
     async def listen_signals(self, wake: Callable[[], None]) -> Callable[[], Awaitable[None]]:
         """LISTEN on a connection of its own; *wake* on every NOTIFY from this schema's

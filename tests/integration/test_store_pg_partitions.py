@@ -9,8 +9,10 @@ import time
 import asyncpg
 
 from engine.model import Status
+from engine.store import pg_schema
 from engine.store.base import NewMessage, Outcome, open_store
 from engine.store.postgres import PostgresStore
+from tests.conftest import wait_for
 
 DAY = 86400.0
 
@@ -54,3 +56,42 @@ async def test_old_days_are_dropped_whole_and_new_ones_made_on_demand(pg_url: st
         assert found is not None and found[0].raw == b"late"
     finally:
         await store.close()
+
+
+async def test_a_day_that_has_doubled_is_analyzed_once_until_it_doubles_again(pg_url: str
+                                                                              ) -> None:
+    """A young day's partitions get statistics long before autovacuum's next look, so the
+    planner finds rows by their keys (``pg_schema.analyze_grown_days``)."""
+    store = open_store(pg_url)
+    assert isinstance(store, PostgresStore)
+    await store.open()
+    try:  # the store makes the day; closed, its own analyzing (every 2 s) leaves it to us
+        now = time.time()
+        await store.insert_message(NewMessage("ris", now, b"MSH|first", key="P1"))
+    finally:
+        await store.close()
+    day = int(now // DAY)
+    conn = await asyncpg.connect(pg_url)
+    try:  # rows of the day written by a session that ends: its statistics are reported
+        await conn.execute(f"ALTER TABLE messages_d{day} SET (autovacuum_enabled = false)")
+        await conn.execute(
+            "INSERT INTO messages (channel, received_at, status, msg_key)"
+            " SELECT 'ris', $1, 'SENT', 'P' || g FROM generate_series(1, 1500) g", now)
+    finally:
+        await conn.close()
+    conn = await asyncpg.connect(pg_url)
+    try:
+        live = ("SELECT n_live_tup FROM pg_stat_user_tables WHERE"
+                " schemaname = current_schema() AND relname = $1")
+        await wait_for(lambda: _at_least(conn, live, f"messages_d{day}", 1501))
+        assert await pg_schema.analyze_grown_days(conn) == [f"messages_d{day}"]
+        assert await conn.fetchval("SELECT reltuples FROM pg_class WHERE relname = $1"
+                                   " AND relnamespace = current_schema()::regnamespace",
+                                   f"messages_d{day}") == 1501
+        assert await pg_schema.analyze_grown_days(conn) == []  # not grown since
+    finally:
+        await conn.close()
+
+
+async def _at_least(conn: asyncpg.Connection, sql: str, table: str, n: int) -> bool:
+    return int(await conn.fetchval(sql, table) or 0) >= n
