@@ -100,28 +100,53 @@ class Pipeline:
         return self._next[2]
 
     async def run(self) -> None:
-        while True:
-            if self._next is not None:  # between batches: a swapped processor takes over
-                self.processor, self.recipe, taken = self._next
-                self._next = None
-                taken.set_result(None)
-            try:
-                msgs = await self.store.fetch_received(self.channel, BATCH,
-                                                       self.processor.needs_raw)
-                if msgs:
-                    await self._process(msgs)
-                    if len(msgs) < BATCH:
-                        await asyncio.sleep(GATHER_SECS)
-                    continue
-            except Exception as exc:  # store trouble: keep going, nothing is lost
-                event(log, "PIPE-301", "batch failed, will retry", channel=self.channel,
-                      reason=type(exc).__name__, level=logging.ERROR)
-                await asyncio.sleep(1.0)
-            self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), RESCAN_SECS)
+        """Fetch, map and record batches until cancelled. A batch is mapped while the one
+        before it is being recorded (fetched past its last id): the worker processes and the
+        store's writer work at once instead of taking turns. The batches are still recorded
+        one after the other, in order; when a recording fails, the batch mapped meanwhile is
+        dropped and everything still RECEIVED is fetched again, oldest first."""
+        recording: asyncio.Future[None] | None = None  # the previous batch's outcomes
+        after = 0  # that batch's last message id
+        try:
+            while True:
+                if self._next is not None:  # between batches: a swapped processor takes over
+                    self.processor, self.recipe, taken = self._next
+                    self._next = None
+                    taken.set_result(None)
+                try:
+                    msgs = await self.store.fetch_received(self.channel, BATCH,
+                                                           self.processor.needs_raw, after)
+                    if msgs:
+                        outcomes = await self._map(msgs)
+                        if recording is not None:
+                            await recording
+                        recording = asyncio.ensure_future(self._record(outcomes))
+                        after = msgs[-1].id
+                        if len(msgs) < BATCH:
+                            await asyncio.sleep(GATHER_SECS)
+                        continue
+                    if recording is not None:  # caught up: look again from the oldest
+                        await recording
+                        recording, after = None, 0
+                        continue
+                except Exception as exc:  # store trouble: keep going, nothing is lost
+                    if recording is not None:  # settled before anything is fetched again
+                        with contextlib.suppress(Exception):
+                            await recording
+                    recording, after = None, 0
+                    event(log, "PIPE-301", "batch failed, will retry", channel=self.channel,
+                          reason=type(exc).__name__, level=logging.ERROR)
+                    await asyncio.sleep(1.0)
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), RESCAN_SECS)
+        finally:
+            if recording is not None:
+                recording.cancel()
 
-    async def _process(self, msgs: list[Message]) -> None:
+    async def _map(self, msgs: list[Message]) -> list[Outcome]:
+        """The outcome of each of *msgs*, in their order: in lanes (one per key) on the
+        worker processes (or threads) when the processor is cpu_bound, inline otherwise."""
         if self.processor.cpu_bound:
             lanes: dict[int, list[Message]] = {}
             for msg in msgs:
@@ -135,7 +160,11 @@ class Pipeline:
                     for lane in lanes.values()))
         else:  # inline, in arrival order: lanes only matter when they run in parallel
             results = [run_lane(self.processor, msgs)]
-        outcomes = [o for lane in results for o in lane]
+        return [o for lane in results for o in lane]
+
+    async def _record(self, outcomes: list[Outcome]) -> None:
+        """Record a batch's outcomes in one transaction, then hand on its cases and wake the
+        destinations. Raises what the store raised (nothing recorded)."""
         cases = await self.store.apply_outcomes(outcomes)
         self.processed += len(outcomes)
         if cases and self.on_cases is not None:

@@ -146,10 +146,11 @@ class Store(ClinicalStore, InferenceStore, ResultsStore, FhirStore, DeliveryStor
         return await fut
 
     @abc.abstractmethod
-    async def fetch_received(self, channel: str, limit: int, with_raw: bool = True
-                             ) -> list[Message]:
-        """Oldest RECEIVED messages of *channel*, in arrival order (``raw`` empty unless asked).
-        Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
+    async def fetch_received(self, channel: str, limit: int, with_raw: bool = True,
+                             after: int = 0) -> list[Message]:
+        """Oldest RECEIVED messages of *channel* with ids above *after*, in arrival order
+        (``raw`` empty unless asked). Raises ``StoreUnavailable`` (retry later) or
+        ``StoreError``."""
 
     @abc.abstractmethod
     async def next_deliveries(self, destination: str, limit: int) -> list[Delivery]:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import time
+from typing import Any
 
 from engine.model import Message
 from engine.store.inference import JobRow
@@ -37,9 +38,10 @@ JOBS = Claim("inference_jobs", "{t}.state = 'queued' AND {t}.not_before <= ?", "
 
 @functools.cache
 def received(returning: str) -> Claim:
-    """A channel's RECEIVED messages (parameter: the channel), *returning* those columns."""
+    """A channel's RECEIVED messages after an id (parameters: the channel, the id), *returning*
+    those columns."""
     return Claim("messages", "{t}.channel = ? AND {t}.status = 'RECEIVED'", "t.id", returning,
-                 key="msg_key", by_day=True)
+                 key="msg_key", by_day=True, after=" AND {t}.id > ?")
 
 
 @functools.cache
@@ -49,12 +51,12 @@ def queued(returning: str) -> Claim:
                  returning, key="msg_key", by_day=True)
 
 
-async def serial_claim_op(tx: Tx, claim: Claim, kind: str, queue: str, limit: int
-                          ) -> list[Row]:
-    """*claim* on one channel's (or destination's) *queue*, under the lock of its claims
-    (``kind:queue``), oldest first."""
+async def serial_claim_op(tx: Tx, claim: Claim, kind: str, queue: str, limit: int,
+                          *params: Any) -> list[Row]:
+    """*claim* on one channel's (or destination's) *queue* (then *params*), under the lock of
+    its claims (``kind:queue``), oldest first."""
     await tx.lock(f"{kind}:{queue}")
-    return sorted(await tx.claim(claim, limit, queue), key=lambda r: r[0])
+    return sorted(await tx.claim(claim, limit, queue, *params), key=lambda r: r[0])
 
 
 async def jobs_op(tx: Tx, limit: int, due: float) -> list[Row]:
@@ -79,13 +81,14 @@ class Claims(InferenceWrites, WriterStore):
     _CLAIMED_MESSAGE_BARE: str
     _CLAIMED_DELIVERY: str
 
-    async def fetch_received(self, channel: str, limit: int, with_raw: bool = True
-                             ) -> list[Message]:
-        """Oldest RECEIVED messages of *channel*, in arrival order (``raw`` empty unless asked).
-        Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
+    async def fetch_received(self, channel: str, limit: int, with_raw: bool = True,
+                             after: int = 0) -> list[Message]:
+        """Oldest RECEIVED messages of *channel* with ids above *after*, in arrival order
+        (``raw`` empty unless asked). Raises ``StoreUnavailable`` (retry later) or
+        ``StoreError``."""
         cols = self._CLAIMED_MESSAGE if with_raw else self._CLAIMED_MESSAGE_BARE
         rows = await self._apart(serial_claim_op, received(cols), "received", channel,
-                                 limit)
+                                 limit, after)
         return [message_row(r) for r in rows]
 
     async def next_deliveries(self, destination: str, limit: int) -> list[Delivery]:

@@ -59,7 +59,9 @@ class Claim:
     whose rows are claimed oldest first by one process at a time; ``takeover``, when the rows
     *where* names are never held (the claim's *mark* moves them out of it), the held rows,
     taken over once their lease has run out; ``by_day``, rows are found by
-    ``(id, received_at)`` (day partitions)."""
+    ``(id, received_at)`` (day partitions); ``after``, a condition on the rows taken only (not
+    on the rows whose holders keep a key's order), its parameters after *where*'s: a cursor
+    past the rows this process is still working on."""
 
     table: str
     where: str
@@ -69,13 +71,19 @@ class Claim:
     key: str | None = None
     takeover: str | None = None
     by_day: bool = False
+    after: str = ""
+
+    @property
+    def where_params(self) -> int:
+        """How many parameters *where* and *after* take (they come first)."""
+        return (self.where + self.after).count("?")
 
 
 @functools.lru_cache(maxsize=64)
 def sqlite_claim(c: Claim) -> str:
     """*c* on SQLite, where one process owns the database: its rows are read (or marked)
-    as they are. Parameters: *mark*'s, *where*'s, the limit."""
-    where = c.where.format(t="t")
+    as they are. Parameters: *mark*'s, *where*'s and *after*'s, the limit."""
+    where = (c.where + c.after).format(t="t")
     if not c.mark:
         return (f"SELECT {c.returning} FROM {c.table} t WHERE {where} ORDER BY {c.order}"
                 " LIMIT ?")
@@ -182,10 +190,10 @@ class Tx(Protocol):
         """Tell running engines of a change, at commit (``engine.store.signals``)."""
 
     async def claim(self, c: Claim, limit: int, *params: Any) -> list[Row]:
-        """Take up to *limit* rows *c* names for this process (*params*: *c.where*'s, then
-        *c.mark*'s), in no particular order. SQLite: the rows as they are (one process);
-        PostgreSQL: rows no live process holds, locked ``SKIP LOCKED``, leased to this one
-        (``pg_claims``)."""
+        """Take up to *limit* rows *c* names for this process (*params*: *c.where*'s and
+        *c.after*'s, then *c.mark*'s), in no particular order. SQLite: the rows as they are
+        (one process); PostgreSQL: rows no live process holds, locked ``SKIP LOCKED``, leased
+        to this one (``pg_claims``)."""
 
     async def unheld(self) -> tuple[str, list[Any]]:
         """`` AND ...`` and its parameters: the row is held by no live process but perhaps
@@ -257,7 +265,7 @@ class SQLiteTx:
         signals.sqlite_signal(self.conn, topic, subjects)
 
     async def claim(self, c: Claim, limit: int, *params: Any) -> list[Row]:
-        n = c.where.count("?")
+        n = c.where_params
         return self.conn.execute(sqlite_claim(c), (*params[n:], *params[:n], limit)).fetchall()
 
     async def unheld(self) -> tuple[str, list[Any]]:
@@ -343,7 +351,7 @@ class PgTx:
         await signals.pg_signal(self.conn, topic, subjects)
 
     async def claim(self, c: Claim, limit: int, *params: Any) -> list[Row]:
-        n = c.where.count("?")
+        n = c.where_params
         now = await pg_claims.db_now(self.conn)
         return list(await self.conn.fetch(pg_claims.claim_sql(c), *params[:n], limit,
                                           self.owner, now, self.lease, *params[n:]))

@@ -1,0 +1,114 @@
+"""A pipeline maps its next batch while the last one is being recorded (issue 15), on both
+stores: the batches are still recorded one after the other in arrival order, and when a
+recording fails the batch mapped meanwhile is dropped and everything is fetched again."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+
+from engine.errors import StoreUnavailable
+from engine.flow import pipeline as pipeline_module
+from engine.flow.pipeline import Pipeline
+from engine.model import Message, Status
+from engine.store.base import NewMessage, Outcome, open_store
+from tests.conftest import wait_for
+
+
+class Seen:
+    """A processor that notes every message it maps."""
+
+    cpu_bound = False
+    needs_raw = False
+
+    def __init__(self) -> None:
+        self.ids: list[int] = []
+
+    def process(self, msg: Message) -> Outcome:
+        self.ids.append(msg.id)
+        return Outcome(msg.id, Status.TRANSFORMED)
+
+
+class Recording:
+    """The real store; each ``apply_outcomes`` call noted, held while ``gate`` is clear, and
+    the first *fail* of them refused as a store that is down would."""
+
+    def __init__(self, store: Any, fail: int = 0) -> None:
+        self.store, self.fail = store, fail
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.calls: list[list[int]] = []
+        self.recorded: list[list[int]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+    async def apply_outcomes(self, outcomes: Sequence[Outcome]) -> Any:
+        ids = [o.message_id for o in outcomes]
+        self.calls.append(ids)
+        await self.gate.wait()
+        if self.fail:
+            self.fail -= 1
+            raise StoreUnavailable("the database is restarting")
+        cases = await self.store.apply_outcomes(outcomes)
+        self.recorded.append(ids)
+        return cases
+
+
+@pytest.fixture(autouse=True)
+def small_batches(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pipeline_module, "BATCH", 4)
+    monkeypatch.setattr(pipeline_module, "GATHER_SECS", 0.0)
+
+
+async def transformed(store: Any, n: int) -> bool:
+    counts = await store.counts()
+    return bool(counts.get(("ris", "TRANSFORMED"), 0) == n)
+
+
+async def run_pipeline(store: Any, processor: Seen, until: Any) -> None:
+    task = asyncio.create_task(Pipeline("ris", store, processor, lambda: None).run())
+    try:
+        await wait_for(until, timeout=30)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_the_next_batch_is_mapped_while_one_is_recorded_and_they_land_in_order(
+        db_url: str) -> None:
+    real = open_store(db_url)
+    await real.open()
+    try:
+        ids = [await real.insert_message(NewMessage("ris", 0.0, b"MSH|%d" % i,
+                                                    key=f"P{i % 3}")) for i in range(10)]
+        store, seen = Recording(real), Seen()
+        store.gate.clear()  # the first batch's recording waits ...
+
+        async def second_batch_mapped() -> bool:
+            if set(ids[4:8]) <= set(seen.ids):  # ... until the next batch has been mapped
+                store.gate.set()
+            return await transformed(real, len(ids))
+
+        await run_pipeline(store, seen, second_batch_mapped)
+        assert store.recorded == [ids[0:4], ids[4:8], ids[8:10]]
+    finally:
+        await real.close()
+
+
+async def test_a_failed_recording_drops_the_batch_mapped_meanwhile_and_starts_again(
+        db_url: str) -> None:
+    real = open_store(db_url)
+    await real.open()
+    try:
+        ids = [await real.insert_message(NewMessage("ris", 0.0, b"MSH|%d" % i,
+                                                    key=f"P{i % 3}")) for i in range(12)]
+        store, seen = Recording(real, fail=1), Seen()
+        await run_pipeline(store, seen, lambda: transformed(real, len(ids)))
+        assert store.calls[0] == ids[0:4]  # refused: nothing of it was recorded
+        assert store.recorded == [ids[0:4], ids[4:8], ids[8:12]]  # once each, in order
+    finally:
+        await real.close()
