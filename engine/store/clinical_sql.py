@@ -10,8 +10,9 @@ and two processes can never both (or neither) create a case.
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any
 
 from engine.model import Order, OrderEvent, Patient, PatientEvent
@@ -26,7 +27,7 @@ from engine.store.clinical import (
     StudyRow,
 )
 from engine.store.signals import Topic, case_ids
-from engine.store.tx import Many, Tx, WriterStore, announcing
+from engine.store.tx import Many, Row, Tx, WriterStore, announcing
 
 CLINICAL_SCHEMA = """
 CREATE TABLE IF NOT EXISTS patients (
@@ -268,28 +269,60 @@ def order_key(o: Order) -> str | None:
     return o.placer_number or o.filler_number or o.accession
 
 
+def _cancels(o: Order) -> bool:
+    return o.control.upper() in CANCEL_CONTROLS or (o.status or "").upper() in CANCEL_STATUSES
+
+
+def _completes(o: Order) -> bool:
+    """The order may complete a receiving study (status CM: the explicit trigger)."""
+    return not _cancels(o) and (o.status or "").upper() == "CM"
+
+
 async def apply_orders_op(tx: Tx, orders: Sequence[Order], message_id: int | None
                           ) -> list[CaseRow]:
+    return await _apply_orders(tx, [(o, message_id) for o in orders])
+
+
+async def _apply_orders(tx: Tx, orders: Sequence[tuple[Order, int | None]]) -> list[CaseRow]:
+    """Apply orders (each with its message id) in message order, a wave at a time: a wave's
+    statements stand for one per order, and it ends as if its orders were applied one by
+    one (``_waves``)."""
     cases: list[CaseRow] = []
-    for o in orders:
-        row = await _upsert_order(tx, o, message_id)
-        if o.control.upper() in CANCEL_CONTROLS or (o.status or "").upper() in CANCEL_STATUSES:
-            await tx.execute("UPDATE orders SET cancelled = 1 WHERE id = ?", row[0])
-            await tx.execute("UPDATE cases SET state = 'cancelled', updated_at = ? WHERE"
-                             " order_id = ? AND state = 'ready'", time.time(), row[0])
-            continue
-        cases += await _correlate_order(tx, row, (o.status or "").upper() == "CM")
+    for wave in _waves(orders):
+        cases += await _apply_wave(tx, wave)
     return cases
 
 
-# One statement per order (issue 15: each statement step hands the GIL over on SQLite): a new
-# key inserts, a known one is changed (XO/SC keep what the update leaves empty), and either
-# way what correlation reads comes back (RETURNING: SQLite 3.35+, PostgreSQL).
-_ORDER_UPSERT = (
-    "INSERT INTO orders (patient_id, issuer, placer, filler, accession,"
-    " requested_procedure_id, study_uid, modality, procedure_code, procedure_text,"
-    " priority, status, control, patient_class, location, message_id, updated_at,"
-    " order_key, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+def _waves(orders: Sequence[tuple[Order, int | None]]
+           ) -> Iterator[list[tuple[Order, int | None]]]:
+    """*orders* cut into waves, in order: a key seen again starts a new wave (an upsert may
+    change a row once: PostgreSQL refuses more), and an order that may complete a study ends
+    its wave. Completing a study joins it with the order that matches it best
+    (``_correlate_study``), which must not see the orders after it; correlating any other
+    order reads and writes only studies, its own order and cases (``_create_case`` reads
+    them afresh), so the wave's later orders being written already changes nothing."""
+    wave: list[tuple[Order, int | None]] = []
+    keys: set[str | None] = set()
+    for o, message_id in orders:
+        key = order_key(o)
+        if key in keys:
+            yield wave
+            wave, keys = [], set()
+        wave.append((o, message_id))
+        keys.add(key)
+        if _completes(o):
+            yield wave
+            wave, keys = [], set()
+    if wave:
+        yield wave
+
+
+# Orders upserted together, a row each: a new key inserts, a known one is changed (XO/SC keep
+# what the update leaves empty); what correlation reads comes back, with the key to match it
+# by (RETURNING gives rows in no set order). Row: (key, patient id, issuer, placer, filler,
+# accession, requested procedure id, study uid, modality, procedure code, procedure text,
+# priority, status, control, patient class, location, message id, created, updated).
+_ORDER_SET = (
     " ON CONFLICT (order_key) DO UPDATE SET"
     " patient_id = coalesce(excluded.patient_id, orders.patient_id),"
     " issuer = coalesce(excluded.issuer, orders.issuer),"
@@ -307,33 +340,98 @@ _ORDER_UPSERT = (
     " patient_class = coalesce(excluded.patient_class, orders.patient_class),"
     " location = coalesce(excluded.location, orders.location),"
     " message_id = excluded.message_id, updated_at = excluded.updated_at"
-    " RETURNING id, study_uid, accession, patient_id, issuer")
+    " RETURNING order_key, id, study_uid, accession, patient_id, issuer")
+_ORDER_INTO = (
+    "INSERT INTO orders (order_key, patient_id, issuer, placer, filler, accession,"
+    " requested_procedure_id, study_uid, modality, procedure_code, procedure_text, priority,"
+    " status, control, patient_class, location, message_id, created_at, updated_at)")
+UPSERT_ORDERS = Many(
+    sqlite=_ORDER_INTO + " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)" + _ORDER_SET,
+    pg=_ORDER_INTO + " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[],"
+    " $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[],"
+    " $12::text[], $13::text[], $14::text[], $15::text[], $16::text[], $17::bigint[],"
+    " $18::float8[], $19::float8[])" + _ORDER_SET)
 
 
-async def _upsert_order(tx: Tx, o: Order, message_id: int | None) -> Sequence[Any]:
-    """Insert or change the order; its row's (id, study_uid, accession, patient_id, issuer)."""
-    key = order_key(o)
+def _order_values(o: Order, message_id: int | None, now: float) -> tuple[Any, ...]:
+    """The row ``UPSERT_ORDERS`` writes for *o*."""
     pid = o.patient.primary_id
-    now = time.time()
-    row = await tx.row(_ORDER_UPSERT, pid.value if pid else None, pid.issuer if pid else None,
-                       o.placer_number, o.filler_number, o.accession, o.requested_procedure_id,
-                       o.study_instance_uid, o.modality, o.procedure_code, o.procedure_text,
-                       o.priority, o.status, o.control, o.patient.patient_class,
-                       o.patient.location, message_id, now, key, now)
-    assert row is not None  # RETURNING gives the row inserted or changed
-    return row
+    return (order_key(o), pid.value if pid else None, pid.issuer if pid else None,
+            o.placer_number, o.filler_number, o.accession, o.requested_procedure_id,
+            o.study_instance_uid, o.modality, o.procedure_code, o.procedure_text, o.priority,
+            o.status, o.control, o.patient.patient_class, o.patient.location, message_id,
+            now, now)
 
 
-async def _correlate_order(tx: Tx, o: Sequence[Any], completed: bool) -> list[CaseRow]:
-    """Cases for the order row *o* (id, study_uid, accession, patient_id, issuer)."""
-    rows = await tx.rows(f"SELECT uid, state, revision FROM studies WHERE"
-                         f" {_MATCH.format(uid='uid')}", *match_params(o[1], o[2], o[3], o[4]))
+_KEYS_PER_READ = 1024  # uids and accessions each, per statement
+
+
+async def _apply_wave(tx: Tx, wave: Sequence[tuple[Order, int | None]]) -> list[CaseRow]:
+    """Apply a wave (``_waves``): one upsert, the cancels (two statements for all), one read
+    of the studies its orders may match, then each order's correlation in message order."""
+    # Each order changed after the one before it, as when written one by one: a completed
+    # study takes the order matching it that changed last (``_correlate_study``).
+    rows, now = [], time.time()
+    for o, message_id in wave:
+        rows.append(_order_values(o, message_id, now))
+        now = math.nextafter(now, math.inf)
+    written = {r[0]: r[1:] for r in await tx.many_rows(UPSERT_ORDERS, rows)}
+    orders = [(o, written[order_key(o)]) for o, _ in wave]
+    cancelled = [int(row[0]) for o, row in orders if _cancels(o)]
+    for start in range(0, len(cancelled), _KEYS_PER_READ):
+        among, params = tx.ids_in(cancelled[start:start + _KEYS_PER_READ])
+        await tx.execute(f"UPDATE orders SET cancelled = 1 WHERE id {among}", *params)
+        await tx.execute(f"UPDATE cases SET state = 'cancelled', updated_at = ? WHERE"
+                         f" state = 'ready' AND order_id {among}", time.time(), *params)
+    live = [(o, row) for o, row in orders if not _cancels(o)]
+    studies = await _studies_for(tx, [row for _, row in live])
     cases: list[CaseRow] = []
-    for uid, state, revision in rows:
+    for o, row in live:
+        matched = [s[:3] for s in studies if _matches(s, *row[1:])]
+        cases += await _correlate_order(tx, int(row[0]), matched,
+                                        (o.status or "").upper() == "CM")
+    return cases
+
+
+async def _studies_for(tx: Tx, orders: Sequence[Sequence[Any]]) -> list[Row]:
+    """The studies the order rows (id, study_uid, accession, patient_id, issuer) may match
+    (by uid or by accession): (uid, state, revision, accession, patient_id, issuer), by uid."""
+    uids = sorted({r[1] for r in orders if r[1] is not None})
+    accessions = sorted({r[2] for r in orders if r[2] is not None})
+    found: dict[str, Row] = {}
+    for start in range(0, max(len(uids), len(accessions)), _KEYS_PER_READ):
+        where, params = [], []
+        for column, values in (("uid", uids), ("accession", accessions)):
+            part = values[start:start + _KEYS_PER_READ]
+            if part:
+                among, more = tx.texts_in(part)
+                where.append(f"{column} {among}")
+                params += more
+        for s in await tx.rows("SELECT uid, state, revision, accession, patient_id, issuer"
+                               f" FROM studies WHERE {' OR '.join(where)}", *params):
+            found[s[0]] = s
+    return [found[uid] for uid in sorted(found)]
+
+
+def _matches(s: Row, uid: str | None, accession: str | None, patient_id: str | None,
+             issuer: str | None) -> bool:
+    """``_MATCH`` for study *s* (as ``_studies_for`` reads it) and an order's values (SQL's
+    NULL equals nothing)."""
+    if uid is not None and s[0] == uid:
+        return True
+    return (accession is not None and s[3] == accession and patient_id is not None
+            and s[4] == patient_id and (s[5] is None or issuer is None or s[5] == issuer))
+
+
+async def _correlate_order(tx: Tx, order_id: int, studies: Sequence[Row], completed: bool
+                           ) -> list[CaseRow]:
+    """Cases for the order *order_id* and the studies (uid, state, revision) it matches."""
+    cases: list[CaseRow] = []
+    for uid, state, revision in studies:
         if state == "receiving" and completed:  # order status CM: the explicit trigger
             cases += await complete_study_op(tx, uid)
         elif state == "complete":
-            cases += await _create_case(tx, int(o[0]), uid, revision, "ready")
+            cases += await _create_case(tx, order_id, uid, revision, "ready")
     return cases
 
 
@@ -363,24 +461,31 @@ class _PatientRows:
 
 async def apply_domain_events(tx: Tx, outcomes: Sequence[Any]) -> list[CaseRow]:
     """Apply the mapped events of a pipeline batch (inside its transaction), in message order
-    (patient upserts together, see ``_PatientRows``)."""
+    (patient upserts together, see ``_PatientRows``; orders a wave at a time, see ``_waves``,
+    held until something that must follow them: a merge, a results event, the end)."""
     from engine.store.results_sql import apply_results_events
 
     cases: list[CaseRow] = []
     patients = _PatientRows()
+    orders: list[tuple[Order, int | None]] = []
     for o in outcomes:
         mapped = o.domain
         if mapped is None:
             continue
         if isinstance(mapped, PatientEvent | OrderEvent):
             if not patients.add(mapped.patient):
+                cases += await _apply_orders(tx, orders)
+                orders.clear()
                 await patients.flush(tx)
                 cases += await apply_patient_op(tx, mapped.event, mapped.patient)
             if isinstance(mapped, OrderEvent):
-                cases += await apply_orders_op(tx, mapped.orders, o.message_id)
+                orders += [(order, o.message_id) for order in mapped.orders]
         else:
+            cases += await _apply_orders(tx, orders)
+            orders.clear()
             await patients.flush(tx)
             await apply_results_events(tx, mapped)
+    cases += await _apply_orders(tx, orders)
     await patients.flush(tx)
     return cases
 

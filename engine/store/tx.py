@@ -3,15 +3,15 @@
 An operation is written once, as ``async def op(tx: Tx, *args)``, in portable SQL
 (``?`` placeholders; both databases take ``ON CONFLICT``, ``coalesce``, ``CASE``).
 Where the dialects must differ, the difference is a hook of the transaction
-(``for_update``, ``unclaim``, ``lock``, ``signal``, ``insert``, ``ids_in``, ``many``,
-``claim``, ``unheld``), not a second copy of the rule. ``many`` runs one statement over
-many rows the fastest way each database has (SQLite: the row's ``VALUES`` tuple repeated,
-a chunk of rows per statement; PostgreSQL: one statement over ``unnest`` arrays), so a
-``Many`` carries that statement in
-both forms: SQL per dialect only where it must differ. A ``Claim`` says which rows of a
-queue a claim takes, once; ``claim`` takes them the database's way (SQLite: one process,
-the rows as they are; PostgreSQL: ``FOR UPDATE SKIP LOCKED`` and a lease,
-``engine.store.pg_claims``).
+(``for_update``, ``unclaim``, ``lock``, ``signal``, ``insert``, ``ids_in``, ``texts_in``,
+``many``, ``many_rows``, ``claim``, ``unheld``), not a second copy of the rule. ``many``
+runs one statement over many rows the fastest way each database has (SQLite: the row's
+``VALUES`` tuple repeated, a chunk of rows per statement; PostgreSQL: one statement over
+``unnest`` arrays), so a ``Many`` carries that statement in both forms: SQL per dialect
+only where it must differ (``many_rows`` runs one with ``RETURNING``). A ``Claim`` says
+which rows of a queue a claim takes, once; ``claim`` takes them the database's way
+(SQLite: one process, the rows as they are; PostgreSQL: ``FOR UPDATE SKIP LOCKED`` and a
+lease, ``engine.store.pg_claims``).
 
 How an operation runs is each store's own concurrency model, unchanged:
 
@@ -123,20 +123,40 @@ def _multi_row(sql: str) -> tuple[str, str, str] | None:
     return sql[:m.start(1)], m.group(1), sql[m.end(1):]
 
 
+def _sqlite_chunks(sql: str, rows: Sequence[Sequence[Any]]
+                   ) -> list[tuple[str, list[Any]]] | None:
+    """The multi-row statements (and their parameters) that run *sql*, one row's statement,
+    over *rows* a chunk at a time, in order; None where the statement takes one row only."""
+    parts = _multi_row(sql)
+    width = len(rows[0]) if rows else 0
+    if parts is None or width == 0:
+        return None
+    head, row, tail = parts
+    step = max(1, min(ROWS_PER_STATEMENT, _MAX_PARAMS // width))
+    return [(f"{head}{row}{(',' + row) * (len(chunk) - 1)}{tail}",
+             [v for r in chunk for v in r])
+            for chunk in (rows[start:start + step] for start in range(0, len(rows), step))]
+
+
 def sqlite_many(conn: sqlite3.Connection, sql: str, rows: Sequence[Sequence[Any]]) -> None:
     """Run *sql* (one row's statement) over *rows*: multi-row VALUES a chunk at a time where
     the statement allows (rows in order, as executemany), else ``executemany``."""
-    parts = _multi_row(sql)
-    width = len(rows[0]) if rows else 0
-    if parts is None or width == 0 or len(rows) == 1:
+    chunks = _sqlite_chunks(sql, rows) if len(rows) > 1 else None
+    if chunks is None:
         conn.executemany(sql, rows)
         return
-    head, row, tail = parts
-    step = max(1, min(ROWS_PER_STATEMENT, _MAX_PARAMS // width))
-    for start in range(0, len(rows), step):
-        chunk = rows[start:start + step]
-        conn.execute(f"{head}{row}{(',' + row) * (len(chunk) - 1)}{tail}",
-                     [v for r in chunk for v in r])
+    for statement, params in chunks:
+        conn.execute(statement, params)
+
+
+def sqlite_many_rows(conn: sqlite3.Connection, sql: str, rows: Sequence[Sequence[Any]]
+                     ) -> list[Row]:
+    """``sqlite_many`` for a statement with ``RETURNING``: the rows every chunk returned
+    (executemany returns none, so a statement that takes one row runs row by row)."""
+    chunks = _sqlite_chunks(sql, rows)
+    if chunks is None:
+        chunks = [(sql, list(r)) for r in rows]
+    return [r for statement, params in chunks for r in conn.execute(statement, params)]
 
 
 async def new_message(tx: Tx, msg: Any) -> int:
@@ -173,10 +193,18 @@ class Tx(Protocol):
     async def many(self, stmt: Many, rows: Sequence[Sequence[Any]], *extra: Any) -> None:
         """Run *stmt* over *rows* (none: nothing), *extra* after each row's values."""
 
+    async def many_rows(self, stmt: Many, rows: Sequence[Sequence[Any]], *extra: Any
+                        ) -> list[Row]:
+        """``many`` for a statement with ``RETURNING``: every row it returned, in no
+        particular order (match them by a column, not by position)."""
+
     def ids_in(self, ids: Sequence[int]) -> tuple[str, list[Any]]:
         """``id IN (...)`` for these ids: the SQL that follows the column and its parameters
         (``IN (?,?,?)`` on SQLite; ``= ANY(?::bigint[])`` on PostgreSQL, one statement
         however many ids)."""
+
+    def texts_in(self, values: Sequence[str]) -> tuple[str, list[Any]]:
+        """``ids_in`` for a text column (``= ANY(?::text[])`` on PostgreSQL)."""
 
     async def lock(self, name: str) -> None:
         """Hold a named lock until the transaction ends (across processes where that can
@@ -252,8 +280,15 @@ class SQLiteTx:
         if rows:
             sqlite_many(self.conn, stmt.sqlite, [(*row, *extra) for row in rows])
 
+    async def many_rows(self, stmt: Many, rows: Sequence[Sequence[Any]], *extra: Any
+                        ) -> list[Row]:
+        return sqlite_many_rows(self.conn, stmt.sqlite, [(*row, *extra) for row in rows])
+
     def ids_in(self, ids: Sequence[int]) -> tuple[str, list[Any]]:
         return f"IN ({','.join('?' * len(ids))})", list(ids)
+
+    def texts_in(self, values: Sequence[str]) -> tuple[str, list[Any]]:
+        return f"IN ({','.join('?' * len(values))})", list(values)
 
     async def lock(self, name: str) -> None:
         return None  # the writer thread is the only writer
@@ -338,8 +373,18 @@ class PgTx:
         if rows:
             await self.conn.execute(stmt.pg, *map(list, zip(*rows, strict=True)), *extra)
 
+    async def many_rows(self, stmt: Many, rows: Sequence[Sequence[Any]], *extra: Any
+                        ) -> list[Row]:
+        if not rows:
+            return []
+        return list(await self.conn.fetch(stmt.pg, *map(list, zip(*rows, strict=True)),
+                                          *extra))
+
     def ids_in(self, ids: Sequence[int]) -> tuple[str, list[Any]]:
         return "= ANY(?::bigint[])", [list(ids)]
+
+    def texts_in(self, values: Sequence[str]) -> tuple[str, list[Any]]:
+        return "= ANY(?::text[])", [list(values)]
 
     async def lock(self, name: str) -> None:
         await pg_schema.lock(self.conn, name)
