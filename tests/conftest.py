@@ -77,6 +77,19 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 @pytest.fixture
+async def store(db_url: str) -> AsyncIterator[Any]:
+    """An opened store on ``db_url`` (SQLite, then PostgreSQL), closed after the test."""
+    from engine.store.base import open_store
+
+    s = open_store(db_url)
+    await s.open()
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+@pytest.fixture
 async def sink() -> AsyncIterator[HL7Sink]:
     """A real downstream MLLP listener (python-hl7's server) that records what it gets."""
     s = HL7Sink()

@@ -14,7 +14,7 @@ import asyncio
 import errno
 import os
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -28,7 +28,7 @@ from engine import outfiles
 from engine.flow.delivery import DeliveryWorker
 from engine.model import DeliveryRef, DeliveryStatus, Status
 from engine.outfiles import write_new
-from engine.store.base import NewMessage, Outcome, open_store
+from engine.store.base import NewMessage, Outcome
 from engine.store.deliveries import Finished
 from mappings.hl7v2.header import parse_header
 from tests.conftest import wait_for
@@ -52,16 +52,6 @@ class CountingStore:
         self.writes.append(len(results))
         await self.gate.wait()
         await self.store.finish_deliveries(results)
-
-
-@pytest.fixture
-async def store(db_url: str) -> AsyncIterator[Any]:
-    s = open_store(db_url)
-    await s.open()
-    try:
-        yield s
-    finally:
-        await s.close()
 
 
 async def queue(store: Any, destination: str, payloads: list[bytes]) -> list[int]:

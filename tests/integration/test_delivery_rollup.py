@@ -10,26 +10,13 @@ a requeue puts the message back to QUEUED.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 from typing import Any
-
-import pytest
 
 from bench.hl7gen import adt_a01
 from engine.model import DeliveryStatus, Status
-from engine.store.base import NewMessage, Outcome, open_store
+from engine.store.base import NewMessage, Outcome
 from engine.store.deliveries import rolled_up
 from engine.store.records import Delivery
-
-
-@pytest.fixture
-async def store(db_url: str) -> AsyncIterator[Any]:
-    s = open_store(db_url)
-    await s.open()
-    try:
-        yield s
-    finally:
-        await s.close()
 
 
 async def fan_out(store: Any, n: int, destinations: list[str]) -> list[list[Delivery]]:

@@ -10,7 +10,6 @@ import os
 import sqlite3
 import stat
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -33,14 +32,6 @@ TODAY = int(time.time() // DAY)
 def at(days_ago: int, hour: int = 3) -> float:
     """A time inside the UTC day *days_ago* days back (never near a day boundary)."""
     return (TODAY - days_ago) * DAY + hour * 3600.0
-
-
-@pytest.fixture
-async def store(db_url: str) -> AsyncIterator[Store]:
-    s = open_store(db_url)
-    await s.open()
-    yield s
-    await s.close()
 
 
 def hl7(n: int, pad: int = 0) -> bytes:
