@@ -68,8 +68,9 @@ class MLLPClient:
     async def _answer(self) -> bytes:
         """The next frame within ``ack_timeout``; the connection closed on failure. Raises
         ``PeerTimeout`` or ``PeerUnavailable``."""
-        try:
-            return await asyncio.wait_for(self._read_frame(), self.ack_timeout)
+        try:  # a timeout scope, not wait_for: no task per answer on the send path
+            async with asyncio.timeout(self.ack_timeout):
+                return await self._read_frame()
         except TimeoutError as exc:
             await self.close()
             raise PeerTimeout(f"no answer from {self.host}:{self.port} in "
