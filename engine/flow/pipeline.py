@@ -33,6 +33,7 @@ RESCAN_SECS = 5.0
 # one: under load, batches grow instead of the pipeline committing a few messages at a time and
 # competing with ingest for the store's writer. Bounds how long a message stays RECEIVED.
 GATHER_SECS = 0.05
+NOTHING = (0, 0)  # no id range left out of a fetch (ids start at 1)
 
 
 class Processor(Protocol):
@@ -101,12 +102,15 @@ class Pipeline:
 
     async def run(self) -> None:
         """Fetch, map and record batches until cancelled. A batch is mapped while the one
-        before it is being recorded (fetched past its last id): the worker processes and the
-        store's writer work at once instead of taking turns. The batches are still recorded
-        one after the other, in order; when a recording fails, the batch mapped meanwhile is
-        dropped and everything still RECEIVED is fetched again, oldest first."""
+        before it is being recorded (fetched leaving out that batch's id range, whose rows are
+        still RECEIVED): the worker processes and the store's writer work at once instead of
+        taking turns. Only that range is left out, never everything below it: a row older
+        than the batch (a lease another process left, a message put back) is still taken
+        oldest first. The batches are recorded one after the other, in order; when a
+        recording fails, the batch mapped meanwhile is dropped and everything still RECEIVED
+        is fetched again, oldest first."""
         recording: asyncio.Future[None] | None = None  # the previous batch's outcomes
-        after = 0  # that batch's last message id
+        besides = NOTHING  # that batch's first and last message id
         try:
             while True:
                 if self._next is not None:  # between batches: a swapped processor takes over
@@ -115,25 +119,25 @@ class Pipeline:
                     taken.set_result(None)
                 try:
                     msgs = await self.store.fetch_received(self.channel, BATCH,
-                                                           self.processor.needs_raw, after)
+                                                           self.processor.needs_raw, besides)
                     if msgs:
                         outcomes = await self._map(msgs)
                         if recording is not None:
                             await recording
                         recording = asyncio.ensure_future(self._record(outcomes))
-                        after = msgs[-1].id
+                        besides = (msgs[0].id, msgs[-1].id)
                         if len(msgs) < BATCH:
                             await asyncio.sleep(GATHER_SECS)
                         continue
                     if recording is not None:  # caught up: look again from the oldest
                         await recording
-                        recording, after = None, 0
+                        recording, besides = None, NOTHING
                         continue
                 except Exception as exc:  # store trouble: keep going, nothing is lost
                     if recording is not None:  # settled before anything is fetched again
                         with contextlib.suppress(Exception):
                             await recording
-                    recording, after = None, 0
+                    recording, besides = None, NOTHING
                     event(log, "PIPE-301", "batch failed, will retry", channel=self.channel,
                           reason=type(exc).__name__, level=logging.ERROR)
                     await asyncio.sleep(1.0)

@@ -147,10 +147,10 @@ class Store(ClinicalStore, InferenceStore, ResultsStore, FhirStore, DeliveryStor
 
     @abc.abstractmethod
     async def fetch_received(self, channel: str, limit: int, with_raw: bool = True,
-                             after: int = 0) -> list[Message]:
-        """Oldest RECEIVED messages of *channel* with ids above *after*, in arrival order
-        (``raw`` empty unless asked). Raises ``StoreUnavailable`` (retry later) or
-        ``StoreError``."""
+                             besides: tuple[int, int] = (0, 0)) -> list[Message]:
+        """Oldest RECEIVED messages of *channel*, in arrival order (``raw`` empty unless
+        asked), but those with ids from ``besides[0]`` to ``besides[1]`` (a batch still being
+        recorded). Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
 
     @abc.abstractmethod
     async def next_deliveries(self, destination: str, limit: int) -> list[Delivery]:

@@ -38,10 +38,10 @@ JOBS = Claim("inference_jobs", "{t}.state = 'queued' AND {t}.not_before <= ?", "
 
 @functools.cache
 def received(returning: str) -> Claim:
-    """A channel's RECEIVED messages after an id (parameters: the channel, the id), *returning*
-    those columns."""
+    """A channel's RECEIVED messages but those of an id range (parameters: the channel, the
+    range's first and last id), *returning* those columns."""
     return Claim("messages", "{t}.channel = ? AND {t}.status = 'RECEIVED'", "t.id", returning,
-                 key="msg_key", by_day=True, after=" AND {t}.id > ?")
+                 key="msg_key", by_day=True, besides=" AND ({t}.id < ? OR {t}.id > ?)")
 
 
 @functools.cache
@@ -82,13 +82,13 @@ class Claims(InferenceWrites, WriterStore):
     _CLAIMED_DELIVERY: str
 
     async def fetch_received(self, channel: str, limit: int, with_raw: bool = True,
-                             after: int = 0) -> list[Message]:
-        """Oldest RECEIVED messages of *channel* with ids above *after*, in arrival order
-        (``raw`` empty unless asked). Raises ``StoreUnavailable`` (retry later) or
-        ``StoreError``."""
+                             besides: tuple[int, int] = (0, 0)) -> list[Message]:
+        """Oldest RECEIVED messages of *channel*, in arrival order (``raw`` empty unless
+        asked), but those with ids from ``besides[0]`` to ``besides[1]`` (a batch still being
+        recorded). Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
         cols = self._CLAIMED_MESSAGE if with_raw else self._CLAIMED_MESSAGE_BARE
         rows = await self._apart(serial_claim_op, received(cols), "received", channel,
-                                 limit, after)
+                                 limit, *besides)
         return [message_row(r) for r in rows]
 
     async def next_deliveries(self, destination: str, limit: int) -> list[Delivery]:

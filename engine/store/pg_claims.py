@@ -51,17 +51,18 @@ def claim_sql(c: Claim) -> str:
     other processes hold are found in one pass (``held``), not once per candidate: a
     candidate's look back over the queue's index cost 0.2-0.5 ms each under load, 150-250
     ms a 512-row claim. Parameters:
-    *c.where*'s, *c.after*'s, the limit, the owner, the database's now, the lease, *c.mark*'s.
-    *c.after* narrows the rows taken, never the held rows that keep a key's order."""
+    *c.where*'s, *c.besides*'s, the limit, the owner, the database's now, the lease,
+    *c.mark*'s. *c.besides* narrows the rows taken, never the held rows that keep a key's
+    order."""
     n = c.where_params
     lim, owner, now, lease = (f"${n + i}" for i in range(1, 5))
     where = _numbered(c.where, 1)
-    after = _numbered(c.after, 1 + c.where.count("?")).format(t="t")
+    besides = _numbered(c.besides, 1 + c.where.count("?")).format(t="t")
     if c.takeover is not None:  # the rows *where* names are never held
         takes = (f"(({where.format(t='t')}) OR ({c.takeover.format(t='t')} AND"
-                 f" t.lease_until < {now})){after}")
+                 f" t.lease_until < {now})){besides}")
     else:
-        takes = (f"{where.format(t='t')}{after} AND (t.claimed_by IS NULL OR"
+        takes = (f"{where.format(t='t')}{besides} AND (t.claimed_by IS NULL OR"
                  f" t.claimed_by = {owner} OR t.lease_until < {now})")
     held = ""
     if c.key is not None:  # each key's oldest row another live process holds, found once

@@ -69,10 +69,10 @@ class MessageQueue(Protocol):
     """The durable message queue of one channel's pipeline."""
 
     async def fetch_received(self, channel: str, limit: int, with_raw: bool = True,
-                             after: int = 0) -> list[Message]:
-        """Oldest RECEIVED messages of *channel* with ids above *after*, in arrival order
-        (``raw`` empty unless asked). Raises ``StoreUnavailable`` (retry later) or
-        ``StoreError``."""
+                             besides: tuple[int, int] = (0, 0)) -> list[Message]:
+        """Oldest RECEIVED messages of *channel*, in arrival order (``raw`` empty unless
+        asked), but those with ids from ``besides[0]`` to ``besides[1]`` (a batch still being
+        recorded). Raises ``StoreUnavailable`` (retry later) or ``StoreError``."""
         ...
 
     async def apply_outcomes(self, outcomes: Sequence[Outcome]) -> list[CaseRow]:

@@ -59,9 +59,9 @@ class Claim:
     whose rows are claimed oldest first by one process at a time; ``takeover``, when the rows
     *where* names are never held (the claim's *mark* moves them out of it), the held rows,
     taken over once their lease has run out; ``by_day``, rows are found by
-    ``(id, received_at)`` (day partitions); ``after``, a condition on the rows taken only (not
-    on the rows whose holders keep a key's order), its parameters after *where*'s: a cursor
-    past the rows this process is still working on."""
+    ``(id, received_at)`` (day partitions); ``besides``, a condition on the rows taken only
+    (not on the rows whose holders keep a key's order), its parameters after *where*'s: the
+    rows this process is still working on, left out."""
 
     table: str
     where: str
@@ -71,19 +71,19 @@ class Claim:
     key: str | None = None
     takeover: str | None = None
     by_day: bool = False
-    after: str = ""
+    besides: str = ""
 
     @property
     def where_params(self) -> int:
-        """How many parameters *where* and *after* take (they come first)."""
-        return (self.where + self.after).count("?")
+        """How many parameters *where* and *besides* take (they come first)."""
+        return (self.where + self.besides).count("?")
 
 
 @functools.lru_cache(maxsize=64)
 def sqlite_claim(c: Claim) -> str:
     """*c* on SQLite, where one process owns the database: its rows are read (or marked)
-    as they are. Parameters: *mark*'s, *where*'s and *after*'s, the limit."""
-    where = (c.where + c.after).format(t="t")
+    as they are. Parameters: *mark*'s, *where*'s and *besides*'s, the limit."""
+    where = (c.where + c.besides).format(t="t")
     if not c.mark:
         return (f"SELECT {c.returning} FROM {c.table} t WHERE {where} ORDER BY {c.order}"
                 " LIMIT ?")
@@ -219,7 +219,7 @@ class Tx(Protocol):
 
     async def claim(self, c: Claim, limit: int, *params: Any) -> list[Row]:
         """Take up to *limit* rows *c* names for this process (*params*: *c.where*'s and
-        *c.after*'s, then *c.mark*'s), in no particular order. SQLite: the rows as they are
+        *c.besides*'s, then *c.mark*'s), in no particular order. SQLite: the rows as they are
         (one process); PostgreSQL: rows no live process holds, locked ``SKIP LOCKED``, leased
         to this one (``pg_claims``)."""
 

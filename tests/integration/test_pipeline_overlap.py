@@ -5,6 +5,7 @@ recording fails the batch mapped meanwhile is dropped and everything is fetched 
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -30,6 +31,24 @@ class Seen:
     def process(self, msg: Message) -> Outcome:
         self.ids.append(msg.id)
         return Outcome(msg.id, Status.TRANSFORMED)
+
+
+class Holding(Seen):
+    """Maps in threads (``cpu_bound``) and holds the mapping of message *hold* until
+    ``release`` is set."""
+
+    cpu_bound = True
+
+    def __init__(self, hold: int) -> None:
+        super().__init__()
+        self.hold, self.held = hold, threading.Event()
+        self.release = threading.Event()
+
+    def process(self, msg: Message) -> Outcome:
+        if msg.id == self.hold:
+            self.held.set()
+            self.release.wait(30)
+        return super().process(msg)
 
 
 class Recording:
@@ -110,5 +129,42 @@ async def test_a_failed_recording_drops_the_batch_mapped_meanwhile_and_starts_ag
         await run_pipeline(store, seen, lambda: transformed(real, len(ids)))
         assert store.calls[0] == ids[0:4]  # refused: nothing of it was recorded
         assert store.recorded == [ids[0:4], ids[4:8], ids[8:12]]  # once each, in order
+    finally:
+        await real.close()
+
+
+async def test_a_message_older_than_the_batch_being_recorded_is_still_taken_first(
+        db_url: str) -> None:
+    """Only the batch in flight is left out of the next fetch, not every id below it: a
+    message put back (here: reprocessed) meanwhile is taken oldest first, as before."""
+    real = open_store(db_url)
+    await real.open()
+    try:
+        ids = [await real.insert_message(NewMessage("ris", 0.0, b"MSH|%d" % i,
+                                                    key=f"P{i % 3}")) for i in range(11)]
+        await real.apply_outcomes([Outcome(m, Status.TRANSFORMED) for m in ids[:3]])
+        store, mapper = Recording(real), Holding(hold=ids[6])
+        store.gate.clear()  # the first batch (ids[3:7]) stays in flight ...
+        state = {"put_back": False}
+
+        async def older_one_taken() -> bool:
+            if mapper.held.is_set() and not state["put_back"]:
+                state["put_back"] = True  # ... while ids[1] goes back to RECEIVED
+                assert await real.reprocess([ids[1]]) == 1
+                mapper.release.set()
+            if mapper.ids.count(ids[1]) == 1:
+                store.gate.set()
+            return await transformed(real, len(ids))
+
+        task = asyncio.create_task(Pipeline("ris", store, mapper, lambda: None).run())
+        try:
+            await wait_for(older_one_taken, timeout=30)
+        finally:
+            mapper.release.set()
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        # (in lanes per key, so sorted: each lane keeps its order)
+        assert [sorted(c) for c in store.recorded] == [ids[3:7], [ids[1], *ids[7:10]],
+                                                        ids[10:11]]
     finally:
         await real.close()
