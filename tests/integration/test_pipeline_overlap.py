@@ -15,7 +15,7 @@ from engine.errors import StoreUnavailable
 from engine.flow import pipeline as pipeline_module
 from engine.flow.pipeline import Pipeline
 from engine.model import Message, Status
-from engine.store.base import NewMessage, Outcome, open_store
+from engine.store.base import NewMessage, Outcome
 from tests.conftest import wait_for
 
 
@@ -98,73 +98,61 @@ async def run_pipeline(store: Any, processor: Seen, until: Any) -> None:
 
 
 async def test_the_next_batch_is_mapped_while_one_is_recorded_and_they_land_in_order(
-        db_url: str) -> None:
-    real = open_store(db_url)
-    await real.open()
-    try:
-        ids = [await real.insert_message(NewMessage("ris", 0.0, b"MSH|%d" % i,
-                                                    key=f"P{i % 3}")) for i in range(10)]
-        store, seen = Recording(real), Seen()
-        store.gate.clear()  # the first batch's recording waits ...
+        store: Any) -> None:
+    real = store
+    ids = [await real.insert_message(NewMessage("ris", 0.0, b"MSH|%d" % i,
+                                                key=f"P{i % 3}")) for i in range(10)]
+    store, seen = Recording(real), Seen()
+    store.gate.clear()  # the first batch's recording waits ...
 
-        async def second_batch_mapped() -> bool:
-            if set(ids[4:8]) <= set(seen.ids):  # ... until the next batch has been mapped
-                store.gate.set()
-            return await transformed(real, len(ids))
+    async def second_batch_mapped() -> bool:
+        if set(ids[4:8]) <= set(seen.ids):  # ... until the next batch has been mapped
+            store.gate.set()
+        return await transformed(real, len(ids))
 
-        await run_pipeline(store, seen, second_batch_mapped)
-        assert store.recorded == [ids[0:4], ids[4:8], ids[8:10]]
-    finally:
-        await real.close()
+    await run_pipeline(store, seen, second_batch_mapped)
+    assert store.recorded == [ids[0:4], ids[4:8], ids[8:10]]
 
 
 async def test_a_failed_recording_drops_the_batch_mapped_meanwhile_and_starts_again(
-        db_url: str) -> None:
-    real = open_store(db_url)
-    await real.open()
-    try:
-        ids = [await real.insert_message(NewMessage("ris", 0.0, b"MSH|%d" % i,
-                                                    key=f"P{i % 3}")) for i in range(12)]
-        store, seen = Recording(real, fail=1), Seen()
-        await run_pipeline(store, seen, lambda: transformed(real, len(ids)))
-        assert store.calls[0] == ids[0:4]  # refused: nothing of it was recorded
-        assert store.recorded == [ids[0:4], ids[4:8], ids[8:12]]  # once each, in order
-    finally:
-        await real.close()
+        store: Any) -> None:
+    real = store
+    ids = [await real.insert_message(NewMessage("ris", 0.0, b"MSH|%d" % i,
+                                                key=f"P{i % 3}")) for i in range(12)]
+    store, seen = Recording(real, fail=1), Seen()
+    await run_pipeline(store, seen, lambda: transformed(real, len(ids)))
+    assert store.calls[0] == ids[0:4]  # refused: nothing of it was recorded
+    assert store.recorded == [ids[0:4], ids[4:8], ids[8:12]]  # once each, in order
 
 
 async def test_a_message_older_than_the_batch_being_recorded_is_still_taken_first(
-        db_url: str) -> None:
+        store: Any) -> None:
     """Only the batch in flight is left out of the next fetch, not every id below it: a
     message put back (here: reprocessed) meanwhile is taken oldest first, as before."""
-    real = open_store(db_url)
-    await real.open()
-    try:
-        ids = [await real.insert_message(NewMessage("ris", 0.0, b"MSH|%d" % i,
-                                                    key=f"P{i % 3}")) for i in range(11)]
-        await real.apply_outcomes([Outcome(m, Status.TRANSFORMED) for m in ids[:3]])
-        store, mapper = Recording(real), Holding(hold=ids[6])
-        store.gate.clear()  # the first batch (ids[3:7]) stays in flight ...
-        state = {"put_back": False}
+    real = store
+    ids = [await real.insert_message(NewMessage("ris", 0.0, b"MSH|%d" % i,
+                                                key=f"P{i % 3}")) for i in range(11)]
+    await real.apply_outcomes([Outcome(m, Status.TRANSFORMED) for m in ids[:3]])
+    store, mapper = Recording(real), Holding(hold=ids[6])
+    store.gate.clear()  # the first batch (ids[3:7]) stays in flight ...
+    state = {"put_back": False}
 
-        async def older_one_taken() -> bool:
-            if mapper.held.is_set() and not state["put_back"]:
-                state["put_back"] = True  # ... while ids[1] goes back to RECEIVED
-                assert await real.reprocess([ids[1]]) == 1
-                mapper.release.set()
-            if mapper.ids.count(ids[1]) == 1:
-                store.gate.set()
-            return await transformed(real, len(ids))
-
-        task = asyncio.create_task(Pipeline("ris", store, mapper, lambda: None).run())
-        try:
-            await wait_for(older_one_taken, timeout=30)
-        finally:
+    async def older_one_taken() -> bool:
+        if mapper.held.is_set() and not state["put_back"]:
+            state["put_back"] = True  # ... while ids[1] goes back to RECEIVED
+            assert await real.reprocess([ids[1]]) == 1
             mapper.release.set()
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-        # (in lanes per key, so sorted: each lane keeps its order)
-        assert [sorted(c) for c in store.recorded] == [ids[3:7], [ids[1], *ids[7:10]],
-                                                        ids[10:11]]
+        if mapper.ids.count(ids[1]) == 1:
+            store.gate.set()
+        return await transformed(real, len(ids))
+
+    task = asyncio.create_task(Pipeline("ris", store, mapper, lambda: None).run())
+    try:
+        await wait_for(older_one_taken, timeout=30)
     finally:
-        await real.close()
+        mapper.release.set()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    # (in lanes per key, so sorted: each lane keeps its order)
+    assert [sorted(c) for c in store.recorded] == [ids[3:7], [ids[1], *ids[7:10]],
+                                                    ids[10:11]]
