@@ -26,7 +26,7 @@ from typing import Any
 
 from engine.model import DeliveryStatus, Status
 from engine.store.records import Delivery
-from engine.store.tx import Many, Row, Tx, WriterStore
+from engine.store.tx import Many, PgTx, Row, Tx, WriterStore
 
 SKIPPED, CANCELLED = "SKIPPED", "CANCELLED"
 # What the worker records of one delivery: (delivery, status, response, error).
@@ -34,13 +34,13 @@ Finished = tuple[Delivery, DeliveryStatus, bytes | None, str | None]
 
 # (delivery id, status, response, error) per result, then the time: SENT always stands, ERROR
 # only replaces a QUEUED row; one statement for a batch on PostgreSQL, where a finished
-# delivery also hands its claim back (``Tx.unclaim``).
+# delivery also hands its claim back (``PgTx.unclaim``, the one place claims are cleared).
 FINISH = Many(
     sqlite="UPDATE deliveries SET status = ?2, response = ?3, error = ?4,"
            " attempts = attempts + 1, updated_at = ?5 WHERE id = ?1"
            " AND (?2 = 'SENT' OR status = 'QUEUED')",
     pg="UPDATE deliveries d SET status = u.status, response = u.response, error = u.error,"
-       " attempts = d.attempts + 1, updated_at = $5, claimed_by = NULL, lease_until = NULL"
+       " attempts = d.attempts + 1, updated_at = $5" + PgTx.unclaim +
        " FROM unnest($1::bigint[], $2::text[], $3::bytea[], $4::text[])"
        " AS u(id, status, response, error)"
        " WHERE d.id = u.id AND (u.status = 'SENT' OR d.status = 'QUEUED')")
