@@ -185,15 +185,20 @@ class PostgresStore(ClinicalWrites, Claims, Pruning, ResultsWrites, FhirWrites, 
                     await pg_claims.renew(conn, self.owner, self.lease_secs)
 
     async def _keep_statistics(self) -> None:
-        """Analyze the day partitions that have grown (``pg_schema.analyze_grown_days``)."""
+        """Analyze the day partitions that have grown (``pg_schema.analyze_grown_days``);
+        a failure is logged once until a run succeeds again (not every 2 s of an outage)."""
+        failing = False
         while True:
             await asyncio.sleep(STATISTICS_SECS)
             try:
                 async with self._acquire() as conn:
                     await pg_schema.analyze_grown_days(conn)
+                failing = False
             except (*DB_ERRORS, StoreUnavailable) as exc:  # autovacuum still runs; next time
-                event(log, "STORE-204", "day partitions not analyzed", reason=type(exc).__name__,
-                      level=logging.WARNING)
+                if not failing:
+                    event(log, "STORE-204", "day partitions not analyzed",
+                          reason=type(exc).__name__, level=logging.WARNING)
+                failing = True
 
     async def listen_signals(self, wake: Callable[[], None]) -> Callable[[], Awaitable[None]]:
         """LISTEN on a connection of its own; *wake* on every NOTIFY from this schema's
